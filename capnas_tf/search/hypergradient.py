@@ -1,0 +1,241 @@
+"""Hypergradients of the architecture A through unrolled inner optimisation steps.
+
+The three-stage method (image understanding by captioning) is the multi-level problem
+
+    Stage I    E*(A), F*(A) = argmin_{E,F} L(E, F, A; D_tr)
+    Stage II   W*(A)        = argmin_W     L(W, U, E*(A), F*(A))
+    Stage III  min_A  L(W*(A); D_val)
+
+Each inner argmin is replaced by one gradient step from the current weights:
+
+    E' = E − η_e ∇_E L_tr,   F' = F − η_f ∇_F L_tr,   W' = W − η_w ∇_W L(W, U, E', F'),
+
+and A follows ∇_A f(A) with f(A) = L(W'(E'(A), F'(A), A); D_val). By the chain rule, with
+v = ∇_{W'} L_val and L_u = L(W, U, E', F'),
+
+    ∇_A f = η_e η_w ∇²_{A,E} L_tr · ∇²_{E',W} L_u · v
+          + η_f η_w ∇²_{A,F} L_tr · ∇²_{F',W} L_u · v
+          − η_w ∇²_{A,W} L_u · v.
+
+The last term exists because the teacher that captions U is the supernet itself, evaluated with
+architecture A; the paper's formula leaves it out (it is zero when L_u sees A only through E', F').
+Both estimators here include it, so that `exact` is the true gradient of f and `finite_difference`
+estimates the same quantity.
+
+Everything in this module is a pure function of explicit tensors: the losses come in as callables of
+values, so the same code runs on the captioning models (see `captioning.py`) and on small analytic
+functions in the tests. Lists of tensors stand for E, F, W; A is a list too (α_normal, α_reduce).
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable, Sequence
+
+import tensorflow as tf
+
+from capnas_tf.search.stateless import axpy, densify, global_norm, unrolled
+
+Values = list  # list[tf.Tensor]
+
+
+def _identity(grads):
+    return grads
+
+
+@dataclasses.dataclass(frozen=True)
+class ThreeStageProblem:
+    """The three losses of the method as functions of explicit values.
+
+    Attributes:
+      train_loss: (E, F, A) -> L(E, F, A; D_tr), the Stage I caption loss.
+      pseudo_captions: (E', F', A) -> tokens. The teacher's captions of U; discrete, so no gradient
+        flows through it (it is called on stopped tensors).
+      pseudo_caption_loss: (W, E', F', A, tokens) -> L(W, U, E', F'), the Stage II loss, which must be
+        differentiable in E', F' and A (e.g. soft targets written with log_softmax).
+      val_loss: W -> L(W; D_val), the Stage III loss.
+      reduce_gradients: sums per-replica gradients under tf.distribute so every replica takes the
+        same virtual step; the identity on one device.
+    """
+
+    train_loss: Callable
+    pseudo_captions: Callable
+    pseudo_caption_loss: Callable
+    val_loss: Callable
+    reduce_gradients: Callable = _identity
+
+
+@dataclasses.dataclass(frozen=True)
+class InnerLearningRates:
+    """η_e, η_f, η_w: the step sizes of the virtual (unrolled) steps."""
+
+    eta_e: float
+    eta_f: float
+    eta_w: float
+
+
+@dataclasses.dataclass
+class UnrolledState:
+    """E', F', W' and the losses met on the way."""
+
+    E1: Values
+    F1: Values
+    W1: Values
+    tokens: tf.Tensor
+    train_loss: tf.Tensor
+    pseudo_caption_loss: tf.Tensor
+    val_loss: tf.Tensor
+
+
+@dataclasses.dataclass
+class Hypergradient:
+    """∇_A f together with the unrolled state it was computed at."""
+
+    grad_A: Values
+    state: UnrolledState
+
+
+def _gradients(loss_fn: Callable, wrt: Sequence[Values], reduce: Callable):
+    """(loss, [∇ loss for each group in wrt]) — first order, no outer tape needed."""
+    flat = [t for group in wrt for t in group]
+    with tf.GradientTape() as tape:
+        tape.watch(flat)
+        loss = loss_fn()
+    grads = reduce(densify(tape.gradient(loss, flat), flat))
+    out, i = [], 0
+    for group in wrt:
+        out.append(grads[i : i + len(group)])
+        i += len(group)
+    return loss, out
+
+
+def unroll(problem: ThreeStageProblem, A: Values, E: Values, F: Values, W: Values,
+           eta: InnerLearningRates) -> UnrolledState:
+    """E', F', W' and f(A) = L(W'; D_val), differentiable in A when run under a tape watching A."""
+    # Stage I. This tape's gradient is itself recorded by any outer tape on A, which is what makes
+    # ∇²_{A,E} L_tr appear in the exact hypergradient.
+    with tf.GradientTape() as tape_EF:
+        tape_EF.watch(E + F)
+        L_tr = problem.train_loss(E, F, A)
+    g = problem.reduce_gradients(densify(tape_EF.gradient(L_tr, E + F), E + F))
+    E1 = unrolled(E, g[: len(E)], eta.eta_e)  # E' = E − η_e ∇_E L_tr
+    F1 = unrolled(F, g[len(E):], eta.eta_f)  # F' = F − η_f ∇_F L_tr
+
+    # Stage II. The teacher's discrete captions carry no gradient; the loss on them does.
+    stop = lambda xs: [tf.stop_gradient(x) for x in xs]  # noqa: E731
+    tokens = tf.stop_gradient(problem.pseudo_captions(stop(E1), stop(F1), stop(A)))
+    with tf.GradientTape() as tape_W:
+        tape_W.watch(W)
+        L_u = problem.pseudo_caption_loss(W, E1, F1, A, tokens)
+    gW = problem.reduce_gradients(densify(tape_W.gradient(L_u, W), W))
+    W1 = unrolled(W, gW, eta.eta_w)  # W' = W − η_w ∇_W L(W, U, E', F')
+
+    # Stage III.
+    L_val = problem.val_loss(W1)
+    return UnrolledState(E1, F1, W1, tokens, L_tr, L_u, L_val)
+
+
+def exact_hypergradient(problem: ThreeStageProblem, A: Values, E: Values, F: Values, W: Values,
+                        eta: InnerLearningRates) -> Hypergradient:
+    """∇_A f(A) by reverse mode through both unrolled steps (nested tapes).
+
+    Tape levels: the outer tape differentiates f with respect to A; inside `unroll`, one tape takes
+    ∇_{E,F} L_tr and one takes ∇_W L_u. The outer tape records those gradient computations, so the
+    mixed second derivatives ∇²_{A,E} L_tr, ∇²_{E',W} L_u, … are formed exactly, never materialised.
+    """
+    with tf.GradientTape() as tape_A:
+        tape_A.watch(A)
+        state = unroll(problem, A, E, F, W, eta)
+    grad_A = problem.reduce_gradients(densify(tape_A.gradient(state.val_loss, A), A))
+    return Hypergradient(grad_A, state)
+
+
+def _perturbation_scale(epsilon: float, vector: Values) -> tf.Tensor:
+    """ε/‖v‖ (DARTS: 0.01/‖v‖), guarded against a zero vector."""
+    return epsilon / tf.maximum(global_norm(vector), 1e-12)
+
+
+def finite_difference_hypergradient(problem: ThreeStageProblem, A: Values, E: Values, F: Values,
+                                    W: Values, eta: InnerLearningRates,
+                                    epsilon: float = 0.01) -> Hypergradient:
+    """∇_A f(A) with both Hessian-vector products by central differences (no second-order tape).
+
+    With v = ∇_{W'} L_val(W') and ε_w = ε/‖v‖, W± = W ± ε_w v:
+        u_X = −η_w [∇_X L_u(W⁺) − ∇_X L_u(W⁻)] / (2ε_w)   for X ∈ {E', F', A}
+    (u_X = ∂f/∂X; u_A is the direct term). Then, along d = (η_e u_E', η_f u_F') with ε_d = ε/‖d‖,
+        ∇_A f ≈ u_A − [∇_A L_tr(E + ε_d d_E, F + ε_d d_F) − ∇_A L_tr(E − ε_d d_E, F − ε_d d_F)] / (2ε_d).
+    Both Hessians are taken at the points the virtual steps start from (W and E, F), as the chain rule
+    requires. Perturbing E and F jointly costs one pair of gradients instead of two. Memory stays
+    that of a first-order step.
+    """
+    reduce = problem.reduce_gradients
+    L_tr, (gE, gF) = _gradients(lambda: problem.train_loss(E, F, A), [E, F], reduce)
+    E1, F1 = unrolled(E, gE, eta.eta_e), unrolled(F, gF, eta.eta_f)
+    tokens = tf.stop_gradient(problem.pseudo_captions(E1, F1, A))
+    L_u, (gW,) = _gradients(lambda: problem.pseudo_caption_loss(W, E1, F1, A, tokens), [W], reduce)
+    W1 = unrolled(W, gW, eta.eta_w)
+    L_val, (v,) = _gradients(lambda: problem.val_loss(W1), [W1], reduce)
+
+    eps_w = _perturbation_scale(epsilon, v)
+
+    def stage2_grads(sign):
+        W_pm = axpy(sign * eps_w, v, W)
+        return _gradients(lambda: problem.pseudo_caption_loss(W_pm, E1, F1, A, tokens),
+                          [E1, F1, A], reduce)[1]
+
+    (pE, pF, pA), (mE, mF, mA) = stage2_grads(1.0), stage2_grads(-1.0)
+    scale = -eta.eta_w / (2.0 * eps_w)
+    uE = [scale * (p - m) for p, m in zip(pE, mE)]
+    uF = [scale * (p - m) for p, m in zip(pF, mF)]
+    uA = [scale * (p - m) for p, m in zip(pA, mA)]
+
+    dE = [eta.eta_e * u for u in uE]
+    dF = [eta.eta_f * u for u in uF]
+    eps_d = _perturbation_scale(epsilon, dE + dF)
+
+    def stage1_grad_A(sign):
+        E_pm, F_pm = axpy(sign * eps_d, dE, E), axpy(sign * eps_d, dF, F)
+        return _gradients(lambda: problem.train_loss(E_pm, F_pm, A), [A], reduce)[1][0]
+
+    gA_plus, gA_minus = stage1_grad_A(1.0), stage1_grad_A(-1.0)
+    grad_A = [ua - (p - m) / (2.0 * eps_d) for ua, p, m in zip(uA, gA_plus, gA_minus)]
+    return Hypergradient(grad_A, UnrolledState(E1, F1, W1, tokens, L_tr, L_u, L_val))
+
+
+def darts_hypergradient(train_loss: Callable, val_loss: Callable, A: Values, w: Values, eta: float,
+                        *, order: int = 2, method: str = "exact", epsilon: float = 0.01,
+                        reduce_gradients: Callable = _identity) -> tuple[Values, tf.Tensor]:
+    """The DARTS bilevel hypergradient (Liu et al. 2019, arXiv 1806.09055, eq. 6–8).
+
+    train_loss(w, A) = L_train, val_loss(w, A) = L_val. Returns (∇_A, L_val).
+      order 1:  ∇_A L_val(w, A)
+      order 2:  ∇_A L_val(w', A) with w' = w − η ∇_w L_train(w, A), i.e.
+                ∇_A L_val(w', A) − η ∇²_{A,w} L_train(w, A) · ∇_{w'} L_val(w', A),
+                by nested tapes (method="exact") or by DARTS' central difference with
+                w± = w ± ε/‖v‖ · v (method="finite_difference").
+    """
+    reduce = reduce_gradients
+    if order == 1:
+        L_val, (gA,) = _gradients(lambda: val_loss(w, A), [A], reduce)
+        return gA, L_val
+    if order != 2:
+        raise ValueError(f"darts_hypergradient: order must be 1 or 2, received {order!r}.")
+    if method == "exact":
+        with tf.GradientTape() as tape_A:
+            tape_A.watch(A)
+            with tf.GradientTape() as tape_w:
+                tape_w.watch(w)
+                L_tr = train_loss(w, A)
+            w1 = unrolled(w, reduce(densify(tape_w.gradient(L_tr, w), w)), eta)
+            L_val = val_loss(w1, A)
+        return reduce(densify(tape_A.gradient(L_val, A), A)), L_val
+    if method != "finite_difference":
+        raise ValueError(
+            f"darts_hypergradient: method must be 'exact' or 'finite_difference', received {method!r}."
+        )
+    _, (gw,) = _gradients(lambda: train_loss(w, A), [w], reduce)
+    w1 = unrolled(w, gw, eta)
+    L_val, (v, g_direct) = _gradients(lambda: val_loss(w1, A), [w1, A], reduce)
+    eps = _perturbation_scale(epsilon, v)
+    g_plus = _gradients(lambda: train_loss(axpy(eps, v, w), A), [A], reduce)[1][0]
+    g_minus = _gradients(lambda: train_loss(axpy(-eps, v, w), A), [A], reduce)[1][0]
+    return [g - eta * (p - m) / (2.0 * eps) for g, p, m in zip(g_direct, g_plus, g_minus)], L_val
