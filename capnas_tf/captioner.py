@@ -1,0 +1,47 @@
+"""A captioner: an image encoder followed by a caption decoder.
+
+Used for the Stage II student W, for the retrained final model, and for export. The searched
+supernet E and its decoder F stay two models, because the method takes separate virtual steps
+on them (η_e, η_f).
+"""
+from __future__ import annotations
+
+import keras
+
+
+@keras.saving.register_keras_serializable(package="capnas_tf")
+class Captioner(keras.Model):
+    """Encoder + decoder, `call(images, tokens) -> logits [B, T, V]`.
+
+    Args:
+      encoder: maps images `[B, S, S, 3]` in [0, 1] to `(grid [B, h, w, C], pooled [B, C])`.
+      decoder: maps `(features, tokens [B, T])` to logits `[B, T, V]`; `logits[:, t]` predicts
+        `tokens[:, t + 1]`. Tokens may also be rows over the vocabulary `[B, T, V]` (one-hot or
+        straight-through), which the decoder embeds by a matrix product.
+    """
+
+    def __init__(self, encoder: keras.layers.Layer, decoder: keras.layers.Layer, **kwargs):
+        super().__init__(**kwargs)
+        self.encoder = encoder
+        self.decoder = decoder
+
+    def call(self, images, tokens, training=False):
+        return self.decoder(self.encoder(images, training=training), tokens, training=training)
+
+    def encode(self, images, training=False):
+        return self.encoder(images, training=training)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            encoder=keras.saving.serialize_keras_object(self.encoder),
+            decoder=keras.saving.serialize_keras_object(self.decoder),
+        )
+        return config
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        encoder = keras.saving.deserialize_keras_object(config.pop("encoder"))
+        decoder = keras.saving.deserialize_keras_object(config.pop("decoder"))
+        return cls(encoder, decoder, **config)
