@@ -63,4 +63,5 @@ def axpy(a, xs: Sequence[tf.Tensor], ys: Sequence[tf.Tensor]) -> list[tf.Tensor]
 
 def densify(grads: Sequence, like: Sequence[tf.Tensor]) -> list[tf.Tensor]:
     """Gradients as dense tensors, zeros where the loss does not depend on a variable."""
-    return [tf.zeros_like(v) if g is None else tf.convert_to_tensor(g) for g, v in zip(grads, like)]
+    return [tf.zeros(v.shape, v.dtype) if g is None else tf.convert_to_tensor(g)
+            for g, v in zip(grads, like)]

@@ -1,0 +1,191 @@
+"""The three losses of the method, on captioning models, as functions of explicit weights.
+
+    L_tr(E, F, A)          caption loss of the supernet captioner (E with architecture A, decoder F) on D_tr
+    L_u(W, E', F', A)      the student W's loss on the teacher's (E', F') captions of the unlabeled images U
+    L_val(W)               the student's caption loss on D_val
+
+Stage II needs L_u to be differentiable in E' and F' although the teacher's captions are discrete.
+Two ways, chosen by name (`STAGE2_LOSSES`):
+
+* `soft` (default): the teacher greedily decodes ŷ (no gradient); then, teacher-forced on ŷ, it gives a
+  distribution p_t = softmax(F'(E'(u; A), ŷ_{<t})) at every position, and W is trained against it:
+  L_u = −Σ_t Σ_v p_t(v) log W(v | u, ŷ_{<t}). p depends smoothly on E', F', A. Default because its
+  gradient is the exact gradient of a well-defined loss, which the finite-difference checks can verify.
+* `straight_through`: y_t = onehot(argmax p_t) + p_t − stop_gradient(p_t). The forward pass is the hard
+  pseudo-caption; the backward pass is that of p. W embeds the rows y_t (a matrix product with its
+  embedding table) and is trained against them, as in the public re-implementation of the method.
+  Its gradient is biased (that of a surrogate), so it is offered, not preferred.
+
+Losses are sums over tokens divided by the *global* token count: under tf.distribute each replica
+holds a shard, and Σ_replicas(local sum) / global count is the single-device loss on the global batch.
+Every cross-entropy here is −Σ p·log_softmax, never the fused op, whose second derivative in its
+labels is silently zero (BUILD_NOTES.md).
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable
+
+import keras
+import tensorflow as tf
+
+from capnas_tf.decoders.decoding import greedy_decode
+from capnas_tf.search.hypergradient import ThreeStageProblem
+from capnas_tf.search.stateless import bind
+
+PAD_ID, START_ID, END_ID = 0, 1, 2
+
+
+def token_mask(targets: tf.Tensor, pad_id: int = PAD_ID) -> tf.Tensor:
+    """1.0 where a target token is real, 0.0 on padding. [B, T]"""
+    return tf.cast(tf.not_equal(targets, pad_id), tf.float32)
+
+
+def soft_token_nll_sum(logits: tf.Tensor, target_rows: tf.Tensor, mask: tf.Tensor) -> tf.Tensor:
+    """Σ_{b,t} mask · (−Σ_v target(v) log softmax(logits)(v)). logits, target_rows: [B, T, V]."""
+    nll = -tf.reduce_sum(target_rows * tf.nn.log_softmax(tf.cast(logits, tf.float32)), axis=-1)
+    return tf.reduce_sum(nll * mask)
+
+
+def hard_token_nll_sum(logits: tf.Tensor, targets: tf.Tensor, pad_id: int = PAD_ID) -> tf.Tensor:
+    """Σ over real tokens of −log p(target). targets: int [B, T]."""
+    logp = tf.nn.log_softmax(tf.cast(logits, tf.float32))
+    picked = tf.gather(logp, targets, axis=-1, batch_dims=2)
+    return -tf.reduce_sum(picked * token_mask(targets, pad_id))
+
+
+def global_token_count(targets: tf.Tensor, pad_id: int = PAD_ID) -> tf.Tensor:
+    """Number of real target tokens over all replicas (at least 1)."""
+    count = tf.reduce_sum(token_mask(targets, pad_id))
+    ctx = tf.distribute.get_replica_context()
+    if ctx is not None and ctx.num_replicas_in_sync > 1:
+        count = ctx.all_reduce(tf.distribute.ReduceOp.SUM, count)
+    return tf.maximum(count, 1.0)
+
+
+def caption_loss(logits: tf.Tensor, tokens: tf.Tensor) -> tf.Tensor:
+    """Mean token NLL of `tokens[:, 1:]` under `logits` (the global mean under tf.distribute)."""
+    targets = tokens[:, 1:]
+    return hard_token_nll_sum(logits, targets) / global_token_count(targets)
+
+
+# --- Stage II losses --------------------------------------------------------------------------------
+
+def soft_pseudo_caption_loss(student_logits_fn: Callable, teacher_logits: tf.Tensor,
+                             tokens: tf.Tensor) -> tf.Tensor:
+    """W against the teacher's teacher-forced distributions p_t (see module docstring)."""
+    targets = tokens[:, 1:]
+    p = tf.nn.softmax(tf.cast(teacher_logits, tf.float32))
+    logits = student_logits_fn(tokens[:, :-1])
+    return soft_token_nll_sum(logits, p, token_mask(targets)) / global_token_count(targets)
+
+
+def straight_through_pseudo_caption_loss(student_logits_fn: Callable, teacher_logits: tf.Tensor,
+                                         tokens: tf.Tensor) -> tf.Tensor:
+    """W on straight-through one-hot rows y = onehot(argmax p) + p − sg(p), as input and as target."""
+    targets = tokens[:, 1:]
+    p = tf.nn.softmax(tf.cast(teacher_logits, tf.float32))
+    hard = tf.one_hot(tf.argmax(p, axis=-1, output_type=tf.int32), tf.shape(p)[-1], dtype=p.dtype)
+    rows = hard + p - tf.stop_gradient(p)  # [B, T, V]: forward hard, backward soft
+    # The decoder input at t is the token predicted at t − 1; position 0 is <start>.
+    start = tf.one_hot(tokens[:, :1], tf.shape(p)[-1], dtype=p.dtype)
+    inputs = tf.concat([start, rows[:, :-1]], axis=1)
+    logits = student_logits_fn(inputs)
+    return soft_token_nll_sum(logits, rows, token_mask(targets)) / global_token_count(targets)
+
+
+STAGE2_LOSSES: dict[str, Callable] = {
+    "soft": soft_pseudo_caption_loss,
+    "straight_through": straight_through_pseudo_caption_loss,
+}
+
+
+def register_stage2_loss(name: str, fn: Callable) -> None:
+    """Adds a Stage II loss `fn(student_logits_fn, teacher_logits, tokens) -> scalar`."""
+    STAGE2_LOSSES[name] = fn
+
+
+def get_stage2_loss(name: str) -> Callable:
+    if name not in STAGE2_LOSSES:
+        raise ValueError(f"Unknown stage2 loss {name!r}; expected one of {sorted(STAGE2_LOSSES)}.")
+    return STAGE2_LOSSES[name]
+
+
+# --- The problem ------------------------------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class SearchModels:
+    """The models of the search. E = encoder.trainable_variables, A = encoder.arch_variables,
+    F = decoder.trainable_variables, W = student.trainable_variables."""
+
+    encoder: keras.Model
+    decoder: keras.layers.Layer
+    student: keras.Model
+    relax: Callable  # A (list of two tensors) -> op_weights (w_normal, w_reduce)
+
+    @property
+    def E(self):
+        return self.encoder.trainable_variables
+
+    @property
+    def F(self):
+        return self.decoder.trainable_variables
+
+    @property
+    def W(self):
+        return self.student.trainable_variables
+
+    @property
+    def A(self):
+        return self.encoder.arch_variables
+
+
+def supernet_logits(models: SearchModels, images, tokens_in, A, *, training_decoder=True):
+    """F(E(images; A), tokens_in) at whatever weights are bound."""
+    features = models.encoder(images, training=True, op_weights=models.relax(A))
+    return models.decoder(features, tokens_in, training=training_decoder)
+
+
+def teacher_greedy_captions(models: SearchModels, images, A, max_caption_len: int) -> tf.Tensor:
+    """ŷ: `<start>` + greedy decode by E, F at the bound weights. int32 [B, max_caption_len]."""
+    features = models.encoder(images, training=True, op_weights=models.relax(A))
+    ids, _ = greedy_decode(models.decoder, features, max_len=max_caption_len - 1,
+                           start_id=START_ID, end_id=END_ID, pad_id=PAD_ID)
+    start = tf.fill([tf.shape(ids)[0], 1], tf.constant(START_ID, ids.dtype))
+    return tf.cast(tf.concat([start, ids], axis=1), tf.int32)
+
+
+def make_three_stage_problem(models: SearchModels, batches: dict, *, stage2: str = "soft",
+                             max_caption_len: int, reduce_gradients: Callable | None = None
+                             ) -> ThreeStageProblem:
+    """L_tr, pseudo-captions, L_u, L_val on one batch each of D_tr, U, D_val.
+
+    `batches` has "train" {"image", "tokens"}, "unlabeled" {"image"}, "val" {"image", "tokens"}.
+    """
+    stage2_loss = get_stage2_loss(stage2)
+    train, unlabeled, val = batches["train"], batches["unlabeled"], batches["val"]
+
+    def train_loss(E, F, A):
+        with bind((models.E, E), (models.F, F)):
+            logits = supernet_logits(models, train["image"], train["tokens"][:, :-1], A)
+        return caption_loss(logits, train["tokens"])
+
+    def pseudo_captions(E1, F1, A):
+        with bind((models.E, E1), (models.F, F1)):
+            return teacher_greedy_captions(models, unlabeled["image"], A, max_caption_len)
+
+    def pseudo_caption_loss(W, E1, F1, A, tokens):
+        # The teacher is evaluated without dropout so that its targets are the captions it would give.
+        with bind((models.E, E1), (models.F, F1), (models.W, W)):
+            teacher_logits = supernet_logits(models, unlabeled["image"], tokens[:, :-1], A,
+                                             training_decoder=False)
+            student = lambda tokens_in: models.student(unlabeled["image"], tokens_in, training=True)  # noqa: E731
+            return stage2_loss(student, teacher_logits, tokens)
+
+    def val_loss(W1):
+        with bind((models.W, W1)):
+            logits = models.student(val["image"], val["tokens"][:, :-1], training=False)
+        return caption_loss(logits, val["tokens"])
+
+    kwargs = {} if reduce_gradients is None else {"reduce_gradients": reduce_gradients}
+    return ThreeStageProblem(train_loss, pseudo_captions, pseudo_caption_loss, val_loss, **kwargs)

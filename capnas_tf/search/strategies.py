@@ -1,0 +1,210 @@
+"""Search strategies behind one interface: each updates A from one batch of each stream and then takes
+the weight steps. The loop (`loop.py`) drives any of them the same way; it never branches on a name.
+
+Gradients across replicas: every gradient here is first summed over replicas (`all_reduce_sum`),
+because the virtual steps E', F', W' must be the single-device ones on the global batch, and clipping
+must see the global norm. Keras optimizers sum gradients over replicas again when they apply them,
+so `apply_global_gradients` hands each replica 1/N of the global gradient.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import keras
+import tensorflow as tf
+
+from capnas_tf.config import SearchConfig
+from capnas_tf.search import hypergradient as hg
+from capnas_tf.search.captioning import (
+    SearchModels,
+    caption_loss,
+    get_stage2_loss,
+    make_three_stage_problem,
+    supernet_logits,
+    teacher_greedy_captions,
+)
+from capnas_tf.search.stateless import bind, densify, global_norm, values_of
+
+
+def all_reduce_sum(grads: list) -> list:
+    """Σ over replicas of per-replica gradients; the identity on one device."""
+    ctx = tf.distribute.get_replica_context()
+    if ctx is None or ctx.num_replicas_in_sync == 1:
+        return list(grads)
+    return list(ctx.all_reduce(tf.distribute.ReduceOp.SUM, list(grads)))
+
+
+def apply_global_gradients(optimizer: keras.optimizers.Optimizer, grads: list, variables: list,
+                           clip_norm: float | None = None) -> tf.Tensor:
+    """Applies already-reduced gradients (clipped to `clip_norm` by global norm); returns their norm."""
+    norm = global_norm(grads)
+    if clip_norm:
+        grads, _ = tf.clip_by_global_norm(grads, clip_norm, use_norm=norm)
+    ctx = tf.distribute.get_replica_context()
+    replicas = 1 if ctx is None else ctx.num_replicas_in_sync
+    optimizer.apply_gradients(zip([g / replicas for g in grads], variables))
+    return norm
+
+
+def _gradients_of(loss_fn: Callable, variables: list):
+    """(loss, globally summed dense gradients) of loss_fn() with respect to `variables`."""
+    with tf.GradientTape() as tape:
+        loss = loss_fn()
+    return loss, all_reduce_sum(densify(tape.gradient(loss, variables), variables))
+
+
+def _arch_optimizer(config: SearchConfig) -> keras.optimizers.Optimizer:
+    # DARTS: Adam with β1 = 0.5 and decoupled weight decay on A.
+    return keras.optimizers.AdamW(config.arch_lr, beta_1=0.5, beta_2=0.999,
+                                  weight_decay=config.arch_weight_decay)
+
+
+class SearchStrategy:
+    """Base: holds the models and optimizers; `step` = architecture update, then weight updates.
+
+    Subclasses implement `architecture_step(batches) -> metrics` and may extend `weight_step`.
+    """
+
+    uses_student = False
+
+    def __init__(self, models: SearchModels, config: SearchConfig, *, max_caption_len: int):
+        self.models = models
+        self.config = config
+        self.max_caption_len = max_caption_len
+        self.weight_optimizer = keras.optimizers.AdamW(config.weight_lr, weight_decay=config.weight_decay)
+        self.arch_optimizer = _arch_optimizer(config)
+        self.weight_optimizer.build(models.E + models.F)
+        self.arch_optimizer.build(models.A)
+
+    # -- values ---------------------------------------------------------------------------------
+    def A_values(self):
+        return values_of(self.models.A)
+
+    def checkpoint_items(self) -> dict:
+        return dict(encoder=self.models.encoder, decoder=self.models.decoder,
+                    weight_optimizer=self.weight_optimizer, arch_optimizer=self.arch_optimizer)
+
+    # -- steps ----------------------------------------------------------------------------------
+    def architecture_step(self, batches: dict) -> dict:
+        raise NotImplementedError
+
+    def supernet_weight_step(self, batch: dict) -> dict:
+        """E, F ← one optimizer step on L(E, F, A; D_tr) at the current A."""
+        A = self.A_values()
+        variables = self.models.E + self.models.F
+
+        def loss_fn():
+            logits = supernet_logits(self.models, batch["image"], batch["tokens"][:, :-1], A)
+            return caption_loss(logits, batch["tokens"])
+
+        loss, grads = _gradients_of(loss_fn, variables)
+        norm = apply_global_gradients(self.weight_optimizer, grads, variables, self.config.grad_clip)
+        return {"stage1/train_loss": loss, "stage1/grad_norm": norm}
+
+    def weight_step(self, batches: dict) -> dict:
+        return self.supernet_weight_step(batches["train"])
+
+    def step(self, batches: dict, *, update_architecture: bool) -> dict:
+        metrics = self.architecture_step(batches) if update_architecture else {}
+        metrics.update(self.weight_step(batches))
+        return metrics
+
+
+class ThreeStageStrategy(SearchStrategy):
+    """The three-stage method: A by the hypergradient through E', F', W' (exact or finite differences);
+    then E, F on D_tr, and W on the pseudo-captions of the updated E, F."""
+
+    uses_student = True
+
+    def __init__(self, models: SearchModels, config: SearchConfig, *, max_caption_len: int):
+        super().__init__(models, config, max_caption_len=max_caption_len)
+        self.student_optimizer = keras.optimizers.AdamW(config.student_lr, weight_decay=config.weight_decay)
+        self.student_optimizer.build(models.W)
+        self.eta = hg.InnerLearningRates(config.eta_e, config.eta_f, config.eta_w)
+        estimators = {
+            "exact": hg.exact_hypergradient,
+            "finite_difference": lambda *a: hg.finite_difference_hypergradient(
+                *a, epsilon=config.fd_epsilon),
+        }
+        if config.hypergradient not in estimators:
+            raise ValueError(f"--hypergradient must be one of {sorted(estimators)}, "
+                             f"received {config.hypergradient!r}.")
+        self.estimate = estimators[config.hypergradient]
+        self.stage2_loss = get_stage2_loss(config.stage2)
+
+    def checkpoint_items(self) -> dict:
+        return dict(super().checkpoint_items(), student=self.models.student,
+                    student_optimizer=self.student_optimizer)
+
+    def hypergradient(self, batches: dict) -> hg.Hypergradient:
+        """∇_A L(W'; D_val) at the current E, F, W, A (no update)."""
+        problem = make_three_stage_problem(self.models, batches, stage2=self.config.stage2,
+                                           max_caption_len=self.max_caption_len,
+                                           reduce_gradients=all_reduce_sum)
+        m = self.models
+        return self.estimate(problem, self.A_values(), values_of(m.E), values_of(m.F), values_of(m.W),
+                             self.eta)
+
+    def architecture_step(self, batches: dict) -> dict:
+        result = self.hypergradient(batches)
+        norm = apply_global_gradients(self.arch_optimizer, result.grad_A, self.models.A)
+        s = result.state
+        return {"stage1/virtual_train_loss": s.train_loss, "stage2/virtual_loss": s.pseudo_caption_loss,
+                "stage3/val_loss": s.val_loss, "arch/hypergradient_norm": norm}
+
+    def student_weight_step(self, images: tf.Tensor) -> dict:
+        """W ← one optimizer step on L(W, U, E, F) against the current teacher's captions of U."""
+        m = self.models
+        A = self.A_values()
+        tokens = tf.stop_gradient(teacher_greedy_captions(m, images, A, self.max_caption_len))
+        teacher_logits = tf.stop_gradient(
+            supernet_logits(m, images, tokens[:, :-1], A, training_decoder=False))
+
+        def loss_fn():
+            student = lambda t: m.student(images, t, training=True)  # noqa: E731
+            return self.stage2_loss(student, teacher_logits, tokens)
+
+        loss, grads = _gradients_of(loss_fn, m.W)
+        norm = apply_global_gradients(self.student_optimizer, grads, m.W, self.config.grad_clip)
+        return {"stage2/student_loss": loss, "stage2/grad_norm": norm}
+
+    def weight_step(self, batches: dict) -> dict:
+        metrics = self.supernet_weight_step(batches["train"])
+        metrics.update(self.student_weight_step(batches["unlabeled"]["image"]))
+        return metrics
+
+
+class DartsStrategy(SearchStrategy):
+    """Plain DARTS bilevel search on captions: A minimises the validation caption loss of E, F itself,
+    first order or second order (the latter exact or by DARTS' finite difference)."""
+
+    def _loss_on(self, batch):
+        def loss(w, A):
+            n = len(self.models.E)
+            with bind((self.models.E, w[:n]), (self.models.F, w[n:])):
+                logits = supernet_logits(self.models, batch["image"], batch["tokens"][:, :-1], A)
+            return caption_loss(logits, batch["tokens"])
+        return loss
+
+    def architecture_step(self, batches: dict) -> dict:
+        m = self.models
+        w = values_of(m.E) + values_of(m.F)
+        method = "exact" if self.config.hypergradient == "exact" else "finite_difference"
+        grad_A, val_loss = hg.darts_hypergradient(
+            self._loss_on(batches["train"]), self._loss_on(batches["val"]), self.A_values(), w,
+            self.config.eta_e, order=self.config.darts_order, method=method,
+            epsilon=self.config.fd_epsilon, reduce_gradients=all_reduce_sum)
+        norm = apply_global_gradients(self.arch_optimizer, grad_A, m.A)
+        return {"darts/val_loss": val_loss, "arch/hypergradient_norm": norm}
+
+
+STRATEGIES: dict[str, type[SearchStrategy]] = {
+    "three_stage": ThreeStageStrategy,
+    "darts": DartsStrategy,
+}
+
+
+def get_strategy(name: str) -> type[SearchStrategy]:
+    if name not in STRATEGIES:
+        raise ValueError(f"--search_strategy must be one of {sorted(STRATEGIES)}, received {name!r}.")
+    return STRATEGIES[name]
