@@ -1,0 +1,200 @@
+"""The search loop: drives any `SearchStrategy` over the three streams D_tr, U, D_val, and owns the
+run's outputs (genotype.json, A's history, TensorBoard, checkpoints, resume).
+
+The loop is thin on purpose: the math lives in `hypergradient.py` and `strategies.py`.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import sys
+import time
+
+import numpy as np
+import tensorflow as tf
+from absl import logging
+
+from capnas_tf.config import SearchConfig
+from capnas_tf.io_utils import atomic_write_text
+from capnas_tf.search.captioning import SearchModels
+from capnas_tf.search.strategies import SearchStrategy, get_strategy
+
+STAGE_NAMES = {"stage1": "Stage I", "stage2": "Stage II", "stage3": "Stage III", "arch": "architecture",
+               "darts": "DARTS"}
+
+
+class NonFiniteLossError(RuntimeError):
+    """A loss or gradient norm became NaN or Inf; the run stops without writing anything over the
+    last good checkpoint and genotype."""
+
+
+@dataclasses.dataclass
+class SearchResult:
+    genotype: object
+    genotype_path: str
+    steps: int
+    final_metrics: dict
+
+
+def softmax_np(x: np.ndarray) -> np.ndarray:
+    e = np.exp(x - x.max(-1, keepdims=True))
+    return e / e.sum(-1, keepdims=True)
+
+
+def arch_entropy(alphas) -> float:
+    """Mean entropy (nats) of softmax(A) over edges; log K at uniform, 0 when one-hot."""
+    ps = [softmax_np(np.asarray(a, np.float64)) for a in alphas]
+    return float(np.mean([-(p * np.log(p + 1e-12)).sum(-1).mean() for p in ps]))
+
+
+def _reduce_metrics(dist: tf.distribute.Strategy, per_replica: dict) -> dict:
+    """Losses come back as each replica's part of the global mean (local sum / global count), so they
+    add up; norms are computed from all-reduced gradients and are the same on every replica."""
+    return {k: dist.reduce(tf.distribute.ReduceOp.SUM if "loss" in k else tf.distribute.ReduceOp.MEAN,
+                           v, axis=None)
+            for k, v in per_replica.items()}
+
+
+def make_step_function(strategy: SearchStrategy, dist: tf.distribute.Strategy, *,
+                       update_architecture: bool, jit_compile: bool):
+    """One traced search step over a (distributed) batch of each stream."""
+
+    def replica_step(batches):
+        return strategy.step(batches, update_architecture=update_architecture)
+
+    @tf.function(jit_compile=jit_compile)
+    def step(batches):
+        return _reduce_metrics(dist, dist.run(replica_step, args=(batches,)))
+
+    return step
+
+
+def check_finite(metrics: dict, step: int) -> None:
+    for name, value in metrics.items():
+        if not math.isfinite(value):
+            stage = STAGE_NAMES.get(name.split("/")[0], name.split("/")[0])
+            raise NonFiniteLossError(
+                f"{stage}: {name} is {value} at step {step}. The run stops here; the last good "
+                f"checkpoint and genotype.json in the workdir are untouched.")
+
+
+def progress_line(step: int, total: int, epoch: int, metrics: dict, rate: float, width: int = 20) -> str:
+    done = int(width * step / max(total, 1))
+    shown = " ".join(f"{k.split('/')[-1]}={v:.4f}" for k, v in sorted(metrics.items()))
+    return f"[{'#' * done}{'.' * (width - done)}] step {step}/{total} epoch {epoch} {shown} ({rate:.2f} steps/s)"
+
+
+class SearchRun:
+    """Outputs and resume state of one search in `workdir`."""
+
+    def __init__(self, workdir: str, strategy: SearchStrategy, *, primitives, num_nodes: int,
+                 max_skip_connect):
+        self.workdir = workdir
+        self.strategy = strategy
+        self.primitives = tuple(primitives)
+        self.num_nodes = num_nodes
+        self.max_skip_connect = max_skip_connect
+        os.makedirs(workdir, exist_ok=True)
+        self.step_var = tf.Variable(0, dtype=tf.int64, trainable=False, name="search_step")
+        self.checkpoint = tf.train.Checkpoint(step=self.step_var, **strategy.checkpoint_items())
+        self.manager = tf.train.CheckpointManager(self.checkpoint, os.path.join(workdir, "checkpoints"),
+                                                  max_to_keep=2)
+        self.writer = tf.summary.create_file_writer(os.path.join(workdir, "tensorboard"))
+        self.genotype_path = os.path.join(workdir, "genotype.json")
+        self.history_path = os.path.join(workdir, "alpha_history.jsonl")
+
+    def restore(self) -> int:
+        if self.manager.latest_checkpoint:
+            self.checkpoint.restore(self.manager.latest_checkpoint).assert_existing_objects_matched()
+            logging.info("Resumed from %s at step %d", self.manager.latest_checkpoint, int(self.step_var))
+        return int(self.step_var)
+
+    def alphas(self):
+        return [a.numpy() for a in self.strategy.A_values()]
+
+    def genotype(self):
+        from capnas_tf.search_space.genotype import derive_genotype
+
+        alpha_normal, alpha_reduce = self.alphas()
+        return derive_genotype(alpha_normal, alpha_reduce, primitives=self.primitives,
+                               num_nodes=self.num_nodes, max_skip_connect=self.max_skip_connect)
+
+    def write_scalars(self, step: int, metrics: dict) -> None:
+        with self.writer.as_default(step=step):
+            for k, v in metrics.items():
+                tf.summary.scalar(k, v)
+            tf.summary.scalar("arch/entropy", arch_entropy(self.alphas()))
+
+    def end_of_epoch(self, step: int, epoch: int) -> None:
+        """genotype.json (atomic), one line of A's history, pictures, and a checkpoint."""
+        from capnas_tf.search_space import plots
+
+        genotype = self.genotype()
+        genotype.save(self.genotype_path)
+        alpha_normal, alpha_reduce = self.alphas()
+        record = {"epoch": epoch, "step": step, "alpha_normal": alpha_normal.tolist(),
+                  "alpha_reduce": alpha_reduce.tolist(), "genotype": json.loads(genotype.to_json())}
+        lines = []
+        if os.path.exists(self.history_path):
+            with open(self.history_path) as f:
+                lines = [ln for ln in f if json.loads(ln)["step"] < step]
+        atomic_write_text(self.history_path, "".join(lines) + json.dumps(record) + "\n")
+        cell_png = os.path.join(self.workdir, "genotype.png")
+        heat_png = os.path.join(self.workdir, "alpha_heatmap.png")
+        plots.render_genotype(genotype, cell_png)
+        plots.render_alpha_heatmap(alpha_normal, alpha_reduce, self.primitives, heat_png)
+        with self.writer.as_default(step=step):
+            for name, path in (("genotype", cell_png), ("alpha_heatmap", heat_png)):
+                image = tf.image.decode_png(tf.io.read_file(path), channels=3)[tf.newaxis]
+                tf.summary.image(name, image)
+        self.writer.flush()
+        self.save_checkpoint(step)
+
+    def save_checkpoint(self, step: int) -> None:
+        self.step_var.assign(step)
+        self.manager.save(checkpoint_number=step)
+
+
+def run_search(strategy: SearchStrategy, streams: tf.data.Dataset, workdir: str, *, config: SearchConfig,
+               steps_per_epoch: int, dist: tf.distribute.Strategy | None = None,
+               primitives, num_nodes: int, log=print) -> SearchResult:
+    """Runs (or resumes) the search to `config.epochs` epochs.
+
+    Args:
+      strategy: the search strategy, built under `dist.scope()`.
+      streams: a dataset of `{"train", "unlabeled", "val"}` batches, repeated, deterministic for a seed;
+        the loop skips the batches already consumed when it resumes.
+      steps_per_epoch: search steps per epoch.
+    """
+    dist = dist or tf.distribute.get_strategy()
+    run = SearchRun(workdir, strategy, primitives=primitives, num_nodes=num_nodes,
+                    max_skip_connect=config.supernet.max_skip_connect)
+    start = run.restore()
+    total = config.epochs * steps_per_epoch
+    warmup_steps = config.warmup_epochs * steps_per_epoch
+    search_step = make_step_function(strategy, dist, update_architecture=True, jit_compile=config.xla)
+    warmup_step = make_step_function(strategy, dist, update_architecture=False, jit_compile=config.xla)
+    batches = iter(dist.experimental_distribute_dataset(streams.skip(start)))
+
+    metrics, t0, timed_from = {}, time.perf_counter(), start
+    for step in range(start, total):
+        step_fn = warmup_step if step < warmup_steps else search_step
+        metrics = {k: float(v) for k, v in step_fn(next(batches)).items()}
+        check_finite(metrics, step + 1)
+        done = step + 1
+        if done % config.log_every == 0 or done == total:
+            rate = (done - timed_from) / max(time.perf_counter() - t0, 1e-9)
+            log(progress_line(done, total, done // steps_per_epoch, metrics, rate))
+            run.write_scalars(done, metrics)
+        if done % steps_per_epoch == 0:
+            run.end_of_epoch(done, done // steps_per_epoch)
+        elif config.checkpoint_every and done % config.checkpoint_every == 0:
+            run.save_checkpoint(done)
+    if start >= total:
+        log(f"Search already complete in {workdir} ({total} steps); re-deriving the genotype.")
+    genotype = run.genotype()
+    genotype.save(run.genotype_path)
+    return SearchResult(genotype=genotype, genotype_path=run.genotype_path, steps=total,
+                        final_metrics=metrics)
