@@ -1,0 +1,210 @@
+"""A Transformer caption decoder: causal self-attention over the words, cross-attention over the grid.
+
+    M = W_m · flatten(grid) + P_m          # memory (B, h·w, D), with learned spatial positions
+    x⁰ = TokenEmbedding(tokens) + P_t      # (B, T, D)
+    xˡ = TransformerDecoderLayer(xˡ⁻¹, M)   # l = 1 … N, causal
+    logits = W_o · xᴺ                      # (B, T, V)
+
+The decoder layers are keras-hub `TransformerDecoder`s; their key/value caches make incremental
+decoding cost one position per step: the self-attention cache `[B, 2, max_len, H, D/H]` is filled
+one index at a time, the cross-attention cache `[B, 2, h·w, H, D/H]` is computed once from M.
+
+Reference: Vaswani et al., "Attention Is All You Need", NeurIPS 2017, arXiv:1706.03762.
+"""
+from __future__ import annotations
+
+import keras
+import keras_hub
+import tensorflow as tf
+
+from capnas_tf.decoders.base import CaptionDecoder
+from capnas_tf.decoders.registry import register_decoder
+
+
+@register_decoder("transformer")
+@keras.saving.register_keras_serializable(package="capnas_tf")
+class TransformerCaptionDecoder(CaptionDecoder):
+    """Transformer decoder with cross-attention over the encoder's spatial grid.
+
+    Args:
+      vocab_size: V.
+      max_len: number of token positions (position-embedding table size and cache length).
+      model_dim: D, the width of embeddings and attention.
+      num_layers: N, number of `keras_hub.layers.TransformerDecoder` layers.
+      num_heads: H; must divide `model_dim`.
+      intermediate_dim: width of each layer's feed-forward block.
+      dropout: dropout rate inside the decoder layers.
+
+    Call arguments:
+      features: `(grid [B, h, w, C], pooled [B, C])`; only `grid` is used.
+      tokens: int32 `[B, T]`, a prefix starting with <start>, T <= max_len.
+      training: enables dropout.
+
+    Returns:
+      logits `[B, T, V]`.
+
+    Example:
+
+        decoder = TransformerCaptionDecoder(vocab_size=50, max_len=12)
+        features = (tf.random.normal([2, 4, 4, 16]), tf.random.normal([2, 16]))
+        logits = decoder(features, tf.ones([2, 12], tf.int32))  # (2, 12, 50)
+    """
+
+    def __init__(
+        self,
+        vocab_size: int,
+        max_len: int,
+        *,
+        model_dim: int = 64,
+        num_layers: int = 1,
+        num_heads: int = 2,
+        intermediate_dim: int = 128,
+        dropout: float = 0.1,
+        **kwargs,
+    ):
+        super().__init__(vocab_size, max_len, **kwargs)
+        if model_dim % num_heads:
+            raise ValueError(
+                f"TransformerCaptionDecoder: num_heads={num_heads} must divide "
+                f"model_dim={model_dim}."
+            )
+        self.model_dim = int(model_dim)
+        self.num_layers = int(num_layers)
+        self.num_heads = int(num_heads)
+        self.intermediate_dim = int(intermediate_dim)
+        self.dropout = float(dropout)
+        policy = self.dtype_policy
+        self.memory_projection = keras.layers.Dense(
+            self.model_dim, dtype=policy, name="memory_projection"
+        )
+        self.memory_position = None  # sized by the grid, so created in build()
+        self.embedding = keras_hub.layers.TokenAndPositionEmbedding(
+            vocabulary_size=self.vocab_size,
+            sequence_length=self.max_len,
+            embedding_dim=self.model_dim,
+            dtype=policy,
+            name="token_and_position_embedding",
+        )
+        self.decoder_layers = [
+            keras_hub.layers.TransformerDecoder(
+                intermediate_dim=self.intermediate_dim,
+                num_heads=self.num_heads,
+                dropout=self.dropout,
+                dtype=policy,
+                name=f"transformer_decoder_{i}",
+            )
+            for i in range(self.num_layers)
+        ]
+        self.vocab_projection = keras.layers.Dense(
+            self.vocab_size, dtype=self.logits_dtype, name="vocab_projection"
+        )
+
+    @property
+    def head_dim(self) -> int:
+        return self.model_dim // self.num_heads
+
+    def build(self, features_shape, tokens_shape=None):
+        grid_shape = tuple(features_shape[0])
+        if len(grid_shape) != 4 or None in grid_shape[1:]:
+            raise ValueError(
+                "TransformerCaptionDecoder: features[0] must be a grid [B, h, w, C] with static "
+                f"h, w, C; received shape {grid_shape}."
+            )
+        _, h, w, channels = grid_shape
+        self.memory_projection.build((None, h * w, channels))
+        self.memory_position = keras_hub.layers.PositionEmbedding(
+            sequence_length=h * w, dtype=self.dtype_policy, name="memory_position"
+        )
+        self.memory_position.build((None, h * w, self.model_dim))
+        self.embedding.build((None, self.max_len))
+        for layer in self.decoder_layers:
+            layer.build((None, None, self.model_dim), (None, h * w, self.model_dim))
+        self.vocab_projection.build((None, None, self.model_dim))
+        self.built = True
+
+    def _memory(self, grid):
+        """M = W_m · flatten(grid) + P_m, shape (B, h·w, D)."""
+        channels = grid.shape[-1]
+        flat = tf.reshape(grid, [tf.shape(grid)[0], -1, channels])  # (B, h·w, C)
+        memory = self.memory_projection(flat)
+        return memory + self.memory_position(memory)
+
+    def call(self, features, tokens, training=False):
+        grid, _ = self._unpack(features)
+        self._check_prefix(tokens)
+        memory = self._memory(grid)  # (B, S, D)
+        x = self.embedding(tokens)  # (B, T, D)
+        for layer in self.decoder_layers:
+            x = layer(x, memory, training=training)
+        return self.vocab_projection(x)  # (B, T, V)
+
+    def initial_cache(self, features):
+        """Empty self-attention caches, cross-attention caches of M, and M itself.
+
+        Returns:
+          `{"memory": [B, S, D], "self_attention": (N × [B, 2, max_len, H, D/H]),
+          "cross_attention": (N × [B, 2, S, H, D/H])}`.
+        """
+        grid, _ = self._unpack(features)
+        memory = self._memory(grid)
+        batch, length = tf.shape(memory)[0], tf.shape(memory)[1]
+        dtype = memory.dtype
+        head_shape = [self.num_heads, self.head_dim]
+        empty_self = tf.zeros(tf.stack([batch, 2, self.max_len, *head_shape]), dtype)
+        empty_cross = tf.zeros(tf.stack([batch, 2, length, *head_shape]), dtype)
+        # The public way to get a layer's cross-attention keys/values is a call with
+        # cross_attention_cache_update_index=0; the one-position query it runs is discarded.
+        probe = tf.zeros(tf.stack([batch, 1, self.model_dim]), dtype)
+        cross = []
+        for layer in self.decoder_layers:
+            _, _, cross_cache = layer(
+                probe,
+                memory,
+                self_attention_cache=empty_self,
+                self_attention_cache_update_index=0,
+                cross_attention_cache=empty_cross,
+                cross_attention_cache_update_index=0,
+            )
+            cross.append(cross_cache)
+        return {
+            "memory": memory,
+            "self_attention": tuple(empty_self for _ in self.decoder_layers),
+            "cross_attention": tuple(cross),
+        }
+
+    def decode_step(self, features, token_ids, index, cache):
+        """Runs position `index` only, reading and extending the key/value caches."""
+        del features  # the grid is already in cache["memory"] and the cross-attention caches
+        x = self.embedding(token_ids[:, None], start_index=index)  # (B, 1, D)
+        self_caches = []
+        for layer, self_cache, cross_cache in zip(
+            self.decoder_layers, cache["self_attention"], cache["cross_attention"]
+        ):
+            x, self_cache, _ = layer(
+                x,
+                cache["memory"],
+                self_attention_cache=self_cache,
+                self_attention_cache_update_index=index,
+                cross_attention_cache=cross_cache,
+                cross_attention_cache_update_index=None,
+            )
+            self_caches.append(self_cache)
+        logits = self.vocab_projection(x[:, 0])  # (B, V)
+        return logits, {
+            "memory": cache["memory"],
+            "self_attention": tuple(self_caches),
+            "cross_attention": cache["cross_attention"],
+        }
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "model_dim": self.model_dim,
+                "num_layers": self.num_layers,
+                "num_heads": self.num_heads,
+                "intermediate_dim": self.intermediate_dim,
+                "dropout": self.dropout,
+            }
+        )
+        return config
