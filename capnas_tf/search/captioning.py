@@ -36,22 +36,27 @@ from capnas_tf.search.stateless import bind
 PAD_ID, START_ID, END_ID = 0, 1, 2
 
 
-def token_mask(targets: tf.Tensor, pad_id: int = PAD_ID) -> tf.Tensor:
+def at_least_float32(logits: tf.Tensor) -> tf.Tensor:
+    """Logits in float32, or float64 if they already are (the float64 gradient checks need it)."""
+    return logits if logits.dtype == tf.float64 else tf.cast(logits, tf.float32)
+
+
+def token_mask(targets: tf.Tensor, pad_id: int = PAD_ID, dtype=tf.float32) -> tf.Tensor:
     """1.0 where a target token is real, 0.0 on padding. [B, T]"""
-    return tf.cast(tf.not_equal(targets, pad_id), tf.float32)
+    return tf.cast(tf.not_equal(targets, pad_id), dtype)
 
 
 def soft_token_nll_sum(logits: tf.Tensor, target_rows: tf.Tensor, mask: tf.Tensor) -> tf.Tensor:
     """Σ_{b,t} mask · (−Σ_v target(v) log softmax(logits)(v)). logits, target_rows: [B, T, V]."""
-    nll = -tf.reduce_sum(target_rows * tf.nn.log_softmax(tf.cast(logits, tf.float32)), axis=-1)
-    return tf.reduce_sum(nll * mask)
+    nll = -tf.reduce_sum(target_rows * tf.nn.log_softmax(at_least_float32(logits)), axis=-1)
+    return tf.reduce_sum(nll * tf.cast(mask, nll.dtype))
 
 
 def hard_token_nll_sum(logits: tf.Tensor, targets: tf.Tensor, pad_id: int = PAD_ID) -> tf.Tensor:
     """Σ over real tokens of −log p(target). targets: int [B, T]."""
-    logp = tf.nn.log_softmax(tf.cast(logits, tf.float32))
+    logp = tf.nn.log_softmax(at_least_float32(logits))
     picked = tf.gather(logp, targets, axis=-1, batch_dims=2)
-    return -tf.reduce_sum(picked * token_mask(targets, pad_id))
+    return -tf.reduce_sum(picked * token_mask(targets, pad_id, picked.dtype))
 
 
 def global_token_count(targets: tf.Tensor, pad_id: int = PAD_ID) -> tf.Tensor:
@@ -63,10 +68,15 @@ def global_token_count(targets: tf.Tensor, pad_id: int = PAD_ID) -> tf.Tensor:
     return tf.maximum(count, 1.0)
 
 
+def mean_over_tokens(total: tf.Tensor, targets: tf.Tensor) -> tf.Tensor:
+    """A token sum divided by the global number of real target tokens."""
+    return total / tf.cast(global_token_count(targets), total.dtype)
+
+
 def caption_loss(logits: tf.Tensor, tokens: tf.Tensor) -> tf.Tensor:
     """Mean token NLL of `tokens[:, 1:]` under `logits` (the global mean under tf.distribute)."""
     targets = tokens[:, 1:]
-    return hard_token_nll_sum(logits, targets) / global_token_count(targets)
+    return mean_over_tokens(hard_token_nll_sum(logits, targets), targets)
 
 
 # --- Stage II losses --------------------------------------------------------------------------------
@@ -75,23 +85,23 @@ def soft_pseudo_caption_loss(student_logits_fn: Callable, teacher_logits: tf.Ten
                              tokens: tf.Tensor) -> tf.Tensor:
     """W against the teacher's teacher-forced distributions p_t (see module docstring)."""
     targets = tokens[:, 1:]
-    p = tf.nn.softmax(tf.cast(teacher_logits, tf.float32))
+    p = tf.nn.softmax(at_least_float32(teacher_logits))
     logits = student_logits_fn(tokens[:, :-1])
-    return soft_token_nll_sum(logits, p, token_mask(targets)) / global_token_count(targets)
+    return mean_over_tokens(soft_token_nll_sum(logits, p, token_mask(targets)), targets)
 
 
 def straight_through_pseudo_caption_loss(student_logits_fn: Callable, teacher_logits: tf.Tensor,
                                          tokens: tf.Tensor) -> tf.Tensor:
     """W on straight-through one-hot rows y = onehot(argmax p) + p − sg(p), as input and as target."""
     targets = tokens[:, 1:]
-    p = tf.nn.softmax(tf.cast(teacher_logits, tf.float32))
+    p = tf.nn.softmax(at_least_float32(teacher_logits))
     hard = tf.one_hot(tf.argmax(p, axis=-1, output_type=tf.int32), tf.shape(p)[-1], dtype=p.dtype)
     rows = hard + p - tf.stop_gradient(p)  # [B, T, V]: forward hard, backward soft
     # The decoder input at t is the token predicted at t − 1; position 0 is <start>.
     start = tf.one_hot(tokens[:, :1], tf.shape(p)[-1], dtype=p.dtype)
     inputs = tf.concat([start, rows[:, :-1]], axis=1)
     logits = student_logits_fn(inputs)
-    return soft_token_nll_sum(logits, rows, token_mask(targets)) / global_token_count(targets)
+    return mean_over_tokens(soft_token_nll_sum(logits, rows, token_mask(targets)), targets)
 
 
 STAGE2_LOSSES: dict[str, Callable] = {

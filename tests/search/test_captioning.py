@@ -1,0 +1,80 @@
+"""The three-stage objective on real caption decoders: the exact hypergradient is the derivative of the
+whole unrolled objective f(A) = L(W'(E'(A), F'(A), A); D_val), checked in float64 along random
+directions, for both Stage II losses."""
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from capnas_tf.captioner import Captioner
+from capnas_tf.decoders.show_and_tell import ShowAndTellDecoder
+from capnas_tf.search import hypergradient as hg
+from capnas_tf.search.captioning import SearchModels, make_three_stage_problem
+from capnas_tf.search.stateless import values_of
+from tests.search.toy_models import ToyConvEncoder, ToyMixedEncoder
+
+V, L = 9, 6  # vocabulary size, caption length (<start> … <end> <pad>)
+
+
+@pytest.fixture
+def float64():
+    keras.config.set_floatx("float64")
+    keras.mixed_precision.set_global_policy("float64")
+    try:
+        yield
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+        keras.config.set_floatx("float32")
+
+
+def toy_batches(seed=0):
+    rng = np.random.default_rng(seed)
+    images = lambda n: tf.constant(rng.uniform(size=(n, 8, 8, 3)), tf.float64)  # noqa: E731
+    tokens = np.zeros((3, L), np.int32)
+    tokens[:, 0] = 1
+    for i, n in enumerate([3, 4, 2]):
+        tokens[i, 1 : n + 1] = rng.integers(3, V, size=n)
+        tokens[i, n + 1] = 2
+    return {"train": {"image": images(3), "tokens": tf.constant(tokens)},
+            "unlabeled": {"image": images(3)},
+            "val": {"image": images(3), "tokens": tf.constant(tokens[::-1].copy())}}
+
+
+def build_models():
+    keras.utils.set_random_seed(1)
+    encoder, decoder = ToyMixedEncoder(), ShowAndTellDecoder(V, L - 1, embedding_dim=5, units=6, dropout=0.0)
+    student = Captioner(ToyConvEncoder(), ShowAndTellDecoder(V, L - 1, embedding_dim=5, units=6, dropout=0.0))
+    images = tf.zeros((1, 8, 8, 3), tf.float64)
+    decoder(encoder(images), tf.ones((1, L - 1), tf.int32))
+    student(images, tf.ones((1, L - 1), tf.int32))
+    relax = lambda A: (tf.nn.softmax(A[0]), tf.nn.softmax(A[1]))  # noqa: E731
+    return SearchModels(encoder, decoder, student, relax)
+
+
+@pytest.mark.parametrize("stage2", ["soft"])
+def test_exact_hypergradient_is_directional_derivative_of_unrolled_objective(float64, stage2):
+    models = build_models()
+    problem = make_three_stage_problem(models, toy_batches(), stage2=stage2, max_caption_len=L)
+    A, E, F, W = (values_of(v) for v in (models.A, models.E, models.F, models.W))
+    eta = hg.InnerLearningRates(0.5, 0.5, 0.5)
+    grad = hg.exact_hypergradient(problem, A, E, F, W, eta).grad_A
+    f = lambda A_: float(hg.unroll(problem, A_, E, F, W, eta).val_loss)  # noqa: E731
+    rng = np.random.default_rng(0)
+    for _ in range(3):
+        d = [tf.constant(rng.normal(size=a.shape)) for a in A]
+        h = 1e-5
+        numeric = (f([a + h * x for a, x in zip(A, d)]) - f([a - h * x for a, x in zip(A, d)])) / (2 * h)
+        analytic = float(sum(tf.reduce_sum(g * x) for g, x in zip(grad, d)))
+        assert abs(analytic) > 1e-7
+        np.testing.assert_allclose(analytic, numeric, rtol=1e-5)
+
+
+def test_finite_difference_hypergradient_agrees_with_exact_on_captioning_models(float64):
+    models = build_models()
+    problem = make_three_stage_problem(models, toy_batches(), stage2="soft", max_caption_len=L)
+    A, E, F, W = (values_of(v) for v in (models.A, models.E, models.F, models.W))
+    eta = hg.InnerLearningRates(0.5, 0.5, 0.5)
+    exact = np.concatenate([g.numpy().ravel() for g in hg.exact_hypergradient(problem, A, E, F, W, eta).grad_A])
+    fd = np.concatenate([g.numpy().ravel() for g in
+                         hg.finite_difference_hypergradient(problem, A, E, F, W, eta, epsilon=1e-4).grad_A])
+    assert exact @ fd / (np.linalg.norm(exact) * np.linalg.norm(fd)) > 0.99
