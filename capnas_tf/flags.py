@@ -1,0 +1,89 @@
+"""absl flags of `python -m capnas_tf.train`, and their translation into the typed configs.
+
+Only entry points import this module; library code receives configs.
+"""
+from __future__ import annotations
+
+from absl import flags
+
+from capnas_tf.config import SearchConfig, SupernetConfig
+
+FLAGS = flags.FLAGS
+
+# -- run ---------------------------------------------------------------------------------------------
+flags.DEFINE_enum("mode", "search", ["search", "retrain", "pipeline"],
+                  "search: three-stage (or baseline) search → genotype.json; retrain: train the captioner "
+                  "of --genotype from scratch, evaluate, export; pipeline: search, then retrain its genotype.")
+flags.DEFINE_string("workdir", "runs/default", "Directory for every output of the run; re-running the same "
+                    "command resumes from its last checkpoint.")
+flags.DEFINE_integer("seed", 0, "Global random seed (data order, initialisation, relaxation samples).")
+flags.DEFINE_bool("deterministic", False, "Enable TensorFlow's deterministic ops (reproducible, slower).")
+flags.DEFINE_enum("strategy", "default", ["default", "mirrored", "multi_worker", "tpu"],
+                  "tf.distribute strategy; `mirrored` uses every visible GPU (or CPU).")
+
+# -- data --------------------------------------------------------------------------------------------
+flags.DEFINE_enum("dataset", "capnas_shapes", ["capnas_shapes", "coco", "karpathy", "coco_captions_tfds"],
+                  "Caption dataset: the bundled synthetic capnas_shapes, COCO-format annotations + images, "
+                  "a Karpathy-split JSON + images, or TFDS coco_captions (downloads).")
+flags.DEFINE_string("data_dir", None, "TFDS data_dir (default: TFDS's own, ~/tensorflow_datasets).")
+flags.DEFINE_string("annotations", None, "COCO-format caption annotation JSON (--dataset=coco) or Karpathy "
+                    "split JSON such as dataset_coco.json (--dataset=karpathy).")
+flags.DEFINE_string("image_dir", None, "Folder of the images named by --annotations.")
+flags.DEFINE_integer("image_size", 32, "Images are resized to image_size × image_size.")
+flags.DEFINE_integer("max_caption_len", 16, "Caption length L in tokens, <start> and <end> included; "
+                     "longer captions are truncated, shorter ones padded.")
+flags.DEFINE_integer("min_word_count", 5, "Words seen fewer times in the training captions become <unk>.")
+flags.DEFINE_integer("batch_size", 32, "Global batch size of every stream (split over replicas).")
+flags.DEFINE_enum("on_bad_example", "error", ["error", "skip"],
+                  "A corrupt image or empty caption: stop with an error naming it, or skip and count it.")
+
+# -- search ------------------------------------------------------------------------------------------
+_S, _N = SearchConfig(), SupernetConfig()
+flags.DEFINE_enum("search_strategy", _S.strategy, ["three_stage", "darts"], "How A is searched.")
+flags.DEFINE_enum("hypergradient", _S.hypergradient, ["exact", "finite_difference"],
+                  "exact: nested GradientTapes through both unrolled steps; finite_difference: central "
+                  "differences for the Hessian-vector products (first-order memory).")
+flags.DEFINE_enum("stage2", _S.stage2, ["soft", "straight_through"],
+                  "How the Stage II loss stays differentiable in E', F' (see capnas_tf/search/captioning.py).")
+flags.DEFINE_integer("darts_order", _S.darts_order, "DARTS baseline: 1 (first order) or 2 (second order).")
+flags.DEFINE_integer("search_epochs", _S.epochs, "Search epochs.")
+flags.DEFINE_integer("steps_per_epoch", _S.steps_per_epoch, "Search steps per epoch; 0 = one pass over D_tr.")
+flags.DEFINE_integer("warmup_epochs", _S.warmup_epochs, "Epochs of weight training with A frozen.")
+flags.DEFINE_string("decoder", _S.decoder, "Decoder F of the searched captioner (lstm | transformer).")
+flags.DEFINE_string("student_encoder", _S.student_encoder, "Encoder of the Stage II student W.")
+flags.DEFINE_string("student_decoder", _S.student_decoder, "Decoder of the Stage II student W.")
+flags.DEFINE_float("eta_e", _S.eta_e, "η_e: step size of the virtual step E' = E − η_e ∇_E L_tr.")
+flags.DEFINE_float("eta_f", _S.eta_f, "η_f: step size of the virtual step F' = F − η_f ∇_F L_tr.")
+flags.DEFINE_float("eta_w", _S.eta_w, "η_w: step size of the virtual step W' = W − η_w ∇_W L(W, U, E', F').")
+flags.DEFINE_float("weight_lr", _S.weight_lr, "AdamW learning rate of E and F.")
+flags.DEFINE_float("student_lr", _S.student_lr, "AdamW learning rate of W.")
+flags.DEFINE_float("weight_decay", _S.weight_decay, "Decoupled weight decay of E, F, W.")
+flags.DEFINE_float("arch_lr", _S.arch_lr, "η_a: Adam learning rate of A.")
+flags.DEFINE_float("arch_weight_decay", _S.arch_weight_decay, "Decoupled weight decay of A.")
+flags.DEFINE_float("grad_clip", _S.grad_clip, "Clip the weight gradients to this global norm (0: off).")
+flags.DEFINE_float("fd_epsilon", _S.fd_epsilon, "ε of the finite differences; the step is ε/‖v‖.")
+flags.DEFINE_bool("xla", _S.xla, "Compile the search step with XLA (often slower on CPU; measure).")
+flags.DEFINE_integer("log_every", _S.log_every, "Log a progress line and TensorBoard scalars every N steps.")
+flags.DEFINE_integer("checkpoint_every", _S.checkpoint_every, "Checkpoint every N steps (and every epoch).")
+flags.DEFINE_integer("supernet_channels", _N.channels, "C: initial channels of the supernet.")
+flags.DEFINE_integer("supernet_cells", _N.num_cells, "Number of supernet cells.")
+flags.DEFINE_integer("supernet_nodes", _N.num_nodes, "Intermediate nodes per cell.")
+flags.DEFINE_string("relaxation", _N.relaxation, "Relaxation of A into op weights (softmax | gumbel | uniform).")
+flags.DEFINE_integer("max_skip_connect", _N.max_skip_connect,
+                     "Cap on skip_connect ops in the derived normal cell (DARTS collapse remedy); -1: no cap.")
+
+
+def search_config_from_flags() -> SearchConfig:
+    supernet = SupernetConfig(
+        channels=FLAGS.supernet_channels, num_cells=FLAGS.supernet_cells, num_nodes=FLAGS.supernet_nodes,
+        relaxation=FLAGS.relaxation,
+        max_skip_connect=None if FLAGS.max_skip_connect < 0 else FLAGS.max_skip_connect)
+    return SearchConfig(
+        strategy=FLAGS.search_strategy, hypergradient=FLAGS.hypergradient, stage2=FLAGS.stage2,
+        darts_order=FLAGS.darts_order, epochs=FLAGS.search_epochs, steps_per_epoch=FLAGS.steps_per_epoch,
+        warmup_epochs=FLAGS.warmup_epochs, decoder=FLAGS.decoder, student_encoder=FLAGS.student_encoder,
+        student_decoder=FLAGS.student_decoder, eta_e=FLAGS.eta_e, eta_f=FLAGS.eta_f, eta_w=FLAGS.eta_w,
+        weight_lr=FLAGS.weight_lr, student_lr=FLAGS.student_lr, weight_decay=FLAGS.weight_decay,
+        arch_lr=FLAGS.arch_lr, arch_weight_decay=FLAGS.arch_weight_decay, grad_clip=FLAGS.grad_clip,
+        fd_epsilon=FLAGS.fd_epsilon, xla=FLAGS.xla, log_every=FLAGS.log_every,
+        checkpoint_every=FLAGS.checkpoint_every, supernet=supernet)

@@ -1,0 +1,46 @@
+"""Building the models of a search from its config: the supernet E (with A), its decoder F, and the
+Stage II student W — all built (variables created) so that the strategies can snapshot their values."""
+from __future__ import annotations
+
+import keras
+import tensorflow as tf
+
+from capnas_tf.captioner import Captioner
+from capnas_tf.config import SearchConfig
+from capnas_tf.decoders import get_decoder
+from capnas_tf.encoders import get_encoder
+from capnas_tf.search.captioning import SearchModels
+from capnas_tf.search_space.relaxations import relax_architecture
+from capnas_tf.search_space.supernet import SupernetEncoder
+
+
+def build_search_models(config: SearchConfig, *, vocab_size: int, max_caption_len: int, image_size: int,
+                        seed: int = 0) -> SearchModels:
+    """E, A, F, W for `config`, with every variable created.
+
+    Decoders read prefixes of max_caption_len − 1 tokens (teacher forcing on tokens[:, :-1]).
+    """
+    net = config.supernet
+    encoder = SupernetEncoder(channels=net.channels, num_cells=net.num_cells, num_nodes=net.num_nodes,
+                              stem_multiplier=net.stem_multiplier, seed=seed, name="supernet")
+    decoder = get_decoder(config.decoder, vocab_size=vocab_size, max_len=max_caption_len - 1)
+    student = Captioner(get_encoder(config.student_encoder),
+                        get_decoder(config.student_decoder, vocab_size=vocab_size, max_len=max_caption_len - 1),
+                        name="student")
+    images = tf.zeros([1, image_size, image_size, 3])
+    tokens = tf.ones([1, max_caption_len - 1], tf.int32)
+    decoder(encoder(images), tokens)
+    student(images, tokens)
+
+    relaxation = net.relaxation
+
+    def relax(A):
+        return relax_architecture(relaxation, A)
+
+    return SearchModels(encoder=encoder, decoder=decoder, student=student, relax=relax)
+
+
+def set_global_seed(seed: int, deterministic: bool) -> None:
+    keras.utils.set_random_seed(seed)
+    if deterministic:
+        tf.config.experimental.enable_op_determinism()
