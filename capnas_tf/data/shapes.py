@@ -54,11 +54,11 @@ _SHAPE_WORDS = {
     "square": (("square", "squares"), ("box", "boxes")),
     "triangle": (("triangle", "triangles"),),
     "diamond": (("diamond", "diamonds"), ("rhombus", "rhombuses")),
-    "cross": (("cross", "crosses"), ("plus sign", "plus signs")),
+    "cross": (("cross", "crosses"),),
 }
 _COLOUR_WORDS = {c: (c,) for c in COLOURS} | {"purple": ("purple", "violet")}
 _SIZE_WORDS = {"small": ("small", "little", "tiny"), "large": ("large", "big")}
-_COUNT_WORDS = {1: ("a", "one", "a single"), 2: ("two", "a pair of"), 3: ("three",), 4: ("four",),
+_COUNT_WORDS = {1: ("a", "one"), 2: ("two",), 3: ("three",), 4: ("four",),
                 5: ("five",), 6: ("six",), 7: ("seven",), 8: ("eight",), 9: ("nine",)}
 _RELATION_WORDS = {
     "left": ("to the left of", "left of", "on the left of"),
@@ -384,29 +384,36 @@ def describe_scene(scene: Scene, rng: np.random.Generator, num_captions: int) ->
 
 
 def _one_caption(scene: Scene, rng: np.random.Generator) -> str:
+    """One caption from a random template and random synonyms.
+
+    Noun phrases have at most 4 words (count, size, colour, shape) and relations at most 4, so
+    every template stays within 14 words: L = 16 (with <start> and <end>) never truncates one.
+    """
     pick = lambda options: options[int(rng.integers(len(options)))]  # noqa: E731
     groups = scene.groups
     # Size must be said when it is the only attribute that tells the two groups apart.
     same_kind = len(groups) == 2 and (groups[0].shape, groups[0].colour) == (groups[1].shape, groups[1].colour)
     with_size = same_kind or rng.random() < 0.7
     phrases = [_noun_phrase(g, with_size, pick) for g in groups]
-    background = f"on a {pick(_BACKGROUND_WORDS[scene.background])} background"
     if len(groups) == 1:
         (np_a,) = phrases
-        template = int(rng.integers(5))
-        body = [np_a, f"there {_be(np_a)} {np_a}", f"{np_a} {background}",
-                f"{pick(_PREFIXES)} {np_a}", f"{np_a} in the picture"][template]
-        return body
+        background = f"on a {pick(_BACKGROUND_WORDS[scene.background])} background"
+        return [
+            np_a,
+            f"there {_be(np_a)} {np_a}",
+            f"{np_a} {background}",
+            f"{pick(_PREFIXES)} {np_a}",
+            f"{np_a} in the picture",
+        ][int(rng.integers(5))]
     np_a, np_b = phrases
-    relation, inverse = pick(_RELATION_WORDS[scene.relation]), pick(_RELATION_WORDS[_INVERSE_RELATION[scene.relation]])
-    template = int(rng.integers(5))
+    relation = pick(_RELATION_WORDS[scene.relation])
+    inverse = pick(_RELATION_WORDS[_INVERSE_RELATION[scene.relation]])
     return [
         f"{np_a} {relation} {np_b}",
         f"there {_be(np_a)} {np_a} {relation} {np_b}",
         f"{np_b} {inverse} {np_a}",
-        f"{pick(_PREFIXES)} {np_a} {relation} {np_b}",
-        f"{np_a} {relation} {np_b} {background}",
-    ][template]
+        f"{np_a} {_be(np_a)} {relation} {np_b}",
+    ][int(rng.integers(4))]
 
 
 def _noun_phrase(group: Group, with_size: bool, pick) -> str:
@@ -420,7 +427,7 @@ def _noun_phrase(group: Group, with_size: bool, pick) -> str:
 
 
 def _be(noun_phrase: str) -> str:
-    # "there is a pair of …", "there is one …", "there are two …"
+    # "there is one …", "there are two …"
     return "is" if noun_phrase.split(" ", 1)[0] in ("a", "one") else "are"
 
 
