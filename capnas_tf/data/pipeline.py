@@ -1,0 +1,549 @@
+"""The tf.data streams of a caption dataset: D_tr, U, D_val, and the evaluation splits.
+
+    data = load_caption_data(DataConfig(dataset="capnas_shapes"), workdir)
+    data.train_dataset(32)        # D_tr: {"image": float32 [32, S, S, 3] in [0, 1], "tokens": int32 [32, L]}
+    data.unlabeled_dataset(32)    # U:    {"image": float32 [32, S, S, 3]}
+    data.validation_dataset(32)   # D_val: like D_tr
+    data.eval_dataset("test", 32) # {"image": float32 [32, S, S, 3], "image_id": int64 [32]}, each image once
+    data.references("test")       # {image_id: [raw caption, ...]}
+
+Training streams hold one (image, caption) pair per element (each image appears once per
+reference caption per epoch), are shuffled with seeds derived from `DataConfig.seed`, and batch
+with `drop_remainder=True` so every batch has the static shape XLA wants. Evaluation batches are
+padded to full size with images of `image_id` −1 (`pad_remainder=True`): drop those rows.
+
+Each stream decodes (or reads from TFDS), resizes to S × S (squashing, no crop) and tokenises
+once, caches the uint8 images and int32 tokens (`DataConfig.cache`), and only then shuffles,
+converts to float32 in [0, 1] per batch, and prefetches.
+
+Datasets are picked by name from `DATASET_SOURCES`:
+  * `capnas_shapes`: the TFDS builder of `shapes_tfds`, generated at `image_size` into `data_dir`;
+    its `unlabeled` split is U and `test_novel` is an extra evaluation split.
+  * `coco`: one COCO-format annotation file (`annotations`) + `image_dir`. Captioned images are
+    split into train / validation / test by a fixed hash of their image_id
+    (`validation_fraction`, `test_fraction`); images listed without captions are U.
+  * `karpathy`: a Karpathy-split JSON (`annotations`) + image root (`image_dir`); train + restval
+    are D_tr, val is D_val, test is test.
+  * `coco_captions_tfds`: TFDS `coco_captions` (Karpathy splits; downloads only with `download=True`).
+
+Unlabeled images U where a dataset has none of its own (`DataConfig.unlabeled`):
+  "auto" (default) uses them if the dataset has them, else "train"; "train" uses the training
+  images with their captions dropped (the same images as D_tr: the method's stage II still sees
+  only pseudo-captions on them); "holdout" moves a fixed hash-chosen `holdout_fraction` of the
+  training images out of D_tr into U, so U is disjoint from D_tr.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import zlib
+from typing import Callable
+
+import tensorflow as tf
+
+from capnas_tf.data import captions_io, shapes
+from capnas_tf.data.captions_io import BadExamples, CaptionRecord
+from capnas_tf.data.text import Vocabulary
+
+logger = logging.getLogger(__name__)
+
+UNLABELED_MODES = ("auto", "train", "holdout")
+_TRAINING_STREAMS = ("train", "unlabeled", "validation")
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    """Which caption data to read and how to turn it into batches.
+
+    Args:
+      dataset: a name in `DATASET_SOURCES`: capnas_shapes | coco | karpathy | coco_captions_tfds.
+      data_dir: TFDS data_dir (capnas_shapes, coco_captions_tfds); None: TFDS's default.
+      annotations: COCO-format caption JSON (coco) or Karpathy-split JSON (karpathy).
+      image_dir: the folder that the annotation file's image names are relative to.
+      image_size: S; images are resized to S × S (capnas_shapes is generated at S).
+      max_caption_len: L, caption length in tokens including <start> and <end>.
+      min_word_count: words seen fewer times in the training captions become <unk>.
+      batch_size: default global batch size of every stream.
+      seed: seed of every shuffle (not of the dataset itself: see `shapes.seed`).
+      deterministic: `tf.data.Options.deterministic`; with it, the same seed gives the same batches.
+      shuffle_buffer: shuffle buffer of (image, caption) pairs.
+      cache: "memory", "none", or a file path prefix for `Dataset.cache(filename)`.
+      on_bad_example: "error" raises `BadExampleError` naming the file; "skip" drops and counts.
+      validate_images: decode every image once with Pillow before training (catches corrupt files).
+      unlabeled: where U comes from when the dataset has no unlabeled images (see module doc).
+      holdout_fraction: share of training images moved to U when `unlabeled="holdout"`.
+      validation_fraction, test_fraction: hash split of a single COCO-format file.
+      download: allow TFDS to download `coco_captions`.
+      shapes: generation parameters of capnas_shapes (its image_size is replaced by `image_size`).
+    """
+
+    dataset: str = "capnas_shapes"
+    data_dir: str | None = None
+    annotations: str | None = None
+    image_dir: str | None = None
+    image_size: int = 32
+    max_caption_len: int = 16
+    min_word_count: int = 5
+    batch_size: int = 32
+    seed: int = 0
+    deterministic: bool = True
+    shuffle_buffer: int = 4096
+    cache: str = "memory"
+    on_bad_example: str = "error"
+    validate_images: bool = True
+    unlabeled: str = "auto"
+    holdout_fraction: float = 0.2
+    validation_fraction: float = 0.1
+    test_fraction: float = 0.1
+    download: bool = False
+    shapes: shapes.ShapesConfig = dataclasses.field(default_factory=shapes.ShapesConfig)
+
+    def __post_init__(self):
+        if self.dataset not in DATASET_SOURCES:
+            raise ValueError(f"DataConfig.dataset must be one of {sorted(DATASET_SOURCES)}, received {self.dataset!r}.")
+        if self.image_size < 1 or self.max_caption_len < 2 or self.batch_size < 1 or self.min_word_count < 1:
+            raise ValueError(f"DataConfig needs image_size >= 1, max_caption_len >= 2, batch_size >= 1 and "
+                             f"min_word_count >= 1; received {self.image_size}, {self.max_caption_len}, "
+                             f"{self.batch_size}, {self.min_word_count}.")
+        if self.on_bad_example not in captions_io.ON_BAD_EXAMPLE:
+            raise ValueError(f"DataConfig.on_bad_example must be one of {captions_io.ON_BAD_EXAMPLE}, "
+                             f"received {self.on_bad_example!r}.")
+        if self.unlabeled not in UNLABELED_MODES:
+            raise ValueError(f"DataConfig.unlabeled must be one of {UNLABELED_MODES}, received {self.unlabeled!r}.")
+        for name in ("holdout_fraction", "validation_fraction", "test_fraction"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ValueError(f"DataConfig.{name} must be in [0, 1), received {getattr(self, name)}.")
+        if self.validation_fraction + self.test_fraction >= 1.0:
+            raise ValueError("DataConfig.validation_fraction + test_fraction must be < 1, received "
+                             f"{self.validation_fraction} + {self.test_fraction}.")
+
+
+# --- one split of a dataset -----------------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class SplitSource:
+    """The images of one split in a fixed order, with their cleaned captions known in Python.
+
+    `elements()` yields, in the order of `image_ids`, `{"image": uint8 [S, S, 3], "image_id":
+    int64, "captions": string [n]}`; `captions[i]` are the references of `image_ids[i]`.
+    """
+
+    name: str
+    image_ids: tuple[int, ...]
+    captions: tuple[tuple[str, ...], ...]
+    elements: Callable[[], tf.data.Dataset]
+
+    def subset(self, keep_ids: set[int], name: str | None = None) -> "SplitSource":
+        """The images of this split whose id is in `keep_ids` (order kept)."""
+        keep = [i for i, image_id in enumerate(self.image_ids) if image_id in keep_ids]
+        ids = tuple(self.image_ids[i] for i in keep)
+        parent = self.elements
+
+        def elements() -> tf.data.Dataset:
+            kept = _id_set_table(ids)
+            return parent().filter(lambda ex: kept.lookup(ex["image_id"]) > 0)
+
+        return SplitSource(name or self.name, ids, tuple(self.captions[i] for i in keep), elements)
+
+    def without_captions(self, name: str) -> "SplitSource":
+        return dataclasses.replace(self, name=name, captions=tuple(() for _ in self.image_ids))
+
+
+def _id_set_table(ids) -> tf.lookup.StaticHashTable:
+    keys = tf.constant(list(ids) or [-1], tf.int64)
+    return tf.lookup.StaticHashTable(tf.lookup.KeyValueTensorInitializer(keys, tf.ones_like(keys)), 0)
+
+
+def _resize_uint8(image: tf.Tensor, size: int) -> tf.Tensor:
+    """uint8 `[h, w, 3]` -> uint8 `[size, size, 3]` (antialiased bilinear; aspect ratio not kept)."""
+    if image.shape[:2] == (size, size):
+        return image
+    resized = tf.image.resize(image, [size, size], method="bilinear", antialias=True)
+    resized = tf.cast(tf.clip_by_value(tf.round(resized), 0.0, 255.0), tf.uint8)
+    return tf.ensure_shape(resized, [size, size, 3])
+
+
+def records_split(name: str, records: list[CaptionRecord], image_size: int, *,
+                  skip_undecodable: bool = False) -> SplitSource:
+    """A split read from image files (or encoded bytes) named by `records`.
+
+    Images are decoded to RGB with `tf.io.decode_image(channels=3)`: grey is replicated, alpha is
+    dropped, GIFs give their first frame. With `skip_undecodable` (on_bad_example="skip" without
+    up-front validation) an image that still fails to decode is dropped by `ignore_errors`.
+    """
+    ids = tuple(r.image_id for r in records)
+    captions = tuple(r.captions for r in records)
+    use_bytes = any(r.image_bytes is not None for r in records)
+    sources = [r.image_bytes if use_bytes else r.image_path for r in records]
+    if any(s is None for s in sources):
+        raise ValueError(f"split {name!r}: every record needs an image_path (or every one image_bytes).")
+
+    def elements() -> tf.data.Dataset:
+        dataset = tf.data.Dataset.from_tensor_slices({
+            "source": tf.constant(sources, tf.string),
+            "image_id": tf.constant(ids, tf.int64),
+            "captions": tf.ragged.constant([list(c) for c in captions], dtype=tf.string, ragged_rank=1),
+        })
+
+        def decode(ex):
+            encoded = ex["source"] if use_bytes else tf.io.read_file(ex["source"])
+            image = tf.io.decode_image(encoded, channels=3, dtype=tf.uint8, expand_animations=False)
+            image = tf.ensure_shape(image, [None, None, 3])
+            return {"image": _resize_uint8(image, image_size), "image_id": ex["image_id"],
+                    "captions": ex["captions"]}
+
+        dataset = dataset.map(decode, num_parallel_calls=tf.data.AUTOTUNE)
+        return dataset.ignore_errors(log_warning=True) if skip_undecodable else dataset
+
+    return SplitSource(name, ids, captions, elements)
+
+
+def tfds_split(name: str, builder, tfds_split_name: str, image_size: int, *,
+               standardize: Callable[[dict], dict] = lambda ex: ex, bad: BadExamples | None = None,
+               seed: int = 0) -> SplitSource:
+    """A split of a prepared TFDS builder whose elements standardise to {image, image_id, captions}.
+
+    Captions are read once in Python (images skipped), cleaned like file-based captions, and
+    zipped back in graph order; an id check guards that both reads agree.
+    """
+    import tensorflow_datasets as tfds  # noqa: PLC0415
+
+    bad = bad or BadExamples()
+    ids, captions = [], []
+    text_only = builder.as_dataset(split=tfds_split_name, shuffle_files=False,
+                                   decoders={"image": tfds.decode.SkipDecoding()}).map(standardize)
+    text_only = text_only.map(lambda ex: {"image_id": ex["image_id"], "captions": ex["captions"]})
+    for batch in text_only.ragged_batch(1024):  # batched: one Python round trip per 1024 images
+        for image_id, raw in zip(batch["image_id"].numpy().tolist(), batch["captions"].to_list()):
+            where = f"TFDS {builder.info.full_name} split {tfds_split_name}, image {image_id}"
+            ids.append(image_id)
+            captions.append(captions_io.clean_captions([c.decode("utf-8") for c in raw], where, bad))
+    read_config = tfds.ReadConfig(shuffle_seed=seed, try_autocache=False)
+
+    def elements() -> tf.data.Dataset:
+        images = builder.as_dataset(split=tfds_split_name, shuffle_files=False, read_config=read_config)
+        images = images.map(standardize)
+        cleaned = tf.data.Dataset.from_tensor_slices({
+            "image_id": tf.constant(ids, tf.int64),
+            "captions": tf.ragged.constant([list(c) for c in captions], dtype=tf.string, ragged_rank=1)})
+
+        def join(ex, py):
+            with tf.control_dependencies([tf.debugging.assert_equal(
+                    ex["image_id"], py["image_id"], message=f"TFDS {builder.name} {tfds_split_name}: read order changed")]):
+                image = tf.identity(_resize_uint8(ex["image"], image_size))
+            return {"image": image, "image_id": py["image_id"], "captions": py["captions"]}
+
+        return tf.data.Dataset.zip(images, cleaned).map(join, num_parallel_calls=tf.data.AUTOTUNE)
+
+    return SplitSource(name, tuple(ids), tuple(captions), elements)
+
+
+# --- dataset sources (a registry by name) -----------------------------------------------------------
+
+def _capnas_shapes_source(config: DataConfig, bad: BadExamples) -> dict[str, SplitSource]:
+    from capnas_tf.data import shapes_tfds  # noqa: PLC0415
+
+    shapes_config = dataclasses.replace(config.shapes, image_size=config.image_size)
+    builder = shapes_tfds.prepare_capnas_shapes(shapes_config, data_dir=config.data_dir)
+    return {split: tfds_split(split, builder, split, config.image_size, bad=bad, seed=config.seed)
+            for split in shapes.SPLITS if shapes.split_size(shapes_config, split) > 0}
+
+
+def _hash_unit(image_id: int, salt: str) -> float:
+    """A fixed pseudo-random number in [0, 1) per image id: split membership that never changes."""
+    return zlib.crc32(f"{salt}:{image_id}".encode()) / 2**32
+
+
+def _coco_source(config: DataConfig, bad: BadExamples) -> dict[str, SplitSource]:
+    _require_paths(config)
+    records = captions_io.read_coco_captions(config.annotations, config.image_dir,
+                                             validate_images=config.validate_images, bad=bad)
+    captioned = [r for r in records if r.captions]
+    parts: dict[str, list[CaptionRecord]] = {"train": [], "validation": [], "test": []}
+    for record in captioned:
+        u = _hash_unit(record.image_id, "split")
+        split = ("validation" if u < config.validation_fraction
+                 else "test" if u < config.validation_fraction + config.test_fraction else "train")
+        parts[split].append(record)
+    unlabeled = [r for r in records if not r.captions]
+    if unlabeled:
+        parts["unlabeled"] = unlabeled
+    skip = config.on_bad_example == "skip" and not config.validate_images
+    return {name: records_split(name, rs, config.image_size, skip_undecodable=skip) for name, rs in parts.items()}
+
+
+def _karpathy_source(config: DataConfig, bad: BadExamples) -> dict[str, SplitSource]:
+    _require_paths(config)
+    records = captions_io.read_karpathy_split(config.annotations, config.image_dir,
+                                              validate_images=config.validate_images, bad=bad)
+    parts = {
+        "train": [r for r in records if r.split in ("train", "restval")],
+        "validation": [r for r in records if r.split == "val"],
+        "test": [r for r in records if r.split == "test"],
+    }
+    skip = config.on_bad_example == "skip" and not config.validate_images
+    return {name: records_split(name, rs, config.image_size, skip_undecodable=skip) for name, rs in parts.items()}
+
+
+def _coco_captions_tfds_source(config: DataConfig, bad: BadExamples) -> dict[str, SplitSource]:
+    import tensorflow_datasets as tfds  # noqa: PLC0415
+
+    builder = tfds.builder("coco_captions", data_dir=config.data_dir)
+    if config.download:
+        builder.download_and_prepare()
+    return {split: tfds_split(split, builder, tfds_name, config.image_size, bad=bad, seed=config.seed,
+                              standardize=captions_io.standardize_tfds_coco_captions)
+            for split, tfds_name in captions_io.TFDS_COCO_CAPTIONS_SPLITS.items()}
+
+
+def _require_paths(config: DataConfig) -> None:
+    for field in ("annotations", "image_dir"):
+        if not getattr(config, field):
+            raise ValueError(f"DataConfig.{field} is required for dataset={config.dataset!r}.")
+
+
+DATASET_SOURCES: dict[str, Callable[[DataConfig, BadExamples], dict[str, SplitSource]]] = {
+    "capnas_shapes": _capnas_shapes_source,
+    "coco": _coco_source,
+    "karpathy": _karpathy_source,
+    "coco_captions_tfds": _coco_captions_tfds_source,
+}
+
+
+def register_dataset(name: str, source: Callable[[DataConfig, BadExamples], dict[str, SplitSource]]) -> None:
+    """Adds a dataset: `source(config, bad)` returns SplitSources for train, validation, … ."""
+    DATASET_SOURCES[name] = source
+
+
+def _with_unlabeled(splits: dict[str, SplitSource], config: DataConfig) -> dict[str, SplitSource]:
+    """Makes sure `splits["unlabeled"]` exists, per `config.unlabeled` (see module doc)."""
+    splits = dict(splits)
+    mode = config.unlabeled
+    if mode == "auto":
+        if "unlabeled" in splits:
+            return splits
+        mode = "train"
+    train = splits["train"]
+    if mode == "train":
+        splits["unlabeled"] = train.without_captions("unlabeled")
+    else:  # holdout
+        held = {i for i in train.image_ids if _hash_unit(i, "unlabeled") < config.holdout_fraction}
+        splits["unlabeled"] = train.subset(held, "unlabeled").without_captions("unlabeled")
+        splits["train"] = train.subset(set(train.image_ids) - held)
+    return splits
+
+
+# --- the streams ------------------------------------------------------------------------------------
+
+class CaptionData:
+    """The vocabulary and the streams of one dataset (built by `load_caption_data`).
+
+    Attributes:
+      config: the DataConfig.
+      vocab: the Vocabulary built from the training captions.
+      skipped: bad examples dropped under on_bad_example="skip", by kind.
+      image_size: S.  max_caption_len: L.
+      num_train_images: images in D_tr.  num_train_examples: (image, caption) pairs in D_tr,
+        i.e. one epoch of `train_dataset`.
+    """
+
+    def __init__(self, config: DataConfig, splits: dict[str, SplitSource], vocab: Vocabulary,
+                 skipped: dict[str, int]):
+        self.config = config
+        self.vocab = vocab
+        self.skipped = dict(skipped)
+        self._splits = splits
+
+    @property
+    def image_size(self) -> int:
+        return self.config.image_size
+
+    @property
+    def max_caption_len(self) -> int:
+        return self.vocab.max_len
+
+    @property
+    def splits(self) -> tuple[str, ...]:
+        """Names of the available splits (train, unlabeled, validation, test, and e.g. test_novel)."""
+        return tuple(self._splits)
+
+    def num_images(self, split: str) -> int:
+        return len(self._split(split).image_ids)
+
+    def num_examples(self, split: str) -> int:
+        """(image, caption) pairs of `split`: one epoch of its training stream."""
+        return sum(len(c) for c in self._split(split).captions)
+
+    @property
+    def num_train_images(self) -> int:
+        return self.num_images("train")
+
+    @property
+    def num_train_examples(self) -> int:
+        return self.num_examples("train")
+
+    def references(self, split: str) -> dict[int, list[str]]:
+        """`{image_id: [raw caption, …]}` of `split` (cleaned of empty captions, otherwise as written)."""
+        source = self._split(split)
+        return {image_id: list(caps) for image_id, caps in zip(source.image_ids, source.captions)}
+
+    def train_dataset(self, batch_size: int | None = None, *, repeat: bool = True,
+                      shuffle: bool = True) -> tf.data.Dataset:
+        """D_tr: `{"image": float32 [B, S, S, 3], "tokens": int32 [B, L]}`, one caption per element."""
+        return self._pair_stream("train", batch_size, repeat=repeat, shuffle=shuffle)
+
+    def validation_dataset(self, batch_size: int | None = None, *, repeat: bool = True,
+                           shuffle: bool = True) -> tf.data.Dataset:
+        """D_val: `{"image": float32 [B, S, S, 3], "tokens": int32 [B, L]}`."""
+        return self._pair_stream("validation", batch_size, repeat=repeat, shuffle=shuffle)
+
+    def unlabeled_dataset(self, batch_size: int | None = None, *, repeat: bool = True,
+                          shuffle: bool = True) -> tf.data.Dataset:
+        """U: `{"image": float32 [B, S, S, 3]}`, each image once per epoch."""
+        batch_size = self._check_batch("unlabeled", batch_size, self.num_images("unlabeled"), repeat)
+        images = self._cached_images("unlabeled", with_tokens=False)
+        if shuffle:
+            images = images.shuffle(self._buffer(self.num_images("unlabeled")), seed=self._seed("unlabeled"),
+                                    reshuffle_each_iteration=True)
+        if repeat:
+            images = images.repeat()
+        images = images.map(lambda ex: {"image": ex["image"]})
+        return self._finish(images.batch(batch_size, drop_remainder=True))
+
+    def eval_dataset(self, split: str, batch_size: int | None = None, *,
+                     pad_remainder: bool = True) -> tf.data.Dataset:
+        """Each image of `split` once, in order: `{"image": float32 [B, S, S, 3], "image_id": int64 [B]}`.
+
+        With `pad_remainder` the last batch is filled up with black images of image_id −1, so every
+        batch has the static size B; without it the last batch may be smaller.
+        """
+        batch_size = batch_size or self.config.batch_size
+        images = self._cached_images(split, with_tokens=False)
+        images = images.map(lambda ex: {"image": ex["image"], "image_id": ex["image_id"]})
+        padding = -self.num_images(split) % batch_size
+        if pad_remainder and padding:
+            size = self.config.image_size
+            filler = tf.data.Dataset.from_tensors({"image": tf.zeros([size, size, 3], tf.uint8),
+                                                   "image_id": tf.constant(-1, tf.int64)}).repeat(padding)
+            images = images.concatenate(filler)
+        return self._finish(images.batch(batch_size, drop_remainder=pad_remainder))
+
+    # --- internals ---------------------------------------------------------------------------------
+
+    def _split(self, split: str) -> SplitSource:
+        if split not in self._splits:
+            raise ValueError(f"split must be one of {list(self._splits)} for dataset "
+                             f"{self.config.dataset!r}, received {split!r}.")
+        return self._splits[split]
+
+    def _seed(self, stream: str) -> int:
+        return self.config.seed * 1000 + _TRAINING_STREAMS.index(stream) * 10
+
+    def _buffer(self, n: int) -> int:
+        return max(1, min(n, self.config.shuffle_buffer))
+
+    def _check_batch(self, split: str, batch_size: int | None, n: int, repeat: bool) -> int:
+        batch_size = batch_size or self.config.batch_size
+        if n == 0:
+            raise ValueError(f"split {split!r} of dataset {self.config.dataset!r} has no usable examples.")
+        if not repeat and n < batch_size:
+            raise ValueError(f"split {split!r} has {n} examples, fewer than batch_size={batch_size}: "
+                             "with drop_remainder=True and repeat=False it would yield no batch.")
+        return batch_size
+
+    def _cached_images(self, split: str, *, with_tokens: bool) -> tf.data.Dataset:
+        """Per image uint8 image, image_id (and int32 tokens [n, L]), cached per `config.cache`."""
+        if not self.num_images(split):
+            raise ValueError(f"split {split!r} of dataset {self.config.dataset!r} has no usable images.")
+        dataset = self._split(split).elements()
+        if with_tokens:
+            vocab = self.vocab
+            dataset = dataset.map(lambda ex: {"image": ex["image"], "image_id": ex["image_id"],
+                                              "tokens": vocab.tokenize(ex["captions"])},
+                                  num_parallel_calls=tf.data.AUTOTUNE)
+        else:
+            dataset = dataset.map(lambda ex: {"image": ex["image"], "image_id": ex["image_id"]})
+        cache = self.config.cache
+        if cache == "memory":
+            return dataset.cache()
+        if cache == "none":
+            return dataset
+        return dataset.cache(f"{cache}-{self.config.dataset}-{split}-{self.config.image_size}"
+                             f"{'-tokens' if with_tokens else ''}")
+
+    def _pair_stream(self, split: str, batch_size: int | None, *, repeat: bool, shuffle: bool) -> tf.data.Dataset:
+        batch_size = self._check_batch(split, batch_size, self.num_examples(split), repeat)
+        images = self._cached_images(split, with_tokens=True)
+        seed = self._seed(split)
+        if shuffle:  # first the images, then the pairs, so the captions of an image spread apart
+            images = images.shuffle(self._buffer(self.num_images(split)), seed=seed, reshuffle_each_iteration=True)
+        pairs = images.flat_map(_image_caption_pairs)
+        if shuffle:
+            pairs = pairs.shuffle(self._buffer(self.num_examples(split)), seed=seed + 1, reshuffle_each_iteration=True)
+        if repeat:
+            pairs = pairs.repeat()
+        return self._finish(pairs.batch(batch_size, drop_remainder=True))
+
+    def _finish(self, batches: tf.data.Dataset) -> tf.data.Dataset:
+        options = tf.data.Options()
+        options.deterministic = self.config.deterministic
+        batches = batches.map(_images_to_float, num_parallel_calls=tf.data.AUTOTUNE)
+        return batches.prefetch(tf.data.AUTOTUNE).with_options(options)
+
+
+def _image_caption_pairs(ex: dict) -> tf.data.Dataset:
+    """One image with n captions -> n elements {"image", "tokens"}."""
+    n = tf.shape(ex["tokens"])[0]
+    images = tf.repeat(ex["image"][None], n, axis=0)  # (n, S, S, 3)
+    return tf.data.Dataset.from_tensor_slices({"image": images, "tokens": ex["tokens"]})
+
+
+def _images_to_float(batch: dict) -> dict:
+    """uint8 images -> float32 in [0, 1] (the toolkit's image convention)."""
+    batch = dict(batch)
+    batch["image"] = tf.cast(batch["image"], tf.float32) / 255.0
+    return batch
+
+
+def load_caption_data(config: DataConfig, workdir: str | None = None, *,
+                      vocab: Vocabulary | None = None) -> CaptionData:
+    """Reads (and checks) the dataset of `config` and builds its vocabulary.
+
+    Args:
+      config: the DataConfig.
+      workdir: if given, the vocabulary is written to `<workdir>/vocab.txt`. If that file already
+        exists (a resumed run) it must hold the same vocabulary, else ValueError: a checkpoint's
+        embedding rows would no longer match its words.
+      vocab: use this vocabulary instead of building one (e.g. the search run's, for retraining).
+
+    Returns:
+      The CaptionData. Bad examples skipped under on_bad_example="skip" are logged and counted
+      in `CaptionData.skipped`.
+    """
+    bad = BadExamples(config.on_bad_example)
+    splits = _with_unlabeled(DATASET_SOURCES[config.dataset](config, bad), config)
+    for required in ("train", "validation"):
+        if required not in splits or not splits[required].image_ids:
+            raise ValueError(f"dataset {config.dataset!r} has no usable {required!r} images.")
+    if vocab is None:
+        vocab = Vocabulary.build((c for caps in splits["train"].captions for c in caps),
+                                 min_count=config.min_word_count, max_len=config.max_caption_len)
+    elif vocab.max_len != config.max_caption_len:
+        raise ValueError(f"vocab.max_len={vocab.max_len} differs from DataConfig.max_caption_len="
+                         f"{config.max_caption_len}.")
+    if workdir is not None:
+        _save_vocab(vocab, os.path.join(workdir, "vocab.txt"))
+    if bad.total:
+        logger.warning("%s: skipped %d bad example(s): %s", config.dataset, bad.total, dict(bad.counts))
+    return CaptionData(config, splits, vocab, dict(bad.counts))
+
+
+def _save_vocab(vocab: Vocabulary, path: str) -> None:
+    if os.path.exists(path):
+        existing = Vocabulary.load(path, max_len=vocab.max_len)
+        if existing.tokens != vocab.tokens:
+            raise ValueError(f"{path} holds a different vocabulary ({existing.size} tokens) than this data "
+                             f"gives ({vocab.size} tokens): use a new workdir, or pass vocab=Vocabulary.load(...).")
+        return
+    vocab.save(path)
