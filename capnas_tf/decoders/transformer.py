@@ -9,6 +9,10 @@ The decoder layers are keras-hub `TransformerDecoder`s; their key/value caches m
 decoding cost one position per step: the self-attention cache `[B, 2, max_len, H, D/H]` is filled
 one index at a time, the cross-attention cache `[B, 2, h·w, H, D/H]` is computed once from M.
 
+keras-hub builds its layer norms as `keras.layers.LayerNormalization`, whose second derivative is
+wrong on the TensorFlow backend (see `exact_layer_norm.py`); after building, each of them is
+switched to `ExactLayerNormalization` — same weights, same function, exact Hessian.
+
 Reference: Vaswani et al., "Attention Is All You Need", NeurIPS 2017, arXiv:1706.03762.
 """
 from __future__ import annotations
@@ -18,7 +22,19 @@ import keras_hub
 import tensorflow as tf
 
 from capnas_tf.decoders.base import CaptionDecoder
+from capnas_tf.decoders.exact_layer_norm import ExactLayerNormalization
 from capnas_tf.decoders.registry import register_decoder
+
+
+def _use_exact_layer_norms(layer: keras.layers.Layer) -> None:
+    """Switches the built `LayerNormalization` sublayers of `layer` to `ExactLayerNormalization`.
+
+    The subclass adds no state, so changing the instances' class keeps their variables, their
+    tracking and the parent's weight order; only `call` changes.
+    """
+    for sublayer in vars(layer).values():
+        if type(sublayer) is keras.layers.LayerNormalization:
+            sublayer.__class__ = ExactLayerNormalization
 
 
 @register_decoder("transformer")
@@ -119,6 +135,7 @@ class TransformerCaptionDecoder(CaptionDecoder):
         self.embedding.build((None, self.max_len))
         for layer in self.decoder_layers:
             layer.build((None, None, self.model_dim), (None, h * w, self.model_dim))
+            _use_exact_layer_norms(layer)
         self.vocab_projection.build((None, None, self.model_dim))
         self.built = True
 

@@ -1,0 +1,212 @@
+"""The decoder call contract: shapes, causality, serialization, stateless/XLA/mixed-precision use,
+and second derivatives checked against finite differences."""
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from capnas_tf.decoders import DECODERS, get_decoder, register_decoder
+from capnas_tf.decoders.losses import masked_cross_entropy
+from tests.decoders.conftest import (
+    BATCH,
+    DECODER_NAMES,
+    GRID,
+    MAX_LEN,
+    TINY,
+    VOCAB,
+    make_decoder,
+    random_features,
+    random_prefix,
+)
+
+
+def test_registry_offers_both_decoders_and_rejects_unknown_names():
+    assert {"lstm", "transformer"} <= set(DECODERS)
+    with pytest.raises(ValueError, match="unknown decoder name 'gru'"):
+        get_decoder("gru", vocab_size=VOCAB, max_len=MAX_LEN)
+
+
+def test_registering_a_taken_name_is_an_error():
+    with pytest.raises(ValueError, match="already taken"):
+        register_decoder("lstm", lambda **kw: None)
+
+
+@pytest.mark.parametrize("name", DECODER_NAMES)
+def test_logits_are_float32_batch_by_positions_by_vocab(name):
+    decoder = make_decoder(name)
+    for length in (1, 4, MAX_LEN):
+        logits = decoder(random_features(), random_prefix(length=length))
+        assert logits.shape == (BATCH, length, VOCAB)
+        assert logits.dtype == tf.float32
+
+
+@pytest.mark.parametrize("name", DECODER_NAMES)
+def test_a_prefix_longer_than_max_len_is_rejected(name):
+    decoder = make_decoder(name)
+    with pytest.raises(ValueError, match=f"max_len={MAX_LEN}"):
+        decoder(random_features(), tf.ones([BATCH, MAX_LEN + 1], tf.int32))
+
+
+@pytest.mark.parametrize("name", DECODER_NAMES)
+def test_logits_at_t_do_not_depend_on_later_tokens(name):
+    decoder = make_decoder(name)
+    tokens = random_prefix()
+    changed = tf.concat([tokens[:, :3], (tokens[:, 3:] + 1) % VOCAB], axis=1)
+    a = decoder(random_features(), tokens)
+    b = decoder(random_features(), changed)
+    np.testing.assert_allclose(a[:, :3], b[:, :3], atol=1e-6)
+    assert not np.allclose(a[:, 3:], b[:, 3:])
+
+
+@pytest.mark.parametrize("name", DECODER_NAMES)
+def test_logits_depend_on_the_image(name):
+    decoder = make_decoder(name)
+    tokens = random_prefix()
+    a = decoder(random_features(seed=0), tokens)
+    b = decoder(random_features(seed=1), tokens)
+    assert np.abs(a - b).max() > 1e-4
+
+
+def test_parameter_counts_are_pinned():
+    c = GRID[-1]
+    e, u = TINY["lstm"]["embedding_dim"], TINY["lstm"]["units"]
+    lstm = (c * e + e) + VOCAB * e + (4 * u * (e + u) + 4 * u) + (u * VOCAB + VOCAB)
+    assert make_decoder("lstm").count_params() == lstm
+    cfg = TINY["transformer"]
+    d, f, s = cfg["model_dim"], cfg["intermediate_dim"], GRID[0] * GRID[1]
+    attention = 4 * (d * d + d)  # query, key, value, output projections
+    layer = 2 * attention + (d * f + f) + (f * d + d) + 3 * 2 * d  # + three layer norms
+    transformer = (c * d + d) + s * d + VOCAB * d + MAX_LEN * d + cfg["num_layers"] * layer + (d * VOCAB + VOCAB)
+    assert make_decoder("transformer").count_params() == transformer == 2221
+
+
+@pytest.mark.parametrize("name", DECODER_NAMES)
+def test_config_round_trip_rebuilds_the_same_decoder(name):
+    decoder = make_decoder(name)
+    config = decoder.get_config()
+    clone = type(decoder).from_config(config)
+    assert clone.get_config() == config
+    features, tokens = random_features(), random_prefix()
+    clone(features, tokens)
+    clone.set_weights(decoder.get_weights())
+    np.testing.assert_allclose(clone(features, tokens), decoder(features, tokens), atol=1e-6)
+
+
+@pytest.mark.parametrize("name", DECODER_NAMES)
+def test_keras_file_round_trip_restores_weights(name, tmp_path):
+    decoder = make_decoder(name)
+    path = str(tmp_path / f"{name}.keras")
+    decoder.save(path)
+    loaded = keras.saving.load_model(path)
+    features, tokens = random_features(), random_prefix()
+    np.testing.assert_allclose(loaded(features, tokens), decoder(features, tokens), atol=1e-6)
+
+
+def _values(decoder):
+    return [tf.convert_to_tensor(v) for v in decoder.trainable_variables]
+
+
+def _stateless_loss(decoder, values, features, tokens):
+    non_trainable = [v.value for v in decoder.non_trainable_variables]
+    logits, _ = decoder.stateless_call(values, non_trainable, features, tokens[:, :-1])
+    return masked_cross_entropy(logits, tokens[:, 1:])
+
+
+@pytest.mark.parametrize("name", DECODER_NAMES)
+def test_stateless_call_gradient_equals_the_stateful_gradient(name):
+    decoder = make_decoder(name)
+    features, tokens = random_features(), random_prefix()
+    values = _values(decoder)
+    with tf.GradientTape() as tape:
+        tape.watch(values)
+        loss = _stateless_loss(decoder, values, features, tokens)
+    stateless_grads = tape.gradient(loss, values)
+    with tf.GradientTape() as tape:
+        loss_ref = masked_cross_entropy(decoder(features, tokens[:, :-1]), tokens[:, 1:])
+    grads = tape.gradient(loss_ref, decoder.trainable_variables)
+    np.testing.assert_allclose(loss, loss_ref, rtol=1e-6)
+    for g, h in zip(stateless_grads, grads):
+        np.testing.assert_allclose(tf.convert_to_tensor(g), tf.convert_to_tensor(h), atol=1e-6)
+
+
+def _unrolled_objective(decoder, values, features, train_tokens, val_tokens, lr):
+    """f = L_val(θ − η ∇θ L_tr(θ, features), features): one gradient step, as in the hypergradient."""
+    with tf.GradientTape() as inner:
+        inner.watch(values)
+        train_loss = _stateless_loss(decoder, values, features, train_tokens)
+    grads = [tf.convert_to_tensor(g) for g in inner.gradient(train_loss, values)]
+    stepped = [v - lr * g for v, g in zip(values, grads)]
+    return _stateless_loss(decoder, stepped, features, val_tokens)
+
+
+@pytest.mark.parametrize("name", DECODER_NAMES)
+def test_second_order_gradient_through_one_step_matches_finite_differences(name):
+    """d f / d(θ, grid, pooled) along a random direction, f differentiating through ∇θ L_tr (float64)."""
+    features = random_features(dtype=tf.float64)
+    decoder = make_decoder(name, features=features, dtype="float64")
+    train_tokens, val_tokens = random_prefix(seed=1), random_prefix(seed=2)
+    lr = 0.1
+    point = _values(decoder) + list(features)
+    rng = np.random.default_rng(0)
+    direction = [tf.constant(rng.normal(size=p.shape)) for p in point]
+
+    def f(xs):
+        n = len(decoder.trainable_variables)
+        return _unrolled_objective(decoder, xs[:n], tuple(xs[n:]), train_tokens, val_tokens, lr)
+
+    with tf.GradientTape() as outer:
+        outer.watch(point)
+        value = f(point)
+    grads = outer.gradient(value, point)
+    analytic = sum(  # the LSTM ignores the grid: its gradient is None
+        float(tf.reduce_sum(tf.convert_to_tensor(g) * d)) for g, d in zip(grads, direction) if g is not None
+    )
+    eps = 1e-6
+    plus = f([p + eps * d for p, d in zip(point, direction)])
+    minus = f([p - eps * d for p, d in zip(point, direction)])
+    numeric = float(plus - minus) / (2 * eps)
+    assert abs(analytic) > 1e-3
+    np.testing.assert_allclose(analytic, numeric, rtol=1e-5)
+
+
+@pytest.mark.parametrize("name", DECODER_NAMES)
+def test_training_step_compiles_with_xla_and_matches_eager(name):
+    decoder = make_decoder(name)
+    features, tokens = random_features(), random_prefix()
+    values = _values(decoder)
+
+    def loss_and_grads(values, grid, pooled, tokens):
+        with tf.GradientTape() as tape:
+            tape.watch(values)
+            loss = _stateless_loss(decoder, values, (grid, pooled), tokens)
+        return loss, [tf.convert_to_tensor(g) for g in tape.gradient(loss, values)]
+
+    compiled = tf.function(loss_and_grads, jit_compile=True)
+    loss, grads = compiled(values, *features, tokens)
+    loss_ref, grads_ref = loss_and_grads(values, *features, tokens)
+    np.testing.assert_allclose(loss, loss_ref, rtol=1e-5)
+    for g, h in zip(grads, grads_ref):
+        np.testing.assert_allclose(g, h, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", DECODER_NAMES)
+def test_mixed_float16_computes_in_half_precision_and_returns_float32_logits(
+    name, restore_dtype_policy
+):
+    keras.config.set_dtype_policy("mixed_float16")
+    features = tuple(tf.cast(x, tf.float16) for x in random_features())
+    decoder = make_decoder(name, features=features)
+    assert decoder.compute_dtype == "float16"
+    assert all(v.dtype == "float32" for v in decoder.trainable_variables)
+    tokens = random_prefix()
+    with tf.GradientTape() as tape:
+        logits = decoder(features, tokens[:, :-1], training=True)
+        loss = masked_cross_entropy(logits, tokens[:, 1:])
+    grads = tape.gradient(loss, decoder.trainable_variables)
+    assert logits.dtype == tf.float32
+    assert np.isfinite(loss.numpy())
+    assert all(np.all(np.isfinite(tf.convert_to_tensor(g).numpy())) for g in grads)
+    cache = decoder.initial_cache(features)
+    step_logits, _ = decoder.decode_step(features, tokens[:, 0], 0, cache)
+    assert step_logits.dtype == tf.float32
+    np.testing.assert_allclose(step_logits, decoder(features, tokens[:, :1])[:, 0], atol=2e-2)
