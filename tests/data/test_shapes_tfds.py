@@ -1,0 +1,58 @@
+import dataclasses
+import subprocess
+import sys
+
+import numpy as np
+import tensorflow_datasets as tfds
+
+from capnas_tf.data import shapes, shapes_tfds
+
+from data_files import TINY_SHAPES
+
+
+def test_tfds_load_reads_the_generated_examples_byte_for_byte(tfds_dir):
+    dataset = tfds.load("capnas_shapes/tiny", split="train[:4]", data_dir=tfds_dir)
+    examples = list(dataset.as_numpy_iterator())
+    assert len(examples) == 4
+    for index, example in enumerate(examples):
+        expected = shapes.generate_example(TINY_SHAPES, "train", index)
+        assert example["image"].dtype == np.uint8 and example["image"].shape == (16, 16, 3)
+        assert example["image"].tobytes() == expected.image.tobytes()  # PNG is lossless
+        assert example["image_id"] == expected.image_id
+        assert [c.decode() for c in example["captions"]] == list(expected.captions)
+
+
+def test_all_splits_have_the_configured_sizes_and_unlabeled_has_no_captions(tfds_dir):
+    builder = tfds.builder("capnas_shapes/tiny", data_dir=tfds_dir)
+    for split in shapes.SPLITS:
+        assert builder.info.splits[split].num_examples == shapes.split_size(TINY_SHAPES, split)
+    unlabeled = tfds.load("capnas_shapes/tiny", split="unlabeled", data_dir=tfds_dir)
+    assert all(len(ex["captions"]) == 0 for ex in unlabeled.as_numpy_iterator())
+
+
+def test_custom_config_builds_through_builder_kwargs(tmp_path):
+    config = dataclasses.replace(TINY_SHAPES, image_size=12, num_train=3, num_unlabeled=0, num_validation=2,
+                                 num_test=2, num_test_novel=0, seed=7)
+    dataset = tfds.load("capnas_shapes", split="train", data_dir=str(tmp_path),
+                        builder_kwargs={"config": shapes_tfds.builder_config(config)})
+    images = [ex["image"] for ex in dataset.as_numpy_iterator()]
+    assert len(images) == 3 and images[0].shape == (12, 12, 3)
+    builder = tfds.builder("capnas_shapes", config=shapes_tfds.builder_config(config), data_dir=str(tmp_path))
+    assert "unlabeled" not in builder.info.splits  # empty splits are left out
+
+
+def test_config_names_tell_configurations_apart():
+    names = {shapes_tfds.config_name(c) for c in (
+        shapes.ShapesConfig(), TINY_SHAPES, shapes.ShapesConfig(seed=1), shapes.ShapesConfig(image_size=48),
+        shapes.ShapesConfig(held_out_pairs=(("red", "circle"),)))}
+    assert len(names) == 5
+    assert shapes_tfds.builder_config(shapes.ShapesConfig()) is shapes_tfds.CapnasShapes.BUILDER_CONFIGS[0]
+
+
+def test_importing_capnas_tf_registers_the_builder_without_importing_tensorflow():
+    code = ("import sys, capnas_tf, tensorflow_datasets as tfds; "
+            "assert 'capnas_shapes' in tfds.list_builders(with_community_datasets=False); "
+            "print('tensorflow' in sys.modules)")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().splitlines()[-1] == "False"
