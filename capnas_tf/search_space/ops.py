@@ -1,0 +1,404 @@
+"""The candidate operations of the DARTS search space, as Keras 3 layers (channels-last, NHWC).
+
+Every candidate maps `[B, H, W, C]` to `[B, ⌈H/s⌉, ⌈W/s⌉, C]` for stride s ∈ {1, 2}, so the mixed op
+can sum them. Convolutions follow DARTS' ReLU → conv → BatchNorm ordering; `sep_conv_*` applies the
+ReLU–depthwise–pointwise–BN block twice (the first with the stride), `dil_conv_*` once with dilation 2.
+
+The search space is data: `PRIMITIVES` (the default candidate list, in DARTS' order) and `OPS`
+(name → factory). `register_op` adds a user candidate that the supernet can then search over.
+
+Reference: Liu, Simonyan, Yang, "DARTS: Differentiable Architecture Search", ICLR 2019,
+arXiv:1806.09055 (operations.py of the reference code).
+"""
+from __future__ import annotations
+
+import inspect
+from typing import Callable
+
+import keras
+import tensorflow as tf
+
+# PyTorch's BatchNorm2d(momentum=0.1, eps=1e-5), in Keras' convention (moving = m·moving + (1−m)·batch).
+BN_MOMENTUM = 0.9
+BN_EPSILON = 1e-5
+
+STRIDES = (1, 2)
+
+
+def _check_stride(layer_name: str, stride) -> int:
+    if stride not in STRIDES:
+        raise ValueError(f"{layer_name}: stride must be 1 or 2; received {stride!r}.")
+    return int(stride)
+
+
+def _check_channels(layer_name: str, channels) -> int:
+    if int(channels) < 1:
+        raise ValueError(f"{layer_name}: channels must be >= 1; received {channels!r}.")
+    return int(channels)
+
+
+def batch_norm(affine: bool, dtype, name: str | None = None) -> keras.layers.BatchNormalization:
+    """BatchNorm as DARTS uses it; `affine=False` drops γ and β (the supernet's setting)."""
+    return keras.layers.BatchNormalization(
+        momentum=BN_MOMENTUM, epsilon=BN_EPSILON, center=affine, scale=affine, dtype=dtype, name=name
+    )
+
+
+def _conv(filters: int, kernel_size: int, stride: int, dtype, dilation: int = 1) -> keras.layers.Conv2D:
+    return keras.layers.Conv2D(filters, kernel_size, strides=stride, padding="same",
+                               dilation_rate=dilation, use_bias=False, dtype=dtype)
+
+
+def _depthwise(kernel_size: int, stride: int, dtype, dilation: int = 1) -> keras.layers.DepthwiseConv2D:
+    # Keras 3 decomposes stride > 1 with dilation > 1 into a dilated stride-1 conv and a subsampling.
+    return keras.layers.DepthwiseConv2D(kernel_size, strides=stride, padding="same",
+                                        dilation_rate=dilation, use_bias=False, dtype=dtype)
+
+
+class _Op(keras.layers.Layer):
+    """Base of the candidates: stores `channels`, `stride`, `affine` and serializes them."""
+
+    def __init__(self, channels: int, stride: int = 1, affine: bool = True, **kwargs):
+        super().__init__(**kwargs)
+        self.channels = _check_channels(type(self).__name__, channels)
+        self.stride = _check_stride(type(self).__name__, stride)
+        self.affine = bool(affine)
+
+    def compute_output_shape(self, input_shape):
+        batch, height, width = input_shape[:3]
+        ceil = lambda n: None if n is None else -(-n // self.stride)  # noqa: E731
+        return (batch, ceil(height), ceil(width), self.channels)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(channels=self.channels, stride=self.stride, affine=self.affine)
+        return config
+
+
+@keras.saving.register_keras_serializable(package="capnas_tf")
+class Zero(_Op):
+    """`none`: the zero map, at the strided shape `[B, ⌈H/s⌉, ⌈W/s⌉, C]`.
+
+    Example:
+
+        Zero(channels=4, stride=2)(tf.ones([2, 8, 8, 4])).shape  # (2, 4, 4, 4), all zeros
+    """
+
+    def call(self, x):
+        return tf.zeros_like(x[:, :: self.stride, :: self.stride, :])
+
+
+@keras.saving.register_keras_serializable(package="capnas_tf")
+class Identity(_Op):
+    """`skip_connect` at stride 1: y = x."""
+
+    def __init__(self, channels: int, stride: int = 1, affine: bool = True, **kwargs):
+        super().__init__(channels, stride, affine, **kwargs)
+        if self.stride != 1:
+            raise ValueError("Identity: stride must be 1 (skip_connect uses FactorizedReduce at "
+                             f"stride 2); received {stride!r}.")
+
+    def call(self, x):
+        return x
+
+
+@keras.saving.register_keras_serializable(package="capnas_tf")
+class FactorizedReduce(_Op):
+    """Halves the resolution without losing every other pixel: two stride-2 1×1 convs, one on x and
+    one on x shifted by one pixel, concatenated along channels, then BN.
+
+    `skip_connect` at stride 2, and the preprocessing of a cell that follows a reduction cell. Maps
+    any `[B, H, W, C_in]` to `[B, ⌈H/2⌉, ⌈W/2⌉, channels]`.
+
+    Args:
+      channels: output channels (split ⌊c/2⌋ + ⌈c/2⌉ between the two paths).
+      stride: must be 2 (accepted for the common factory signature).
+      affine: learn BN's γ, β.
+    """
+
+    def __init__(self, channels: int, stride: int = 2, affine: bool = True, **kwargs):
+        super().__init__(channels, stride, affine, **kwargs)
+        if self.stride != 2:
+            raise ValueError(f"FactorizedReduce: stride must be 2; received {stride!r}.")
+        half = self.channels // 2
+        self.conv_1 = keras.layers.Conv2D(half, 1, strides=2, use_bias=False, dtype=self.dtype_policy)
+        self.conv_2 = keras.layers.Conv2D(self.channels - half, 1, strides=2, use_bias=False,
+                                          dtype=self.dtype_policy)
+        self.bn = batch_norm(self.affine, self.dtype_policy)
+
+    def build(self, input_shape):
+        self.conv_1.build(input_shape)
+        self.conv_2.build(input_shape)
+        self.bn.build(tuple(input_shape[:-1]) + (self.channels,))
+
+    def call(self, x, training=None):
+        x = tf.nn.relu(x)
+        # The second path sees x shifted by one pixel; padding keeps ⌈H/2⌉ for odd H as well.
+        shifted = tf.pad(x, [[0, 0], [0, 1], [0, 1], [0, 0]])[:, 1:, 1:, :]
+        y = tf.concat([self.conv_1(x), self.conv_2(shifted)], axis=-1)
+        return self.bn(y, training=training)
+
+
+@keras.saving.register_keras_serializable(package="capnas_tf")
+class ReLUConvBN(_Op):
+    """ReLU → k×k conv (stride s, 'same') → BN; maps `[B, H, W, C_in]` to `[B, ⌈H/s⌉, ⌈W/s⌉, channels]`.
+
+    Args:
+      channels: output channels.
+      stride: 1 or 2.
+      affine: learn BN's γ, β.
+      kernel_size: k (1 for the cells' preprocessing).
+    """
+
+    def __init__(self, channels: int, stride: int = 1, affine: bool = True, kernel_size: int = 1,
+                 **kwargs):
+        super().__init__(channels, stride, affine, **kwargs)
+        self.kernel_size = int(kernel_size)
+        self.conv = _conv(self.channels, self.kernel_size, self.stride, self.dtype_policy)
+        self.bn = batch_norm(self.affine, self.dtype_policy)
+
+    def build(self, input_shape):
+        self.conv.build(input_shape)
+        self.bn.build(tuple(self.conv.compute_output_shape(input_shape)))
+
+    def call(self, x, training=None):
+        return self.bn(self.conv(tf.nn.relu(x)), training=training)
+
+    def get_config(self):
+        return {**super().get_config(), "kernel_size": self.kernel_size}
+
+
+@keras.saving.register_keras_serializable(package="capnas_tf")
+class DilConv(_Op):
+    """ReLU → depthwise k×k (stride s, dilation d) → pointwise 1×1 → BN.
+
+    Args:
+      channels: C (input and output).
+      stride: 1 or 2.
+      affine: learn BN's γ, β.
+      kernel_size: k.
+      dilation: d (2 in DARTS' `dil_conv_*`).
+    """
+
+    def __init__(self, channels: int, stride: int = 1, affine: bool = True, kernel_size: int = 3,
+                 dilation: int = 2, **kwargs):
+        super().__init__(channels, stride, affine, **kwargs)
+        self.kernel_size = int(kernel_size)
+        self.dilation = int(dilation)
+        self.depthwise = _depthwise(self.kernel_size, self.stride, self.dtype_policy, self.dilation)
+        self.pointwise = _conv(self.channels, 1, 1, self.dtype_policy)
+        self.bn = batch_norm(self.affine, self.dtype_policy)
+
+    def build(self, input_shape):
+        self.depthwise.build(input_shape)
+        shape = tuple(self.depthwise.compute_output_shape(input_shape))
+        self.pointwise.build(shape)
+        self.bn.build(shape[:-1] + (self.channels,))
+
+    def call(self, x, training=None):
+        return self.bn(self.pointwise(self.depthwise(tf.nn.relu(x))), training=training)
+
+    def get_config(self):
+        return {**super().get_config(), "kernel_size": self.kernel_size, "dilation": self.dilation}
+
+
+@keras.saving.register_keras_serializable(package="capnas_tf")
+class SepConv(_Op):
+    """Two ReLU → depthwise k×k → pointwise 1×1 → BN blocks; only the first has the stride.
+
+    Args:
+      channels: C (input and output).
+      stride: 1 or 2.
+      affine: learn BN's γ, β.
+      kernel_size: k.
+    """
+
+    def __init__(self, channels: int, stride: int = 1, affine: bool = True, kernel_size: int = 3,
+                 **kwargs):
+        super().__init__(channels, stride, affine, **kwargs)
+        self.kernel_size = int(kernel_size)
+        policy = self.dtype_policy
+        self.depthwise_1 = _depthwise(self.kernel_size, self.stride, policy)
+        self.pointwise_1 = _conv(self.channels, 1, 1, policy)
+        self.bn_1 = batch_norm(self.affine, policy)
+        self.depthwise_2 = _depthwise(self.kernel_size, 1, policy)
+        self.pointwise_2 = _conv(self.channels, 1, 1, policy)
+        self.bn_2 = batch_norm(self.affine, policy)
+
+    def build(self, input_shape):
+        self.depthwise_1.build(input_shape)
+        shape = tuple(self.depthwise_1.compute_output_shape(input_shape))
+        self.pointwise_1.build(shape)
+        shape = shape[:-1] + (self.channels,)
+        for layer in (self.bn_1, self.depthwise_2, self.pointwise_2, self.bn_2):
+            layer.build(shape)
+
+    def call(self, x, training=None):
+        x = self.bn_1(self.pointwise_1(self.depthwise_1(tf.nn.relu(x))), training=training)
+        return self.bn_2(self.pointwise_2(self.depthwise_2(tf.nn.relu(x))), training=training)
+
+    def get_config(self):
+        return {**super().get_config(), "kernel_size": self.kernel_size}
+
+
+@keras.saving.register_keras_serializable(package="capnas_tf")
+class Pool(_Op):
+    """3×3 max or average pooling, 'same' padding; the average excludes the padding (as
+    `count_include_pad=False` in DARTS). No weights.
+
+    Args:
+      channels: C (unchanged; kept for the common factory signature).
+      stride: 1 or 2.
+      affine: unused (no BN here; the mixed op adds DARTS' affine-free BN after pooling).
+      pool_type: "max" or "avg".
+    """
+
+    def __init__(self, channels: int, stride: int = 1, affine: bool = True, pool_type: str = "max",
+                 **kwargs):
+        super().__init__(channels, stride, affine, **kwargs)
+        if pool_type not in ("max", "avg"):
+            raise ValueError(f"Pool: pool_type must be 'max' or 'avg'; received {pool_type!r}.")
+        self.pool_type = pool_type
+
+    def call(self, x):
+        pool = tf.nn.max_pool2d if self.pool_type == "max" else tf.nn.avg_pool2d
+        return pool(x, ksize=3, strides=self.stride, padding="SAME")
+
+    def get_config(self):
+        return {**super().get_config(), "pool_type": self.pool_type}
+
+
+@keras.saving.register_keras_serializable(package="capnas_tf")
+class WithBatchNorm(keras.layers.Layer):
+    """`op` followed by BN over its `channels` outputs.
+
+    DARTS' search cell puts an affine-free BN after each pooling candidate, so that the weight-free
+    pooling outputs are on the same scale as the convolutions' before they are mixed.
+
+    Args:
+      op: the wrapped layer.
+      channels: its output channels.
+      affine: learn BN's γ, β.
+    """
+
+    def __init__(self, op: keras.layers.Layer, channels: int, affine: bool = False, **kwargs):
+        super().__init__(**kwargs)
+        if isinstance(op, dict):
+            op = keras.saving.deserialize_keras_object(op)
+        self.op = op
+        self.channels = _check_channels("WithBatchNorm", channels)
+        self.affine = bool(affine)
+        self.bn = batch_norm(self.affine, self.dtype_policy)
+
+    def build(self, input_shape):
+        self.op.build(input_shape)
+        self.bn.build(tuple(self.op.compute_output_shape(input_shape)))
+
+    def call(self, x, training=None):
+        return self.bn(self.op(x, training=training), training=training)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(op=keras.saving.serialize_keras_object(self.op), channels=self.channels,
+                      affine=self.affine)
+        return config
+
+
+def _skip_connect(channels, stride, affine=True, **kwargs):
+    if stride == 1:
+        return Identity(channels, 1, affine, **kwargs)
+    return FactorizedReduce(channels, stride, affine, **kwargs)
+
+
+# name → factory(channels, stride, affine, **layer_kwargs) -> keras.Layer
+OPS: dict[str, Callable[..., keras.layers.Layer]] = {
+    "none": lambda c, s, affine=True, **kw: Zero(c, s, affine, **kw),
+    "max_pool_3x3": lambda c, s, affine=True, **kw: Pool(c, s, affine, pool_type="max", **kw),
+    "avg_pool_3x3": lambda c, s, affine=True, **kw: Pool(c, s, affine, pool_type="avg", **kw),
+    "skip_connect": _skip_connect,
+    "sep_conv_3x3": lambda c, s, affine=True, **kw: SepConv(c, s, affine, kernel_size=3, **kw),
+    "sep_conv_5x5": lambda c, s, affine=True, **kw: SepConv(c, s, affine, kernel_size=5, **kw),
+    "dil_conv_3x3": lambda c, s, affine=True, **kw: DilConv(c, s, affine, kernel_size=3, dilation=2, **kw),
+    "dil_conv_5x5": lambda c, s, affine=True, **kw: DilConv(c, s, affine, kernel_size=5, dilation=2, **kw),
+}
+
+# DARTS' candidate list, in the reference code's order (the column order of A).
+PRIMITIVES: tuple[str, ...] = (
+    "none",
+    "max_pool_3x3",
+    "avg_pool_3x3",
+    "skip_connect",
+    "sep_conv_3x3",
+    "sep_conv_5x5",
+    "dil_conv_3x3",
+    "dil_conv_5x5",
+)
+
+
+def register_op(name: str, factory: Callable[..., keras.layers.Layer], *, overwrite: bool = False) -> None:
+    """Makes `factory` a candidate named `name`, usable in `primitives=` and in genotypes.
+
+    Args:
+      name: the candidate's name (a JSON string in genotypes).
+      factory: `factory(channels, stride, affine, **layer_kwargs) -> keras.Layer`, mapping
+        `[B, H, W, channels]` to `[B, ⌈H/stride⌉, ⌈W/stride⌉, channels]`. `layer_kwargs` carries
+        `dtype` (the parent's dtype policy); a factory without `**kwargs` is called without it. The
+        layer should be registered with `keras.saving.register_keras_serializable` so that models
+        using it round-trip through `get_config`.
+      overwrite: replace an existing candidate of that name (otherwise an error).
+
+    Example:
+
+        register_op("conv_3x3", lambda c, s, affine=True, **kw: ReLUConvBN(c, s, affine, kernel_size=3, **kw))
+        SupernetEncoder(primitives=PRIMITIVES + ("conv_3x3",))
+    """
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"register_op: name must be a non-empty string; received {name!r}.")
+    if not callable(factory):
+        raise TypeError(f"register_op: factory for {name!r} must be callable; received {factory!r}.")
+    if name in OPS and OPS[name] is not factory and not overwrite:
+        raise ValueError(f"register_op: the name {name!r} is already taken by {OPS[name]!r}; "
+                         "pass overwrite=True to replace it.")
+    OPS[name] = factory
+
+
+def check_primitives(primitives, where: str) -> tuple[str, ...]:
+    """`primitives` as a tuple of known, distinct op names; a clear error otherwise."""
+    if isinstance(primitives, str):
+        raise TypeError(f"{where}: primitives must be a sequence of op names, not the string {primitives!r}.")
+    primitives = tuple(primitives)
+    unknown = [p for p in primitives if p not in OPS]
+    if unknown:
+        raise ValueError(f"{where}: unknown op(s) {unknown} in primitives; known ops: {sorted(OPS)}.")
+    if len(set(primitives)) != len(primitives) or not primitives:
+        raise ValueError(f"{where}: primitives must be a non-empty list of distinct names; "
+                         f"received {list(primitives)}.")
+    return primitives
+
+
+def _accepts_layer_kwargs(factory: Callable) -> bool:
+    try:
+        params = inspect.signature(factory).parameters.values()
+    except (TypeError, ValueError):
+        return False
+    return any(p.kind is inspect.Parameter.VAR_KEYWORD or p.name == "dtype" for p in params)
+
+
+def make_op(name: str, channels: int, stride: int, affine: bool = True, **layer_kwargs) -> keras.layers.Layer:
+    """Builds the candidate `name` (see `OPS`); `layer_kwargs` (e.g. `dtype`) are passed on when
+    the factory accepts them."""
+    if name not in OPS:
+        raise ValueError(f"make_op: unknown op {name!r}; known ops: {sorted(OPS)}.")
+    factory = OPS[name]
+    if layer_kwargs and _accepts_layer_kwargs(factory):
+        return factory(channels, stride, affine, **layer_kwargs)
+    return factory(channels, stride, affine)
+
+
+def make_candidate(name: str, channels: int, stride: int, affine: bool, *, pool_batchnorm: bool,
+                   **layer_kwargs) -> keras.layers.Layer:
+    """The op as a cell uses it: with DARTS' affine-free BN after pooling when `pool_batchnorm`."""
+    op = make_op(name, channels, stride, affine, **layer_kwargs)
+    if pool_batchnorm and "pool" in name:
+        op = WithBatchNorm(op, channels, affine=False, **layer_kwargs)
+    return op
