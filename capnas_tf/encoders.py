@@ -1,0 +1,335 @@
+"""Fixed image encoders chosen by name, all with the encoder contract
+
+    encoder(images [B, S, S, 3] in [0, 1], training=False) -> (grid [B, h, w, C], pooled [B, C])
+
+    conv                  a few conv-BN-ReLU blocks (the Stage II student W's encoder)
+    gap                   1×1 conv + global average pooling; grid is the pooled vector as a 1×1 grid
+                          (discards spatial layout on purpose: a weak baseline)
+    darts                 `DiscreteEncoder` of a genotype (`genotype="DARTS_V2"` or a JSON path)
+    mobilenet_v3_small,   a Keras application as backbone, `weights=None` or a local `.weights.h5`
+    mobilenet_v3_large,   file (never downloaded)
+    mobilenet_v2, resnet50
+
+A pretrained backbone is usually frozen first and fine-tuned later: `FreezeThenUnfreeze` (call it
+each step in a custom loop) and `FreezeThenUnfreezeCallback` (for `fit`) switch `trainable`.
+
+Example:
+
+    encoder = get_encoder("conv", filters=(16, 32))
+    grid, pooled = encoder(tf.random.uniform([2, 32, 32, 3]))  # (2, 8, 8, 32), (2, 32)
+"""
+from __future__ import annotations
+
+import os
+from typing import Callable
+
+import keras
+import tensorflow as tf
+
+from capnas_tf.search_space.discrete import DiscreteEncoder
+from capnas_tf.search_space.ops import batch_norm
+
+ENCODERS: dict[str, Callable] = {}
+
+
+def register_encoder(name: str, factory: Callable | None = None):
+    """Makes `factory(**kwargs) -> encoder` available as `name`; usable as a decorator."""
+
+    def _register(factory_):
+        if name in ENCODERS and ENCODERS[name] is not factory_:
+            raise ValueError(f"register_encoder: the name {name!r} is already taken by {ENCODERS[name]!r}.")
+        ENCODERS[name] = factory_
+        return factory_
+
+    return _register if factory is None else _register(factory)
+
+
+def get_encoder(name: str, **kwargs) -> keras.layers.Layer:
+    """Builds the encoder registered as `name` with its own keyword arguments (see its class)."""
+    if name not in ENCODERS:
+        raise ValueError(f"get_encoder: unknown encoder name {name!r}; expected one of {sorted(ENCODERS)}.")
+    return ENCODERS[name](**kwargs)
+
+
+def _grid_and_pooled(grid):
+    return grid, tf.reduce_mean(grid, axis=[1, 2])
+
+
+# --- Small fixed encoders ----------------------------------------------------------------------
+
+@register_encoder("conv")
+@keras.saving.register_keras_serializable(package="capnas_tf")
+class ConvEncoder(keras.Model):
+    """Images → (x − 0.5) → [3×3 conv (stride 2) → BN → ReLU] per entry of `filters`.
+
+    Args:
+      filters: output channels of each block; each block halves the resolution.
+      kernel_size: conv kernel size.
+
+    Returns (call):
+      `(grid [B, S/2^n, S/2^n, filters[-1]], pooled [B, filters[-1]])`.
+    """
+
+    def __init__(self, filters=(16, 32, 64), kernel_size: int = 3, **kwargs):
+        super().__init__(**kwargs)
+        self.filters = tuple(int(f) for f in filters)
+        if not self.filters or min(self.filters) < 1:
+            raise ValueError(f"ConvEncoder: filters must be a non-empty list of positive ints; received {filters!r}.")
+        self.kernel_size = int(kernel_size)
+        policy = self.dtype_policy
+        self.convs = [keras.layers.Conv2D(f, self.kernel_size, strides=2, padding="same", use_bias=False,
+                                          dtype=policy) for f in self.filters]
+        self.norms = [batch_norm(True, policy) for _ in self.filters]
+
+    @property
+    def output_channels(self) -> int:
+        return self.filters[-1]
+
+    def build(self, input_shape):
+        shape = tuple(input_shape)
+        for conv, norm in zip(self.convs, self.norms):
+            conv.build(shape)
+            shape = tuple(conv.compute_output_shape(shape))
+            norm.build(shape)
+
+    def call(self, images, training=False):
+        x = images - tf.constant(0.5, images.dtype)
+        for conv, norm in zip(self.convs, self.norms):
+            x = tf.nn.relu(norm(conv(x), training=training))
+        return _grid_and_pooled(x)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(filters=list(self.filters), kernel_size=self.kernel_size)
+        return config
+
+
+@register_encoder("gap")
+@keras.saving.register_keras_serializable(package="capnas_tf")
+class GapEncoder(keras.Model):
+    """Images → (x − 0.5) → 1×1 conv → ReLU → global average pool; grid = pooled as a 1×1 grid.
+
+    Only per-pixel colour statistics survive, none of the layout: a baseline that tells whether a
+    dataset's captions need spatial information.
+
+    Args:
+      channels: C of the 1×1 conv.
+
+    Returns (call):
+      `(grid [B, 1, 1, C], pooled [B, C])`.
+    """
+
+    def __init__(self, channels: int = 64, **kwargs):
+        super().__init__(**kwargs)
+        self.channels = int(channels)
+        self.conv = keras.layers.Conv2D(self.channels, 1, dtype=self.dtype_policy)
+
+    @property
+    def output_channels(self) -> int:
+        return self.channels
+
+    def build(self, input_shape):
+        self.conv.build(input_shape)
+
+    def call(self, images, training=False):
+        pooled = tf.reduce_mean(tf.nn.relu(self.conv(images - tf.constant(0.5, images.dtype))), axis=[1, 2])
+        return pooled[:, tf.newaxis, tf.newaxis, :], pooled
+
+    def get_config(self):
+        return {**super().get_config(), "channels": self.channels}
+
+
+@register_encoder("darts")
+def darts_encoder(genotype="DARTS_V2", **kwargs) -> DiscreteEncoder:
+    """`DiscreteEncoder(genotype, **kwargs)`; `genotype` is a Genotype, a known name or a JSON path."""
+    return DiscreteEncoder(genotype, **kwargs)
+
+
+# --- Keras application backbones -----------------------------------------------------------------
+
+def _scale_0_255(images):
+    return images * 255.0
+
+
+def _resnet_caffe(images):
+    # keras.applications.resnet50.preprocess_input("caffe"): RGB → BGR, minus the ImageNet mean.
+    bgr = images[..., ::-1] * 255.0
+    return bgr - tf.constant([103.939, 116.779, 123.68], images.dtype)
+
+
+def _minus_one_to_one(images):
+    return images * 2.0 - 1.0
+
+
+# name → (constructor, preprocessing of images in [0, 1], extra constructor kwargs)
+APPLICATIONS = {
+    # MobileNetV3 rescales [0, 255] to [-1, 1] inside the model (include_preprocessing=True).
+    "MobileNetV3Small": (lambda **kw: keras.applications.MobileNetV3Small(**kw), _scale_0_255,
+                         {"include_preprocessing": True}),
+    "MobileNetV3Large": (lambda **kw: keras.applications.MobileNetV3Large(**kw), _scale_0_255,
+                         {"include_preprocessing": True}),
+    "MobileNetV2": (lambda **kw: keras.applications.MobileNetV2(**kw), _minus_one_to_one, {}),
+    "ResNet50": (lambda **kw: keras.applications.ResNet50(**kw), _resnet_caffe, {}),
+}
+
+
+def _check_weights_file(weights, where: str):
+    if weights is None:
+        return None
+    if weights == "imagenet":
+        raise ValueError(f"{where}: weights='imagenet' would download at run time, which capnas_tf never "
+                         "does; download the .weights.h5 file once and pass its local path.")
+    if not isinstance(weights, (str, os.PathLike)) or not os.path.isfile(weights):
+        raise FileNotFoundError(f"{where}: weights file {weights!r} does not exist; pass the path of a local "
+                                "Keras weights file (.weights.h5) saved from the same application with "
+                                "include_top=False, or weights=None for random initialisation.")
+    return os.fspath(weights)
+
+
+@keras.saving.register_keras_serializable(package="capnas_tf")
+class ApplicationBackbone(keras.layers.Layer):
+    """A `keras.applications` model without its top, taking images in [0, 1].
+
+    Args:
+      application: a key of `APPLICATIONS` ("MobileNetV3Small", "ResNet50", …).
+      weights: None (random) or the path of a local weights file; never "imagenet" (no downloads).
+      trainable: initial trainability (see `FreezeThenUnfreeze`).
+
+    Call arguments:
+      images: `[B, S, S, 3]` in [0, 1].
+      training: BatchNorm mode (a frozen backbone runs its BN in inference mode anyway).
+
+    Returns:
+      the last feature map `[B, S/32, S/32, C]`.
+    """
+
+    def __init__(self, application: str = "MobileNetV3Small", weights: str | None = None, **kwargs):
+        super().__init__(**kwargs)
+        if application not in APPLICATIONS:
+            raise ValueError(f"ApplicationBackbone: unknown application {application!r}; expected one of "
+                             f"{sorted(APPLICATIONS)}.")
+        self.application = application
+        self.weights_path = _check_weights_file(weights, f"ApplicationBackbone({application})")
+        constructor, self._preprocess, extra = APPLICATIONS[application]
+        self.model = constructor(include_top=False, weights=None, input_shape=(None, None, 3), **extra)
+        if self.weights_path is not None:
+            self.model.load_weights(self.weights_path)
+
+    def build(self, input_shape):
+        pass  # the application model is built at construction
+
+    def call(self, images, training=None):
+        return self.model(self._preprocess(tf.cast(images, self.compute_dtype)), training=training)
+
+    def compute_output_shape(self, input_shape):
+        return tuple(self.model.compute_output_shape(tuple(input_shape)))
+
+    def get_config(self):
+        return {**super().get_config(), "application": self.application, "weights": self.weights_path}
+
+
+@keras.saving.register_keras_serializable(package="capnas_tf")
+class BackboneEncoder(keras.Model):
+    """Any feature-map backbone as an encoder: grid = backbone(images), pooled = its spatial mean.
+
+    Args:
+      backbone: a layer mapping images `[B, S, S, 3]` in [0, 1] to `[B, h, w, C]`.
+    """
+
+    def __init__(self, backbone, **kwargs):
+        super().__init__(**kwargs)
+        if isinstance(backbone, dict):
+            backbone = keras.saving.deserialize_keras_object(backbone)
+        self.backbone = backbone
+
+    def build(self, input_shape):
+        self.backbone.build(input_shape)
+
+    def call(self, images, training=False):
+        return _grid_and_pooled(self.backbone(images, training=training))
+
+    def get_config(self):
+        return {**super().get_config(), "backbone": keras.saving.serialize_keras_object(self.backbone)}
+
+
+def _application_encoder(application: str):
+    def factory(weights: str | None = None, **kwargs) -> BackboneEncoder:
+        return BackboneEncoder(ApplicationBackbone(application, weights=weights), **kwargs)
+
+    factory.__doc__ = f"`BackboneEncoder` over {application} (`weights`: None or a local file)."
+    return factory
+
+
+for _name, _application in (("mobilenet_v3_small", "MobileNetV3Small"), ("mobilenet_v3_large", "MobileNetV3Large"),
+                            ("mobilenet_v2", "MobileNetV2"), ("resnet50", "ResNet50")):
+    register_encoder(_name, _application_encoder(_application))
+
+
+# --- Freeze, then fine-tune ------------------------------------------------------------------------
+
+class FreezeThenUnfreeze:
+    """Keeps `backbone` frozen for the first `freeze_steps` steps, then makes it trainable.
+
+    Call it with the step number before each training step; it returns True when it changed
+    `backbone.trainable` (a traced step reading `trainable_variables` must then be retraced).
+    The optimizer must know the backbone's variables before they become trainable:
+    call `build_optimizer(optimizer, model)` once before training (Keras 3 optimizers refuse
+    variables they were not built with).
+
+    Example:
+
+        schedule = FreezeThenUnfreeze(encoder.backbone, freeze_steps=1000)
+        schedule.build_optimizer(optimizer, captioner)
+        for step, batch in enumerate(batches):
+            if schedule(step):
+                train_step = make_train_step()  # retrace with the new trainable set
+            train_step(batch)
+    """
+
+    def __init__(self, backbone: keras.layers.Layer, freeze_steps: int):
+        if int(freeze_steps) < 0:
+            raise ValueError(f"FreezeThenUnfreeze: freeze_steps must be >= 0; received {freeze_steps!r}.")
+        self.backbone = backbone
+        self.freeze_steps = int(freeze_steps)
+
+    def trainable_at(self, step: int) -> bool:
+        return int(step) >= self.freeze_steps
+
+    def __call__(self, step: int) -> bool:
+        trainable = self.trainable_at(step)
+        if self.backbone.trainable == trainable:
+            return False
+        self.backbone.trainable = trainable
+        return True
+
+    def build_optimizer(self, optimizer: keras.optimizers.Optimizer, model: keras.Model) -> None:
+        """Builds `optimizer` over all of `model`'s variables that will ever be trainable."""
+        was = self.backbone.trainable
+        self.backbone.trainable = True
+        try:
+            optimizer.build(model.trainable_variables)
+        finally:
+            self.backbone.trainable = was
+
+
+class FreezeThenUnfreezeCallback(keras.callbacks.Callback):
+    """`FreezeThenUnfreeze` for `model.fit`: counts batches over epochs, switches the backbone and
+    rebuilds the train function when it changes.
+
+    Build the optimizer over all variables before `fit` (`FreezeThenUnfreeze.build_optimizer`, or
+    call `callback.build_optimizer(model)` after `compile`), since `fit` would build it over the
+    variables trainable at its start.
+    """
+
+    def __init__(self, backbone: keras.layers.Layer, freeze_steps: int):
+        super().__init__()
+        self.schedule = FreezeThenUnfreeze(backbone, freeze_steps)
+        self.step = 0
+
+    def build_optimizer(self, model: keras.Model) -> None:
+        self.schedule.build_optimizer(model.optimizer, model)
+
+    def on_train_batch_begin(self, batch, logs=None):
+        if self.schedule(self.step):
+            self.model.make_train_function(force=True)
+        self.step += 1
