@@ -177,7 +177,8 @@ def beam_search(
     Args:
       decoder: a caption decoder with `initial_cache` / `decode_step`.
       features: `(grid [B, h, w, C], pooled [B, C])`.
-      beam_width: K (static), at most the vocabulary size.
+      beam_width: K (static). K > V is allowed: the beams that the first step cannot fill stay
+        at a −10⁹ score and never win.
       max_len: number of tokens to generate (static).
       length_penalty: α ≥ 0.
       start_id, end_id, pad_id: the reserved ids.
@@ -190,11 +191,6 @@ def beam_search(
     _check_max_len(decoder, max_len)
     if beam_width < 1:
         raise ValueError(f"beam_search: beam_width must be >= 1; received {beam_width}.")
-    vocab_size = getattr(decoder, "vocab_size", None)
-    if vocab_size is not None and beam_width > vocab_size:
-        raise ValueError(
-            f"beam_search: beam_width={beam_width} exceeds the vocabulary size {vocab_size}."
-        )
     K = beam_width
     batch = _batch_size(features)
     beam_features = tuple(_repeat_beams(x, K) for x in features)
