@@ -1,0 +1,170 @@
+"""The candidate ops and the mixed op: shapes at both strides, DARTS' ordering, serialization, and
+adding a user candidate."""
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from capnas_tf.search_space import ops
+from capnas_tf.search_space.mixed_op import MixedOp
+from capnas_tf.search_space.ops import OPS, PRIMITIVES, make_op, register_op
+from tests.search_space.layer_checks import check_layer
+
+C = 4
+
+
+def images(side=8, seed=0):
+    return tf.random.stateless_normal([2, side, side, C], seed=[seed, 0])
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+@pytest.mark.parametrize("name", PRIMITIVES)
+def test_every_primitive_keeps_channels_and_divides_resolution_by_stride(name, stride):
+    check_layer(lambda: make_op(name, C, stride, affine=True), (images(),), expected_shapes=(2, 8 // stride, 8 // stride, C))
+
+
+@pytest.mark.parametrize("name", PRIMITIVES)
+def test_stride_two_rounds_odd_sides_up_like_same_padding(name):
+    y = make_op(name, C, 2, affine=False)(images(side=7), training=True)
+    assert tuple(y.shape) == (2, 4, 4, C)
+
+
+def test_none_is_zero_at_the_strided_shape():
+    y = make_op("none", C, 2)(images())
+    assert tuple(y.shape) == (2, 4, 4, C)
+    assert np.all(y.numpy() == 0.0)
+
+
+def test_skip_connect_is_identity_at_stride_one_and_factorized_reduce_at_stride_two():
+    x = images()
+    identity = make_op("skip_connect", C, 1)
+    np.testing.assert_array_equal(identity(x).numpy(), x.numpy())
+    assert isinstance(make_op("skip_connect", C, 2), ops.FactorizedReduce)
+
+
+@pytest.mark.parametrize("name", ["sep_conv_3x3", "sep_conv_5x5", "dil_conv_3x3", "dil_conv_5x5"])
+def test_convolutions_start_with_relu(name):
+    """ReLU → conv → BN: the op cannot tell x from relu(x)."""
+    op = make_op(name, C, 1)
+    x = images()
+    np.testing.assert_allclose(op(x, training=False), op(tf.nn.relu(x), training=False), atol=1e-6)
+
+
+@pytest.mark.parametrize("name, affine, params", [
+    # depthwise 3·3·C + pointwise C·C + BN (γ, β, mean, var)·C, twice
+    ("sep_conv_3x3", True, 2 * (9 * C + C * C + 4 * C)),
+    ("sep_conv_3x3", False, 2 * (9 * C + C * C + 2 * C)),
+    ("sep_conv_5x5", True, 2 * (25 * C + C * C + 4 * C)),
+    ("dil_conv_3x3", True, 9 * C + C * C + 4 * C),
+    ("dil_conv_5x5", False, 25 * C + C * C + 2 * C),
+    ("max_pool_3x3", True, 0),
+])
+def test_parameter_counts_follow_darts_structure(name, affine, params):
+    op = make_op(name, C, 1, affine=affine)
+    op.build((None, 8, 8, C))
+    assert op.count_params() == params
+
+
+def test_affine_false_has_no_trainable_batchnorm_parameters():
+    op = make_op("dil_conv_3x3", C, 1, affine=False)
+    op.build((None, 8, 8, C))
+    assert sorted(v.name for v in op.trainable_variables) == ["kernel", "kernel"]
+
+
+def test_dilated_conv_reaches_five_pixels_away():
+    """dil_conv_3x3 (dilation 2) sees a 5×5 window: a single impulse spreads exactly 2 pixels."""
+    op = make_op("dil_conv_3x3", C, 1, affine=False)
+    x = np.zeros([1, 9, 9, C], np.float32)
+    x[0, 4, 4, :] = 1.0
+    op.build(x.shape)
+    op.depthwise.kernel.assign(tf.ones_like(op.depthwise.kernel))
+    response = np.abs(op.pointwise(op.depthwise(tf.constant(x))).numpy()).sum(-1)[0] > 0
+    rows = np.where(response.any(1))[0]
+    assert set(rows) == {2, 4, 6}
+
+
+def test_pool_with_batchnorm_round_trips():
+    check_layer(lambda: ops.WithBatchNorm(ops.Pool(C, 2, pool_type="avg"), C), (images(),),
+                expected_shapes=(2, 4, 4, C))
+
+
+def test_relu_conv_bn_and_factorized_reduce_round_trip():
+    check_layer(lambda: ops.ReLUConvBN(6, 1, True, kernel_size=1), (images(),), expected_shapes=(2, 8, 8, 6))
+    check_layer(lambda: ops.FactorizedReduce(5, 2, False), (images(side=7),), expected_shapes=(2, 4, 4, 5))
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+def test_mixed_op_round_trips(stride):
+    weights = tf.nn.softmax(tf.random.stateless_normal([len(PRIMITIVES)], seed=[1, 2]))
+    check_layer(lambda: MixedOp(C, stride), (images(), weights), expected_shapes=(2, 8 // stride, 8 // stride, C))
+
+
+def test_mixed_op_is_the_weighted_sum_of_its_candidates():
+    op = MixedOp(C, 1, primitives=("skip_connect", "max_pool_3x3", "sep_conv_3x3"))
+    x = images()
+    basis = [op(x, tf.one_hot(k, 3), training=False) for k in range(3)]
+    mixed = op(x, tf.constant([0.2, 0.3, 0.5]), training=False)
+    np.testing.assert_allclose(mixed, 0.2 * basis[0] + 0.3 * basis[1] + 0.5 * basis[2], atol=1e-5)
+    np.testing.assert_allclose(basis[0], x, atol=0)  # one-hot on skip_connect is the identity
+
+
+def test_mixed_op_puts_affine_free_batchnorm_after_pooling_only():
+    op = MixedOp(C, 1)
+    kinds = {name: type(c).__name__ for name, c in zip(PRIMITIVES, op.candidates)}
+    assert kinds["max_pool_3x3"] == kinds["avg_pool_3x3"] == "WithBatchNorm"
+    assert kinds["sep_conv_3x3"] == "SepConv" and kinds["none"] == "Zero"
+
+
+def test_mixed_op_rejects_weights_of_the_wrong_rank():
+    with pytest.raises(ValueError, match=r"weights must have shape \[K=8\]"):
+        MixedOp(C, 1)(images(), tf.ones([2, 8]))
+
+
+def test_unknown_primitive_error_lists_known_ops():
+    with pytest.raises(ValueError, match="unknown op.*'conv_7x7'.*known ops.*sep_conv_3x3"):
+        MixedOp(C, 1, primitives=("sep_conv_3x3", "conv_7x7"))
+
+
+@pytest.fixture
+def conv_3x3_registered():
+    register_op("conv_3x3", lambda c, s, affine=True, **kw: ops.ReLUConvBN(c, s, affine, kernel_size=3, **kw))
+    yield "conv_3x3"
+    del OPS["conv_3x3"]
+
+
+def test_a_registered_op_becomes_a_searchable_candidate(conv_3x3_registered):
+    primitives = PRIMITIVES + (conv_3x3_registered,)
+    op = MixedOp(C, 2, primitives=primitives)
+    y = op(images(), tf.one_hot(len(PRIMITIVES), len(primitives)))
+    assert tuple(y.shape) == (2, 4, 4, C) and np.abs(y.numpy()).sum() > 0
+    assert isinstance(op.candidates[-1], ops.ReLUConvBN) and op.candidates[-1].kernel_size == 3
+    revived = MixedOp.from_config(op.get_config())
+    assert revived.primitives == primitives
+
+
+def test_register_op_refuses_to_shadow_an_existing_name():
+    with pytest.raises(ValueError, match="already taken"):
+        register_op("sep_conv_3x3", lambda c, s, affine=True: ops.Identity(c))
+
+
+def test_a_factory_without_layer_kwargs_still_works():
+    register_op("plain_identity", lambda c, s, affine: ops.Identity(c, s))
+    try:
+        layer = ops.make_op("plain_identity", C, 1, dtype="float64")
+        assert isinstance(layer, ops.Identity)
+    finally:
+        del OPS["plain_identity"]
+
+
+def test_ops_follow_the_parent_dtype_policy():
+    op = MixedOp(C, 1, dtype="float64")
+    y = op(tf.cast(images(), tf.float64), tf.fill([len(PRIMITIVES)], 1.0 / len(PRIMITIVES)))
+    assert y.dtype == tf.float64
+    assert all(v.dtype == "float64" for v in op.weights)
+
+
+def test_bad_stride_is_rejected_with_the_layer_name():
+    with pytest.raises(ValueError, match="SepConv: stride must be 1 or 2; received 3"):
+        ops.SepConv(C, 3)
+    with pytest.raises(ValueError, match="Identity: stride must be 1"):
+        ops.Identity(C, 2)
