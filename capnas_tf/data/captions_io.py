@@ -317,8 +317,9 @@ def _load_json(path: str, what: str) -> Any:
 
 def _require_list(data: Any, key: str, path: str) -> list:
     if not isinstance(data, dict) or not isinstance(data.get(key), list):
+        keys = sorted(data)[:10] if isinstance(data, dict) else []
         raise BadAnnotationFileError(f"{path!r}: expected a JSON object with a list {key!r}, "
-                                     f"received {type(data).__name__} with keys {sorted(data)[:10] if isinstance(data, dict) else []}.")
+                                     f"received {type(data).__name__} with keys {keys}.")
     return data[key]
 
 

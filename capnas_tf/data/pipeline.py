@@ -35,6 +35,7 @@ Unlabeled images U where a dataset has none of its own (`DataConfig.unlabeled`):
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import logging
 import os
 import zlib
@@ -68,7 +69,8 @@ class DataConfig:
       seed: seed of every shuffle (not of the dataset itself: see `shapes.seed`).
       deterministic: `tf.data.Options.deterministic`; with it, the same seed gives the same batches.
       shuffle_buffer: shuffle buffer of (image, caption) pairs.
-      cache: "memory", "none", or a file path prefix for `Dataset.cache(filename)`.
+      cache: "memory", "none", or a file path prefix for `Dataset.cache(filename)` (one file set per
+        split and configuration: `<prefix>-<dataset>-<split>-<digest>`).
       on_bad_example: "error" raises `BadExampleError` naming the file; "skip" drops and counts.
       validate_images: decode every image once with Pillow before training (catches corrupt files).
       unlabeled: where U comes from when the dataset has no unlabeled images (see module doc).
@@ -229,8 +231,9 @@ def tfds_split(name: str, builder, tfds_split_name: str, image_size: int, *,
             "captions": tf.ragged.constant([list(c) for c in captions], dtype=tf.string, ragged_rank=1)})
 
         def join(ex, py):
-            with tf.control_dependencies([tf.debugging.assert_equal(
-                    ex["image_id"], py["image_id"], message=f"TFDS {builder.name} {tfds_split_name}: read order changed")]):
+            same_image = tf.debugging.assert_equal(
+                ex["image_id"], py["image_id"], message=f"TFDS {builder.name} {tfds_split_name}: read order changed")
+            with tf.control_dependencies([same_image]):
                 image = tf.identity(_resize_uint8(ex["image"], image_size))
             return {"image": image, "image_id": py["image_id"], "captions": py["captions"]}
 
@@ -469,8 +472,10 @@ class CaptionData:
             return dataset.cache()
         if cache == "none":
             return dataset
-        return dataset.cache(f"{cache}-{self.config.dataset}-{split}-{self.config.image_size}"
-                             f"{'-tokens' if with_tokens else ''}")
+        # The file name carries a digest of everything the cached tensors depend on, so a changed
+        # configuration or vocabulary never reads a stale cache.
+        digest = hashlib.sha1(repr((self.config, split, with_tokens and self.vocab.tokens)).encode()).hexdigest()[:12]
+        return dataset.cache(f"{cache}-{self.config.dataset}-{split}-{digest}")
 
     def _pair_stream(self, split: str, batch_size: int | None, *, repeat: bool, shuffle: bool) -> tf.data.Dataset:
         batch_size = self._check_batch(split, batch_size, self.num_examples(split), repeat)
