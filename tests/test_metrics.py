@@ -69,7 +69,9 @@ def test_all_coco_metrics_are_reported_and_a_perfect_caption_scores_higher():
 def test_rouge_l_matches_pycocoevalcaps_definition_by_hand():
     # R_L = (1 + β²) P R / (R + β² P), β = 1.2, P and R the best LCS precision and recall over
     # the references. "the dog runs" vs "the dog is running" (LCS 2) and "a dog runs" (LCS 2).
-    scores = score_captions({1: "the dog runs"}, {1: ["the dog is running", "a dog runs"]}, metrics=("ROUGE-L",))
+    scores = score_captions(
+        {1: "the dog runs"}, {1: ["the dog is running", "a dog runs"]}, metrics=("ROUGE-L",)
+    )
     p, r, beta = 2 / 3, max(2 / 4, 2 / 3), 1.2
     assert scores["ROUGE-L"] == pytest.approx((1 + beta**2) * p * r / (r + beta**2 * p), rel=1e-9)
 

@@ -54,9 +54,10 @@ class CaptionDecoder(keras.Model):
     @staticmethod
     def _unpack(features):
         if not isinstance(features, (tuple, list)) or len(features) != 2:
+            length = len(features) if hasattr(features, "__len__") else "?"
             raise ValueError(
                 "features must be the pair (grid [B, h, w, C], pooled [B, C]); received "
-                f"{type(features).__name__} of length {len(features) if hasattr(features, '__len__') else '?'}."
+                f"{type(features).__name__} of length {length}."
             )
         return features[0], features[1]
 

@@ -13,7 +13,9 @@ BATCH = 2
 # Small enough for float64 finite differences, two Transformer layers to exercise per-layer caches.
 TINY = {
     "lstm": {"embedding_dim": 8, "units": 12, "dropout": 0.0},
-    "transformer": {"model_dim": 8, "num_layers": 2, "num_heads": 2, "intermediate_dim": 16, "dropout": 0.0},
+    "transformer": {
+        "model_dim": 8, "num_layers": 2, "num_heads": 2, "intermediate_dim": 16, "dropout": 0.0
+    },
 }
 DECODER_NAMES = sorted(TINY)
 
@@ -26,7 +28,9 @@ def random_features(batch=BATCH, grid=GRID, dtype=tf.float32, seed=0):
 
 def random_prefix(batch=BATCH, length=MAX_LEN, seed=0):
     """int32 [B, T] starting with <start>=1, other ids drawn from the non-reserved words."""
-    words = tf.random.stateless_uniform([batch, length - 1], seed=[seed, 2], minval=3, maxval=VOCAB, dtype=tf.int32)
+    words = tf.random.stateless_uniform(
+        [batch, length - 1], seed=[seed, 2], minval=3, maxval=VOCAB, dtype=tf.int32
+    )
     return tf.concat([tf.ones([batch, 1], tf.int32), words], axis=1)
 
 

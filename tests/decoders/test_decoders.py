@@ -76,7 +76,8 @@ def test_parameter_counts_are_pinned():
     d, f, s = cfg["model_dim"], cfg["intermediate_dim"], GRID[0] * GRID[1]
     attention = 4 * (d * d + d)  # query, key, value, output projections
     layer = 2 * attention + (d * f + f) + (f * d + d) + 3 * 2 * d  # + three layer norms
-    transformer = (c * d + d) + s * d + VOCAB * d + MAX_LEN * d + cfg["num_layers"] * layer + (d * VOCAB + VOCAB)
+    embeddings = (c * d + d) + s * d + VOCAB * d + MAX_LEN * d  # memory, grid, tokens, positions
+    transformer = embeddings + cfg["num_layers"] * layer + (d * VOCAB + VOCAB)
     assert make_decoder("transformer").count_params() == transformer == 2221
 
 
