@@ -37,9 +37,42 @@ def _check_channels(layer_name: str, channels) -> int:
     return int(channels)
 
 
+if not callable(getattr(keras.layers.BatchNormalization, "_moments", None)):  # pragma: no cover
+    raise ImportError("capnas_tf.search_space.ops: keras.layers.BatchNormalization no longer has the "
+                      "`_moments` method that ExactBatchNormalization overrides; this Keras version "
+                      f"({keras.__version__}) needs a new exact-Hessian BatchNorm.")
+
+
+@keras.saving.register_keras_serializable(package="capnas_tf")
+class ExactBatchNormalization(keras.layers.BatchNormalization):
+    """`keras.layers.BatchNormalization` whose batch statistics are differentiable to any order.
+
+    In training mode Keras takes the batch mean μ and variance σ² from `tf.nn.moments`, which
+    computes σ² = mean((x − stop_gradient(μ))²). The first derivative is right (∂σ²/∂μ = 0 at the
+    mean) but the Hessian loses its coupling term,
+
+        ∂²σ²/∂x_i∂x_j = 2(δ_ij − 1/n)/n   (true)      2δ_ij/n   (tf.nn.moments),
+
+    so a second derivative through a normalised activation — the hypergradient of A, which
+    differentiates through a gradient step of the supernet — is silently wrong (measured: a mixed
+    derivative of an affine-free ReLU-conv-BN off by orders of magnitude against float64 finite
+    differences). This layer computes the same statistics without `stop_gradient`. Same arguments,
+    weights and moving-statistics updates as the Keras layer; masks and `synchronized` are not
+    supported.
+    """
+
+    def _moments(self, inputs, mask):
+        if mask is not None or self.synchronized:
+            raise ValueError("ExactBatchNormalization: masks and synchronized=True are not supported.")
+        mean = tf.reduce_mean(inputs, axis=self._reduction_axes, keepdims=True)
+        variance = tf.reduce_mean(tf.square(inputs - mean), axis=self._reduction_axes, keepdims=True)
+        return tf.squeeze(mean, self._reduction_axes), tf.squeeze(variance, self._reduction_axes)
+
+
 def batch_norm(affine: bool, dtype, name: str | None = None) -> keras.layers.BatchNormalization:
-    """BatchNorm as DARTS uses it; `affine=False` drops γ and β (the supernet's setting)."""
-    return keras.layers.BatchNormalization(
+    """BatchNorm as DARTS uses it, with exact second derivatives; `affine=False` drops γ and β
+    (the supernet's setting)."""
+    return ExactBatchNormalization(
         momentum=BN_MOMENTUM, epsilon=BN_EPSILON, center=affine, scale=affine, dtype=dtype, name=name
     )
 
@@ -296,6 +329,9 @@ class WithBatchNorm(keras.layers.Layer):
 
     def call(self, x, training=None):
         return self.bn(self.op(x, training=training), training=training)
+
+    def compute_output_shape(self, input_shape):
+        return self.op.compute_output_shape(input_shape)
 
     def get_config(self):
         config = super().get_config()

@@ -168,3 +168,46 @@ def test_bad_stride_is_rejected_with_the_layer_name():
         ops.SepConv(C, 3)
     with pytest.raises(ValueError, match="Identity: stride must be 1"):
         ops.Identity(C, 2)
+
+
+def _mixed_derivative_of_batchnorm(layer):
+    """(analytic, central difference) of d/ds ⟨∇_u L(u), v⟩ at u = s·x, L(u) = Σ BN(u)·p, training mode."""
+    x = tf.random.stateless_normal([4, 3, 3, 2], seed=[1, 2], dtype=tf.float64)
+    p, v = (tf.random.stateless_normal(x.shape, seed=[k, 3], dtype=tf.float64) for k in (4, 5))
+    layer.build(x.shape)
+
+    def directional_grad(s):
+        u = s * x
+        with tf.GradientTape() as inner:
+            inner.watch(u)
+            loss = tf.reduce_sum(layer(u, training=True) * p)
+        return tf.reduce_sum(inner.gradient(loss, u) * v)
+
+    s = tf.constant(1.3, tf.float64)
+    with tf.GradientTape() as outer:
+        outer.watch(s)
+        g = directional_grad(s)
+    h = 1e-6
+    return float(outer.gradient(g, s)), float((directional_grad(s + h) - directional_grad(s - h)) / (2 * h))
+
+
+def test_batchnorm_second_derivatives_are_exact():
+    analytic, numeric = _mixed_derivative_of_batchnorm(ops.batch_norm(True, "float64"))
+    assert isinstance(ops.batch_norm(True, "float64"), ops.ExactBatchNormalization)
+    np.testing.assert_allclose(analytic, numeric, rtol=1e-6)
+
+
+def test_keras_batchnorm_would_get_second_derivatives_wrong():
+    """Why ExactBatchNormalization exists: tf.nn.moments' stop_gradient(μ) corrupts the Hessian."""
+    keras_bn = keras.layers.BatchNormalization(epsilon=ops.BN_EPSILON, dtype="float64")
+    analytic, numeric = _mixed_derivative_of_batchnorm(keras_bn)
+    assert abs(analytic - numeric) > 1e-3 * max(abs(numeric), 1.0)
+
+
+def test_exact_batchnorm_computes_what_keras_batchnorm_computes():
+    x = images()
+    exact, plain = ops.batch_norm(True, "float32"), keras.layers.BatchNormalization(momentum=ops.BN_MOMENTUM,
+                                                                                    epsilon=ops.BN_EPSILON)
+    for training in (True, False):
+        np.testing.assert_allclose(exact(x, training=training), plain(x, training=training), atol=1e-5)
+    np.testing.assert_allclose(exact.moving_variance, plain.moving_variance, atol=1e-6)
