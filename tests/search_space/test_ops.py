@@ -173,7 +173,8 @@ def test_bad_stride_is_rejected_with_the_layer_name():
 def _mixed_derivative_of_batchnorm(layer):
     """(analytic, central difference) of d/ds ⟨∇_u L(u), v⟩ at u = s·x, L(u) = Σ BN(u)·p, training mode."""
     x = tf.random.stateless_normal([4, 3, 3, 2], seed=[1, 2], dtype=tf.float64)
-    p, v = (tf.random.stateless_normal(x.shape, seed=[k, 3], dtype=tf.float64) for k in (4, 5))
+    p = tf.random.stateless_normal(x.shape, seed=[4, 3], dtype=tf.float64)
+    v = 1.0 + tf.random.stateless_normal(x.shape, seed=[5, 3], dtype=tf.float64)  # a mean shift couples to μ
     layer.build(x.shape)
 
     def directional_grad(s):
@@ -201,7 +202,7 @@ def test_keras_batchnorm_would_get_second_derivatives_wrong():
     """Why ExactBatchNormalization exists: tf.nn.moments' stop_gradient(μ) corrupts the Hessian."""
     keras_bn = keras.layers.BatchNormalization(epsilon=ops.BN_EPSILON, dtype="float64")
     analytic, numeric = _mixed_derivative_of_batchnorm(keras_bn)
-    assert abs(analytic - numeric) > 1e-3 * max(abs(numeric), 1.0)
+    assert abs(analytic - numeric) > 1e-2 * abs(numeric)  # measured: 5 % off
 
 
 def test_exact_batchnorm_computes_what_keras_batchnorm_computes():
