@@ -13,6 +13,8 @@ class SupernetConfig:
     num_cells: int = 5
     num_nodes: int = 4
     stem_multiplier: int = 3
+    primitives: tuple = ("none", "skip_connect", "max_pool_3x3", "avg_pool_3x3", "sep_conv_3x3",
+                         "sep_conv_5x5", "dil_conv_3x3", "dil_conv_5x5")  # the DARTS candidate set
     relaxation: str = "softmax"
     max_skip_connect: int | None = 2  # cap on skip_connect in the derived normal cell (DARTS collapse)
 

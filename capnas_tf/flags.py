@@ -68,7 +68,10 @@ flags.DEFINE_integer("checkpoint_every", _S.checkpoint_every, "Checkpoint every 
 flags.DEFINE_integer("supernet_channels", _N.channels, "C: initial channels of the supernet.")
 flags.DEFINE_integer("supernet_cells", _N.num_cells, "Number of supernet cells.")
 flags.DEFINE_integer("supernet_nodes", _N.num_nodes, "Intermediate nodes per cell.")
-flags.DEFINE_string("relaxation", _N.relaxation, "Relaxation of A into op weights (softmax | gumbel | uniform).")
+flags.DEFINE_list("primitives", list(_N.primitives), "Candidate operations of every mixed edge (names "
+                  "registered in capnas_tf.search_space.ops.OPS).")
+flags.DEFINE_enum("relaxation", _N.relaxation, ["softmax"], "Relaxation of A into op weights for the "
+                  "three_stage and darts strategies (DARTS' softmax).")
 flags.DEFINE_integer("max_skip_connect", _N.max_skip_connect,
                      "Cap on skip_connect ops in the derived normal cell (DARTS collapse remedy); -1: no cap.")
 
@@ -76,7 +79,7 @@ flags.DEFINE_integer("max_skip_connect", _N.max_skip_connect,
 def search_config_from_flags() -> SearchConfig:
     supernet = SupernetConfig(
         channels=FLAGS.supernet_channels, num_cells=FLAGS.supernet_cells, num_nodes=FLAGS.supernet_nodes,
-        relaxation=FLAGS.relaxation,
+        primitives=tuple(FLAGS.primitives), relaxation=FLAGS.relaxation,
         max_skip_connect=None if FLAGS.max_skip_connect < 0 else FLAGS.max_skip_connect)
     return SearchConfig(
         strategy=FLAGS.search_strategy, hypergradient=FLAGS.hypergradient, stage2=FLAGS.stage2,
@@ -87,3 +90,19 @@ def search_config_from_flags() -> SearchConfig:
         arch_lr=FLAGS.arch_lr, arch_weight_decay=FLAGS.arch_weight_decay, grad_clip=FLAGS.grad_clip,
         fd_epsilon=FLAGS.fd_epsilon, xla=FLAGS.xla, log_every=FLAGS.log_every,
         checkpoint_every=FLAGS.checkpoint_every, supernet=supernet)
+
+
+def data_config_from_flags():
+    from capnas_tf.data.pipeline import DataConfig
+
+    return DataConfig(dataset=FLAGS.dataset, data_dir=FLAGS.data_dir, annotations=FLAGS.annotations,
+                      image_dir=FLAGS.image_dir, image_size=FLAGS.image_size,
+                      max_caption_len=FLAGS.max_caption_len, min_word_count=FLAGS.min_word_count,
+                      batch_size=FLAGS.batch_size, seed=FLAGS.seed, on_bad_example=FLAGS.on_bad_example)
+
+
+def run_config_from_flags():
+    from capnas_tf.jobs import RunConfig
+
+    return RunConfig(workdir=FLAGS.workdir, seed=FLAGS.seed, deterministic=FLAGS.deterministic,
+                     distribution=FLAGS.strategy)

@@ -82,7 +82,7 @@ def check_finite(metrics: dict, step: int) -> None:
 
 def progress_line(step: int, total: int, epoch: int, metrics: dict, rate: float, width: int = 20) -> str:
     done = int(width * step / max(total, 1))
-    shown = " ".join(f"{k.split('/')[-1]}={v:.4f}" for k, v in sorted(metrics.items()))
+    shown = " ".join(f"{k}={v:.4g}" for k, v in sorted(metrics.items()))
     return f"[{'#' * done}{'.' * (width - done)}] step {step}/{total} epoch {epoch} {shown} ({rate:.2f} steps/s)"
 
 

@@ -22,11 +22,13 @@ def build_search_models(config: SearchConfig, *, vocab_size: int, max_caption_le
     """
     net = config.supernet
     encoder = SupernetEncoder(channels=net.channels, num_cells=net.num_cells, num_nodes=net.num_nodes,
-                              stem_multiplier=net.stem_multiplier, seed=seed, name="supernet")
+                              stem_multiplier=net.stem_multiplier, primitives=net.primitives, seed=seed,
+                              name="supernet")
     decoder = get_decoder(config.decoder, vocab_size=vocab_size, max_len=max_caption_len - 1)
     student = Captioner(get_encoder(config.student_encoder),
                         get_decoder(config.student_decoder, vocab_size=vocab_size, max_len=max_caption_len - 1),
                         name="student")
+    encoder.build((None, image_size, image_size, 3))  # shape propagation: much faster than a call
     images = tf.zeros([1, image_size, image_size, 3])
     tokens = tf.ones([1, max_caption_len - 1], tf.int32)
     decoder(encoder(images), tokens)

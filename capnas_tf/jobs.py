@@ -1,0 +1,79 @@
+"""The jobs behind `python -m capnas_tf.train --mode=…`: each takes typed configs and a workdir.
+
+    search    data → three-stage (or baseline) search → genotype.json
+    retrain   genotype → discrete captioner trained from scratch → metrics.json → exports
+    pipeline  search, then retrain the genotype it found
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+
+import tensorflow as tf
+
+from capnas_tf.config import SearchConfig
+from capnas_tf.distribute import get_distribution_strategy
+from capnas_tf.search.loop import SearchResult, run_search
+from capnas_tf.search.models import build_search_models, set_global_seed
+from capnas_tf.search.strategies import get_strategy
+
+
+@dataclasses.dataclass(frozen=True)
+class RunConfig:
+    workdir: str
+    seed: int = 0
+    deterministic: bool = False
+    distribution: str = "default"
+
+
+def search_streams(data, batch_size: int) -> tf.data.Dataset:
+    """One batch each of D_tr, U, D_val per step, as one repeated, deterministic stream."""
+    return tf.data.Dataset.zip({
+        "train": data.train_dataset(batch_size, repeat=True),
+        "unlabeled": data.unlabeled_dataset(batch_size, repeat=True),
+        "val": data.validation_dataset(batch_size, repeat=True),
+    }).prefetch(tf.data.AUTOTUNE)
+
+
+def search_job(run: RunConfig, search: SearchConfig, data, *, batch_size: int, log=print) -> SearchResult:
+    """Runs (or resumes) a search in `<run.workdir>/search`; returns the genotype it derived."""
+    set_global_seed(run.seed, run.deterministic)
+    dist = get_distribution_strategy(run.distribution)
+    steps_per_epoch = search.steps_per_epoch or max(1, data.num_train_examples // batch_size)
+    with dist.scope():
+        models = build_search_models(search, vocab_size=len(data.vocab), max_caption_len=data.max_caption_len,
+                                     image_size=data.image_size, seed=run.seed)
+        strategy = get_strategy(search.strategy)(models, search, max_caption_len=data.max_caption_len)
+    workdir = os.path.join(run.workdir, "search")
+    log(f"Search: {search.strategy} ({search.hypergradient}, stage2={search.stage2}), {search.epochs} epochs × "
+        f"{steps_per_epoch} steps, batch {batch_size}, {dist.num_replicas_in_sync} replica(s) → {workdir}")
+    return run_search(strategy, search_streams(data, batch_size), workdir, config=search,
+                      steps_per_epoch=steps_per_epoch, dist=dist, primitives=models.encoder.primitives,
+                      num_nodes=models.encoder.num_nodes, log=log)
+
+
+def load_data(run: RunConfig, data_config, log=print):
+    from capnas_tf.data.pipeline import load_caption_data
+
+    data = load_caption_data(data_config, run.workdir)
+    log(f"Data: {data_config.dataset}, {data.num_train_images} training images "
+        f"({data.num_train_examples} captions), vocabulary of {len(data.vocab)} → {run.workdir}/vocab.txt")
+    return data
+
+
+def run(mode: str, *, run: RunConfig, data, search: SearchConfig, log=print) -> dict:
+    """Runs `mode` and prints the artifacts it wrote."""
+    os.makedirs(run.workdir, exist_ok=True)
+    caption_data = load_data(run, data, log)
+    artifacts = {"vocabulary": os.path.join(run.workdir, "vocab.txt")}
+    if mode in ("search", "pipeline"):
+        result = search_job(run, search, caption_data, batch_size=data.batch_size, log=log)
+        artifacts.update(genotype=result.genotype_path,
+                         genotype_diagram=os.path.join(os.path.dirname(result.genotype_path), "genotype.png"),
+                         alpha_heatmap=os.path.join(os.path.dirname(result.genotype_path), "alpha_heatmap.png"),
+                         alpha_history=os.path.join(os.path.dirname(result.genotype_path), "alpha_history.jsonl"))
+        log(f"Derived genotype: {result.genotype}")
+    if mode in ("retrain", "pipeline"):
+        raise NotImplementedError("retrain is not wired into the entry point yet")
+    log("Artifacts:\n" + "\n".join(f"  {k:18s} {v}" for k, v in artifacts.items()))
+    return artifacts

@@ -1,0 +1,25 @@
+"""Entry point: `python -m capnas_tf.train --flagfile=configs/quickstart.cfg`.
+
+Turns flags into typed configs and hands them to `capnas_tf.jobs`; nothing else happens here.
+"""
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from absl import app  # noqa: E402
+
+from capnas_tf import flags as cflags  # noqa: E402  (defines the flags)
+from capnas_tf import jobs  # noqa: E402
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    jobs.run(cflags.FLAGS.mode, run=cflags.run_config_from_flags(), data=cflags.data_config_from_flags(),
+             search=cflags.search_config_from_flags())
+
+
+if __name__ == "__main__":
+    app.run(main)
