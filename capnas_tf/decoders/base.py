@@ -44,6 +44,7 @@ class CaptionDecoder(keras.Model):
         return self.dtype_policy.variable_dtype
 
     def _check_prefix(self, tokens) -> None:
+        """Tokens are ids `[B, T]` or rows over the vocabulary `[B, T, V]`, at most max_len long."""
         length = tokens.shape[1]
         if length is not None and length > self.max_len:
             raise ValueError(
@@ -84,6 +85,18 @@ class CaptionDecoder(keras.Model):
         if isinstance(config.get("dtype"), dict):
             config["dtype"] = keras.dtype_policies.deserialize(config["dtype"])
         return cls(**config)
+
+
+def is_token_rows(tokens) -> bool:
+    """True for rows over the vocabulary `[B, T, V]` (one-hot or straight-through) instead of ids."""
+    return tokens.shape.rank == 3 and tokens.dtype.is_floating
+
+
+def embed_token_rows(rows, embedding_layer) -> tf.Tensor:
+    """Σ_v rows[b, t, v] · E[v]: the embedding of a one-hot row is that token's embedding, and a
+    straight-through row passes gradient into the row (Stage II `straight_through`). [B, T, D]"""
+    table = embedding_layer.embeddings
+    return tf.matmul(tf.cast(rows, table.dtype), table)
 
 
 def zeros_state(batch_size, units: int, dtype) -> tf.Tensor:

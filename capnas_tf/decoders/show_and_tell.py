@@ -16,7 +16,7 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
-from capnas_tf.decoders.base import CaptionDecoder, zeros_state
+from capnas_tf.decoders.base import CaptionDecoder, embed_token_rows, is_token_rows, zeros_state
 from capnas_tf.decoders.registry import register_decoder
 
 
@@ -95,7 +95,10 @@ class ShowAndTellDecoder(CaptionDecoder):
         _, pooled = self._unpack(features)
         self._check_prefix(tokens)
         state = self._image_state(pooled, training=training)
-        words = self.token_embedding(tokens)  # (B, T, E)
+        if is_token_rows(tokens):
+            words = embed_token_rows(tokens, self.token_embedding)  # (B, T, E)
+        else:
+            words = self.token_embedding(tokens)  # (B, T, E)
         outputs = []
         for t in range(tokens.shape[1]):  # static T: the loop is unrolled into the graph
             h, state = self.cell(words[:, t], state, training=training)

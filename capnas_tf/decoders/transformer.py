@@ -21,7 +21,7 @@ import keras
 import keras_hub
 import tensorflow as tf
 
-from capnas_tf.decoders.base import CaptionDecoder
+from capnas_tf.decoders.base import CaptionDecoder, embed_token_rows, is_token_rows
 from capnas_tf.decoders.exact_layer_norm import ExactLayerNormalization
 from capnas_tf.decoders.registry import register_decoder
 
@@ -150,7 +150,11 @@ class TransformerCaptionDecoder(CaptionDecoder):
         grid, _ = self._unpack(features)
         self._check_prefix(tokens)
         memory = self._memory(grid)  # (B, S, D)
-        x = self.embedding(tokens)  # (B, T, D)
+        if is_token_rows(tokens):
+            x = embed_token_rows(tokens, self.embedding.token_embedding)  # (B, T, D)
+            x = x + self.embedding.position_embedding(x)
+        else:
+            x = self.embedding(tokens)  # (B, T, D)
         for layer in self.decoder_layers:
             x = layer(x, memory, training=training)
         return self.vocab_projection(x)  # (B, T, V)

@@ -53,6 +53,16 @@ def _gradients_of(loss_fn: Callable, variables: list):
     return loss, all_reduce_sum(densify(tape.gradient(loss, variables), variables))
 
 
+def random_states(*models) -> list:
+    """The dropout seed-generator states of `models` (Keras lists them in `variables`, not `weights`).
+    A checkpoint must hold them, or a resumed run draws other dropout masks than an uninterrupted one."""
+    states = []
+    for model in models:
+        weights = {id(w) for w in model.weights}
+        states += [v.value for v in model.variables if id(v) not in weights]
+    return states
+
+
 def _arch_optimizer(config: SearchConfig) -> keras.optimizers.Optimizer:
     # DARTS: Adam with β1 = 0.5 and decoupled weight decay on A.
     return keras.optimizers.AdamW(config.arch_lr, beta_1=0.5, beta_2=0.999,
@@ -82,7 +92,8 @@ class SearchStrategy:
 
     def checkpoint_items(self) -> dict:
         return dict(encoder=self.models.encoder, decoder=self.models.decoder,
-                    weight_optimizer=self.weight_optimizer, arch_optimizer=self.arch_optimizer)
+                    weight_optimizer=self.weight_optimizer, arch_optimizer=self.arch_optimizer,
+                    rng_states=random_states(self.models.encoder, self.models.decoder))
 
     # -- steps ----------------------------------------------------------------------------------
     def architecture_step(self, batches: dict) -> dict:
@@ -133,8 +144,9 @@ class ThreeStageStrategy(SearchStrategy):
         self.stage2_loss = get_stage2_loss(config.stage2)
 
     def checkpoint_items(self) -> dict:
-        return dict(super().checkpoint_items(), student=self.models.student,
-                    student_optimizer=self.student_optimizer)
+        items = super().checkpoint_items()
+        items["rng_states"] += random_states(self.models.student)
+        return dict(items, student=self.models.student, student_optimizer=self.student_optimizer)
 
     def hypergradient(self, batches: dict) -> hg.Hypergradient:
         """∇_A L(W'; D_val) at the current E, F, W, A (no update)."""

@@ -211,3 +211,16 @@ def test_mixed_float16_computes_in_half_precision_and_returns_float32_logits(
     step_logits, _ = decoder.decode_step(features, tokens[:, 0], 0, cache)
     assert step_logits.dtype == tf.float32
     np.testing.assert_allclose(step_logits, decoder(features, tokens[:, :1])[:, 0], atol=2e-2)
+
+
+@pytest.mark.parametrize("name", ["lstm", "transformer"])
+def test_one_hot_token_rows_give_the_logits_of_the_token_ids(name):
+    """Stage II `straight_through` feeds rows over the vocabulary; one-hot rows must equal the ids."""
+    import capnas_tf.decoders as decoders
+
+    decoder = decoders.get_decoder(name, vocab_size=11, max_len=5)
+    features = (tf.random.normal([2, 2, 2, 6], seed=1), tf.random.normal([2, 6], seed=2))
+    ids = tf.constant([[1, 4, 5, 9, 3], [1, 2, 0, 0, 0]])
+    from_ids = decoder(features, ids)
+    from_rows = decoder(features, tf.one_hot(ids, 11))
+    np.testing.assert_allclose(from_rows.numpy(), from_ids.numpy(), rtol=1e-5, atol=1e-6)

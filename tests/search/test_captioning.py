@@ -9,8 +9,8 @@ import tensorflow as tf
 from capnas_tf.captioner import Captioner
 from capnas_tf.decoders.show_and_tell import ShowAndTellDecoder
 from capnas_tf.search import hypergradient as hg
-from capnas_tf.search.captioning import SearchModels, make_three_stage_problem
-from capnas_tf.search.stateless import values_of
+from capnas_tf.search.captioning import SearchModels, caption_loss, make_three_stage_problem
+from capnas_tf.search.stateless import bind, values_of
 from tests.search.toy_models import ToyConvEncoder, ToyMixedEncoder
 
 V, L = 9, 6  # vocabulary size, caption length (<start> … <end> <pad>)
@@ -51,10 +51,9 @@ def build_models():
     return SearchModels(encoder, decoder, student, relax)
 
 
-@pytest.mark.parametrize("stage2", ["soft"])
-def test_exact_hypergradient_is_directional_derivative_of_unrolled_objective(float64, stage2):
+def test_exact_hypergradient_is_directional_derivative_of_unrolled_objective(float64):
     models = build_models()
-    problem = make_three_stage_problem(models, toy_batches(), stage2=stage2, max_caption_len=L)
+    problem = make_three_stage_problem(models, toy_batches(), stage2="soft", max_caption_len=L)
     A, E, F, W = (values_of(v) for v in (models.A, models.E, models.F, models.W))
     eta = hg.InnerLearningRates(0.5, 0.5, 0.5)
     grad = hg.exact_hypergradient(problem, A, E, F, W, eta).grad_A
@@ -78,3 +77,20 @@ def test_finite_difference_hypergradient_agrees_with_exact_on_captioning_models(
     fd = np.concatenate([g.numpy().ravel() for g in
                          hg.finite_difference_hypergradient(problem, A, E, F, W, eta, epsilon=1e-4).grad_A])
     assert exact @ fd / (np.linalg.norm(exact) * np.linalg.norm(fd)) > 0.99
+
+
+def test_straight_through_is_hard_forward_and_carries_a_surrogate_hypergradient(float64):
+    """Forward, the straight-through loss is the loss on the hard pseudo-captions, so f(A) is piecewise
+    constant in A; its gradient is that of the soft surrogate, hence nonzero (and biased, by design)."""
+    models = build_models()
+    batches = toy_batches()
+    st = make_three_stage_problem(models, batches, stage2="straight_through", max_caption_len=L)
+    A, E, F, W = (values_of(v) for v in (models.A, models.E, models.F, models.W))
+    tokens = st.pseudo_captions(E, F, A)
+    hard_rows = tf.one_hot(tokens, V, dtype=tf.float64)
+    with bind((models.W, W)):
+        student = models.student(batches["unlabeled"]["image"], hard_rows[:, :-1], training=True)
+    hard_loss = caption_loss(student, tokens)
+    np.testing.assert_allclose(float(st.pseudo_caption_loss(W, E, F, A, tokens)), float(hard_loss), rtol=1e-12)
+    grad = hg.exact_hypergradient(st, A, E, F, W, hg.InnerLearningRates(0.5, 0.5, 0.5)).grad_A
+    assert max(float(tf.reduce_max(tf.abs(g))) for g in grad) > 1e-8
