@@ -47,3 +47,65 @@ class SearchConfig:
     log_every: int = 10
     checkpoint_every: int = 50
     supernet: SupernetConfig = dataclasses.field(default_factory=SupernetConfig)
+
+
+@dataclasses.dataclass(frozen=True)
+class RetrainConfig:
+    """Retraining the captioner of a genotype from scratch, its evaluation and its export.
+
+    The defaults retrain on capnas_shapes (32×32, L = 16) in a few minutes on a 2-core CPU.
+
+    Args:
+      genotype: a name of `KNOWN_GENOTYPES` ("DARTS_V2") or a genotype.json path (e.g. the search's).
+      channels, num_cells: C and the number of cells of the `DiscreteEncoder` (may exceed the supernet's).
+      drop_path_prob: DARTS' drop-path probability, ramped linearly over the epochs (0: off).
+      decoder: a name of `capnas_tf.decoders.DECODERS` ("lstm", "transformer"), default sizes.
+      epochs: training epochs; the validation CIDEr is computed after each one.
+      steps_per_epoch: steps per epoch; 0 = one pass over D_tr.
+      batch_size: training batch size (0: DataConfig.batch_size).
+      lr, weight_decay, grad_clip: AdamW learning rate (cosine-decayed to 0), decoupled weight decay,
+        global-norm gradient clipping (0: off).
+      beam_width: 1 = greedy decoding for validation and test captions; > 1 beam search.
+      max_eval_images: at most this many images of each evaluation split (0: all).
+      final_metrics: scorer groups of the final test metrics (METEOR starts a JVM: ~15 s per call).
+      baseline: the trivial baseline reported next to the model: "frequent_caption" (always the most
+        frequent training caption) or "none".
+      xla: compile the training step with XLA (often slower on CPU; see TF_PITFALLS.md).
+      export_saved_model, export_onnx: write `<workdir>/export/saved_model/1/` and
+        `<workdir>/export/captioner.onnx` from the best checkpoint.
+      log_every: steps between progress lines and TensorBoard scalars.
+    """
+
+    genotype: str = "DARTS_V2"
+    channels: int = 8
+    num_cells: int = 3
+    drop_path_prob: float = 0.0
+    decoder: str = "lstm"
+    epochs: int = 3
+    steps_per_epoch: int = 0
+    batch_size: int = 0
+    lr: float = 3e-3
+    weight_decay: float = 1e-4
+    grad_clip: float = 5.0
+    beam_width: int = 1
+    max_eval_images: int = 0
+    final_metrics: tuple = ("BLEU", "METEOR", "ROUGE-L", "CIDEr")
+    baseline: str = "frequent_caption"
+    xla: bool = False
+    export_saved_model: bool = True
+    export_onnx: bool = True
+    log_every: int = 50
+
+    def __post_init__(self):
+        for name in ("channels", "num_cells", "epochs", "beam_width"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"RetrainConfig.{name} must be >= 1, received {getattr(self, name)!r}.")
+        for name in ("steps_per_epoch", "batch_size", "max_eval_images", "grad_clip", "weight_decay"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"RetrainConfig.{name} must be >= 0, received {getattr(self, name)!r}.")
+        if not 0.0 <= self.drop_path_prob < 1.0:
+            raise ValueError(f"RetrainConfig.drop_path_prob must be in [0, 1), received {self.drop_path_prob!r}.")
+        if self.baseline not in ("frequent_caption", "none"):
+            raise ValueError(f"RetrainConfig.baseline must be 'frequent_caption' or 'none', received {self.baseline!r}.")
+        if self.lr <= 0:
+            raise ValueError(f"RetrainConfig.lr must be > 0, received {self.lr!r}.")

@@ -106,3 +106,42 @@ def run_config_from_flags():
 
     return RunConfig(workdir=FLAGS.workdir, seed=FLAGS.seed, deterministic=FLAGS.deterministic,
                      distribution=FLAGS.strategy)
+
+
+# =====================================================================================================
+# -- retrain (capnas_tf.retrain; --mode=retrain | pipeline) ------------------------------------------
+# =====================================================================================================
+from capnas_tf.config import RetrainConfig  # noqa: E402
+
+_R = RetrainConfig()
+flags.DEFINE_string("genotype", _R.genotype, "Genotype to retrain: a known name (DARTS_V2, …) or a genotype.json "
+                    "path; --mode=pipeline uses the one its search derived.")
+flags.DEFINE_integer("retrain_channels", _R.channels, "C: initial channels of the retrained DiscreteEncoder.")
+flags.DEFINE_integer("retrain_cells", _R.num_cells, "Number of cells of the retrained DiscreteEncoder.")
+flags.DEFINE_float("retrain_drop_path_prob", _R.drop_path_prob, "Drop-path probability (linear ramp; 0: off).")
+flags.DEFINE_string("retrain_decoder", _R.decoder, "Decoder of the retrained captioner (lstm | transformer).")
+flags.DEFINE_integer("retrain_epochs", _R.epochs, "Retraining epochs (validation CIDEr after each).")
+flags.DEFINE_integer("retrain_steps_per_epoch", _R.steps_per_epoch, "Retraining steps per epoch; 0 = one pass.")
+flags.DEFINE_integer("retrain_batch_size", _R.batch_size, "Retraining batch size; 0 = --batch_size.")
+flags.DEFINE_float("retrain_lr", _R.lr, "AdamW peak learning rate of retraining (cosine decay to 0).")
+flags.DEFINE_float("retrain_weight_decay", _R.weight_decay, "Decoupled weight decay of retraining.")
+flags.DEFINE_float("retrain_grad_clip", _R.grad_clip, "Global-norm gradient clipping of retraining (0: off).")
+flags.DEFINE_integer("beam_width", _R.beam_width, "Caption decoding for evaluation: 1 = greedy, K > 1 = beam search.")
+flags.DEFINE_integer("max_eval_images", _R.max_eval_images, "At most this many images per evaluation split (0: all).")
+flags.DEFINE_list("final_metrics", list(_R.final_metrics), "Scorer groups of the final test metrics "
+                  "(BLEU, METEOR, ROUGE-L, CIDEr); METEOR costs ~15 s of JVM start-up per split.")
+flags.DEFINE_enum("baseline", _R.baseline, ["frequent_caption", "none"],
+                  "Trivial baseline reported in metrics.json: always the most frequent training caption.")
+flags.DEFINE_bool("retrain_xla", _R.xla, "Compile the retraining step with XLA (measure on CPU first).")
+flags.DEFINE_bool("export_saved_model", _R.export_saved_model, "Write <workdir>/export/saved_model/1/ (TF Serving).")
+flags.DEFINE_bool("export_onnx", _R.export_onnx, "Write <workdir>/export/captioner.onnx and vocab.txt.")
+
+
+def retrain_config_from_flags() -> RetrainConfig:
+    return RetrainConfig(
+        genotype=FLAGS.genotype, channels=FLAGS.retrain_channels, num_cells=FLAGS.retrain_cells,
+        drop_path_prob=FLAGS.retrain_drop_path_prob, decoder=FLAGS.retrain_decoder, epochs=FLAGS.retrain_epochs,
+        steps_per_epoch=FLAGS.retrain_steps_per_epoch, batch_size=FLAGS.retrain_batch_size, lr=FLAGS.retrain_lr,
+        weight_decay=FLAGS.retrain_weight_decay, grad_clip=FLAGS.retrain_grad_clip, beam_width=FLAGS.beam_width,
+        max_eval_images=FLAGS.max_eval_images, final_metrics=tuple(FLAGS.final_metrics), baseline=FLAGS.baseline,
+        xla=FLAGS.retrain_xla, export_saved_model=FLAGS.export_saved_model, export_onnx=FLAGS.export_onnx)
