@@ -66,7 +66,7 @@ def retrained() -> Retrained:
     return Retrained(workdir, data, result, lines)
 
 
-def test_images(data, split: str = "test", count: int = 5) -> tuple[np.ndarray, list]:
+def sample_test_images(data, split: str = "test", count: int = 5) -> tuple[np.ndarray, list]:
     from capnas_tf.evaluate import first_images
 
     return first_images(data, split, count)
