@@ -61,8 +61,9 @@ def load_data(run: RunConfig, data_config, log=print):
     return data
 
 
-def run(mode: str, *, run: RunConfig, data, search: SearchConfig, log=print) -> dict:
-    """Runs `mode` and prints the artifacts it wrote."""
+def run(mode: str, *, run: RunConfig, data, search: SearchConfig, retrain=None, log=print) -> dict:
+    """Runs `mode` and prints the artifacts it wrote. In `pipeline` mode the retrain uses the genotype
+    the search derived, whatever `retrain.genotype` says."""
     os.makedirs(run.workdir, exist_ok=True)
     caption_data = load_data(run, data, log)
     artifacts = {"vocabulary": os.path.join(run.workdir, "vocab.txt")}
@@ -74,6 +75,17 @@ def run(mode: str, *, run: RunConfig, data, search: SearchConfig, log=print) -> 
                          alpha_history=os.path.join(os.path.dirname(result.genotype_path), "alpha_history.jsonl"))
         log(f"Derived genotype: {result.genotype}")
     if mode in ("retrain", "pipeline"):
-        raise NotImplementedError("retrain is not wired into the entry point yet")
+        from capnas_tf.config import RetrainConfig
+        from capnas_tf.retrain import retrain_job
+
+        retrain = retrain or RetrainConfig()
+        if mode == "pipeline":
+            retrain = dataclasses.replace(retrain, genotype=artifacts["genotype"])
+        result = retrain_job(run, retrain, caption_data, log=log)
+        artifacts.update(metrics=result.metrics_path, sample_captions=result.samples_path, **result.exports)
+        cider = {split: scores.get("CIDEr") for split, scores in result.metrics.items()
+                 if isinstance(scores, dict) and "CIDEr" in scores}
+        log(f"Retrained captioner: best validation CIDEr {result.best_validation_cider:.3f} "
+            f"(epoch {result.best_epoch}); CIDEr {cider}")
     log("Artifacts:\n" + "\n".join(f"  {k:18s} {v}" for k, v in artifacts.items()))
     return artifacts

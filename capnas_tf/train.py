@@ -8,7 +8,7 @@ import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from absl import app  # noqa: E402
+from absl import app, logging  # noqa: E402
 
 from capnas_tf import flags as cflags  # noqa: E402  (defines the flags)
 from capnas_tf import jobs  # noqa: E402
@@ -17,8 +17,10 @@ from capnas_tf import jobs  # noqa: E402
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    if not cflags.FLAGS["verbosity"].present:  # TFDS and checkpointing log every file at INFO
+        logging.set_verbosity(logging.WARNING)
     jobs.run(cflags.FLAGS.mode, run=cflags.run_config_from_flags(), data=cflags.data_config_from_flags(),
-             search=cflags.search_config_from_flags())
+             search=cflags.search_config_from_flags(), retrain=cflags.retrain_config_from_flags())
 
 
 if __name__ == "__main__":
