@@ -213,7 +213,9 @@ def load_model_for_evaluation(model_path: str):
         if candidate.endswith(".keras") and os.path.isfile(candidate):
             import keras
 
-            import capnas_tf  # noqa: F401  (registers the serializable layers)
+            import capnas_tf.captioner  # noqa: F401  (registers Captioner and, through it, the layers)
+            import capnas_tf.decoders  # noqa: F401
+            import capnas_tf.search_space  # noqa: F401
 
             return keras.saving.load_model(candidate, compile=False), candidate
     from capnas_tf.export.saved_model import find_saved_model
@@ -234,6 +236,12 @@ def main(argv):
 
     FLAGS = absl_flags.FLAGS
     data_config = capnas_flags.data_config_from_flags()
+    if FLAGS.capnas_shapes_config == "tiny":
+        import dataclasses
+
+        from capnas_tf.data.shapes_tfds import TINY_SHAPES_CONFIG
+
+        data_config = dataclasses.replace(data_config, shapes=TINY_SHAPES_CONFIG)
     vocab_path = FLAGS.vocab or _find_vocab(FLAGS.model)
     vocab = Vocabulary.load(vocab_path, max_len=data_config.max_caption_len)
     data = load_caption_data(data_config, None, vocab=vocab)
@@ -267,6 +275,8 @@ def _define_cli_flags():
     absl_flags.DEFINE_string("model", None, "Retrain workdir or export directory (SavedModel).", required=True)
     absl_flags.DEFINE_string("vocab", None, "vocab.txt (default: found next to --model).")
     absl_flags.DEFINE_list("eval_splits", None, "Splits to evaluate (default: test and test_novel if present).")
+    absl_flags.DEFINE_enum("capnas_shapes_config", "default", ["default", "tiny"],
+                           "capnas_shapes generation: the default ShapesConfig or the tests' TINY_SHAPES_CONFIG.")
     absl_flags.DEFINE_string("output_dir", None, "Where metrics.json and samples.png go (default <model>/evaluation).")
 
 

@@ -85,4 +85,5 @@ def test_quickstart_retrain_beats_the_frequent_caption_baseline_by_far(tmp_path)
                                  final_metrics=("BLEU", "CIDEr"))
     result = retrain_job(RunConfig(workdir=str(tmp_path)), config, data)
     for split in ("test", "test_novel"):
-        assert result.metrics["model"][split]["CIDEr"] > 3 * result.metrics["baseline"][split]["CIDEr"] + 0.3
+        model, baseline = result.metrics["model"][split]["CIDEr"], result.metrics["baseline"][split]["CIDEr"]
+        assert model > 2 * baseline and model > baseline + 0.3, (split, model, baseline)

@@ -1,0 +1,86 @@
+"""capnas_tf.evaluate: captions every real image once (padding rows dropped), scores splits, draws the
+sample grid, and its CLI evaluates a retrain workdir or an export directory."""
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from capnas_tf.evaluate import (caption_dataset, decode_captions, evaluate_captioner, save_caption_grid,
+                                score_split)
+from tests.retrain_fixtures import retrained
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_caption_dataset_gives_one_caption_per_real_image_and_drops_padding():
+    run = retrained()
+    # 8 test images in batches of 3: the last batch carries one padding row of image_id −1.
+    captions = caption_dataset(run.result.captioner, run.data.eval_dataset("test", 3), run.data.vocab)
+    assert sorted(captions) == sorted(run.data.references("test"))
+    assert -1 not in captions
+    batch = next(iter(run.data.eval_dataset("test", 3)))
+    ids, _ = decode_captions(run.result.captioner, batch["image"])
+    first = batch["image_id"].numpy()[0]
+    assert captions[first] == run.data.vocab.decode(ids.numpy()[0])
+
+
+def test_caption_dataset_stops_after_max_images_and_accepts_an_ids_callable():
+    run = retrained()
+    calls = []
+
+    def ids_fn(images):
+        calls.append(images.shape[0])
+        return np.tile(np.array([[4, 5, 2, 0]], np.int32), [images.shape[0], 1])
+
+    captions = caption_dataset(ids_fn, run.data.eval_dataset("test", 4), run.data.vocab, max_images=5)
+    assert len(captions) == 5 and calls == [4, 4]
+    assert set(captions.values()) == {" ".join(run.data.vocab.tokens[4:6])}
+
+
+def test_evaluate_captioner_scores_the_requested_splits_with_the_requested_metrics():
+    run = retrained()
+    scores = evaluate_captioner(run.result.captioner, run.data, splits=("test",), metrics=("CIDEr",))
+    assert list(scores) == ["test"] and list(scores["test"]) == ["CIDEr"]
+    with open(os.path.join(run.workdir, "retrain", "metrics.json")) as f:
+        assert scores["test"]["CIDEr"] == pytest.approx(json.load(f)["model"]["test"]["CIDEr"])
+
+
+def test_perfect_predictions_score_higher_than_a_constant_caption():
+    references = {1: ["a red circle"], 2: ["a blue square"], 3: ["two green triangles"]}
+    perfect = score_split({i: r[0] for i, r in references.items()}, references, metrics=("CIDEr",))
+    constant = score_split({i: "a red circle" for i in references}, references, metrics=("CIDEr",))
+    assert perfect["CIDEr"] > constant["CIDEr"]
+
+
+def test_save_caption_grid_writes_a_png_and_checks_lengths(tmp_path):
+    images = np.random.default_rng(0).uniform(size=[5, 16, 16, 3]).astype(np.float32)
+    path = tmp_path / "grid.png"
+    save_caption_grid(str(path), images, [f"caption {k}" for k in range(5)], [["ref a", "ref b"]] * 5, columns=3)
+    with Image.open(path) as image:
+        assert image.format == "PNG" and image.width > image.height > 0  # 3 columns, 2 rows
+    with pytest.raises(ValueError, match="5 images, 4 predictions"):
+        save_caption_grid(str(path), images, ["x"] * 4, [["r"]] * 5)
+
+
+@pytest.mark.parametrize("which", ["workdir", "export"])
+def test_evaluate_cli_writes_metrics_and_samples(tmp_path, which):
+    run = retrained()
+    model = run.workdir if which == "workdir" else os.path.join(run.workdir, "export")
+    from tests.retrain_fixtures import tfds_dir
+
+    args = [sys.executable, "-m", "capnas_tf.evaluate", f"--model={model}", f"--output_dir={tmp_path}",
+            f"--data_dir={tfds_dir()}", "--image_size=16", "--min_word_count=1", "--batch_size=8",
+            "--eval_splits=test", "--final_metrics=BLEU,CIDEr", "--capnas_shapes_config=tiny"]
+    subprocess.run(args, check=True, cwd=REPO, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}, timeout=300,
+                   capture_output=True)
+    with open(tmp_path / "metrics.json") as f:
+        metrics = json.load(f)
+    with open(os.path.join(run.workdir, "retrain", "metrics.json")) as f:
+        reference = json.load(f)["model"]["test"]
+    assert metrics["splits"]["test"]["CIDEr"] == pytest.approx(reference["CIDEr"], abs=1e-6)
+    assert metrics["model"].endswith("captioner.keras" if which == "workdir" else os.path.join("saved_model", "1"))
+    assert (tmp_path / "samples.png").read_bytes()[:4] == b"\x89PNG"
