@@ -164,17 +164,17 @@ def save_caption_grid(path: str, images, predictions: Sequence[str], references:
                          f"{len(references)} reference lists; expected the same number.")
     n = len(images)
     rows = max(1, -(-n // columns))
-    fig, axes = plt.subplots(rows, columns, figsize=(3.2 * columns, 3.6 * rows), squeeze=False)
+    fig, axes = plt.subplots(rows, columns, figsize=(3.2 * columns, 4.4 * rows), squeeze=False)
     for k, ax in enumerate(axes.flat):
         ax.axis("off")
         if k >= n:
             continue
         ax.imshow(images[k] if images.dtype == np.uint8 else np.clip(images[k], 0.0, 1.0), interpolation="nearest")
         text = "\n".join(textwrap.wrap("GEN: " + predictions[k], 38))
-        refs = "\n".join(textwrap.wrap("REF: " + r, 38)[0] for r in list(references[k])[:max_references])
+        refs = "\n".join("\n".join(textwrap.wrap("REF: " + r, 44)) for r in list(references[k])[:max_references])
         ax.set_title(text, fontsize=8, fontweight="bold", loc="left")
         ax.text(0.0, -0.04, refs, fontsize=7, transform=ax.transAxes, va="top")
-    fig.tight_layout()
+    fig.tight_layout(h_pad=4.0)
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=80)
     plt.close(fig)
