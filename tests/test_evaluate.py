@@ -84,3 +84,16 @@ def test_evaluate_cli_writes_metrics_and_samples(tmp_path, which):
     assert metrics["splits"]["test"]["CIDEr"] == pytest.approx(reference["CIDEr"], abs=1e-6)
     assert metrics["model"].endswith("captioner.keras" if which == "workdir" else os.path.join("saved_model", "1"))
     assert (tmp_path / "samples.png").read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.mark.slow
+def test_score_many_equals_separate_score_captions_calls_including_meteor():
+    from capnas_tf.evaluate import score_many
+    from capnas_tf.metrics import score_captions
+
+    refs_a = {i: ["a red circle left of a blue square", "a red circle"] for i in range(10)}
+    refs_b = {i: ["two green triangles", "green triangles on a dark background"] for i in range(6)}
+    preds_a, preds_b = {i: "a red circle" for i in refs_a}, {i: "two green circles" for i in refs_b}
+    many = score_many({"a": (preds_a, refs_a), "b": (preds_b, refs_b)})
+    assert many["a"] == score_captions(preds_a, refs_a)
+    assert many["b"] == score_captions(preds_b, refs_b)
