@@ -83,9 +83,7 @@ def run(mode: str, *, run: RunConfig, data, search: SearchConfig, retrain=None, 
             retrain = dataclasses.replace(retrain, genotype=artifacts["genotype"])
         result = retrain_job(run, retrain, caption_data, log=log)
         artifacts.update(metrics=result.metrics_path, sample_captions=result.samples_path, **result.exports)
-        cider = {split: scores.get("CIDEr") for split, scores in result.metrics.items()
-                 if isinstance(scores, dict) and "CIDEr" in scores}
         log(f"Retrained captioner: best validation CIDEr {result.best_validation_cider:.3f} "
-            f"(epoch {result.best_epoch}); CIDEr {cider}")
+            f"(epoch {result.best_epoch}); test metrics in {result.metrics_path}")
     log("Artifacts:\n" + "\n".join(f"  {k:18s} {v}" for k, v in artifacts.items()))
     return artifacts
