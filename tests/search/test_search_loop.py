@@ -108,6 +108,7 @@ def _toy_search_models(vocab_size):
     return SearchModels(encoder, decoder, student, relax)
 
 
+@pytest.mark.slow  # opt-in: once its collectives have run, a later MirroredStrategy in the same process aborts
 @pytest.mark.xfail(strict=True, reason="known gap: under MirroredStrategy the hypergradient comes out ~0.25-0.3x "
                    "the single-device one; the cross-replica reduction inside the nested tapes is not yet right "
                    "(open in issue 5)")
