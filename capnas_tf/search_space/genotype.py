@@ -291,6 +291,59 @@ def derive_genotype(alpha_normal, alpha_reduce, primitives=PRIMITIVES, num_nodes
     return Genotype(normal=normal, normal_concat=concat, reduce=reduce, reduce_concat=concat)
 
 
+def _sample_cell(rng: np.random.Generator, ops: tuple, num_nodes: int) -> list:
+    gene = []
+    for i in range(num_nodes):
+        # An unordered pair of distinct inputs, listed ascending so equal architectures compare equal.
+        inputs = np.sort(rng.choice(i + 2, size=2, replace=False))
+        gene.extend((ops[int(rng.integers(len(ops)))], int(j)) for j in inputs)
+    return gene
+
+
+def sample_genotype(rng: np.random.Generator, *, primitives=PRIMITIVES, num_nodes: int = 4,
+                    max_skip_connect: int | None = None) -> Genotype:
+    """An architecture drawn uniformly from the space `derive_genotype` can produce (a pure function
+    of `rng`'s state): for each cell and each intermediate node i, two distinct inputs among the
+    i + 2 states (every unordered pair equally likely) and, on each, an op drawn uniformly from the
+    primitives other than `none`. Inputs are listed in ascending order.
+
+    Args:
+      rng: the numpy Generator to draw from (advanced by the call).
+      primitives: the candidate op names; `none` is never chosen.
+      num_nodes: N, intermediate nodes per cell.
+      max_skip_connect: if set, at most this many skip_connects in the normal cell, as in
+        `derive_genotype`; the normal cell is redrawn until it complies, so the draw stays uniform
+        over the restricted space.
+
+    Returns:
+      A `Genotype` whose concat lists are all intermediate nodes, 2 … N+1.
+
+    Reference: Li & Talwalkar, "Random Search and Reproducibility for NAS", arXiv:1902.07638.
+    """
+    if not isinstance(rng, np.random.Generator):
+        raise TypeError(f"sample_genotype: rng must be a numpy.random.Generator (np.random.default_rng(seed)); "
+                        f"received {type(rng).__name__}.")
+    ops = tuple(name for name in primitives if name != "none")
+    if not ops:
+        raise ValueError(f"sample_genotype: primitives must contain an op other than 'none'; "
+                         f"received {list(primitives)}.")
+    if isinstance(num_nodes, bool) or not isinstance(num_nodes, (int, np.integer)) or num_nodes < 1:
+        raise ValueError(f"sample_genotype: num_nodes must be an integer >= 1; received {num_nodes!r}.")
+    if max_skip_connect is not None:
+        if max_skip_connect < 0:
+            raise ValueError(f"sample_genotype: max_skip_connect must be >= 0 or None; received {max_skip_connect}.")
+        if max_skip_connect == 0 and ops == ("skip_connect",):
+            raise ValueError("sample_genotype: max_skip_connect=0 leaves no op to choose; primitives "
+                             f"{list(primitives)} have only skip_connect besides none.")
+    normal = _sample_cell(rng, ops, num_nodes)
+    while (max_skip_connect is not None
+           and [name for name, _ in normal].count("skip_connect") > max_skip_connect):
+        normal = _sample_cell(rng, ops, num_nodes)
+    reduce = _sample_cell(rng, ops, num_nodes)
+    concat = list(range(2, 2 + num_nodes))
+    return Genotype(normal=normal, normal_concat=concat, reduce=reduce, reduce_concat=concat)
+
+
 def genotype_op_weights(genotype: Genotype, primitives=PRIMITIVES):
     """The one-hot op weights `(w_normal [E, K], w_reduce [E, K])` that make a supernet compute the
     genotype: 1 at each chosen (edge, op), 0 elsewhere (including unchosen edges).

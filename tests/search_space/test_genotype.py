@@ -16,6 +16,7 @@ from capnas_tf.search_space.genotype import (
     derive_genotype,
     genotype_op_weights,
     resolve_genotype,
+    sample_genotype,
 )
 from capnas_tf.search_space.ops import PRIMITIVES
 
@@ -186,6 +187,51 @@ def test_genotype_op_weights_are_one_hot_on_chosen_edges():
     assert w_normal[11, PRIMITIVES.index("dil_conv_3x3")] == 1
     assert w_normal[10].sum() == 0 and w_normal[12].sum() == 0
     assert set(np.unique(w_reduce)) == {0.0, 1.0}
+
+
+def test_sample_genotype_is_valid_deterministic_and_never_none():
+    draws = [sample_genotype(np.random.default_rng(seed), primitives=PRIMITIVES, num_nodes=4) for seed in range(50)]
+    assert sample_genotype(np.random.default_rng(3), primitives=PRIMITIVES, num_nodes=4) == draws[3]
+    assert len(set(draws)) == 50  # 50 draws from ~10^13 architectures: collisions would mean a bug
+    for g in draws:
+        assert g.num_nodes() == 4 and g.normal_concat == g.reduce_concat == (2, 3, 4, 5)
+        for cell in (g.normal, g.reduce):
+            assert all(name != "none" for name, _ in cell)
+            for node in range(4):
+                (_, a), (_, b) = cell[2 * node: 2 * node + 2]
+                assert a < b  # two distinct inputs, listed ascending
+        genotype_op_weights(g)  # a supernet can compute it
+
+
+def test_sample_genotype_is_uniform_over_input_pairs_and_ops():
+    rng = np.random.default_rng(0)
+    n = 6000
+    pairs, ops = {}, {}
+    for _ in range(n):
+        g = sample_genotype(rng, primitives=PRIMITIVES, num_nodes=3)
+        pair = (g.normal[4][1], g.normal[5][1])  # node 2: one of C(4, 2) = 6 input pairs
+        pairs[pair] = pairs.get(pair, 0) + 1
+        ops[g.reduce[0][0]] = ops.get(g.reduce[0][0], 0) + 1
+    assert sorted(pairs) == [(0, 1), (0, 2), (0, 3), (1, 2), (1, 3), (2, 3)]
+    assert sorted(ops) == sorted(set(PRIMITIVES) - {"none"})
+    # Each count is Binomial(n, p); 5 standard deviations is far outside chance, well inside a bias.
+    for counts, p in ((pairs, 1 / 6), (ops, 1 / 7)):
+        for count in counts.values():
+            assert abs(count - n * p) < 5 * np.sqrt(n * p * (1 - p)), counts
+
+
+def test_sample_genotype_caps_skip_connect_and_validates():
+    rng = np.random.default_rng(1)
+    primitives = ("none", "skip_connect", "max_pool_3x3")
+    for _ in range(30):
+        g = sample_genotype(rng, primitives=primitives, num_nodes=3, max_skip_connect=1)
+        assert [name for name, _ in g.normal].count("skip_connect") <= 1
+    with pytest.raises(TypeError, match="numpy.random.Generator"):
+        sample_genotype(0, primitives=PRIMITIVES)
+    with pytest.raises(ValueError, match="other than 'none'"):
+        sample_genotype(rng, primitives=("none",))
+    with pytest.raises(ValueError, match="num_nodes must be an integer >= 1"):
+        sample_genotype(rng, primitives=PRIMITIVES, num_nodes=0)
 
 
 # --- Pictures ---------------------------------------------------------------------------------------
