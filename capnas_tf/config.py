@@ -56,9 +56,12 @@ class RetrainConfig:
     The defaults retrain on capnas_shapes (32×32, L = 16) in a few minutes on a 2-core CPU.
 
     Args:
+      encoder: "darts" (default): the `DiscreteEncoder` of `genotype`; any other name of
+        `capnas_tf.encoders.ENCODERS` ("conv", "gap", …) with its default sizes, ignoring `genotype`,
+        `channels` and `num_cells` — fixed baselines trained by exactly the same recipe.
       genotype: a name of `KNOWN_GENOTYPES` ("DARTS_V2") or a genotype.json path (e.g. the search's).
       channels, num_cells: C and the number of cells of the `DiscreteEncoder` (may exceed the supernet's).
-      drop_path_prob: DARTS' drop-path probability, ramped linearly over the epochs (0: off).
+      drop_path_prob: DARTS' drop-path probability, ramped linearly over the epochs (0: off; "darts" only).
       decoder: a name of `capnas_tf.decoders.DECODERS` ("lstm", "transformer"), default sizes.
       epochs: training epochs; the validation CIDEr is computed after each one.
       steps_per_epoch: steps per epoch; 0 = one pass over D_tr. The default keeps the capnas_shapes
@@ -77,6 +80,7 @@ class RetrainConfig:
       log_every: steps between progress lines and TensorBoard scalars.
     """
 
+    encoder: str = "darts"
     genotype: str = "DARTS_V2"
     channels: int = 8
     num_cells: int = 3
@@ -106,6 +110,9 @@ class RetrainConfig:
                 raise ValueError(f"RetrainConfig.{name} must be >= 0, received {getattr(self, name)!r}.")
         if not 0.0 <= self.drop_path_prob < 1.0:
             raise ValueError(f"RetrainConfig.drop_path_prob must be in [0, 1), received {self.drop_path_prob!r}.")
+        if self.drop_path_prob > 0 and self.encoder != "darts":
+            raise ValueError(f"RetrainConfig.drop_path_prob > 0 needs encoder='darts' (drop-path acts on DARTS "
+                             f"cells), received encoder={self.encoder!r}, drop_path_prob={self.drop_path_prob!r}.")
         if self.baseline not in ("frequent_caption", "none"):
             raise ValueError(f"RetrainConfig.baseline must be 'frequent_caption' or 'none', received {self.baseline!r}.")
         if self.lr <= 0:

@@ -242,6 +242,7 @@ def load_model_for_evaluation(model_path: str):
 
             import capnas_tf.captioner  # noqa: F401  (registers Captioner and, through it, the layers)
             import capnas_tf.decoders  # noqa: F401
+            import capnas_tf.encoders  # noqa: F401  (fixed encoders: RetrainConfig.encoder="conv", "gap", …)
             import capnas_tf.search_space  # noqa: F401
 
             return keras.saving.load_model(candidate, compile=False), candidate

@@ -116,6 +116,8 @@ from capnas_tf.config import RetrainConfig  # noqa: E402
 _R = RetrainConfig()
 flags.DEFINE_string("genotype", _R.genotype, "Genotype to retrain: a known name (DARTS_V2, …) or a genotype.json "
                     "path; --mode=pipeline uses the one its search derived.")
+flags.DEFINE_string("retrain_encoder", _R.encoder, "Encoder of the retrained captioner: darts (the DiscreteEncoder of "
+                    "--genotype) or a fixed baseline of capnas_tf.encoders (conv, gap, …); --mode=retrain only.")
 flags.DEFINE_integer("retrain_channels", _R.channels, "C: initial channels of the retrained DiscreteEncoder.")
 flags.DEFINE_integer("retrain_cells", _R.num_cells, "Number of cells of the retrained DiscreteEncoder.")
 flags.DEFINE_float("retrain_drop_path_prob", _R.drop_path_prob, "Drop-path probability (linear ramp; 0: off).")
@@ -138,8 +140,12 @@ flags.DEFINE_bool("export_onnx", _R.export_onnx, "Write <workdir>/export/caption
 
 
 def retrain_config_from_flags() -> RetrainConfig:
+    if FLAGS.mode == "pipeline" and FLAGS.retrain_encoder != "darts":
+        raise ValueError(f"--retrain_encoder={FLAGS.retrain_encoder} cannot be used with --mode=pipeline, which "
+                         "retrains the searched genotype (encoder darts); use --mode=retrain for a fixed encoder.")
     return RetrainConfig(
-        genotype=FLAGS.genotype, channels=FLAGS.retrain_channels, num_cells=FLAGS.retrain_cells,
+        encoder=FLAGS.retrain_encoder, genotype=FLAGS.genotype, channels=FLAGS.retrain_channels,
+        num_cells=FLAGS.retrain_cells,
         drop_path_prob=FLAGS.retrain_drop_path_prob, decoder=FLAGS.retrain_decoder, epochs=FLAGS.retrain_epochs,
         steps_per_epoch=FLAGS.retrain_steps_per_epoch, batch_size=FLAGS.retrain_batch_size, lr=FLAGS.retrain_lr,
         weight_decay=FLAGS.retrain_weight_decay, grad_clip=FLAGS.retrain_grad_clip, beam_width=FLAGS.beam_width,

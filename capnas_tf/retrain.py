@@ -25,8 +25,8 @@ from capnas_tf.captioner import Captioner
 from capnas_tf.config import RetrainConfig
 from capnas_tf.data.text import normalize_caption
 from capnas_tf.decoders import get_decoder
+from capnas_tf.encoders import ENCODERS
 from capnas_tf.search.captioning import caption_loss
-from capnas_tf.search_space.discrete import DiscreteEncoder
 from capnas_tf.search_space.genotype import resolve_genotype
 
 
@@ -43,10 +43,21 @@ class RetrainResult:
     exports: dict
 
 
+def build_encoder(config: RetrainConfig) -> keras.layers.Layer:
+    """`DiscreteEncoder(genotype)` for encoder="darts", else the named fixed encoder at its default sizes."""
+    if config.encoder not in ENCODERS:
+        raise ValueError(f"RetrainConfig.encoder must be a name of capnas_tf.encoders.ENCODERS "
+                         f"{sorted(ENCODERS)}, received {config.encoder!r}.")
+    factory = ENCODERS[config.encoder]  # not get_encoder(name, …): its first argument is called `name` too
+    if config.encoder == "darts":
+        return factory(genotype=resolve_genotype(config.genotype), channels=config.channels,
+                       num_cells=config.num_cells, drop_path_prob=config.drop_path_prob, name="encoder")
+    return factory(name="encoder")
+
+
 def build_captioner(config: RetrainConfig, *, vocab_size: int, max_caption_len: int, image_size: int) -> Captioner:
-    """DiscreteEncoder(genotype) + decoder, built. The decoder reads prefixes of L − 1 tokens."""
-    encoder = DiscreteEncoder(resolve_genotype(config.genotype), channels=config.channels,
-                              num_cells=config.num_cells, drop_path_prob=config.drop_path_prob, name="encoder")
+    """Encoder (`build_encoder`) + decoder, built. The decoder reads prefixes of L − 1 tokens."""
+    encoder = build_encoder(config)
     decoder = get_decoder(config.decoder, vocab_size=vocab_size, max_len=max_caption_len - 1)
     captioner = Captioner(encoder, decoder, name="captioner")
     captioner(tf.zeros([1, image_size, image_size, 3]), tf.ones([1, max_caption_len - 1], tf.int32))
@@ -143,8 +154,9 @@ def retrain_job(run, config: RetrainConfig, data, *, log=print) -> RetrainResult
     optimizer.build(captioner.trainable_variables)
     state = _RetrainState(workdir, captioner, optimizer)
     first_epoch = state.resume()
-    log(f"Retrain: {config.genotype} (C={config.channels}, {config.num_cells} cells, "
-        f"{captioner.encoder.count_params():,} encoder params) + {config.decoder} decoder "
+    encoder_name = (f"{config.genotype} (C={config.channels}, {config.num_cells} cells, " if config.encoder == "darts"
+                    else f"{config.encoder} encoder (")
+    log(f"Retrain: {encoder_name}{captioner.encoder.count_params():,} encoder params) + {config.decoder} decoder "
         f"({captioner.decoder.count_params():,} params); {config.epochs} epochs × {steps} steps, batch "
         f"{batch_size}" + (f"; resuming after epoch {first_epoch}" if first_epoch else "") + f" → {workdir}")
     step_fn = make_train_step(captioner, optimizer, jit_compile=config.xla)
