@@ -54,3 +54,23 @@ class ToyConvEncoder(keras.Model):
     def call(self, images, training=False):
         x = tf.tanh(self.conv(images - 0.5))
         return x, tf.reduce_mean(x, axis=[1, 2])
+
+
+def toy_search_models(vocab_size: int, max_caption_len: int, seed: int = 4):
+    """E, F, W, A of the search in miniature (BN-free, dropout-free): ToyMixedEncoder + LSTM decoder
+    as the supernet captioner, ToyConvEncoder + LSTM decoder as the student. Built on 16×16 images."""
+    from capnas_tf.captioner import Captioner
+    from capnas_tf.decoders.show_and_tell import ShowAndTellDecoder
+    from capnas_tf.search.captioning import SearchModels
+
+    keras.utils.set_random_seed(seed)
+    L = max_caption_len
+    encoder = ToyMixedEncoder()
+    decoder = ShowAndTellDecoder(vocab_size, L - 1, embedding_dim=8, units=8, dropout=0.0)
+    student = Captioner(ToyConvEncoder(), ShowAndTellDecoder(vocab_size, L - 1, embedding_dim=8, units=8,
+                                                             dropout=0.0))
+    images, tokens = tf.zeros([1, 16, 16, 3]), tf.ones([1, L - 1], tf.int32)
+    decoder(encoder(images), tokens)
+    student(images, tokens)
+    relax = lambda A: (tf.nn.softmax(A[0]), tf.nn.softmax(A[1]))  # noqa: E731
+    return SearchModels(encoder, decoder, student, relax)
