@@ -1,107 +1,383 @@
-"""Cost of one search step, side by side: a plain Stage I supernet step, a three-stage step with the
-`exact` hypergradient and one with the `finite_difference` hypergradient, on the same batch.
+"""Cost of one search step, side by side: a plain Stage I supernet step (forward, backward, update of E
+and F), a DARTS first-order and second-order step, and a three-stage step with the `exact` and with the
+`finite_difference` hypergradient; each with and without XLA, at the default search config and at one
+twice as wide (2C) and twice as deep (2× cells), on the same batches.
 
-    python benchmarks/search_step.py            # default search config
-    python benchmarks/search_step.py --quick    # smaller supernet, fewer repeats
+    python benchmarks/search_step.py              # full run → docs/performance.md
+    python benchmarks/search_step.py --quick      # tiny supernet, fewer repeats (< 10 min on 2 cores)
+    python benchmarks/search_step.py --darts_cifar  # DARTS' CIFAR-10 search setting (see darts_cifar.py)
 
-Each mode runs in its own subprocess so that its peak memory (the growth of the process's resident-set
-high-water mark over the models' footprint, on CPU) is its own. Times are medians over repeated steps
-after the trace and a warm-up step. Ratios are to the plain step.
+Each (mode, XLA, config) runs in its own subprocess, so that its peak memory is its own: on CPU, the
+resident-set high-water mark during the timed steps (reset through /proc/self/clear_refs after the
+warm-up) minus the resident set of the built models before anything was traced. Times are medians over
+`--repeats` steps after the trace and one warm-up step. Every figure is printed as a ratio to the plain
+step of the same config and XLA setting, and the growth from the default to the large config as
+large / default. A combination that fails (e.g. XLA cannot compile it) or runs past `--mode_timeout`
+is recorded with its error in the table, and the run goes on.
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
-import resource
+import re
 import statistics
 import subprocess
 import sys
+import threading
 import time
 
-MODES = ("plain", "exact", "finite_difference")
+MODES = ("plain", "darts_1st", "darts_2nd", "exact", "finite_difference")
+MODE_TITLES = {"plain": "plain Stage I step", "darts_1st": "DARTS 1st order", "darts_2nd": "DARTS 2nd order",
+               "exact": "three-stage exact", "finite_difference": "three-stage finite diff."}
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DEFAULT_DOC = os.path.join(REPO, "docs", "performance.md")
 
 
-def rss_peak_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux: KiB
-
+# --- measurement inside one subprocess --------------------------------------------------------------
 
 def current_rss_mb() -> float:
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
-def measure(mode: str, args) -> dict:
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+def peak_rss_mb() -> float:
+    """VmHWM: the resident-set high-water mark since the process started or since `reset_peak_rss`."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024.0
+    raise RuntimeError("no VmHWM in /proc/self/status (peak memory is measured on Linux only)")
+
+
+def reset_peak_rss() -> bool:
+    """Hands freed heap memory back to the OS (what tracing and XLA compilation used would otherwise
+    stay resident), then resets VmHWM to the current RSS (Linux ≥ 4.0); False where not allowed."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def time_steps(step, args_, *, repeats: int) -> dict:
+    """Trace + first call, one warm-up call, then `repeats` timed calls; times and peak memory.
+
+    `step(*args_)` returns tensors; `.numpy()` on one of them waits for the step to finish.
+    """
+    import tensorflow as tf
+
+    def run():
+        out = step(*args_)
+        tf.nest.map_structure(lambda t: t.numpy() if hasattr(t, "numpy") else t, out)
+
+    models_mb = current_rss_mb()
+    t0 = time.perf_counter()
+    run()
+    trace_s = time.perf_counter() - t0
+    trace_peak_mb = peak_rss_mb() - models_mb
+    run()
+    reset_ok = reset_peak_rss()
+    steady_mb = current_rss_mb() - models_mb
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - t0)
+    return {"step_s": statistics.median(times), "min_s": min(times), "trace_s": trace_s,
+            "peak_mb": max(peak_rss_mb() - models_mb, 1e-3), "trace_peak_mb": trace_peak_mb,
+            "peak_reset": reset_ok, "models_mb": models_mb, "steady_mb": steady_mb}
+
+
+def synthetic_batches(batch_size: int, image_size: int, max_caption_len: int, vocab_size: int, seed: int = 0):
+    """One batch each of D_tr, U, D_val, identical in every subprocess (fixed seed). Captions have
+    different real lengths (padded to L), as the real pipeline's."""
     import numpy as np
     import tensorflow as tf
 
+    rng = np.random.default_rng(seed)
+    B, S, L, V = batch_size, image_size, max_caption_len, vocab_size
+
+    def tokens():
+        t = np.zeros((B, L), np.int32)
+        for row, n in zip(t, rng.integers(4, L - 1, size=B)):  # n words, then <end>, then <pad>
+            row[0], row[1 : n + 1], row[n + 1] = 1, rng.integers(4, V, size=n), 2
+        return tf.constant(t)
+
+    image = lambda: tf.constant(rng.uniform(size=(B, S, S, 3)), tf.float32)  # noqa: E731
+    return {"train": {"image": image(), "tokens": tokens()}, "unlabeled": {"image": image()},
+            "val": {"image": image(), "tokens": tokens()}}
+
+
+def measure(args) -> dict:
+    import tensorflow as tf
+
     from capnas_tf.config import SearchConfig, SupernetConfig
+    from capnas_tf.search.loop import make_step_function
     from capnas_tf.search.models import build_search_models
-    from capnas_tf.search.strategies import ThreeStageStrategy
+    from capnas_tf.search.strategies import DartsStrategy, ThreeStageStrategy
 
-    rng = np.random.default_rng(0)
-    B, S, L, V = args.batch_size, 32, 16, 64
-    tokens = np.zeros((B, L), np.int32)
-    tokens[:, 0] = 1
-    tokens[:, 1:12] = rng.integers(3, V, size=(B, 11))
-    tokens[:, 12] = 2
-    batch = lambda: {"image": tf.constant(rng.uniform(size=(B, S, S, 3)), tf.float32),  # noqa: E731
-                     "tokens": tf.constant(tokens)}
-    batches = {"train": batch(), "val": batch(), "unlabeled": {"image": batch()["image"]}}
-    hyper = "exact" if mode == "plain" else mode
-    config = SearchConfig(hypergradient=hyper, supernet=SupernetConfig(
-        channels=args.channels, num_cells=args.cells, num_nodes=args.nodes))
-    models = build_search_models(config, vocab_size=V, max_caption_len=L, image_size=S)
-    strategy = ThreeStageStrategy(models, config, max_caption_len=L)
+    mode = args.mode
+    batches = synthetic_batches(args.batch_size, args.image_size, args.max_caption_len, args.vocab_size)
+    supernet = SupernetConfig(channels=args.channels, num_cells=args.cells, num_nodes=args.nodes,
+                              **({"primitives": tuple(args.primitives.split(","))} if args.primitives else {}))
+    hyper = "finite_difference" if mode == "finite_difference" else "exact"
+    config = SearchConfig(hypergradient=hyper, darts_order=1 if mode == "darts_1st" else 2, supernet=supernet,
+                          strategy="darts" if mode.startswith("darts") else "three_stage", xla=args.xla)
+    models = build_search_models(config, vocab_size=args.vocab_size, max_caption_len=args.max_caption_len,
+                                 image_size=args.image_size)
+    cls = DartsStrategy if mode.startswith("darts") else ThreeStageStrategy
+    strategy = cls(models, config, max_caption_len=args.max_caption_len)
     if mode == "plain":
-        step = tf.function(lambda b: strategy.supernet_weight_step(b["train"]))
+        step = tf.function(lambda b: strategy.supernet_weight_step(b["train"]), jit_compile=args.xla)
+    else:  # the search loop's own step function: A, then the weights
+        step = make_step_function(strategy, tf.distribute.get_strategy(), update_architecture=True,
+                                  jit_compile=args.xla)
+    result = time_steps(step, (batches,), repeats=args.repeats)
+    result["traces"] = step.experimental_get_tracing_count()
+    return result
+
+
+# --- the driver ---------------------------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class Setting:
+    name: str  # "default" | "large"
+    channels: int
+    cells: int
+    nodes: int
+
+    def flags(self) -> list[str]:
+        return [f"--channels={self.channels}", f"--cells={self.cells}", f"--nodes={self.nodes}"]
+
+    def describe(self) -> str:
+        return f"C={self.channels}, {self.cells} cells × {self.nodes} nodes"
+
+
+def _rss_of(pid: int) -> float:
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
+    return 0.0
+
+
+def run_child(script: str, flags: list[str], *, timeout: float, max_rss_gb: float) -> dict:
+    """Runs `script --child <flags>`; its last stdout line is JSON. Failures come back as {"error": …}.
+
+    The child is killed past `timeout` seconds or `max_rss_gb` of resident memory (the machine is shared)."""
+    cmd = [sys.executable, script, "--child", *flags]
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=REPO)
+    killed = []
+
+    def watch():
+        t0 = time.time()
+        while proc.poll() is None:
+            if time.time() - t0 > timeout:
+                killed.append(f"timeout: still running after {timeout:.0f} s")
+            elif _rss_of(proc.pid) > max_rss_gb * 1024:
+                killed.append(f"killed: resident memory above --max_rss_gb={max_rss_gb:g}")
+            if killed:
+                proc.kill()
+                return
+            time.sleep(0.5)
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    out, err = proc.communicate()
+    watcher.join()
+    if killed:
+        return {"error": killed[0]}
+    if proc.returncode != 0:
+        lines = [ln for ln in err.strip().splitlines() if ln.strip()]
+        errors = [ln for ln in lines if re.match(r"^[\w.]+(Error|Exception)\b", ln)]
+        return {"error": (errors or lines or [f"exit code {proc.returncode}"])[-1][:300]}
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def _ratio(a, b) -> str:
+    if a is None or b is None or not b:
+        return "–"
+    return f"{a / b:.2f}"
+
+
+def fmt(value, spec: str) -> str:
+    return "–" if value is None else format(value, spec)
+
+
+def markdown_table(results: dict, settings: list[Setting], xla_options: list[bool]) -> str:
+    """One row per (mode, XLA, config): time, peak, ratios to plain (same config and XLA), growth."""
+    head = ("| step | XLA | config | time s | × plain | peak MB | × plain | trace s | "
+            "growth time (large/default) | growth peak |")
+    rows = [head, "|" + "---|" * (head.count("|") - 1)]
+    for mode in MODES:
+        for xla in xla_options:
+            for s in settings:
+                r = results.get((mode, xla, s.name))
+                if r is None:
+                    continue
+                xla_s = "on" if xla else "off"
+                if "error" in r:
+                    rows.append(f"| {MODE_TITLES[mode]} | {xla_s} | {s.name} | failed: {r['error']} "
+                                "| | | | | | |")
+                    continue
+                p = results.get(("plain", xla, s.name), {})
+                d = results.get((mode, xla, "default"), {})
+                growth_t = _ratio(r["step_s"], d.get("step_s")) if s.name != "default" else ""
+                growth_m = _ratio(r["peak_mb"], d.get("peak_mb")) if s.name != "default" else ""
+                rows.append(f"| {MODE_TITLES[mode]} | {xla_s} | {s.name} | {r['step_s']:.3f} | "
+                            f"{_ratio(r['step_s'], p.get('step_s'))} | {r['peak_mb']:.0f} | "
+                            f"{_ratio(r['peak_mb'], p.get('peak_mb'))} | {r['trace_s']:.1f} | "
+                            f"{growth_t} | {growth_m} |")
+    return "\n".join(rows)
+
+
+def xla_speedups(results: dict, settings: list[Setting]) -> str:
+    lines = []
+    for mode in MODES:
+        for s in settings:
+            off, on = results.get((mode, False, s.name), {}), results.get((mode, True, s.name), {})
+            if "step_s" in off and "step_s" in on:
+                lines.append(f"- {MODE_TITLES[mode]}, {s.name}: XLA on / off = {on['step_s'] / off['step_s']:.2f} "
+                             f"({'faster' if on['step_s'] < off['step_s'] else 'slower'} with XLA)")
+    return "\n".join(lines)
+
+
+def write_block(path: str, block: str, body: str) -> None:
+    """Replaces the `<!-- block:begin -->…<!-- block:end -->` section of `path` (appends it if absent),
+    keeping the rest of the hand-written document."""
+    begin, end = f"<!-- {block}:begin -->", f"<!-- {block}:end -->"
+    text = open(path).read() if os.path.exists(path) else "# Performance\n"
+    section = f"{begin}\n{body.rstrip()}\n{end}"
+    if begin in text and end in text:
+        text = text[: text.index(begin)] + section + text[text.index(end) + len(end):]
     else:
-        step = tf.function(lambda b: strategy.step(b, update_architecture=True))
-    baseline = current_rss_mb()
-    t0 = time.perf_counter()
-    step(batches)
-    trace_s = time.perf_counter() - t0
-    step(batches)
-    times = []
-    for _ in range(args.repeats):
-        t0 = time.perf_counter()
-        step(batches)
-        times.append(time.perf_counter() - t0)
-    return {"mode": mode, "step_s": statistics.median(times), "trace_s": trace_s,
-            "peak_mb": max(rss_peak_mb() - baseline, 1e-3)}
+        text = text.rstrip() + "\n\n" + section + "\n"
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
 
 
-def main():
+def machine_line() -> str:
+    load = os.getloadavg()
+    return (f"{os.cpu_count()} CPU cores, load average {load[0]:.1f} at the start "
+            f"(the machine is shared with other engineers running TensorFlow: compare ratios, not absolute times)")
+
+
+def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="3 cells of 3 nodes, 3 repeats")
-    parser.add_argument("--channels", type=int, default=8)
-    parser.add_argument("--cells", type=int, default=5)
-    parser.add_argument("--nodes", type=int, default=4)
-    parser.add_argument("--batch_size", type=int, default=16)
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--mode", choices=MODES, help=argparse.SUPPRESS)  # internal: one subprocess
-    args = parser.parse_args()
+    parser.add_argument("--quick", action="store_true",
+                        help="a tiny supernet (C=4, 2 cells × 2 nodes, 4 candidate ops; large = C=8, 4 cells) "
+                             "and 2 timed repeats: the whole table in < 10 min on 2 cores")
+    parser.add_argument("--darts_cifar", action="store_true",
+                        help="DARTS' CIFAR-10 search setting with a classification head; takes the flags of "
+                             "benchmarks/darts_cifar.py instead of these")
+    parser.add_argument("--channels", type=int, default=8, help="C of the default supernet (SupernetConfig)")
+    parser.add_argument("--cells", type=int, default=5, help="cells of the default supernet")
+    parser.add_argument("--nodes", type=int, default=4, help="intermediate nodes per cell")
+    parser.add_argument("--primitives", default="", help="comma-separated candidate ops (empty: the DARTS set)")
+    parser.add_argument("--batch_size", type=int, default=16, help="batch of each stream (configs/shapes_search.cfg)")
+    parser.add_argument("--image_size", type=int, default=32, help="S of the S×S×3 images")
+    parser.add_argument("--max_caption_len", type=int, default=16, help="L, tokens per caption incl. <start>")
+    parser.add_argument("--vocab_size", type=int, default=64, help="V")
+    parser.add_argument("--repeats", type=int, default=5, help="timed steps per combination (median)")
+    parser.add_argument("--modes", default=",".join(MODES), help=f"comma-separated subset of {MODES}")
+    parser.add_argument("--xla", default="off,on", help="'off', 'on' or 'off,on' (in the child: one of them)")
+    parser.add_argument("--configs", default="default,large",
+                        help="'default' and/or 'large' (2× channels and 2× cells of the default)")
+    parser.add_argument("--mode_timeout", type=float, default=1800.0,
+                        help="seconds before one combination is stopped and recorded as a timeout")
+    parser.add_argument("--max_rss_gb", type=float, default=12.0,
+                        help="a combination using more resident memory is stopped (the machine is shared)")
+    parser.add_argument("--output", default=None,
+                        help="markdown file to write the table into (default docs/performance.md; '' = print only)")
+    parser.add_argument("--raw_json", default="/tmp/search_step_results.json",
+                        help="where every measured figure is dumped as JSON")
+    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)  # internal: one measurement
+    parser.add_argument("--mode", choices=MODES, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
     if args.quick:
-        args.cells, args.nodes, args.repeats = 3, 3, 3
-    if args.mode:
-        print(json.dumps(measure(args.mode, args)))
+        args.channels, args.cells, args.nodes, args.repeats = 4, 2, 2, 2
+        args.primitives = args.primitives or "none,skip_connect,avg_pool_3x3,sep_conv_3x3"
+    return args
+
+
+def main(argv=None):
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "--darts_cifar" in argv:  # its own flags: benchmarks/darts_cifar.py
+        sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+        import darts_cifar
+
+        return darts_cifar.main(argv)
+    args = parse_args(argv)
+    if args.child:
+        args.xla = args.xla == "on"
+        print(json.dumps(measure(args)))
         return
-    forwarded = [f"--channels={args.channels}", f"--cells={args.cells}", f"--nodes={args.nodes}",
-                 f"--batch_size={args.batch_size}", f"--repeats={args.repeats}"]
+    modes = [m for m in args.modes.split(",") if m]
+    bad = [m for m in modes if m not in MODES]
+    xla_options = [{"off": False, "on": True}.get(x) for x in args.xla.split(",")]
+    if bad or None in xla_options:
+        raise SystemExit(f"--modes must be a subset of {MODES} and --xla of off,on; received "
+                         f"--modes={args.modes!r} --xla={args.xla!r}.")
+    if "plain" not in modes:
+        modes.insert(0, "plain")  # every ratio is to the plain step
+    all_settings = {"default": Setting("default", args.channels, args.cells, args.nodes),
+                    "large": Setting("large", 2 * args.channels, 2 * args.cells, args.nodes)}
+    settings = [all_settings[c] for c in args.configs.split(",") if c in all_settings]
+    if not settings:
+        raise SystemExit(f"--configs must name 'default' and/or 'large'; received {args.configs!r}.")
+    common = [f"--batch_size={args.batch_size}", f"--image_size={args.image_size}",
+              f"--max_caption_len={args.max_caption_len}", f"--vocab_size={args.vocab_size}",
+              f"--repeats={args.repeats}", f"--primitives={args.primitives}"]
+    command = "python benchmarks/search_step.py " + " ".join(argv)
+    header = (f"supernet {', '.join(s.name + ': ' + s.describe() for s in settings)}; "
+              f"candidate ops: {args.primitives or 'the DARTS set (8)'}; batch {args.batch_size} per stream, "
+              f"{args.image_size}×{args.image_size} images, L={args.max_caption_len}, V={args.vocab_size}; "
+              f"median of {args.repeats} steps after trace + warm-up")
+    machine = machine_line()
+    print(header + "\n" + machine, flush=True)
+    started = time.time()
     results = {}
-    for mode in MODES:
-        out = subprocess.run([sys.executable, __file__, f"--mode={mode}", *forwarded], check=True,
-                             capture_output=True, text=True).stdout
-        results[mode] = json.loads(out.strip().splitlines()[-1])
-    plain = results["plain"]
-    print(f"supernet C={args.channels}, {args.cells} cells × {args.nodes} nodes, batch {args.batch_size}, "
-          f"median of {args.repeats} steps (CPU, peak = RSS high-water mark growth)")
-    print(f"{'step':20s} {'time s':>8s} {'× plain':>8s} {'peak MB':>9s} {'× plain':>8s} {'trace s':>8s}")
-    for mode in MODES:
-        r = results[mode]
-        print(f"{mode:20s} {r['step_s']:8.3f} {r['step_s'] / plain['step_s']:8.2f} {r['peak_mb']:9.0f} "
-              f"{r['peak_mb'] / plain['peak_mb']:8.2f} {r['trace_s']:8.1f}")
+    for s in settings:
+        for xla in xla_options:
+            for mode in [m for m in MODES if m in modes]:
+                flags = [*s.flags(), *common, f"--mode={mode}", f"--xla={'on' if xla else 'off'}"]
+                t0 = time.time()
+                r = run_child(os.path.abspath(__file__), flags, timeout=args.mode_timeout,
+                              max_rss_gb=args.max_rss_gb)
+                results[(mode, xla, s.name)] = r
+                shown = r.get("error") or (f"{r['step_s']:.3f} s/step, peak {r['peak_mb']:.0f} MB, "
+                                          f"trace {r['trace_s']:.1f} s, traces {r['traces']}")
+                print(f"  {s.name:7s} XLA {'on ' if xla else 'off'} {mode:18s} {shown}  "
+                      f"[{time.time() - t0:.0f} s]", flush=True)
+    table = markdown_table(results, settings, xla_options)
+    speedups = xla_speedups(results, settings)
+    print("\n" + table + "\n\n" + speedups)
+    body = (f"Command: `{command.strip()}` — {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, "
+            f"{time.time() - started:.0f} s in all.\n\n{header}.\n{machine}.\n\n"
+            f"Peak = resident-set high-water mark during the timed steps minus the built models' resident set "
+            f"(CPU); × plain = ratio to the plain step of the same config and XLA setting; growth = large / "
+            f"default for the same step and XLA setting.\n\n{table}\n\n{speedups}\n")
+    output = args.output if args.output is not None else DEFAULT_DOC
+    if output:
+        write_block(output, "search_step_quick" if args.quick else "search_step", body)
+        print(f"\nwritten to {output}")
+    with open(args.raw_json, "w") as f:
+        json.dump({"|".join(map(str, k)): v for k, v in results.items()}, f, indent=1)
 
 
 if __name__ == "__main__":
