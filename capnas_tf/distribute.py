@@ -32,3 +32,19 @@ def get_distribution_strategy(name: str) -> tf.distribute.Strategy:
     if name not in DISTRIBUTION_STRATEGIES:
         raise ValueError(f"--strategy must be one of {sorted(DISTRIBUTION_STRATEGIES)}, received {name!r}.")
     return DISTRIBUTION_STRATEGIES[name]()
+
+
+def check_jit_compile(dist: tf.distribute.Strategy, jit_compile: bool) -> None:
+    """Rejects `--xla` where TensorFlow cannot compile the search step, before anything is traced.
+
+    Over more than one replica (MirroredStrategy, MultiWorkerMirroredStrategy) XLA places the whole step
+    on one device and TensorFlow 2.21 fails with "Trying to access resource …/replica_1/… located in
+    device …:1 from device …:0"; compiling the per-replica function instead fails the same way
+    (BUILD_NOTES.md). TPUStrategy compiles with XLA whatever the flag says.
+    """
+    if not jit_compile or dist.num_replicas_in_sync == 1 or isinstance(dist, tf.distribute.TPUStrategy):
+        return
+    raise ValueError(
+        f"--xla (jit_compile=True) is not supported over {dist.num_replicas_in_sync} replicas "
+        f"({type(dist).__name__}): XLA compiles the step for one device, and the replicas' variables live on "
+        "others. Use --noxla with this --strategy, or --xla with --strategy=default.")

@@ -17,6 +17,7 @@ import tensorflow as tf
 from absl import logging
 
 from capnas_tf.config import SearchConfig
+from capnas_tf.distribute import check_jit_compile
 from capnas_tf.io_utils import atomic_write_text
 from capnas_tf.search.captioning import SearchModels
 from capnas_tf.search.strategies import SearchStrategy, get_strategy
@@ -60,6 +61,7 @@ def _reduce_metrics(dist: tf.distribute.Strategy, per_replica: dict) -> dict:
 def make_step_function(strategy: SearchStrategy, dist: tf.distribute.Strategy, *,
                        update_architecture: bool, jit_compile: bool):
     """One traced search step over a (distributed) batch of each stream."""
+    check_jit_compile(dist, jit_compile)
 
     def replica_step(batches):
         return strategy.step(batches, update_architecture=update_architecture)

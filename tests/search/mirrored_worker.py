@@ -5,7 +5,8 @@ process (BUILD_NOTES.md), so the main test process never creates one.
 
 It computes each quantity twice on the same global batch — once on one device, once under
 MirroredStrategy over /cpu:0 and /cpu:1 with the batch split in two — and prints one JSON object
-{name: {"single": value, "replicas": [value on replica 0, value on replica 1]}}; the test compares.
+{"comparisons": {name: {"single": value, "replicas": [value on replica 0, value on replica 1]}},
+ "xla_error": the message with which the loop refuses `--xla` over two replicas}; the test compares.
 
   replica_sum/*           closed forms: a replica-sum inside one tape, and the unrolled steps of nested
                           tapes (one and two levels) with gradients all-reduced in between
@@ -204,7 +205,13 @@ def main(argv: list[str]) -> None:
         replicated = ThreeStageStrategy(toy_search_models(VOCAB, L), config, max_caption_len=L)
     for name, (s_value, r_values) in search_quantities(single, replicated, dist, synthetic_batches()).items():
         results[name] = {"single": s_value, "replicas": r_values}
-    json.dump(results, sys.stdout)
+
+    try:  # --xla over two replicas must be refused up front, not fail inside TensorFlow
+        make_step_function(replicated, dist, update_architecture=True, jit_compile=True)
+        xla_error = None
+    except ValueError as e:
+        xla_error = str(e)
+    json.dump({"comparisons": results, "xla_error": xla_error}, sys.stdout)
 
 
 if __name__ == "__main__":

@@ -12,6 +12,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from capnas_tf.distribute import check_jit_compile
+
 
 def _run_mirrored_worker(*args: str, timeout: int) -> dict:
     """Runs tests/search/mirrored_worker.py in a fresh Python: a MirroredStrategy whose collectives have
@@ -50,9 +52,23 @@ def test_mirrored_hypergradient_equals_single_device_on_the_same_global_batch():
     step's metrics and updated A equal the single-device ones (BN-free toy models: with BN each replica
     would normalise by its own shard). Run op by op (`--eager`) to keep the default suite fast; the
     traced variant below runs the same check inside tf.function, as the search loop does."""
-    _assert_replicas_equal_single_device(_run_mirrored_worker("--eager", timeout=600))
+    results = _run_mirrored_worker("--eager", timeout=600)
+    _assert_replicas_equal_single_device(results["comparisons"])
+    # XLA over two replicas fails inside TensorFlow (see check_jit_compile); the loop says so first.
+    assert results["xla_error"] is not None and "--xla" in results["xla_error"]
+    assert "2 replicas" in results["xla_error"] and "MirroredStrategy" in results["xla_error"]
+
+
+def test_xla_is_refused_over_several_replicas_and_allowed_on_one():
+    class TwoReplicas:  # what check_jit_compile reads of a strategy
+        num_replicas_in_sync = 2
+
+    with pytest.raises(ValueError, match=r"--xla .* not supported over 2 replicas \(TwoReplicas\)"):
+        check_jit_compile(TwoReplicas(), jit_compile=True)
+    check_jit_compile(TwoReplicas(), jit_compile=False)
+    check_jit_compile(tf.distribute.get_strategy(), jit_compile=True)
 
 
 @pytest.mark.slow  # traces every estimator twice (one device, two replicas): ~1 minute on 2 idle cores
 def test_mirrored_hypergradient_equals_single_device_inside_tf_function():
-    _assert_replicas_equal_single_device(_run_mirrored_worker(timeout=1500))
+    _assert_replicas_equal_single_device(_run_mirrored_worker(timeout=1500)["comparisons"])
