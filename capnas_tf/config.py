@@ -46,6 +46,17 @@ class SearchConfig:
     xla: bool = False
     log_every: int = 10
     checkpoint_every: int = 50
+    # gdas: Gumbel temperature τ, linear from τ_max to τ_min over the architecture steps (GDAS: 10 → 0.1)
+    gdas_tau_max: float = 10.0
+    gdas_tau_min: float = 0.1
+    # random_ws: N architectures ranked by validation loss on the shared weights, over the last R batches
+    random_ws_candidates: int = 20
+    random_ws_rank_batches: int = 2
+    # reinforce: ENAS controller (LSTM size, Adam rate, entropy bonus β, baseline decay δ)
+    controller_units: int = 64
+    controller_lr: float = 3.5e-3
+    reinforce_entropy_weight: float = 1e-4
+    reinforce_baseline_decay: float = 0.95
     supernet: SupernetConfig = dataclasses.field(default_factory=SupernetConfig)
 
 

@@ -39,7 +39,10 @@ flags.DEFINE_enum("on_bad_example", "error", ["error", "skip"],
 
 # -- search ------------------------------------------------------------------------------------------
 _S, _N = SearchConfig(), SupernetConfig()
-flags.DEFINE_enum("search_strategy", _S.strategy, ["three_stage", "darts"], "How A is searched.")
+flags.DEFINE_enum("search_strategy", _S.strategy, ["three_stage", "darts", "gdas", "random_ws", "reinforce"],
+                  "How the architecture is searched: three_stage (the method), darts (bilevel DARTS), gdas "
+                  "(hard Gumbel-softmax paths), random_ws (random search with weight sharing), reinforce "
+                  "(ENAS-style LSTM controller).")
 flags.DEFINE_enum("hypergradient", _S.hypergradient, ["exact", "finite_difference"],
                   "exact: nested GradientTapes through both unrolled steps; finite_difference: central "
                   "differences for the Hessian-vector products (first-order memory).")
@@ -65,13 +68,27 @@ flags.DEFINE_float("fd_epsilon", _S.fd_epsilon, "ε of the finite differences; t
 flags.DEFINE_bool("xla", _S.xla, "Compile the search step with XLA (often slower on CPU; measure).")
 flags.DEFINE_integer("log_every", _S.log_every, "Log a progress line and TensorBoard scalars every N steps.")
 flags.DEFINE_integer("checkpoint_every", _S.checkpoint_every, "Checkpoint every N steps (and every epoch).")
+flags.DEFINE_float("gdas_tau_max", _S.gdas_tau_max, "gdas: Gumbel-softmax temperature τ at the first "
+                   "architecture step (decays linearly to --gdas_tau_min).")
+flags.DEFINE_float("gdas_tau_min", _S.gdas_tau_min, "gdas: temperature τ at the last architecture step.")
+flags.DEFINE_integer("random_ws_candidates", _S.random_ws_candidates, "random_ws: N architectures drawn "
+                     "uniformly and ranked by validation caption loss on the shared weights.")
+flags.DEFINE_integer("random_ws_rank_batches", _S.random_ws_rank_batches, "random_ws: the ranking scores every "
+                     "candidate on the D_val batches of the search's last R steps (N·R forward passes).")
+flags.DEFINE_integer("controller_units", _S.controller_units, "reinforce: LSTM size of the controller.")
+flags.DEFINE_float("controller_lr", _S.controller_lr, "reinforce: Adam learning rate of the controller.")
+flags.DEFINE_float("reinforce_entropy_weight", _S.reinforce_entropy_weight,
+                   "reinforce: β, weight of the controller's entropy bonus.")
+flags.DEFINE_float("reinforce_baseline_decay", _S.reinforce_baseline_decay,
+                   "reinforce: δ of the moving-average reward baseline b ← δ·b + (1 − δ)·R.")
 flags.DEFINE_integer("supernet_channels", _N.channels, "C: initial channels of the supernet.")
 flags.DEFINE_integer("supernet_cells", _N.num_cells, "Number of supernet cells.")
 flags.DEFINE_integer("supernet_nodes", _N.num_nodes, "Intermediate nodes per cell.")
 flags.DEFINE_list("primitives", list(_N.primitives), "Candidate operations of every mixed edge (names "
                   "registered in capnas_tf.search_space.ops.OPS).")
 flags.DEFINE_enum("relaxation", _N.relaxation, ["softmax"], "Relaxation of A into op weights for the "
-                  "three_stage and darts strategies (DARTS' softmax).")
+                  "three_stage and darts strategies (DARTS' softmax); gdas, random_ws and reinforce sample "
+                  "their own one-hot paths.")
 flags.DEFINE_integer("max_skip_connect", _N.max_skip_connect,
                      "Cap on skip_connect ops in the derived normal cell (DARTS collapse remedy); -1: no cap.")
 
@@ -89,7 +106,11 @@ def search_config_from_flags() -> SearchConfig:
         weight_lr=FLAGS.weight_lr, student_lr=FLAGS.student_lr, weight_decay=FLAGS.weight_decay,
         arch_lr=FLAGS.arch_lr, arch_weight_decay=FLAGS.arch_weight_decay, grad_clip=FLAGS.grad_clip,
         fd_epsilon=FLAGS.fd_epsilon, xla=FLAGS.xla, log_every=FLAGS.log_every,
-        checkpoint_every=FLAGS.checkpoint_every, supernet=supernet)
+        checkpoint_every=FLAGS.checkpoint_every, gdas_tau_max=FLAGS.gdas_tau_max, gdas_tau_min=FLAGS.gdas_tau_min,
+        random_ws_candidates=FLAGS.random_ws_candidates, random_ws_rank_batches=FLAGS.random_ws_rank_batches,
+        controller_units=FLAGS.controller_units, controller_lr=FLAGS.controller_lr,
+        reinforce_entropy_weight=FLAGS.reinforce_entropy_weight,
+        reinforce_baseline_decay=FLAGS.reinforce_baseline_decay, supernet=supernet)
 
 
 def data_config_from_flags():

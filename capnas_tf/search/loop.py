@@ -117,11 +117,8 @@ class SearchRun:
         return [a.numpy() for a in self.strategy.A_values()]
 
     def genotype(self):
-        from capnas_tf.search_space.genotype import derive_genotype
-
-        alpha_normal, alpha_reduce = self.alphas()
-        return derive_genotype(alpha_normal, alpha_reduce, primitives=self.primitives,
-                               num_nodes=self.num_nodes, max_skip_connect=self.max_skip_connect)
+        return self.strategy.derive_genotype(primitives=self.primitives, num_nodes=self.num_nodes,
+                                             max_skip_connect=self.max_skip_connect)
 
     def write_scalars(self, step: int, metrics: dict) -> None:
         with self.writer.as_default(step=step):
@@ -176,6 +173,7 @@ def run_search(strategy: SearchStrategy, streams: tf.data.Dataset, workdir: str,
     start = run.restore()
     total = config.epochs * steps_per_epoch
     warmup_steps = config.warmup_epochs * steps_per_epoch
+    strategy.begin_search(total_steps=total, warmup_steps=warmup_steps)
     search_step = make_step_function(strategy, dist, update_architecture=True, jit_compile=config.xla)
     warmup_step = make_step_function(strategy, dist, update_architecture=False, jit_compile=config.xla)
     batches = iter(dist.experimental_distribute_dataset(streams.skip(start)))

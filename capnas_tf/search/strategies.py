@@ -88,7 +88,22 @@ class SearchStrategy:
 
     # -- values ---------------------------------------------------------------------------------
     def A_values(self):
+        """A, or for a strategy without A what plays its role (written to alpha_history.jsonl and
+        shown as the heatmap): two `[E, K]` tensors whose row-wise softmax is a distribution over ops."""
         return values_of(self.models.A)
+
+    def derive_genotype(self, *, primitives, num_nodes: int, max_skip_connect: int | None):
+        """The architecture found so far (the loop writes it to genotype.json every epoch).
+        Default: DARTS' rule on A; strategies whose answer is not argmax(A) override it."""
+        from capnas_tf.search_space.genotype import derive_genotype
+
+        alpha_normal, alpha_reduce = (tf.convert_to_tensor(a).numpy() for a in self.A_values())
+        return derive_genotype(alpha_normal, alpha_reduce, primitives=primitives, num_nodes=num_nodes,
+                               max_skip_connect=max_skip_connect)
+
+    def begin_search(self, *, total_steps: int, warmup_steps: int) -> None:
+        """Called by the loop before the first (or first resumed) step with the run's length, for
+        strategies whose schedule depends on it (GDAS' temperature, random_ws' final ranking)."""
 
     def checkpoint_items(self) -> dict:
         return dict(encoder=self.models.encoder, decoder=self.models.decoder,
@@ -216,7 +231,21 @@ STRATEGIES: dict[str, type[SearchStrategy]] = {
 }
 
 
+def register_strategy(name: str):
+    """Class decorator: makes a `SearchStrategy` subclass available as `--search_strategy=name`."""
+
+    def _register(cls):
+        if name in STRATEGIES and STRATEGIES[name] is not cls:
+            raise ValueError(f"register_strategy: the name {name!r} is already taken by {STRATEGIES[name]!r}.")
+        STRATEGIES[name] = cls
+        return cls
+
+    return _register
+
+
 def get_strategy(name: str) -> type[SearchStrategy]:
+    """The strategy class registered as `name`. The baselines (gdas, random_ws, reinforce) live in
+    modules of their own, which `capnas_tf/search/__init__.py` imports so that they register."""
     if name not in STRATEGIES:
         raise ValueError(f"--search_strategy must be one of {sorted(STRATEGIES)}, received {name!r}.")
     return STRATEGIES[name]

@@ -8,28 +8,18 @@ import pytest
 import tensorflow as tf
 
 from capnas_tf.config import SearchConfig, SupernetConfig
-from capnas_tf.data import shapes_tfds
-from capnas_tf.data.pipeline import DataConfig, load_caption_data
 from capnas_tf.jobs import RunConfig, search_job, search_streams
 from capnas_tf.search.loop import NonFiniteLossError, run_search
 from capnas_tf.search.models import build_search_models
 from capnas_tf.search.strategies import get_strategy
 from capnas_tf.search_space.genotype import Genotype
+from tests.search.conftest import TINY_CAPTION_LEN
 
-L = 16
+L = TINY_CAPTION_LEN
 TINY_SEARCH = SearchConfig(
     epochs=2, steps_per_epoch=2, warmup_epochs=1, log_every=1, checkpoint_every=1, arch_lr=0.05,
     supernet=SupernetConfig(channels=4, num_cells=3, num_nodes=2,
                             primitives=("none", "skip_connect", "avg_pool_3x3", "sep_conv_3x3")))
-
-
-@pytest.fixture(scope="module")
-def tiny_data(tmp_path_factory):
-    root = tmp_path_factory.mktemp("tiny_shapes")
-    config = DataConfig(dataset="capnas_shapes", data_dir=str(root / "tfds"), image_size=16,
-                        shapes=shapes_tfds.TINY_SHAPES_CONFIG, max_caption_len=L, min_word_count=1,
-                        batch_size=4, seed=0)
-    return load_caption_data(config, str(root / "work"))
 
 
 def test_search_writes_genotype_history_checkpoints_and_tensorboard(tiny_data, tmp_path):

@@ -1,0 +1,17 @@
+"""Fixtures shared by the search tests."""
+import pytest
+
+from capnas_tf.data import shapes_tfds
+from capnas_tf.data.pipeline import DataConfig, load_caption_data
+
+TINY_CAPTION_LEN = 16
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory):
+    """A tiny capnas_shapes (16×16 images, L = 16), built once per session; tests only read it."""
+    root = tmp_path_factory.mktemp("tiny_shapes")
+    config = DataConfig(dataset="capnas_shapes", data_dir=str(root / "tfds"), image_size=16,
+                        shapes=shapes_tfds.TINY_SHAPES_CONFIG, max_caption_len=TINY_CAPTION_LEN, min_word_count=1,
+                        batch_size=4, seed=0)
+    return load_caption_data(config, str(root / "work"))
