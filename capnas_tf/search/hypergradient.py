@@ -145,6 +145,9 @@ def exact_hypergradient(problem: ThreeStageProblem, A: Values, E: Values, F: Val
     with tf.GradientTape() as tape_A:
         tape_A.watch(A)
         state = unroll(problem, A, E, F, W, eta)
+    # Under tf.distribute each replica's tape holds its own part of L_val, but the gradient TF registers
+    # for an all-reduce is again an all-reduce (at every order: tests/search/test_distributed.py), so
+    # replica r obtains ∂(Σ_s L_val,s)/∂A through its own shard's computations; the sum over r is ∇_A f.
     grad_A = problem.reduce_gradients(densify(tape_A.gradient(state.val_loss, A), A))
     return Hypergradient(grad_A, state)
 
