@@ -37,6 +37,7 @@ import time
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
+from capnas_tf import evaluate  # noqa: E402
 from capnas_tf.config import RetrainConfig  # noqa: E402
 from capnas_tf.data import shapes_tfds  # noqa: E402
 from capnas_tf.data.pipeline import DataConfig, load_caption_data  # noqa: E402
@@ -68,20 +69,26 @@ def time_generation(data_config: DataConfig) -> dict:
 
 
 def run_one(encoder: str, seed: int, retrain: RetrainConfig, data_config: DataConfig, workdir: str,
-            verbose: bool) -> dict:
-    """One retrain of `encoder` with `seed`; its test metrics, the baseline's, and its cost."""
+            verbose: bool, samples: int) -> dict:
+    """One retrain of `encoder` with `seed`: its test metrics, the baseline's, its cost (training and
+    evaluation; the extra sample captions are not counted) and the greedy captions of the first
+    `samples` test images."""
     config = dataclasses.replace(retrain, encoder=encoder)
     run_dir = os.path.join(workdir, f"{encoder}-seed{seed}")
     data = load_caption_data(dataclasses.replace(data_config, seed=seed), run_dir)
     log = (lambda line: print(f"    [{encoder} seed {seed}] {line}", flush=True)) if verbose else (lambda _: None)
     wall, cpu = time.perf_counter(), cpu_seconds()
     result = retrain_job(RunConfig(workdir=run_dir, seed=seed), config, data, log=log)
+    wall, cpu = time.perf_counter() - wall, cpu_seconds() - cpu
+    captions = evaluate.caption_dataset(result.captioner, data.eval_dataset("test"), data.vocab, max_images=samples)
+    references = data.references("test")
     return {"encoder": encoder, "seed": seed, "model": result.metrics["model"],
             "baseline": {s: result.metrics["baseline"][s] for s in SPLITS},
             "baseline_caption": result.metrics["baseline"]["caption"], "best_epoch": result.best_epoch,
             "encoder_params": int(result.captioner.encoder.count_params()),
             "decoder_params": int(result.captioner.decoder.count_params()),
-            "wall_s": time.perf_counter() - wall, "cpu_s": cpu_seconds() - cpu}
+            "wall_s": wall, "cpu_s": cpu,
+            "samples": [{"image_id": i, "caption": captions[i], "reference": references[i][0]} for i in sorted(captions)]}
 
 
 def mean_std(values, digits: int = 3) -> str:
@@ -123,6 +130,16 @@ def per_seed_table(runs: list[dict], metrics: list[str]) -> str:
     return "\n".join(lines)
 
 
+def samples_table(runs: list[dict]) -> str:
+    """Markdown: one row per sample test image, one column per encoder, plus its first reference."""
+    lines = ["| image_id | first reference | " + " | ".join(r["encoder"] for r in runs) + " |",
+             "|" + " --- |" * (len(runs) + 2)]
+    for k, sample in enumerate(runs[0]["samples"]):
+        lines.append(f"| {sample['image_id']} | {sample['reference']} | "
+                     + " | ".join(r["samples"][k]["caption"] for r in runs) + " |")
+    return "\n".join(lines)
+
+
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true",
@@ -139,6 +156,8 @@ def parse_args(argv=None):
                         help="TFDS data_dir; default: a fresh temporary one, so the generation time is real")
     parser.add_argument("--workdir", default=None, help="where the retrain runs go (default: a temp dir, removed)")
     parser.add_argument("--json", default=None, help="also write every run's numbers to this JSON file")
+    parser.add_argument("--samples", type=int, default=6,
+                        help="print the greedy captions of this many test images per encoder (first seed)")
     parser.add_argument("--verbose", action="store_true", help="print the retrain progress lines")
     args = parser.parse_args(argv)
     args.encoders = [e for e in (args.encoders or ("gap,conv" if args.quick else "gap,conv,darts")).split(",") if e]
@@ -146,7 +165,7 @@ def parse_args(argv=None):
     defaults = RetrainConfig()
     args.epochs = args.epochs or (2 if args.quick else defaults.epochs)
     args.steps_per_epoch = args.steps_per_epoch or (40 if args.quick else defaults.steps_per_epoch)
-    for flag in ("epochs", "steps_per_epoch"):
+    for flag in ("epochs", "steps_per_epoch", "samples"):
         if getattr(args, flag) < 1:
             parser.error(f"--{flag} must be >= 1, received {getattr(args, flag)}")
     from capnas_tf.encoders import ENCODERS
@@ -184,7 +203,7 @@ def main(argv=None) -> int:
         runs, cpu_start, wall_start = [], cpu_seconds(), time.perf_counter()
         for seed in args.seeds:
             for encoder in args.encoders:
-                run = run_one(encoder, seed, retrain, data_config, workdir, args.verbose)
+                run = run_one(encoder, seed, retrain, data_config, workdir, args.verbose, args.samples)
                 runs.append(run)
                 scores = ", ".join(f"{s} {m} {run['model'][s][m]:.3f}" for s in SPLITS for m in metrics)
                 print(f"  {encoder:6s} seed {seed}: {scores}  ({run['wall_s']:.0f} s wall, {run['cpu_s']:.0f} s CPU)",
@@ -195,6 +214,8 @@ def main(argv=None) -> int:
         print(summary_table(runs, args.encoders, metrics))
         print()
         print(per_seed_table(runs, metrics))
+        print(f"\nGreedy captions of the first {args.samples} test images (seed {args.seeds[0]}):\n")
+        print(samples_table([r for r in runs if r["seed"] == args.seeds[0]]))
         if args.json:
             with open(args.json, "w") as f:
                 json.dump({"args": vars(args), "generation": generation, "runs": runs}, f, indent=1)
