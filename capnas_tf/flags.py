@@ -65,7 +65,8 @@ flags.DEFINE_float("arch_lr", _S.arch_lr, "η_a: Adam learning rate of A.")
 flags.DEFINE_float("arch_weight_decay", _S.arch_weight_decay, "Decoupled weight decay of A.")
 flags.DEFINE_float("grad_clip", _S.grad_clip, "Clip the weight gradients to this global norm (0: off).")
 flags.DEFINE_float("fd_epsilon", _S.fd_epsilon, "ε of the finite differences; the step is ε/‖v‖.")
-flags.DEFINE_bool("xla", _S.xla, "Compile the search step with XLA (often slower on CPU; measure).")
+flags.DEFINE_bool("xla", _S.xla, "Compile the search step with XLA (often slower on CPU; measure). One replica "
+                  "only: refused over several (--strategy=mirrored on 2+ devices, multi_worker).")
 flags.DEFINE_integer("log_every", _S.log_every, "Log a progress line and TensorBoard scalars every N steps.")
 flags.DEFINE_integer("checkpoint_every", _S.checkpoint_every, "Checkpoint every N steps (and every epoch).")
 flags.DEFINE_float("gdas_tau_max", _S.gdas_tau_max, "gdas: Gumbel-softmax temperature τ at the first "
