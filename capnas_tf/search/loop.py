@@ -12,6 +12,7 @@ import os
 import sys
 import time
 
+import keras
 import numpy as np
 import tensorflow as tf
 from absl import logging
@@ -20,7 +21,7 @@ from capnas_tf.config import SearchConfig
 from capnas_tf.distribute import check_jit_compile
 from capnas_tf.io_utils import atomic_write_text
 from capnas_tf.search.captioning import SearchModels
-from capnas_tf.search.strategies import SearchStrategy, get_strategy
+from capnas_tf.search.strategies import SearchStrategy, get_strategy, model_state
 
 STAGE_NAMES = {"stage1": "Stage I", "stage2": "Stage II", "stage3": "Stage III", "arch": "architecture",
                "darts": "DARTS"}
@@ -100,7 +101,11 @@ class SearchRun:
         self.max_skip_connect = max_skip_connect
         os.makedirs(workdir, exist_ok=True)
         self.step_var = tf.Variable(0, dtype=tf.int64, trainable=False, name="search_step")
-        self.checkpoint = tf.train.Checkpoint(step=self.step_var, **strategy.checkpoint_items())
+        # A Keras model given to a tf.train.Checkpoint as it is loses the variables of sublayers kept
+        # in lists (see `model_state`), so any model a strategy lists goes in as all its variables.
+        items = {name: model_state(obj) if isinstance(obj, keras.layers.Layer) else obj
+                 for name, obj in strategy.checkpoint_items().items()}
+        self.checkpoint = tf.train.Checkpoint(step=self.step_var, **items)
         self.manager = tf.train.CheckpointManager(self.checkpoint, os.path.join(workdir, "checkpoints"),
                                                   max_to_keep=2)
         self.writer = tf.summary.create_file_writer(os.path.join(workdir, "tensorboard"))

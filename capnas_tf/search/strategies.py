@@ -53,14 +53,16 @@ def _gradients_of(loss_fn: Callable, variables: list):
     return loss, all_reduce_sum(densify(tape.gradient(loss, variables), variables))
 
 
-def random_states(*models) -> list:
-    """The dropout seed-generator states of `models` (Keras lists them in `variables`, not `weights`).
-    A checkpoint must hold them, or a resumed run draws other dropout masks than an uninterrupted one."""
-    states = []
-    for model in models:
-        weights = {id(w) for w in model.weights}
-        states += [v.value for v in model.variables if id(v) not in weights]
-    return states
+def model_state(model: keras.layers.Layer) -> list:
+    """Every variable of `model` as a list a `tf.train.Checkpoint` tracks by position: weights, BatchNorm
+    moving statistics, A, and the dropout seed-generator states (which `weights` leaves out).
+
+    A Keras 3 model handed to `tf.train.Checkpoint` as it is saves only the variables reachable through
+    plain attributes: sublayers kept in a list (the supernet's cells, a Sequential's layers) are not TF
+    trackables, so their non-trainable variables are silently dropped (trainable ones happen to come back
+    through the optimizer's slots). A resumed run then normalised with fresh BN statistics.
+    Positions are stable for a given config; a checkpoint of another config fails on the first shape."""
+    return [v.value for v in model.variables]
 
 
 def _arch_optimizer(config: SearchConfig) -> keras.optimizers.Optimizer:
@@ -106,9 +108,8 @@ class SearchStrategy:
         strategies whose schedule depends on it (GDAS' temperature, random_ws' final ranking)."""
 
     def checkpoint_items(self) -> dict:
-        return dict(encoder=self.models.encoder, decoder=self.models.decoder,
-                    weight_optimizer=self.weight_optimizer, arch_optimizer=self.arch_optimizer,
-                    rng_states=random_states(self.models.encoder, self.models.decoder))
+        return dict(encoder=model_state(self.models.encoder), decoder=model_state(self.models.decoder),
+                    weight_optimizer=self.weight_optimizer, arch_optimizer=self.arch_optimizer)
 
     # -- steps ----------------------------------------------------------------------------------
     def architecture_step(self, batches: dict) -> dict:
@@ -159,9 +160,8 @@ class ThreeStageStrategy(SearchStrategy):
         self.stage2_loss = get_stage2_loss(config.stage2)
 
     def checkpoint_items(self) -> dict:
-        items = super().checkpoint_items()
-        items["rng_states"] += random_states(self.models.student)
-        return dict(items, student=self.models.student, student_optimizer=self.student_optimizer)
+        return dict(super().checkpoint_items(), student=model_state(self.models.student),
+                    student_optimizer=self.student_optimizer)
 
     def hypergradient(self, batches: dict) -> hg.Hypergradient:
         """∇_A L(W'; D_val) at the current E, F, W, A (no update)."""
