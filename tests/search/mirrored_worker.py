@@ -11,7 +11,7 @@ MirroredStrategy over /cpu:0 and /cpu:1 with the batch split in two — and prin
   replica_sum/*           closed forms: a replica-sum inside one tape, and the unrolled steps of nested
                           tapes (one and two levels) with gradients all-reduced in between
   three_stage/exact       ∇_A L(W'; D_val) through E', F', W' (ThreeStageStrategy.hypergradient)
-  three_stage/finite_difference
+  three_stage/finite_difference, three_stage/exact_straight_through (the other Stage II loss)
   darts/exact, darts/finite_difference   the second-order DARTS hypergradient on captions
   step/*                  one whole search step (A, then E, F, W): the metrics it reports and A after it
 """
@@ -156,25 +156,35 @@ def replica_values(dist: tf.distribute.Strategy, value) -> list:
             for r in range(dist.num_replicas_in_sync)]
 
 
-def search_quantities(single: ThreeStageStrategy, replicated: ThreeStageStrategy, dist, batches) -> dict:
-    """name -> (single-device value, per-replica values) of the hypergradients and of one search step."""
+def search_quantities(single_models, replicated_models, dist, batches) -> dict:
+    """name -> (single-device value, per-replica values) of the hypergradients and of one search step.
+    `replicated_models` were built under `dist.scope()`, with the same initial weights."""
     dist_batches = split_over_replicas(dist, batches)
+
+    def strategies(**config):
+        config = SearchConfig(**config)
+        single = ThreeStageStrategy(single_models, config, max_caption_len=L)
+        with dist.scope():
+            return single, ThreeStageStrategy(replicated_models, config, max_caption_len=L)
+
     out = {}
-    estimators = {"exact": hg.exact_hypergradient,
-                  "finite_difference": lambda *a: hg.finite_difference_hypergradient(*a, epsilon=0.01)}
-    for mode, estimate in estimators.items():
-        single.estimate = replicated.estimate = estimate
-        out[f"three_stage/{mode}"] = (
-            to_json(tf.function(lambda b: single.hypergradient(b).grad_A)(batches)),
-            replica_values(dist, dist.run(tf.function(lambda b: replicated.hypergradient(b).grad_A),
-                                          args=(dist_batches,))))
+    for name, config in (("three_stage/exact", dict(hypergradient="exact")),
+                         ("three_stage/finite_difference", dict(hypergradient="finite_difference")),
+                         ("three_stage/exact_straight_through", dict(hypergradient="exact",
+                                                                      stage2="straight_through"))):
+        single, replicated = strategies(**config)
+        out[name] = (to_json(tf.function(lambda b: single.hypergradient(b).grad_A)(batches)),
+                     replica_values(dist, dist.run(tf.function(lambda b: replicated.hypergradient(b).grad_A),
+                                                   args=(dist_batches,))))
+    for mode in ("exact", "finite_difference"):
         out[f"darts/{mode}"] = (
             to_json(tf.function(lambda b: darts_hypergradient(single, b, mode))(batches)),
             replica_values(dist, dist.run(tf.function(lambda b: darts_hypergradient(replicated, b, mode)),
                                           args=(dist_batches,))))
 
-    # One whole step as the loop runs it: A, then E, F on D_tr and W on the pseudo-captions.
-    single.estimate = replicated.estimate = hg.exact_hypergradient
+    # One whole step as the loop runs it: A, then E, F on D_tr and W on the pseudo-captions. Last,
+    # because it updates the models.
+    single, replicated = strategies(hypergradient="exact")
     single_metrics = make_step_function(single, tf.distribute.get_strategy(), update_architecture=True,
                                         jit_compile=False)(batches)
     dist_metrics = make_step_function(replicated, dist, update_architecture=True, jit_compile=False)(dist_batches)
@@ -199,13 +209,15 @@ def main(argv: list[str]) -> None:
         results[name] = {"single": closed_forms()[name],
                          "replicas": [float(v) for v in dist.experimental_local_results(dist.run(tf.function(fn)))]}
 
-    config = SearchConfig(hypergradient="exact")
-    single = ThreeStageStrategy(toy_search_models(VOCAB, L), config, max_caption_len=L)
+    single_models = toy_search_models(VOCAB, L)
     with dist.scope():
-        replicated = ThreeStageStrategy(toy_search_models(VOCAB, L), config, max_caption_len=L)
-    for name, (s_value, r_values) in search_quantities(single, replicated, dist, synthetic_batches()).items():
+        replicated_models = toy_search_models(VOCAB, L)
+    for name, (s_value, r_values) in search_quantities(single_models, replicated_models, dist,
+                                                       synthetic_batches()).items():
         results[name] = {"single": s_value, "replicas": r_values}
 
+    with dist.scope():
+        replicated = ThreeStageStrategy(replicated_models, SearchConfig(), max_caption_len=L)
     try:  # --xla over two replicas must be refused up front, not fail inside TensorFlow
         make_step_function(replicated, dist, update_architecture=True, jit_compile=True)
         xla_error = None

@@ -28,7 +28,8 @@ def _run_mirrored_worker(*args: str, timeout: int) -> dict:
 
 def _assert_replicas_equal_single_device(results: dict) -> None:
     expected_names = {"replica_sum/one_tape", "replica_sum/one_unrolled_step", "replica_sum/two_unrolled_steps",
-                      "three_stage/exact", "three_stage/finite_difference", "darts/exact",
+                      "three_stage/exact", "three_stage/finite_difference",
+                      "three_stage/exact_straight_through", "darts/exact",
                       "darts/finite_difference", "step/arch/hypergradient_norm", "step/stage1/grad_norm",
                       "step/stage2/grad_norm", "step/stage3/val_loss", "step/A_after"}
     assert expected_names <= set(results), sorted(expected_names - set(results))
@@ -48,7 +49,8 @@ def _assert_replicas_equal_single_device(results: dict) -> None:
 
 def test_mirrored_hypergradient_equals_single_device_on_the_same_global_batch():
     """Under MirroredStrategy over two logical CPUs, with the global batch split between them, every
-    replica's ∇_A (exact and finite-difference three-stage, second-order DARTS) and one whole search
+    replica's ∇_A (exact and finite-difference three-stage, soft and straight-through Stage II,
+    second-order DARTS) and one whole search
     step's metrics and updated A equal the single-device ones (BN-free toy models: with BN each replica
     would normalise by its own shard). Run op by op (`--eager`) to keep the default suite fast; the
     traced variant below runs the same check inside tf.function, as the search loop does."""
