@@ -1,4 +1,4 @@
-"""The tf.distribute half of `test_search_loop.py`'s MirroredStrategy checks, run in a fresh process
+"""The tf.distribute half of `test_distributed.py`'s MirroredStrategy checks, run in a fresh process
 (`python -m tests.search.mirrored_worker`): it sets up two logical CPUs before TensorFlow starts, and a
 MirroredStrategy whose collectives have run can abort the collectives of a later one in the same
 process (BUILD_NOTES.md), so the main test process never creates one.
@@ -32,7 +32,7 @@ tf.config.set_logical_device_configuration(_cpu, [tf.config.LogicalDeviceConfigu
 
 from capnas_tf.config import SearchConfig  # noqa: E402
 from capnas_tf.search import hypergradient as hg  # noqa: E402
-from capnas_tf.search.captioning import caption_loss, supernet_logits  # noqa: E402
+from capnas_tf.search.captioning import SearchModels, caption_loss, supernet_logits  # noqa: E402
 from capnas_tf.search.loop import make_step_function  # noqa: E402
 from capnas_tf.search.stateless import bind, values_of  # noqa: E402
 from capnas_tf.search.strategies import ThreeStageStrategy, all_reduce_sum  # noqa: E402
@@ -133,9 +133,8 @@ def closed_forms() -> dict:
 
 # -- the search -----------------------------------------------------------------------------------
 
-def darts_hypergradient(strategy: ThreeStageStrategy, batches: dict, method: str):
-    """Second-order DARTS on the supernet captioner (E, F, A of `strategy`'s models)."""
-    m = strategy.models
+def darts_hypergradient(m: SearchModels, batches: dict, method: str):
+    """Second-order DARTS on the supernet captioner E (architecture A), F of `m`."""
 
     def loss_on(batch):
         def loss(w, A):
@@ -144,7 +143,7 @@ def darts_hypergradient(strategy: ThreeStageStrategy, batches: dict, method: str
             return caption_loss(logits, batch["tokens"])
         return loss
 
-    grad_A, _ = hg.darts_hypergradient(loss_on(batches["train"]), loss_on(batches["val"]), strategy.A_values(),
+    grad_A, _ = hg.darts_hypergradient(loss_on(batches["train"]), loss_on(batches["val"]), values_of(m.A),
                                        values_of(m.E) + values_of(m.F), 0.1, order=2, method=method,
                                        reduce_gradients=all_reduce_sum)
     return grad_A
@@ -178,8 +177,8 @@ def search_quantities(single_models, replicated_models, dist, batches) -> dict:
                                                    args=(dist_batches,))))
     for mode in ("exact", "finite_difference"):
         out[f"darts/{mode}"] = (
-            to_json(tf.function(lambda b: darts_hypergradient(single, b, mode))(batches)),
-            replica_values(dist, dist.run(tf.function(lambda b: darts_hypergradient(replicated, b, mode)),
+            to_json(tf.function(lambda b: darts_hypergradient(single_models, b, mode))(batches)),
+            replica_values(dist, dist.run(tf.function(lambda b: darts_hypergradient(replicated_models, b, mode)),
                                           args=(dist_batches,))))
 
     # One whole step as the loop runs it: A, then E, F on D_tr and W on the pseudo-captions. Last,
@@ -199,7 +198,7 @@ def main(argv: list[str]) -> None:
     if "--eager" in argv:
         # Every tf.function below (the loop's step included) then runs op by op: the same code and the
         # same collectives, without the graph building and optimisation that a single call cannot repay
-        # (~10× faster here), so the default test suite can afford the check.
+        # (10–15× faster here), so the default test suite can afford the check.
         tf.config.run_functions_eagerly(True)
     dist = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
     results = {}
