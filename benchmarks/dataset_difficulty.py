@@ -71,8 +71,8 @@ def time_generation(data_config: DataConfig) -> dict:
 def run_one(encoder: str, seed: int, retrain: RetrainConfig, data_config: DataConfig, workdir: str,
             verbose: bool, samples: int) -> dict:
     """One retrain of `encoder` with `seed`: its test metrics, the baseline's, its cost (training and
-    evaluation; the extra sample captions are not counted) and the greedy captions of the first
-    `samples` test images."""
+    evaluation; re-captioning `test` for the statistics below is not counted), how many distinct
+    greedy captions it gives the test images, and those of the first `samples` test images."""
     config = dataclasses.replace(retrain, encoder=encoder)
     run_dir = os.path.join(workdir, f"{encoder}-seed{seed}")
     data = load_caption_data(dataclasses.replace(data_config, seed=seed), run_dir)
@@ -80,7 +80,7 @@ def run_one(encoder: str, seed: int, retrain: RetrainConfig, data_config: DataCo
     wall, cpu = time.perf_counter(), cpu_seconds()
     result = retrain_job(RunConfig(workdir=run_dir, seed=seed), config, data, log=log)
     wall, cpu = time.perf_counter() - wall, cpu_seconds() - cpu
-    captions = evaluate.caption_dataset(result.captioner, data.eval_dataset("test"), data.vocab, max_images=samples)
+    captions = evaluate.caption_dataset(result.captioner, data.eval_dataset("test"), data.vocab)
     references = data.references("test")
     return {"encoder": encoder, "seed": seed, "model": result.metrics["model"],
             "baseline": {s: result.metrics["baseline"][s] for s in SPLITS},
@@ -88,7 +88,9 @@ def run_one(encoder: str, seed: int, retrain: RetrainConfig, data_config: DataCo
             "encoder_params": int(result.captioner.encoder.count_params()),
             "decoder_params": int(result.captioner.decoder.count_params()),
             "wall_s": wall, "cpu_s": cpu,
-            "samples": [{"image_id": i, "caption": captions[i], "reference": references[i][0]} for i in sorted(captions)]}
+            "distinct_test_captions": len(set(captions.values())), "test_images": len(captions),
+            "samples": [{"image_id": i, "caption": captions[i], "reference": references[i][0]}
+                        for i in sorted(captions)[:samples]]}
 
 
 def mean_std(values, digits: int = 3) -> str:
@@ -101,22 +103,24 @@ def mean_std(values, digits: int = 3) -> str:
 def summary_table(runs: list[dict], encoders: list[str], metrics: list[str]) -> str:
     """Markdown: mean ± std over seeds per encoder, the baseline, and gap / conv per seed then averaged."""
     columns = [(s, m) for s in SPLITS for m in metrics]
-    header = "| encoder | params | " + " | ".join(f"{s} {m}" for s, m in columns) + " | train+eval wall s |"
-    lines = [header, "|" + " --- |" * (len(columns) + 3)]
+    header = ("| encoder | params | " + " | ".join(f"{s} {m}" for s, m in columns)
+              + f" | distinct test captions (of {runs[0]['test_images']}) | train+eval wall s |")
+    lines = [header, "|" + " --- |" * (len(columns) + 4)]
     for encoder in encoders:
         rows = [r for r in runs if r["encoder"] == encoder]
         cells = [mean_std(r["model"][s][m] for r in rows) for s, m in columns]
         lines.append(f"| {encoder} ({ENCODER_NOTES.get(encoder, '')}) | {rows[0]['encoder_params']:,} | "
-                     + " | ".join(cells) + f" | {mean_std((r['wall_s'] for r in rows), 0)} |")
+                     + " | ".join(cells) + f" | {mean_std((r['distinct_test_captions'] for r in rows), 0)} | "
+                     f"{mean_std((r['wall_s'] for r in rows), 0)} |")
     baseline = runs[0]["baseline"]  # the same caption for every run: it depends on the training captions only
-    lines.append("| most frequent caption | 0 | " + " | ".join(f"{baseline[s][m]:.3f}" for s, m in columns) + " | |")
+    lines.append("| most frequent caption | 0 | " + " | ".join(f"{baseline[s][m]:.3f}" for s, m in columns) + " | 1 | |")
     if "gap" in encoders and "conv" in encoders:
         ratios = []
         for s, m in columns:
             per_seed = [g["model"][s][m] / c["model"][s][m] for g in runs if g["encoder"] == "gap"
                         for c in runs if c["encoder"] == "conv" and c["seed"] == g["seed"] and c["model"][s][m] > 0]
             ratios.append(mean_std(per_seed) if per_seed else "n/a")
-        lines.append("| **gap / conv** (per seed, then mean ± std) | | " + " | ".join(ratios) + " | |")
+        lines.append("| **gap / conv** (per seed, then mean ± std) | | " + " | ".join(ratios) + " | | |")
     return "\n".join(lines)
 
 
