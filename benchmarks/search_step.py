@@ -280,8 +280,8 @@ def machine_line() -> str:
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true",
-                        help="a tiny supernet (C=4, 2 cells × 2 nodes, 4 candidate ops; large = C=8, 4 cells) "
-                             "and 2 timed repeats: the whole table in < 10 min on 2 cores")
+                        help="a tiny supernet (C=4, 2 cells × 2 nodes, 4 candidate ops; large = C=8, 4 cells), "
+                             "2 timed repeats, XLA on for the plain and exact steps of the default config only")
     parser.add_argument("--darts_cifar", action="store_true",
                         help="DARTS' CIFAR-10 search setting with a classification head; takes the flags of "
                              "benchmarks/darts_cifar.py instead of these")
@@ -296,6 +296,11 @@ def parse_args(argv=None):
     parser.add_argument("--repeats", type=int, default=5, help="timed steps per combination (median)")
     parser.add_argument("--modes", default=",".join(MODES), help=f"comma-separated subset of {MODES}")
     parser.add_argument("--xla", default="off,on", help="'off', 'on' or 'off,on' (in the child: one of them)")
+    parser.add_argument("--xla_modes", default="",
+                        help="steps measured with XLA on too (empty: all; --quick: plain,exact, since XLA "
+                             "compilation of the nested-tape steps takes minutes on a CPU)")
+    parser.add_argument("--xla_configs", default="",
+                        help="configs measured with XLA on (empty: default,large; --quick: default)")
     parser.add_argument("--configs", default="default,large",
                         help="'default' and/or 'large' (2× channels and 2× cells of the default)")
     parser.add_argument("--mode_timeout", type=float, default=1800.0,
@@ -312,6 +317,8 @@ def parse_args(argv=None):
     if args.quick:
         args.channels, args.cells, args.nodes, args.repeats = 4, 2, 2, 2
         args.primitives = args.primitives or "none,skip_connect,avg_pool_3x3,sep_conv_3x3"
+        args.xla_modes = args.xla_modes or "plain,exact"
+        args.xla_configs = args.xla_configs or "default"
     return args
 
 
@@ -352,13 +359,22 @@ def main(argv=None):
     print(header + "\n" + machine, flush=True)
     started = time.time()
     results = {}
+    xla_modes = [m for m in (args.xla_modes or ",".join(MODES)).split(",") if m]
+    xla_configs = [c for c in (args.xla_configs or "default,large").split(",") if c]
     for s in settings:
         for xla in xla_options:
             for mode in [m for m in MODES if m in modes]:
+                if xla and (mode not in xla_modes or s.name not in xla_configs):
+                    continue
                 flags = [*s.flags(), *common, f"--mode={mode}", f"--xla={'on' if xla else 'off'}"]
                 t0 = time.time()
-                r = run_child(os.path.abspath(__file__), flags, timeout=args.mode_timeout,
-                              max_rss_gb=args.max_rss_gb)
+                earlier = results.get((mode, xla, "default"), {})
+                if s.name != "default" and str(earlier.get("error", "")).startswith(("timeout", "killed")):
+                    # The large config costs more than the default one: it would only time out again.
+                    r = {"error": f"skipped: {earlier['error']} at the default config"}
+                else:
+                    r = run_child(os.path.abspath(__file__), flags, timeout=args.mode_timeout,
+                                  max_rss_gb=args.max_rss_gb)
                 results[(mode, xla, s.name)] = r
                 shown = r.get("error") or (f"{r['step_s']:.3f} s/step, peak {r['peak_mb']:.0f} MB, "
                                           f"trace {r['trace_s']:.1f} s, traces {r['traces']}")
