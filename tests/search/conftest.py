@@ -15,3 +15,14 @@ def tiny_data(tmp_path_factory):
                         shapes=shapes_tfds.TINY_SHAPES_CONFIG, max_caption_len=TINY_CAPTION_LEN, min_word_count=1,
                         batch_size=4, seed=0)
     return load_caption_data(config, str(root / "work"))
+
+
+@pytest.fixture(scope="module")
+def tiny_models(tiny_data):
+    """E, A, F, W of TINY_SEARCH (tests/search/test_search_loop.py), built once per module for the tests
+    that construct strategies around them without training them."""
+    from capnas_tf.search.models import build_search_models
+    from tests.search.test_search_loop import TINY_SEARCH
+
+    return build_search_models(TINY_SEARCH, vocab_size=len(tiny_data.vocab), max_caption_len=TINY_CAPTION_LEN,
+                               image_size=16)

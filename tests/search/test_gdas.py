@@ -5,7 +5,6 @@ import numpy as np
 import pytest
 
 from capnas_tf.search.gdas import GdasStrategy
-from capnas_tf.search.models import build_search_models
 from capnas_tf.search.strategies import get_strategy
 from tests.search.strategy_checks import check_search_outputs, tiny_search
 from tests.search.test_search_loop import L, TINY_SEARCH
@@ -18,9 +17,8 @@ def test_gdas_search_writes_every_output(tiny_data, tmp_path):
     assert "gdas/tau=10 " in lines[1] and "gdas/tau=0.1 " in lines[2]  # τ_max first, τ_min last
 
 
-def test_forward_weights_are_one_hot_yet_A_gets_a_gradient(tiny_data):
-    models = build_search_models(TINY_SEARCH, vocab_size=len(tiny_data.vocab), max_caption_len=L, image_size=16)
-    strategy = get_strategy("gdas")(models, TINY_SEARCH, max_caption_len=L)
+def test_forward_weights_are_one_hot_yet_A_gets_a_gradient(tiny_data, tiny_models):
+    strategy = get_strategy("gdas")(tiny_models, TINY_SEARCH, max_caption_len=L)
     assert isinstance(strategy, GdasStrategy)
     strategy.begin_search(total_steps=4, warmup_steps=2)
     batch = next(iter(tiny_data.validation_dataset(4)))
@@ -39,9 +37,8 @@ def test_forward_weights_are_one_hot_yet_A_gets_a_gradient(tiny_data):
     assert any((a.numpy() != b.numpy()).any() for a, b in zip(moved, path))
 
 
-def test_temperature_anneals_linearly_over_the_architecture_steps(tiny_data):
-    models = build_search_models(TINY_SEARCH, vocab_size=len(tiny_data.vocab), max_caption_len=L, image_size=16)
-    strategy = GdasStrategy(models, TINY_SEARCH, max_caption_len=L)
+def test_temperature_anneals_linearly_over_the_architecture_steps(tiny_models):
+    strategy = GdasStrategy(tiny_models, TINY_SEARCH, max_caption_len=L)
     with pytest.raises(RuntimeError, match="begin_search"):
         strategy.temperature()
     strategy.begin_search(total_steps=13, warmup_steps=2)  # 11 architecture steps: τ drops by 0.99 each
@@ -52,7 +49,6 @@ def test_temperature_anneals_linearly_over_the_architecture_steps(tiny_data):
     np.testing.assert_allclose(taus, np.linspace(10.0, 0.1, 11), rtol=1e-5)
 
 
-def test_bad_temperatures_name_the_flags(tiny_data):
-    models = build_search_models(TINY_SEARCH, vocab_size=len(tiny_data.vocab), max_caption_len=L, image_size=16)
+def test_bad_temperatures_name_the_flags(tiny_models):
     with pytest.raises(ValueError, match="--gdas_tau_min and --gdas_tau_max"):
-        GdasStrategy(models, dataclasses.replace(TINY_SEARCH, gdas_tau_min=1.0, gdas_tau_max=0.5), max_caption_len=L)
+        GdasStrategy(tiny_models, dataclasses.replace(TINY_SEARCH, gdas_tau_min=1.0, gdas_tau_max=0.5), max_caption_len=L)

@@ -4,7 +4,6 @@ import dataclasses
 import numpy as np
 import pytest
 
-from capnas_tf.search.models import build_search_models
 from capnas_tf.search.paths import path_loss, uniform_path
 from capnas_tf.search.random_ws import RandomWSStrategy
 from capnas_tf.search_space.genotype import Genotype, genotype_op_weights, sample_genotype
@@ -40,16 +39,15 @@ def test_uniform_paths_are_architectures_of_the_space():
     assert len(seen) > 60  # 80 draws, not a handful of repeats
 
 
-def test_random_ws_returns_the_candidate_with_the_lowest_shared_weight_validation_loss(tiny_data):
+def test_random_ws_returns_the_candidate_with_the_lowest_shared_weight_validation_loss(tiny_data, tiny_models):
     config = dataclasses.replace(TINY_SEARCH, random_ws_candidates=4, random_ws_rank_batches=1)
-    models = build_search_models(config, vocab_size=len(tiny_data.vocab), max_caption_len=L, image_size=16)
-    strategy = RandomWSStrategy(models, config, max_caption_len=L)
+    strategy = RandomWSStrategy(tiny_models, config, max_caption_len=L)
     assert strategy.derive_genotype(primitives=PRIMITIVES, num_nodes=2, max_skip_connect=2) == strategy.candidates[0]
     strategy.begin_search(total_steps=1, warmup_steps=0)  # the only step ranks
     batch = next(iter(tiny_data.validation_dataset(4)))
     metrics = strategy.architecture_step({"val": batch})
     # Each candidate scored independently, eagerly, on the same batch and weights.
-    expected = [float(path_loss(models, batch, genotype_op_weights(g, PRIMITIVES), training_decoder=False))
+    expected = [float(path_loss(tiny_models, batch, genotype_op_weights(g, PRIMITIVES), training_decoder=False))
                 for g in strategy.candidates]
     assert len(set(np.round(expected, 5))) == 4, "candidates indistinguishable: the test would prove nothing"
     np.testing.assert_allclose([loss for loss, _ in sorted(strategy.ranking(), key=lambda r: r[1])], expected,
@@ -59,10 +57,9 @@ def test_random_ws_returns_the_candidate_with_the_lowest_shared_weight_validatio
     assert best == strategy.candidates[int(np.argmin(expected))]
 
 
-def test_random_ws_checks_its_flags(tiny_data):
-    models = build_search_models(TINY_SEARCH, vocab_size=len(tiny_data.vocab), max_caption_len=L, image_size=16)
+def test_random_ws_checks_its_flags(tiny_models):
     with pytest.raises(ValueError, match="--random_ws_candidates must be >= 1"):
-        RandomWSStrategy(models, dataclasses.replace(TINY_SEARCH, random_ws_candidates=0), max_caption_len=L)
-    strategy = RandomWSStrategy(models, dataclasses.replace(TINY_SEARCH, random_ws_rank_batches=5), max_caption_len=L)
+        RandomWSStrategy(tiny_models, dataclasses.replace(TINY_SEARCH, random_ws_candidates=0), max_caption_len=L)
+    strategy = RandomWSStrategy(tiny_models, dataclasses.replace(TINY_SEARCH, random_ws_rank_batches=5), max_caption_len=L)
     with pytest.raises(ValueError, match="--random_ws_rank_batches=5 exceeds the 2 steps"):
         strategy.begin_search(total_steps=4, warmup_steps=2)

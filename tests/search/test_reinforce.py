@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from capnas_tf.search.models import build_search_models
 from capnas_tf.search.reinforce import Controller, ReinforceStrategy
 from tests.search.strategy_checks import check_search_outputs, tiny_search
 from tests.search.test_search_loop import L, TINY_SEARCH
@@ -14,9 +13,8 @@ from tests.search.test_search_loop import L, TINY_SEARCH
 PRIMITIVES = TINY_SEARCH.supernet.primitives  # none, skip_connect, avg_pool_3x3, sep_conv_3x3
 
 
-def _strategy(data, **overrides):
+def _strategy(models, **overrides):
     config = dataclasses.replace(TINY_SEARCH, strategy="reinforce", **overrides)
-    models = build_search_models(config, vocab_size=len(data.vocab), max_caption_len=L, image_size=16)
     return ReinforceStrategy(models, config, max_caption_len=L)
 
 
@@ -45,8 +43,8 @@ def test_controller_samples_valid_architectures_with_their_log_probabilities():
     np.testing.assert_array_equal(again["inputs"].numpy(), inputs)  # stateless: same seed, same children
 
 
-def test_reinforce_raises_the_probability_of_a_rewarded_choice(tiny_data):
-    strategy = _strategy(tiny_data, controller_lr=0.05, reinforce_baseline_decay=0.8)
+def test_reinforce_raises_the_probability_of_a_rewarded_choice(tiny_models):
+    strategy = _strategy(tiny_models, controller_lr=0.05, reinforce_baseline_decay=0.8)
     target = PRIMITIVES.index("sep_conv_3x3")
 
     def share_of_target():  # of the normal cell's chosen ops, the fraction that are sep_conv_3x3
@@ -69,8 +67,8 @@ def test_reinforce_raises_the_probability_of_a_rewarded_choice(tiny_data):
     assert [op for op, _ in argmax.normal].count("sep_conv_3x3") >= 3
 
 
-def test_argmax_genotype_respects_the_skip_connect_cap(tiny_data):
-    strategy = _strategy(tiny_data)
+def test_argmax_genotype_respects_the_skip_connect_cap(tiny_models):
+    strategy = _strategy(tiny_models)
     skip = [PRIMITIVES[k] for k in strategy.columns].index("skip_connect")
     # Make skip_connect the controller's overwhelming choice of op.
     bias = strategy.controller.op_head.bias
@@ -82,6 +80,6 @@ def test_argmax_genotype_respects_the_skip_connect_cap(tiny_data):
     assert [op for op, _ in capped.reduce] == ["skip_connect"] * 4  # the cap is the normal cell's, as in DARTS
 
 
-def test_reinforce_checks_its_flags(tiny_data):
+def test_reinforce_checks_its_flags(tiny_models):
     with pytest.raises(ValueError, match="--reinforce_baseline_decay must be in"):
-        _strategy(tiny_data, reinforce_baseline_decay=1.0)
+        _strategy(tiny_models, reinforce_baseline_decay=1.0)
