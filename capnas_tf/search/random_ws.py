@@ -45,7 +45,8 @@ class RandomWSStrategy(SampledPathStrategy):
                                           max_skip_connect=config.supernet.max_skip_connect)
                            for _ in range(config.random_ws_candidates)]
         weights = [genotype_op_weights(g, self.primitives) for g in self.candidates]
-        self.candidate_paths = tuple(tf.constant(np.stack([w[cell] for w in weights])) for cell in (0, 1))  # 2 × (N, E, K)
+        # (normal, reduce), each (N, E, K): candidate c's one-hot op weights at [c]
+        self.candidate_paths = tuple(tf.constant(np.stack([w[cell] for w in weights])) for cell in (0, 1))
         n = len(self.candidates)
         # Replicas hold parts of each global loss (local sum / global token count): they add up.
         self.score_sum = tf.Variable(tf.zeros([n]), trainable=False, name="random_ws_score_sum",

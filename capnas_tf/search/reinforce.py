@@ -155,7 +155,8 @@ class ReinforceStrategy(SampledPathStrategy):
         if config.controller_units < 1:
             raise ValueError(f"--controller_units must be >= 1; received {config.controller_units}.")
         if not 0.0 <= config.reinforce_baseline_decay < 1.0:
-            raise ValueError(f"--reinforce_baseline_decay must be in [0, 1); received {config.reinforce_baseline_decay}.")
+            raise ValueError("--reinforce_baseline_decay must be in [0, 1); received "
+                             f"{config.reinforce_baseline_decay}.")
         if config.controller_lr <= 0:
             raise ValueError(f"--controller_lr must be > 0; received {config.controller_lr}.")
         self.columns = op_columns(self.primitives)  # controller op index → column of A
@@ -179,7 +180,8 @@ class ReinforceStrategy(SampledPathStrategy):
     def child_path(self, child: dict, index: int = 0) -> tuple:
         """The op weights of child `index` of a rollout."""
         columns = tf.constant(self.columns, tf.int32)
-        return tuple(op_weights_from_choices(child["inputs"][index, cell], tf.gather(columns, child["ops"][index, cell]),
+        return tuple(op_weights_from_choices(child["inputs"][index, cell],
+                                             tf.gather(columns, child["ops"][index, cell]),
                                              num_nodes=self.num_nodes, num_ops=len(self.primitives))
                      for cell in range(2))
 
@@ -199,7 +201,7 @@ class ReinforceStrategy(SampledPathStrategy):
             objective = (-advantage * child["log_prob"][0]
                          - self.config.reinforce_entropy_weight * child["entropy"][0])
         # Identical on every replica (same child, same reward): no all-reduce.
-        grads = densify(tape.gradient(objective, variables), variables)  # the embedding's come as IndexedSlices
+        grads = densify(tape.gradient(objective, variables), variables)  # the embedding's: IndexedSlices
         norm = apply_global_gradients(self.controller_optimizer, grads, variables)
         decay = self.config.reinforce_baseline_decay
         self.baseline.assign(decay * baseline + (1.0 - decay) * reward)

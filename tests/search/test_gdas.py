@@ -51,4 +51,5 @@ def test_temperature_anneals_linearly_over_the_architecture_steps(tiny_models):
 
 def test_bad_temperatures_name_the_flags(tiny_models):
     with pytest.raises(ValueError, match="--gdas_tau_min and --gdas_tau_max"):
-        GdasStrategy(tiny_models, dataclasses.replace(TINY_SEARCH, gdas_tau_min=1.0, gdas_tau_max=0.5), max_caption_len=L)
+        GdasStrategy(tiny_models, dataclasses.replace(TINY_SEARCH, gdas_tau_min=1.0, gdas_tau_max=0.5),
+                     max_caption_len=L)

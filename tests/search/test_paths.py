@@ -40,7 +40,8 @@ def _strategy(name, data, seed):
 
 @pytest.mark.parametrize("name", ["gdas", "random_ws", "reinforce"])
 def test_checkpoint_holds_the_whole_strategy_state(name, tiny_data, tmp_path):
-    batches = next(iter(tf.data.Dataset.zip({"train": tiny_data.train_dataset(4), "val": tiny_data.validation_dataset(4)})))
+    streams = {"train": tiny_data.train_dataset(4), "val": tiny_data.validation_dataset(4)}
+    batches = next(iter(tf.data.Dataset.zip(streams)))
     original = _strategy(name, tiny_data, seed=1)
     original.step(batches, update_architecture=True)  # eagerly: cheaper than tracing for one step
     path = tf.train.Checkpoint(**original.checkpoint_items()).save(str(tmp_path / "ckpt"))
