@@ -22,6 +22,7 @@ import tensorflow as tf
 
 from capnas_tf import evaluate, io_utils
 from capnas_tf.captioner import Captioner
+from capnas_tf.checkpointing import model_state, restore_checkpoint
 from capnas_tf.config import RetrainConfig
 from capnas_tf.data.text import normalize_caption
 from capnas_tf.decoders import get_decoder
@@ -95,13 +96,14 @@ def most_frequent_caption(data) -> str:
 
 
 class _RetrainState:
-    """The checkpointed state: model, optimizer, finished epochs, best validation CIDEr."""
+    """The checkpointed state: model (every variable, see `model_state`), optimizer, finished epochs,
+    best validation CIDEr."""
 
     def __init__(self, workdir: str, captioner: Captioner, optimizer):
         self.epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
         self.best_cider = tf.Variable(-1.0, dtype=tf.float64, trainable=False, name="best_cider")
         self.best_epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="best_epoch")
-        checkpoint = tf.train.Checkpoint(model=captioner, optimizer=optimizer, epoch=self.epoch,
+        checkpoint = tf.train.Checkpoint(model=model_state(captioner), optimizer=optimizer, epoch=self.epoch,
                                          best_cider=self.best_cider, best_epoch=self.best_epoch)
         self.latest = tf.train.CheckpointManager(checkpoint, os.path.join(workdir, "checkpoints"), max_to_keep=1)
         self.best = tf.train.CheckpointManager(checkpoint, os.path.join(workdir, "best"), max_to_keep=1)
@@ -109,12 +111,12 @@ class _RetrainState:
 
     def resume(self) -> int:
         if self.latest.latest_checkpoint:
-            self.checkpoint.restore(self.latest.latest_checkpoint).assert_existing_objects_matched()
+            restore_checkpoint(self.checkpoint, self.latest.latest_checkpoint)
         return int(self.epoch.numpy())
 
     def restore_best(self) -> None:
         if self.best.latest_checkpoint:
-            self.checkpoint.restore(self.best.latest_checkpoint).assert_existing_objects_matched()
+            restore_checkpoint(self.checkpoint, self.best.latest_checkpoint)
 
 
 def _train_epoch(step_fn, batches, steps: int, *, epoch: int, log, log_every: int, writer, global_step: int) -> float:

@@ -17,11 +17,12 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
+from capnas_tf.checkpointing import model_state
 from capnas_tf.config import SearchConfig
 from capnas_tf.distribute import check_jit_compile
 from capnas_tf.io_utils import atomic_write_text
 from capnas_tf.search.captioning import SearchModels
-from capnas_tf.search.strategies import SearchStrategy, get_strategy, model_state
+from capnas_tf.search.strategies import SearchStrategy, get_strategy
 
 STAGE_NAMES = {"stage1": "Stage I", "stage2": "Stage II", "stage3": "Stage III", "arch": "architecture",
                "darts": "DARTS"}

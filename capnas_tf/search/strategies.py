@@ -13,6 +13,7 @@ from typing import Callable
 import keras
 import tensorflow as tf
 
+from capnas_tf.checkpointing import model_state
 from capnas_tf.config import SearchConfig
 from capnas_tf.search import hypergradient as hg
 from capnas_tf.search.captioning import (
@@ -51,18 +52,6 @@ def _gradients_of(loss_fn: Callable, variables: list):
     with tf.GradientTape() as tape:
         loss = loss_fn()
     return loss, all_reduce_sum(densify(tape.gradient(loss, variables), variables))
-
-
-def model_state(model: keras.layers.Layer) -> list:
-    """Every variable of `model` as a list a `tf.train.Checkpoint` tracks by position: weights, BatchNorm
-    moving statistics, A, and the dropout seed-generator states (which `weights` leaves out).
-
-    A Keras 3 model handed to `tf.train.Checkpoint` as it is saves only the variables reachable through
-    plain attributes: sublayers kept in a list (the supernet's cells, a Sequential's layers) are not TF
-    trackables, so their non-trainable variables are silently dropped (trainable ones happen to come back
-    through the optimizer's slots). A resumed run then normalised with fresh BN statistics.
-    Positions are stable for a given config; a checkpoint of another config fails on the first shape."""
-    return [v.value for v in model.variables]
 
 
 def _arch_optimizer(config: SearchConfig) -> keras.optimizers.Optimizer:
