@@ -17,7 +17,7 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from capnas_tf.checkpointing import model_state
+from capnas_tf.checkpointing import model_state, restore_checkpoint
 from capnas_tf.config import SearchConfig
 from capnas_tf.distribute import check_jit_compile
 from capnas_tf.io_utils import atomic_write_text
@@ -115,7 +115,7 @@ class SearchRun:
 
     def restore(self) -> int:
         if self.manager.latest_checkpoint:
-            self.checkpoint.restore(self.manager.latest_checkpoint).assert_existing_objects_matched()
+            restore_checkpoint(self.checkpoint, self.manager.latest_checkpoint)
             logging.info("Resumed from %s at step %d", self.manager.latest_checkpoint, int(self.step_var))
         return int(self.step_var)
 
