@@ -126,6 +126,8 @@ def measure(args) -> dict:
     from capnas_tf.search.strategies import DartsStrategy, ThreeStageStrategy
 
     mode = args.mode
+    if args.inter_op_threads:
+        tf.config.threading.set_inter_op_parallelism_threads(args.inter_op_threads)
     batches = synthetic_batches(args.batch_size, args.image_size, args.max_caption_len, args.vocab_size)
     supernet = SupernetConfig(channels=args.channels, num_cells=args.cells, num_nodes=args.nodes,
                               **({"primitives": tuple(args.primitives.split(","))} if args.primitives else {}))
@@ -217,9 +219,15 @@ def fmt(value, spec: str) -> str:
     return "–" if value is None else format(value, spec)
 
 
+def transient_mb(r: dict):
+    """Peak during the timed steps above the resident set right before them: the step's own working
+    memory, without what tracing left resident (graphs, allocator caches)."""
+    return r["peak_mb"] - r["steady_mb"] if "steady_mb" in r else None
+
+
 def markdown_table(results: dict, settings: list[Setting], xla_options: list[bool]) -> str:
     """One row per (mode, XLA, config): time, peak, ratios to plain (same config and XLA), growth."""
-    head = ("| step | XLA | config | time s | × plain | peak MB | × plain | trace s | "
+    head = ("| step | XLA | config | time s | × plain | peak MB | × plain | transient MB | × plain | trace s | "
             "growth time (large/default) | growth peak |")
     rows = [head, "|" + "---|" * (head.count("|") - 1)]
     for mode in MODES:
@@ -231,15 +239,17 @@ def markdown_table(results: dict, settings: list[Setting], xla_options: list[boo
                 xla_s = "on" if xla else "off"
                 if "error" in r:
                     rows.append(f"| {MODE_TITLES[mode]} | {xla_s} | {s.name} | failed: {r['error']} "
-                                "| | | | | | |")
+                                "| | | | | | | | |")
                     continue
                 p = results.get(("plain", xla, s.name), {})
                 d = results.get((mode, xla, "default"), {})
                 growth_t = _ratio(r["step_s"], d.get("step_s")) if s.name != "default" else ""
                 growth_m = _ratio(r["peak_mb"], d.get("peak_mb")) if s.name != "default" else ""
+                tr, tr_p = transient_mb(r), transient_mb(p) if "peak_mb" in p else None
                 rows.append(f"| {MODE_TITLES[mode]} | {xla_s} | {s.name} | {r['step_s']:.3f} | "
                             f"{_ratio(r['step_s'], p.get('step_s'))} | {r['peak_mb']:.0f} | "
-                            f"{_ratio(r['peak_mb'], p.get('peak_mb'))} | {r['trace_s']:.1f} | "
+                            f"{_ratio(r['peak_mb'], p.get('peak_mb'))} | {fmt(tr, '.0f')} | "
+                            f"{_ratio(tr, tr_p) if tr_p and tr_p > 1 else '–'} | {r['trace_s']:.1f} | "
                             f"{growth_t} | {growth_m} |")
     return "\n".join(rows)
 
@@ -303,6 +313,9 @@ def parse_args(argv=None):
                         help="configs measured with XLA on (empty: default,large; --quick: default)")
     parser.add_argument("--configs", default="default,large",
                         help="'default' and/or 'large' (2× channels and 2× cells of the default)")
+    parser.add_argument("--inter_op_threads", type=int, default=0,
+                        help="TF inter-op threads in each measurement (0: TF's default). 1 runs independent "
+                             "branches of a step one after the other, so their activations do not coexist")
     parser.add_argument("--mode_timeout", type=float, default=1800.0,
                         help="seconds before one combination is stopped and recorded as a timeout")
     parser.add_argument("--max_rss_gb", type=float, default=12.0,
@@ -311,6 +324,10 @@ def parse_args(argv=None):
                         help="markdown file to write the table into (default docs/performance.md; '' = print only)")
     parser.add_argument("--raw_json", default="/tmp/search_step_results.json",
                         help="where every measured figure is dumped as JSON")
+    parser.add_argument("--render_json", default="",
+                        help="re-render the table of an earlier run's --raw_json (same --quick/config flags); no measuring")
+    parser.add_argument("--machine", default="", help="with --render_json: the load line of the original run")
+    parser.add_argument("--command", default="", help="with --render_json: the command of the original run")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)  # internal: one measurement
     parser.add_argument("--mode", choices=MODES, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -349,22 +366,29 @@ def main(argv=None):
         raise SystemExit(f"--configs must name 'default' and/or 'large'; received {args.configs!r}.")
     common = [f"--batch_size={args.batch_size}", f"--image_size={args.image_size}",
               f"--max_caption_len={args.max_caption_len}", f"--vocab_size={args.vocab_size}",
-              f"--repeats={args.repeats}", f"--primitives={args.primitives}"]
-    command = "python benchmarks/search_step.py " + " ".join(argv)
+              f"--repeats={args.repeats}", f"--primitives={args.primitives}",
+              f"--inter_op_threads={args.inter_op_threads}"]
+    command = args.command or "python benchmarks/search_step.py " + " ".join(argv)
     header = (f"supernet {', '.join(s.name + ': ' + s.describe() for s in settings)}; "
               f"candidate ops: {args.primitives or 'the DARTS set (8)'}; batch {args.batch_size} per stream, "
               f"{args.image_size}×{args.image_size} images, L={args.max_caption_len}, V={args.vocab_size}; "
               f"median of {args.repeats} steps after trace + warm-up")
-    machine = machine_line()
+    machine = args.machine or machine_line()
     print(header + "\n" + machine, flush=True)
     started = time.time()
     results = {}
+    if args.render_json:
+        with open(args.render_json) as f:
+            for key, value in json.load(f).items():
+                mode, xla, config = key.split("|")
+                results[(mode, xla == "True", config)] = value
+        settings = [s for s in settings if any(k[2] == s.name for k in results)]
     xla_modes = [m for m in (args.xla_modes or ",".join(MODES)).split(",") if m]
     xla_configs = [c for c in (args.xla_configs or "default,large").split(",") if c]
     for s in settings:
         for xla in xla_options:
             for mode in [m for m in MODES if m in modes]:
-                if xla and (mode not in xla_modes or s.name not in xla_configs):
+                if args.render_json or (xla and (mode not in xla_modes or s.name not in xla_configs)):
                     continue
                 flags = [*s.flags(), *common, f"--mode={mode}", f"--xla={'on' if xla else 'off'}"]
                 t0 = time.time()
@@ -384,14 +408,18 @@ def main(argv=None):
     speedups = xla_speedups(results, settings)
     print("\n" + table + "\n\n" + speedups)
     body = (f"Command: `{command.strip()}` — {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, "
-            f"{time.time() - started:.0f} s in all.\n\n{header}.\n{machine}.\n\n"
+            + (f"table re-rendered from {args.render_json} (same run)" if args.render_json
+               else f"{time.time() - started:.0f} s in all") + f".\n\n{header}.\n{machine}.\n\n"
             f"Peak = resident-set high-water mark during the timed steps minus the built models' resident set "
-            f"(CPU); × plain = ratio to the plain step of the same config and XLA setting; growth = large / "
+            f"(CPU); transient = peak minus the resident set right before the timed steps (the step's own working "
+            f"memory, without what tracing left resident); × plain = ratio to the plain step of the same config and XLA setting; growth = large / "
             f"default for the same step and XLA setting.\n\n{table}\n\n{speedups}\n")
     output = args.output if args.output is not None else DEFAULT_DOC
     if output:
         write_block(output, "search_step_quick" if args.quick else "search_step", body)
         print(f"\nwritten to {output}")
+    if args.render_json:
+        return
     with open(args.raw_json, "w") as f:
         json.dump({"|".join(map(str, k)): v for k, v in results.items()}, f, indent=1)
 
