@@ -86,7 +86,7 @@ def test_skipped_streams_continue_with_the_batches_of_an_uninterrupted_run(tiny_
                 np.testing.assert_array_equal(b[stream][key].numpy(), a[stream][key].numpy())
 
 
-@pytest.mark.slow  # five traces of a 3-cell C=2 supernet's steps: 6.5 minutes measured on 2 busy cores
+@pytest.mark.slow  # five traces of a 3-cell C=2 supernet's steps: 2.7-6.5 min measured on 2 busy cores
 def test_interrupted_and_resumed_search_ends_with_the_same_architecture(tiny_data, tmp_path):
     """Killed after step 3 (the checkpoint of step 2 is the last one), run again: the resumed run restarts
     from a state with Adam moments of A, BN statistics and dropout seeds all advanced, and after two more
