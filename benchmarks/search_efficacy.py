@@ -521,6 +521,59 @@ def execute(spec: RunSpec, budget: Budget, data, workdir: str) -> dict:
     return record
 
 
+def run_one(run_id: str, runs: list[RunSpec], budget: Budget, workdir: str) -> int:
+    """The child process: loads the data of the run's seed, runs it, saves its record. A crash leaves
+    its traceback in `<run dir>/crash.txt` for the driver."""
+    import traceback
+
+    from capnas_tf.data.pipeline import DataConfig
+    from capnas_tf.jobs import RunConfig, load_data
+
+    spec = next((r for r in runs if r.run_id == run_id), None)
+    if spec is None:
+        raise SystemExit(f"--only_run={run_id!r} is not a run of this benchmark.")
+    try:
+        data = load_data(RunConfig(workdir=workdir, seed=spec.seed),  # D_tr / U / D_val order: the seed's
+                         DataConfig(batch_size=budget.search_batch_size, seed=spec.seed))
+        save_record(workdir, execute(spec, budget, data, workdir))
+    except BaseException:
+        os.makedirs(os.path.join(workdir, "runs", run_id), exist_ok=True)
+        with open(os.path.join(workdir, "runs", run_id, "crash.txt"), "w") as f:
+            f.write(traceback.format_exc())
+        raise
+    return 0
+
+
+def run_in_subprocess(spec: RunSpec, budget: Budget, workdir: str, argv: list[str]) -> dict:
+    """Runs `spec` in a fresh Python process (no TensorFlow state carried from one run to the next:
+    traced functions, autograph caches, memory), and returns its record. A process that dies without
+    one is recorded as failed with the last line of its traceback."""
+    import subprocess
+
+    crash = os.path.join(workdir, "runs", spec.run_id, "crash.txt")
+    if os.path.exists(crash):
+        os.remove(crash)
+    argv = [a for a in run_arguments(argv) if not a.startswith("--only_run")]
+    code = subprocess.call([sys.executable, os.path.abspath(__file__), *argv, f"--only_run={spec.run_id}"])
+    record = load_records(workdir).get(spec.run_id)
+    if record is not None and code == 0:
+        return record
+    if code in (-2, 130):  # Ctrl-C: stop the benchmark, record nothing
+        raise KeyboardInterrupt
+    last = f"exit code {code}"
+    if os.path.exists(crash):
+        with open(crash) as f:
+            lines = [ln.strip() for ln in f if ln.strip()]
+        last = f"crashed ({lines[-1] if lines else last})"
+    record = {"run_id": spec.run_id, "method": spec.method, "seed": spec.seed, "arch": spec.arch,
+              "budget": budget.fingerprint(), "status": "failed", "error": last, "host": socket.gethostname(),
+              "load_average_1min": os.getloadavg()[0],
+              "finished_at": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M")}
+    save_record(workdir, record)
+    print(f"[{spec.run_id}] FAILED: {last}", flush=True)
+    return record
+
+
 def registered_strategies() -> list[str]:
     from capnas_tf.search.strategies import STRATEGIES
 
@@ -545,6 +598,8 @@ def parse_args(argv=None):
     parser.add_argument("--report_only", action="store_true", help="only rewrite the table and plot from the records")
     parser.add_argument("--full_estimate", default=None,
                         help="a sentence (measured elsewhere) on how long the full mode takes, put in the doc")
+    parser.add_argument("--only_run", default=None,
+                        help="internal: run this one run id in this process (the driver starts one process per run)")
     parser.add_argument("--reading", default=None,
                         help="a text file with the one-paragraph reading of the table, put in the doc")
     overrides = parser.add_argument_group("budget overrides (for tests; they change the budget fingerprint)")
@@ -620,23 +675,16 @@ def main(argv=None) -> int:
     print(f"search_efficacy ({mode}): {len(runs)} runs planned, {len(runs) - len(todo)} already recorded in "
           f"{workdir}/results, {len(todo)} to run{' (not now: --report_only)' if args.report_only else ''}. "
           f"Issue 7 strategies not registered: {missing or 'none'}.", flush=True)
+    if args.only_run:
+        return run_one(args.only_run, runs, budget, workdir)
     if args.report_only:
         todo = []
     started = time.perf_counter()
-    if todo:
-        from capnas_tf.data.pipeline import DataConfig
-        from capnas_tf.jobs import RunConfig, load_data
-
-        data_by_seed = {}
-        for i, spec in enumerate(todo):
-            if spec.seed not in data_by_seed:  # D_tr / U / D_val order depends on the seed
-                data_by_seed = {spec.seed: load_data(RunConfig(workdir=workdir, seed=spec.seed),
-                                                     DataConfig(batch_size=budget.search_batch_size, seed=spec.seed))}
-            print(f"=== [{i + 1}/{len(todo)}] {spec.run_id} ===", flush=True)
-            t0 = time.perf_counter()
-            record = execute(spec, budget, data_by_seed[spec.seed], workdir)
-            path = save_record(workdir, record)
-            print(f"=== {spec.run_id}: {record['status']} in {time.perf_counter() - t0:.0f} s → {path}", flush=True)
+    for i, spec in enumerate(todo):
+        print(f"=== [{i + 1}/{len(todo)}] {spec.run_id} ===", flush=True)
+        t0 = time.perf_counter()
+        record = run_in_subprocess(spec, budget, workdir, sys.argv[1:] if argv is None else list(argv))
+        print(f"=== {spec.run_id}: {record['status']} in {time.perf_counter() - t0:.0f} s", flush=True)
     wall = time.perf_counter() - started if todo else None
 
     wanted = {spec.run_id for spec in runs}
