@@ -8,7 +8,8 @@
     data.references("test")       # {image_id: [raw caption, ...]}
 
 Training streams hold one (image, caption) pair per element (each image appears once per
-reference caption per epoch), are shuffled with seeds derived from `DataConfig.seed`, and batch
+reference caption per epoch), are shuffled with seeds derived from `DataConfig.seed` alone (TF's global
+seed, e.g. `keras.utils.set_random_seed`, does not change them: see `seeded_shuffle`), and batch
 with `drop_remainder=True` so every batch has the static shape XLA wants. Evaluation batches are
 padded to full size with images of `image_id` −1 (`pad_remainder=True`): drop those rows.
 
@@ -407,8 +408,7 @@ class CaptionData:
         batch_size = self._check_batch("unlabeled", batch_size, self.num_images("unlabeled"), repeat)
         images = self._cached_images("unlabeled", with_tokens=False)
         if shuffle:
-            images = images.shuffle(self._buffer(self.num_images("unlabeled")), seed=self._seed("unlabeled"),
-                                    reshuffle_each_iteration=True)
+            images = seeded_shuffle(images, self._buffer(self.num_images("unlabeled")), self._seeds("unlabeled", 0))
         if repeat:
             images = images.repeat()
         images = images.map(lambda ex: {"image": ex["image"]})
@@ -440,8 +440,9 @@ class CaptionData:
                              f"{self.config.dataset!r}, received {split!r}.")
         return self._splits[split]
 
-    def _seed(self, stream: str) -> int:
-        return self.config.seed * 1000 + _TRAINING_STREAMS.index(stream) * 10
+    def _seeds(self, stream: str, level: int) -> tuple[int, int]:
+        # seed2 ≥ 1: the shuffle op draws a nondeterministic seed for (0, 0).
+        return self.config.seed, 1 + 10 * _TRAINING_STREAMS.index(stream) + level
 
     def _buffer(self, n: int) -> int:
         return max(1, min(n, self.config.shuffle_buffer))
@@ -480,12 +481,11 @@ class CaptionData:
     def _pair_stream(self, split: str, batch_size: int | None, *, repeat: bool, shuffle: bool) -> tf.data.Dataset:
         batch_size = self._check_batch(split, batch_size, self.num_examples(split), repeat)
         images = self._cached_images(split, with_tokens=True)
-        seed = self._seed(split)
         if shuffle:  # first the images, then the pairs, so the captions of an image spread apart
-            images = images.shuffle(self._buffer(self.num_images(split)), seed=seed, reshuffle_each_iteration=True)
+            images = seeded_shuffle(images, self._buffer(self.num_images(split)), self._seeds(split, 0))
         pairs = images.flat_map(_image_caption_pairs)
         if shuffle:
-            pairs = pairs.shuffle(self._buffer(self.num_examples(split)), seed=seed + 1, reshuffle_each_iteration=True)
+            pairs = seeded_shuffle(pairs, self._buffer(self.num_examples(split)), self._seeds(split, 1))
         if repeat:
             pairs = pairs.repeat()
         return self._finish(pairs.batch(batch_size, drop_remainder=True))
@@ -495,6 +495,33 @@ class CaptionData:
         options.deterministic = self.config.deterministic
         batches = batches.map(_images_to_float, num_parallel_calls=tf.data.AUTOTUNE)
         return batches.prefetch(tf.data.AUTOTUNE).with_options(options)
+
+
+def seeded_shuffle(dataset: tf.data.Dataset, buffer_size: int, seeds: tuple[int, int]) -> tf.data.Dataset:
+    """`dataset.shuffle(buffer_size, reshuffle_each_iteration=True)` whose order depends on `seeds` only.
+
+    `Dataset.shuffle(seed=s)` runs its op with the seed pair (TF's global seed, s), or (87654321, s) when
+    no global seed is set, so the same `s` gave other batches after `keras.utils.set_random_seed`. Here
+    the same shuffle op gets both seeds explicitly. Each re-iteration (e.g. each epoch under `repeat`)
+    reshuffles, in an order fixed by `seeds`. Elements must be dense tensors.
+
+    Args:
+      dataset: the elements to shuffle (a structure of dense tensors).
+      buffer_size: the shuffle buffer, in elements.
+      seeds: two int64 seeds, not both 0 (the op reads (0, 0) as "draw a random seed").
+    """
+    specs = tf.nest.flatten(dataset.element_spec)
+    if not all(isinstance(spec, tf.TensorSpec) for spec in specs):
+        raise TypeError(f"seeded_shuffle takes datasets of dense tensors, received element_spec {dataset.element_spec}.")
+    if tuple(seeds) == (0, 0):
+        raise ValueError("seeded_shuffle: seeds (0, 0) would make the shuffle op draw a random seed.")
+    variant = tf.raw_ops.ShuffleDatasetV3(
+        input_dataset=tf.data.experimental.to_variant(dataset),
+        buffer_size=tf.constant(buffer_size, tf.int64), seed=tf.constant(seeds[0], tf.int64),
+        seed2=tf.constant(seeds[1], tf.int64), seed_generator=tf.raw_ops.DummySeedGenerator(),
+        reshuffle_each_iteration=True, output_types=[spec.dtype for spec in specs],
+        output_shapes=[spec.shape for spec in specs])
+    return tf.data.experimental.from_variant(variant, dataset.element_spec)
 
 
 def _image_caption_pairs(ex: dict) -> tf.data.Dataset:

@@ -62,6 +62,42 @@ def test_same_seed_gives_the_same_batches_and_another_seed_does_not(tfds_dir):
     assert first.options().deterministic
 
 
+def test_batches_depend_on_data_config_seed_only_not_on_the_global_seed(shapes_data):
+    """`Dataset.shuffle(seed=s)` mixes TF's global seed in; the streams must not (see `seeded_shuffle`)."""
+    import keras
+
+    streams = dict(train=lambda: shapes_data.train_dataset(4), validation=lambda: shapes_data.validation_dataset(4),
+                   unlabeled=lambda: shapes_data.unlabeled_dataset(4))
+    batches = {}
+    for global_seed in (4, 5):
+        keras.utils.set_random_seed(global_seed)
+        batches[global_seed] = {name: _take(build(), 40) for name, build in streams.items()}  # crosses an epoch
+    for name in streams:
+        for x, y in zip(batches[4][name], batches[5][name], strict=True):
+            np.testing.assert_array_equal(x["image"], y["image"], err_msg=name)
+            if "tokens" in x:
+                np.testing.assert_array_equal(x["tokens"], y["tokens"], err_msg=name)
+    first_epoch = np.concatenate([b["tokens"] for b in batches[4]["train"][:30]])  # 30 batches per epoch
+    assert not np.array_equal(first_epoch, np.concatenate([b["tokens"] for b in _take(
+        shapes_data.train_dataset(4, shuffle=False, repeat=False), 30)]))  # and they are shuffled
+
+
+def test_seeded_shuffle_permutes_by_its_seeds_reshuffles_each_epoch_and_rejects_seeds_0_0():
+    from capnas_tf.data.pipeline import seeded_shuffle
+
+    def order(seeds):
+        return [int(x) for x in seeded_shuffle(tf.data.Dataset.range(20), 8, seeds).repeat(2)]
+
+    tf.random.set_seed(1)
+    first = order((3, 1))
+    tf.random.set_seed(2)
+    assert order((3, 1)) == first
+    assert order((3, 2)) != first
+    assert sorted(first[:20]) == sorted(first[20:]) == list(range(20)) and first[:20] != first[20:]
+    with pytest.raises(ValueError, match=r"seeds \(0, 0\)"):
+        seeded_shuffle(tf.data.Dataset.range(3), 2, (0, 0))
+
+
 def test_epochs_are_reshuffled(shapes_data):
     batches = _take(shapes_data.train_dataset(4), 60)  # 30 batches per epoch
     first = np.concatenate([b["tokens"] for b in batches[:30]])
