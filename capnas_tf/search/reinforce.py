@@ -25,6 +25,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from capnas_tf.checkpointing import model_state
 from capnas_tf.config import SearchConfig
 from capnas_tf.search.captioning import SearchModels
 from capnas_tf.search.stateless import densify
@@ -172,7 +173,7 @@ class ReinforceStrategy(SampledPathStrategy):
                                             aggregation=first)
 
     def checkpoint_items(self) -> dict:
-        return dict(super().checkpoint_items(), controller=self.controller,
+        return dict(super().checkpoint_items(), controller=model_state(self.controller),
                     controller_optimizer=self.controller_optimizer, reinforce_baseline=self.baseline,
                     controller_steps=self.controller_steps)
 
