@@ -303,7 +303,8 @@ def parse_args(argv=None):
     parser.add_argument("--image_size", type=int, default=32, help="S of the S×S×3 images")
     parser.add_argument("--max_caption_len", type=int, default=16, help="L, tokens per caption incl. <start>")
     parser.add_argument("--vocab_size", type=int, default=64, help="V")
-    parser.add_argument("--repeats", type=int, default=5, help="timed steps per combination (median)")
+    parser.add_argument("--repeats", type=int, default=None,
+                        help="timed steps per combination (median); default 5, --quick 2")
     parser.add_argument("--modes", default=",".join(MODES), help=f"comma-separated subset of {MODES}")
     parser.add_argument("--xla", default="off,on", help="'off', 'on' or 'off,on' (in the child: one of them)")
     parser.add_argument("--xla_modes", default="",
@@ -331,11 +332,15 @@ def parse_args(argv=None):
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)  # internal: one measurement
     parser.add_argument("--mode", choices=MODES, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.repeats is not None and args.repeats < 1:
+        parser.error(f"--repeats must be >= 1; received {args.repeats}.")
     if args.quick:
-        args.channels, args.cells, args.nodes, args.repeats = 4, 2, 2, 2
+        args.channels, args.cells, args.nodes = 4, 2, 2
+        args.repeats = args.repeats or 2
         args.primitives = args.primitives or "none,skip_connect,avg_pool_3x3,sep_conv_3x3"
         args.xla_modes = args.xla_modes or "plain,exact"
         args.xla_configs = args.xla_configs or "default"
+    args.repeats = args.repeats or 5
     return args
 
 
