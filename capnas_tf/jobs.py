@@ -45,7 +45,7 @@ def search_job(run: RunConfig, search: SearchConfig, data, *, batch_size: int, l
                                      image_size=data.image_size, seed=run.seed)
         strategy = get_strategy(search.strategy)(models, search, max_caption_len=data.max_caption_len)
     workdir = os.path.join(run.workdir, "search")
-    log(f"Search: {search.strategy} ({search.hypergradient}, stage2={search.stage2}), {search.epochs} epochs × "
+    log(f"Search: {strategy.describe()}, {search.epochs} epochs × "
         f"{steps_per_epoch} steps, batch {batch_size}, {dist.num_replicas_in_sync} replica(s) → {workdir}")
     return run_search(strategy, search_streams(data, batch_size), workdir, config=search,
                       steps_per_epoch=steps_per_epoch, dist=dist, primitives=models.encoder.primitives,

@@ -92,6 +92,10 @@ class SearchStrategy:
         return derive_genotype(alpha_normal, alpha_reduce, primitives=primitives, num_nodes=num_nodes,
                                max_skip_connect=max_skip_connect)
 
+    def describe(self) -> str:
+        """The settings that matter for this strategy, for the run's first log line."""
+        return self.config.strategy
+
     def begin_search(self, *, total_steps: int, warmup_steps: int) -> None:
         """Called by the loop before the first (or first resumed) step with the run's length, for
         strategies whose schedule depends on it (GDAS' temperature, random_ws' final ranking)."""
@@ -148,6 +152,9 @@ class ThreeStageStrategy(SearchStrategy):
         self.estimate = estimators[config.hypergradient]
         self.stage2_loss = get_stage2_loss(config.stage2)
 
+    def describe(self) -> str:
+        return f"three_stage ({self.config.hypergradient} hypergradient, stage2={self.config.stage2})"
+
     def checkpoint_items(self) -> dict:
         return dict(super().checkpoint_items(), student=model_state(self.models.student),
                     student_optimizer=self.student_optimizer)
@@ -193,6 +200,10 @@ class ThreeStageStrategy(SearchStrategy):
 class DartsStrategy(SearchStrategy):
     """Plain DARTS bilevel search on captions: A minimises the validation caption loss of E, F itself,
     first order or second order (the latter exact or by DARTS' finite difference)."""
+
+    def describe(self) -> str:
+        c = self.config
+        return f"darts (order {c.darts_order}" + (f", {c.hypergradient})" if c.darts_order == 2 else ")")
 
     def _loss_on(self, batch):
         def loss(w, A):

@@ -38,6 +38,7 @@ def test_search_writes_genotype_history_checkpoints_and_tensorboard(tiny_data, t
     assert tf.train.latest_checkpoint(str(out / "checkpoints")).endswith("-4")
     assert any(name.startswith("events") for name in os.listdir(out / "tensorboard"))
     assert any("stage3/val_loss" in line for line in lines)  # Stage III ran (after the warm-up)
+    assert lines[0].startswith("Search: three_stage (exact hypergradient, stage2=soft), 2 epochs × 2 steps")
 
 
 def _search_strategy(vocab_size: int) -> ThreeStageStrategy:
