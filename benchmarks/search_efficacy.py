@@ -242,7 +242,8 @@ def fmt(stat: tuple, digits: int = 3, scale: float = 1.0) -> str:
 
 def verdict(rows: list[dict], seeds: int) -> list[str]:
     """Plain statements comparing each strategy's mean test CIDEr with the random architectures'
-    and with random search; a difference is called clear only if it exceeds both rows' std."""
+    and with random search: above / below when both sides have n ≥ 2 and the difference exceeds the
+    larger of the two standard deviations, else within (a loose descriptive rule, not a significance test)."""
     by = {r["method"]: r for r in rows}
     lines = []
     for method, row in by.items():
@@ -253,15 +254,15 @@ def verdict(rows: list[dict], seeds: int) -> list[str]:
             if n == 0 or no == 0:
                 continue
             diff = m - mo
-            spread = max(0.0 if math.isnan(s) else s, 0.0 if math.isnan(so) else so)
-            if diff > spread and n > 1:
-                word = "beats"
-            elif -diff > spread and n > 1:
-                word = "is beaten by"
-            else:
-                word = "does not clearly differ from"
-            lines.append(f"`{method}` {word} {label} on test CIDEr: {m:.3f} vs {mo:.3f} "
-                         f"(difference {diff:+.3f}; larger std {spread:.3f}; n = {n} vs {no}).")
+            if n < 2 or no < 2:
+                lines.append(f"`{method}` vs {label}, test CIDEr: {m:.3f} vs {mo:.3f} (difference {diff:+.3f}); "
+                             f"n = {n} vs {no} is too few runs to tell.")
+                continue
+            spread = max(s, so)
+            where = ("above it by more than" if diff > spread else "below it by more than" if -diff > spread
+                     else "within")
+            lines.append(f"`{method}` vs {label}, test CIDEr: {m:.3f} vs {mo:.3f} (difference {diff:+.3f}): "
+                         f"{where} the larger std ({spread:.3f}); n = {n} vs {no}.")
     return lines
 
 
@@ -365,7 +366,8 @@ def render_markdown(rows: list[dict], records: list[dict], *, budget: Budget, mo
 
 
 def plot(rows: list[dict], records: list[dict], methods: list[str], path: str, *, title: str) -> None:
-    """Test and test_novel CIDEr against search cost: every run as a dot, mean ± std as an error bar."""
+    """Test and test_novel CIDEr against search cost (CPU minutes: less sensitive than wall time to the
+    other jobs on a shared machine): every run as a dot, mean ± std as an error bar."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -382,7 +384,7 @@ def plot(rows: list[dict], records: list[dict], methods: list[str], path: str, *
         for i, (method, points) in enumerate(series):
             if not points:
                 continue
-            xs = [0.0 if method == METHOD_RANDOM else p["search_time_s"] / 60 for p in points]
+            xs = [0.0 if method == METHOD_RANDOM else p["search_cpu_s"] / 60 for p in points]
             ys = [p[key] for p in points]
             label = METHOD_LABELS.get(method, method)
             ax.scatter(xs, ys, s=14, alpha=0.35, color=colors(i))
@@ -393,8 +395,8 @@ def plot(rows: list[dict], records: list[dict], methods: list[str], path: str, *
         if base:
             ax.axhline(sum(base) / len(base), ls="--", lw=1, color="grey", label="most frequent caption")
         ax.set_title(split)
-        ax.set_xlim(left=-0.5)  # random architectures sit at 0: no search
-        ax.set_xlabel("search cost (wall-clock minutes on the shared 2-core CPU)")
+        ax.set_xlim(left=-0.3)  # random architectures sit at 0: no search
+        ax.set_xlabel("search cost (CPU minutes of the search process, both cores summed)")
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("CIDEr (retrained, same budget)")
     handles, labels = axes[0].get_legend_handles_labels()
