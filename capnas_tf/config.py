@@ -46,6 +46,8 @@ class SearchConfig:
     xla: bool = False
     log_every: int = 10
     checkpoint_every: int = 50
+    # validation images captioned by the genotype after each epoch (0: off; the CLI's default is 100)
+    eval_images: int = 0
     # gdas: Gumbel temperature τ, linear from τ_max to τ_min over the architecture steps (GDAS: 10 → 0.1)
     gdas_tau_max: float = 10.0
     gdas_tau_min: float = 0.1

@@ -69,6 +69,11 @@ flags.DEFINE_bool("xla", _S.xla, "Compile the search step with XLA (often slower
                   "only: refused over several (--strategy=mirrored on 2+ devices, multi_worker).")
 flags.DEFINE_integer("log_every", _S.log_every, "Log a progress line and TensorBoard scalars every N steps.")
 flags.DEFINE_integer("checkpoint_every", _S.checkpoint_every, "Checkpoint every N steps (and every epoch).")
+# On by default for runs from the command line; off in SearchConfig so that benchmarks and tests pay for it
+# only when they ask.
+flags.DEFINE_integer("search_eval_images", 100, "After each search epoch, the genotype found so far "
+                     "(on the shared supernet weights) greedily captions this many validation images; BLEU-4 and "
+                     "CIDEr go to the log and TensorBoard (val/*). 0: off. Needs Java, like every caption metric.")
 flags.DEFINE_float("gdas_tau_max", _S.gdas_tau_max, "gdas: Gumbel-softmax temperature τ at the first "
                    "architecture step (decays linearly to --gdas_tau_min).")
 flags.DEFINE_float("gdas_tau_min", _S.gdas_tau_min, "gdas: temperature τ at the last architecture step.")
@@ -107,7 +112,7 @@ def search_config_from_flags() -> SearchConfig:
         weight_lr=FLAGS.weight_lr, student_lr=FLAGS.student_lr, weight_decay=FLAGS.weight_decay,
         arch_lr=FLAGS.arch_lr, arch_weight_decay=FLAGS.arch_weight_decay, grad_clip=FLAGS.grad_clip,
         fd_epsilon=FLAGS.fd_epsilon, xla=FLAGS.xla, log_every=FLAGS.log_every,
-        checkpoint_every=FLAGS.checkpoint_every, gdas_tau_max=FLAGS.gdas_tau_max, gdas_tau_min=FLAGS.gdas_tau_min,
+        checkpoint_every=FLAGS.checkpoint_every, eval_images=FLAGS.search_eval_images, gdas_tau_max=FLAGS.gdas_tau_max, gdas_tau_min=FLAGS.gdas_tau_min,
         random_ws_candidates=FLAGS.random_ws_candidates, random_ws_rank_batches=FLAGS.random_ws_rank_batches,
         controller_units=FLAGS.controller_units, controller_lr=FLAGS.controller_lr,
         reinforce_entropy_weight=FLAGS.reinforce_entropy_weight,

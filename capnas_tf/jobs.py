@@ -47,9 +47,15 @@ def search_job(run: RunConfig, search: SearchConfig, data, *, batch_size: int, l
     workdir = os.path.join(run.workdir, "search")
     log(f"Search: {strategy.describe()}, {search.epochs} epochs × "
         f"{steps_per_epoch} steps, batch {batch_size}, {dist.num_replicas_in_sync} replica(s) → {workdir}")
+    validation_score = None
+    if search.eval_images:
+        from capnas_tf.search.validation import make_validation_scorer
+
+        validation_score = make_validation_scorer(models, data, num_images=search.eval_images,
+                                                  batch_size=batch_size, max_caption_len=data.max_caption_len)
     return run_search(strategy, search_streams(data, batch_size), workdir, config=search,
                       steps_per_epoch=steps_per_epoch, dist=dist, primitives=models.encoder.primitives,
-                      num_nodes=models.encoder.num_nodes, log=log)
+                      num_nodes=models.encoder.num_nodes, validation_score=validation_score, log=log)
 
 
 def load_data(run: RunConfig, data_config, log=print):

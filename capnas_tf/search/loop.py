@@ -132,12 +132,20 @@ class SearchRun:
                 tf.summary.scalar(k, v)
             tf.summary.scalar("arch/entropy", arch_entropy(self.alphas()))
 
-    def end_of_epoch(self, step: int, epoch: int) -> None:
-        """genotype.json (atomic), one line of A's history, pictures, and a checkpoint."""
+    def end_of_epoch(self, step: int, epoch: int, validation_score=None, log=print) -> None:
+        """genotype.json (atomic), one line of A's history, pictures, the validation caption score of
+        the genotype (if `validation_score` is given), and a checkpoint."""
         from capnas_tf.search_space import plots
 
         genotype = self.genotype()
         genotype.save(self.genotype_path)
+        if validation_score is not None:
+            scores = validation_score(genotype)
+            log(f"epoch {epoch}: validation captions of the genotype on shared weights: "
+                + " ".join(f"{k}={v:.4f}" for k, v in scores.items()))
+            with self.writer.as_default(step=step):
+                for name, value in scores.items():
+                    tf.summary.scalar(name, value)
         alpha_normal, alpha_reduce = self.alphas()
         record = {"epoch": epoch, "step": step, "alpha_normal": alpha_normal.tolist(),
                   "alpha_reduce": alpha_reduce.tolist(), "genotype": json.loads(genotype.to_json())}
@@ -164,7 +172,7 @@ class SearchRun:
 
 def run_search(strategy: SearchStrategy, streams: tf.data.Dataset, workdir: str, *, config: SearchConfig,
                steps_per_epoch: int, dist: tf.distribute.Strategy | None = None,
-               primitives, num_nodes: int, log=print) -> SearchResult:
+               primitives, num_nodes: int, validation_score=None, log=print) -> SearchResult:
     """Runs (or resumes) the search to `config.epochs` epochs.
 
     Args:
@@ -172,6 +180,8 @@ def run_search(strategy: SearchStrategy, streams: tf.data.Dataset, workdir: str,
       streams: a dataset of `{"train", "unlabeled", "val"}` batches, repeated, deterministic for a seed;
         the loop skips the batches already consumed when it resumes.
       steps_per_epoch: search steps per epoch.
+      validation_score: optional genotype → {name: caption score}, run after each epoch
+        (`validation.make_validation_scorer`).
     """
     dist = dist or tf.distribute.get_strategy()
     run = SearchRun(workdir, strategy, primitives=primitives, num_nodes=num_nodes,
@@ -195,7 +205,7 @@ def run_search(strategy: SearchStrategy, streams: tf.data.Dataset, workdir: str,
             log(progress_line(done, total, done // steps_per_epoch, metrics, rate))
             run.write_scalars(done, metrics)
         if done % steps_per_epoch == 0:
-            run.end_of_epoch(done, done // steps_per_epoch)
+            run.end_of_epoch(done, done // steps_per_epoch, validation_score, log)
         elif config.checkpoint_every and done % config.checkpoint_every == 0:
             run.save_checkpoint(done)
     if start >= total:

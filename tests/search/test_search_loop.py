@@ -25,7 +25,8 @@ TINY_SEARCH = SearchConfig(
 
 def test_search_writes_genotype_history_checkpoints_and_tensorboard(tiny_data, tmp_path):
     lines = []
-    result = search_job(RunConfig(workdir=str(tmp_path)), TINY_SEARCH, tiny_data, batch_size=4, log=lines.append)
+    config = dataclasses.replace(TINY_SEARCH, eval_images=8)
+    result = search_job(RunConfig(workdir=str(tmp_path)), config, tiny_data, batch_size=4, log=lines.append)
     out = tmp_path / "search"
     genotype = Genotype.load(str(out / "genotype.json"))
     assert genotype == result.genotype
@@ -39,6 +40,13 @@ def test_search_writes_genotype_history_checkpoints_and_tensorboard(tiny_data, t
     assert any(name.startswith("events") for name in os.listdir(out / "tensorboard"))
     assert any("stage3/val_loss" in line for line in lines)  # Stage III ran (after the warm-up)
     assert lines[0].startswith("Search: three_stage (exact hypergradient, stage2=soft), 2 epochs × 2 steps")
+    # After each epoch the genotype on the shared weights captions 8 validation images and is scored.
+    scored = [line for line in lines if "validation captions of the genotype" in line]
+    assert [line.split(":")[0] for line in scored] == ["epoch 1", "epoch 2"]
+    assert all("val/BLEU-4=" in line and "val/CIDEr=" in line for line in scored)
+    tags = {v.tag for path in (out / "tensorboard").glob("events*")
+            for e in tf.compat.v1.train.summary_iterator(str(path)) for v in e.summary.value}
+    assert {"val/BLEU-4", "val/CIDEr", "stage3/val_loss", "arch/entropy"} <= tags
 
 
 def _search_strategy(vocab_size: int) -> ThreeStageStrategy:

@@ -1,0 +1,62 @@
+"""The search's validation caption score, once per epoch.
+
+A loss says how well W (or E, F) predicts the next reference token; a caption score says how good the
+captions are. After each epoch the architecture found so far — the strategy's genotype, as one-hot op
+weights on the shared supernet weights E, F (the same path for every strategy) — greedily captions
+the first N validation images, and BLEU-4 and CIDEr against their references go to TensorBoard
+(`val/BLEU-4`, `val/CIDEr`) and the log. It is a score of the child on shared weights, not of the
+retrained captioner: weight-shared children are known to rank worse than retrained ones.
+
+The captioning runs under `keras.StatelessScope`, so it changes no variable (BatchNorm moving
+statistics, dropout seeds): a run with the score on ends with the same A as one with it off.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import keras
+import tensorflow as tf
+
+from capnas_tf.decoders.decoding import greedy_decode
+from capnas_tf.search.captioning import END_ID, PAD_ID, START_ID, SearchModels
+
+SCORE_METRICS = ("BLEU", "CIDEr")  # no METEOR: its JVM start-up would cost more than the decoding
+
+
+def make_path_caption_fn(models: SearchModels, *, max_caption_len: int) -> Callable:
+    """A `tf.function` (images [B, S, S, 3], op_weights) → token ids [B, L − 1] of the supernet
+    captioner on the path `op_weights`; op weights are arguments, so a new genotype does not retrace."""
+
+    @tf.function
+    def caption_ids(images, w_normal, w_reduce):
+        with keras.StatelessScope():  # updates of BN statistics and dropout seeds are dropped
+            # Batch statistics, as the search trains them: the moving averages of a mixture of ops
+            # do not describe one path.
+            features = models.encoder(images, training=True, op_weights=(w_normal, w_reduce))
+            ids, _ = greedy_decode(models.decoder, features, max_len=max_caption_len - 1,
+                                   start_id=START_ID, end_id=END_ID, pad_id=PAD_ID)
+        return ids
+
+    return caption_ids
+
+
+def make_validation_scorer(models: SearchModels, data, *, num_images: int, batch_size: int,
+                           max_caption_len: int) -> Callable:
+    """genotype → {"val/BLEU-4", "val/CIDEr"} on the first `num_images` validation images of `data`
+    (a `CaptionData`)."""
+    from capnas_tf import evaluate
+    from capnas_tf.search_space.genotype import genotype_op_weights
+
+    caption_ids = make_path_caption_fn(models, max_caption_len=max_caption_len)
+    batches = data.eval_dataset("validation", batch_size)
+    references = data.references("validation")
+    primitives = models.encoder.primitives
+
+    def score(genotype) -> dict:
+        w_normal, w_reduce = (tf.constant(w, tf.float32) for w in genotype_op_weights(genotype, primitives))
+        predictions = evaluate.caption_dataset(lambda images: caption_ids(images, w_normal, w_reduce),
+                                               batches, data.vocab, max_images=num_images)
+        scores = evaluate.score_split(predictions, references, metrics=SCORE_METRICS)
+        return {"val/BLEU-4": scores["BLEU-4"], "val/CIDEr": scores["CIDEr"]}
+
+    return score

@@ -1,0 +1,34 @@
+"""The per-epoch validation caption score of the search: it scores the genotype's path on the shared
+weights, and it leaves every variable of the search as it found it."""
+import numpy as np
+import tensorflow as tf
+
+from capnas_tf import evaluate
+from capnas_tf.search.validation import make_path_caption_fn, make_validation_scorer
+from capnas_tf.search_space.genotype import genotype_op_weights, sample_genotype
+from tests.search.conftest import TINY_CAPTION_LEN
+
+
+def test_scoring_a_genotype_changes_no_variable_and_matches_its_captions(tiny_data, tiny_models):
+    encoder = tiny_models.encoder
+    genotype = sample_genotype(np.random.default_rng(0), primitives=encoder.primitives,
+                               num_nodes=encoder.num_nodes)
+    everything = tiny_models.encoder.variables + tiny_models.decoder.variables
+    before = [np.array(v.value) for v in everything]
+
+    score = make_validation_scorer(tiny_models, tiny_data, num_images=6, batch_size=4,
+                                   max_caption_len=TINY_CAPTION_LEN)
+    scores = score(genotype)
+
+    # BN moving statistics and dropout seed states included: the score must not perturb the search.
+    for variable, value in zip(everything, before):
+        np.testing.assert_array_equal(np.array(variable.value), value, err_msg=variable.path)
+    assert set(scores) == {"val/BLEU-4", "val/CIDEr"}
+    # The same numbers from the genotype's captions computed directly.
+    w_normal, w_reduce = (tf.constant(w, tf.float32) for w in genotype_op_weights(genotype, encoder.primitives))
+    caption_ids = make_path_caption_fn(tiny_models, max_caption_len=TINY_CAPTION_LEN)
+    predictions = evaluate.caption_dataset(lambda images: caption_ids(images, w_normal, w_reduce),
+                                           tiny_data.eval_dataset("validation", 4), tiny_data.vocab, max_images=6)
+    assert len(predictions) == 6
+    expected = evaluate.score_split(predictions, tiny_data.references("validation"), metrics=("BLEU", "CIDEr"))
+    assert scores == {"val/BLEU-4": expected["BLEU-4"], "val/CIDEr": expected["CIDEr"]}
