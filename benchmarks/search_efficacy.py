@@ -287,7 +287,7 @@ def machine_description() -> str:
 
 def render_markdown(rows: list[dict], records: list[dict], *, budget: Budget, mode: str, command: str,
                     seeds: int, random_archs: int, strategies: list[str], missing: list[str],
-                    machine: str, wall_time_s: float | None, full_estimate: str | None) -> str:
+                    machine: str, wall_time_s: float | None, cost_note: str | None) -> str:
     ok = [r for r in records if r["status"] == "ok"]
     dates = sorted(r["finished_at"] for r in records)
     loads = [r["load_average_1min"] for r in ok]
@@ -300,7 +300,7 @@ def render_markdown(rows: list[dict], records: list[dict], *, budget: Budget, mo
     out = [f"# Search efficacy on capnas_shapes — {title_mode}", ""]
     out += ["Does a search strategy find a better encoder than an architecture drawn at random from the same "
             "space, when every genotype is retrained with the same budget? (Issue 7; Li & Talwalkar 2019, "
-            "Yu et al. 2020.) Produced by `benchmarks/search_efficacy.py`; every number below is measured.", ""]
+            "Yu et al. 2020.) Produced by `benchmarks/search_efficacy.py`; every number in the tables is measured.", ""]
     out += ["```", command, "```", ""]
     out += [f"- **Mode**: {mode}. **Seeds**: {seeds} (0 … {seeds - 1}). **Random architectures**: K = "
             f"{random_archs} per seed ({random_archs * seeds} in all), drawn uniformly from the space "
@@ -326,10 +326,14 @@ def render_markdown(rows: list[dict], records: list[dict], *, budget: Budget, mo
                 f"runs {min(loads):.1f} … {max(loads):.1f} (2 cores), so wall times are upper bounds of an idle "
                 "machine's." if loads else ""),
             ]
+    wall = sum(r["search_time_s"] + r["retrain_time_s"] for r in ok)
+    cpu = sum(r.get("search_cpu_s", 0.0) + r.get("retrain_cpu_s", 0.0) for r in ok)
+    out.append(f"- **Cost of the recorded runs**: searches + retrains {wall / 60:.1f} min wall, {cpu / 60:.1f} min "
+               "CPU (process start-up and data loading not included).")
     if wall_time_s is not None:
         out.append(f"- **Wall time of this invocation**: {wall_time_s / 60:.1f} min.")
-    if full_estimate:
-        out.append(f"- **Full mode on 2 cores (estimate)**: {full_estimate}")
+    if cost_note:
+        out.append(f"- **How long**: {cost_note}")
     out += ["", "| method | runs | test CIDEr | test BLEU-4 | test_novel CIDEr | test_novel BLEU-4 | "
             "search time (min) | search CPU time (min) | retrain time (min) | encoder params |",
             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
@@ -598,8 +602,9 @@ def parse_args(argv=None):
     parser.add_argument("--out_png", default="docs/results.png", help="the plot of score against search cost")
     parser.add_argument("--retry_failed", action="store_true", help="run again the runs recorded as failed")
     parser.add_argument("--report_only", action="store_true", help="only rewrite the table and plot from the records")
-    parser.add_argument("--full_estimate", default=None,
-                        help="a sentence (measured elsewhere) on how long the full mode takes, put in the doc")
+    parser.add_argument("--cost_note", default=None,
+                        help="a sentence on how long the benchmark takes (e.g. the full mode, estimated from "
+                             "measured step costs), put in the doc")
     parser.add_argument("--only_run", default=None,
                         help="internal: run this one run id in this process (the driver starts one process per run)")
     parser.add_argument("--reading", default=None,
@@ -622,7 +627,7 @@ def parse_args(argv=None):
     return args
 
 
-REPORT_ONLY_OPTIONS = ("--report_only", "--reading", "--full_estimate", "--out_md", "--out_png", "--retry_failed")
+REPORT_ONLY_OPTIONS = ("--report_only", "--reading", "--cost_note", "--out_md", "--out_png", "--retry_failed")
 
 
 def run_arguments(argv: list[str]) -> list[str]:
@@ -696,7 +701,7 @@ def main(argv=None) -> int:
     rows = aggregate(chosen, strategies)
     md = render_markdown(rows, chosen, budget=budget, mode=mode, command=command, seeds=seeds,
                          random_archs=random_archs, strategies=strategies, missing=missing,
-                         machine=machine_description(), wall_time_s=wall, full_estimate=args.full_estimate)
+                         machine=machine_description(), wall_time_s=wall, cost_note=args.cost_note)
     reading = "(No reading paragraph was given: pass --reading=FILE.)"
     if args.reading:
         with open(args.reading) as f:

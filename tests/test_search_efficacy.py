@@ -97,7 +97,7 @@ def test_a_workdir_of_another_budget_is_refused(tmp_path):
 
 
 def test_report_options_are_left_out_of_the_quoted_command():
-    argv = ["--quick", "--report_only", "--reading", "r.txt", "--full_estimate=about 5 h", "--seeds=2"]
+    argv = ["--quick", "--report_only", "--reading", "r.txt", "--cost_note=about 5 h", "--seeds=2"]
     assert se.run_arguments(argv) == ["--quick", "--seeds=2"]
 
 
@@ -105,7 +105,7 @@ def test_report_states_mode_command_and_table(tmp_path):
     rows = se.aggregate(RECORDS, ["three_stage", "darts"])
     md = se.render_markdown(rows, RECORDS, budget=BUDGET, mode="quick", command="python benchmarks/x.py --quick",
                             seeds=3, random_archs=2, strategies=["three_stage", "darts"], missing=["gdas"],
-                            machine="test machine", wall_time_s=600.0, full_estimate=None)
+                            machine="test machine", wall_time_s=600.0, cost_note=None)
     assert "QUICK MODE" in md and "python benchmarks/x.py --quick" in md and "`gdas`" in md
     assert "| `three_stage` | 3 | 2.000 ± 1.000 |" in md
     assert "| `darts` | 1 (+1 failed) |" in md
