@@ -19,13 +19,17 @@ Each run's record (scores, search and retrain wall time, parameter counts, genot
 written to `<workdir>/results/<run_id>.json` as soon as it finishes; re-running the same command skips
 finished runs, so an interrupted benchmark resumes. An unfinished run restarts from scratch (a search
 that finished is kept) so that every recorded time is one uninterrupted measurement. A workdir holding
-results of another budget is refused. Runs whose loss became non-finite are recorded as failed (and
-counted in the table); `--retry_failed` runs them again.
+results of another budget is refused. Each run has a Python process of its own (no TensorFlow state
+carried over); a run whose loss became non-finite, or whose process crashed, is recorded as failed
+(counted in the table, its error listed); `--retry_failed` runs them again.
 
 From all records found it writes `docs/results.md` (mean ± sample standard deviation per strategy, for
 the random architectures, and for random search = the best of each seed's K random architectures by
 validation CIDEr, whose search cost is the K retrains) and `docs/results.png` (test CIDEr against search
-cost). `--report_only` rewrites both from the records without running anything.
+cost). `--report_only` rewrites both from the records without running anything, e.g. with the reading
+written after looking at the numbers:
+
+    python benchmarks/search_efficacy.py --quick --report_only --reading=reading.txt --cost_note="…"
 """
 from __future__ import annotations
 
