@@ -150,17 +150,31 @@ class SearchModels:
         return self.encoder.arch_variables
 
 
+def path_logits(models: SearchModels, images, tokens_in, op_weights, *, training_decoder=True):
+    """F(E(images; op_weights), tokens_in) at whatever weights are bound: the supernet captioner at
+    explicit op weights (a relaxed A, or a one-hot path). BatchNorm uses batch statistics, as everywhere
+    in the search."""
+    features = models.encoder(images, training=True, op_weights=tuple(op_weights))
+    return models.decoder(features, tokens_in, training=training_decoder)
+
+
+def path_greedy_ids(models: SearchModels, images, op_weights, max_caption_len: int) -> tf.Tensor:
+    """Greedy decode by E (at `op_weights`) and F at the bound weights: `w1 … <end> <pad> …`,
+    int32 [B, max_caption_len − 1]."""
+    features = models.encoder(images, training=True, op_weights=tuple(op_weights))
+    ids, _ = greedy_decode(models.decoder, features, max_len=max_caption_len - 1,
+                           start_id=START_ID, end_id=END_ID, pad_id=PAD_ID)
+    return ids
+
+
 def supernet_logits(models: SearchModels, images, tokens_in, A, *, training_decoder=True):
     """F(E(images; A), tokens_in) at whatever weights are bound."""
-    features = models.encoder(images, training=True, op_weights=models.relax(A))
-    return models.decoder(features, tokens_in, training=training_decoder)
+    return path_logits(models, images, tokens_in, models.relax(A), training_decoder=training_decoder)
 
 
 def teacher_greedy_captions(models: SearchModels, images, A, max_caption_len: int) -> tf.Tensor:
     """ŷ: `<start>` + greedy decode by E, F at the bound weights. int32 [B, max_caption_len]."""
-    features = models.encoder(images, training=True, op_weights=models.relax(A))
-    ids, _ = greedy_decode(models.decoder, features, max_len=max_caption_len - 1,
-                           start_id=START_ID, end_id=END_ID, pad_id=PAD_ID)
+    ids = path_greedy_ids(models, images, models.relax(A), max_caption_len)
     start = tf.fill([tf.shape(ids)[0], 1], tf.constant(START_ID, ids.dtype))
     return tf.cast(tf.concat([start, ids], axis=1), tf.int32)
 

@@ -15,19 +15,12 @@ import numpy as np
 import tensorflow as tf
 
 from capnas_tf.config import SearchConfig
-from capnas_tf.search.captioning import SearchModels, caption_loss
+from capnas_tf.search.captioning import SearchModels, caption_loss, path_logits
 from capnas_tf.search.strategies import SearchStrategy, _gradients_of, apply_global_gradients
 from capnas_tf.search_space.cells import num_edges
 
 # `purpose` of a seed: the architecture step and the weight step of one search step draw apart.
 ARCH, WEIGHT = 0, 1
-
-
-def path_logits(models: SearchModels, images, tokens_in, op_weights, *, training_decoder: bool = True):
-    """F(E(images; op_weights), tokens_in): the supernet captioner at explicit op weights.
-    BatchNorm uses batch statistics, as everywhere in the search."""
-    features = models.encoder(images, training=True, op_weights=tuple(op_weights))
-    return models.decoder(features, tokens_in, training=training_decoder)
 
 
 def path_loss(models: SearchModels, batch: dict, op_weights, *, training_decoder: bool = True) -> tf.Tensor:

@@ -17,8 +17,7 @@ from typing import Callable
 import keras
 import tensorflow as tf
 
-from capnas_tf.decoders.decoding import greedy_decode
-from capnas_tf.search.captioning import END_ID, PAD_ID, START_ID, SearchModels
+from capnas_tf.search.captioning import SearchModels, path_greedy_ids
 
 SCORE_METRICS = ("BLEU", "CIDEr")  # no METEOR: its JVM start-up would cost more than the decoding
 
@@ -30,11 +29,7 @@ def make_path_caption_fn(models: SearchModels, *, max_caption_len: int) -> Calla
     @tf.function
     def caption_ids(images, w_normal, w_reduce):
         with keras.StatelessScope():  # updates of BN statistics and dropout seeds are dropped
-            # Batch statistics, as the search trains them: the moving averages of a mixture of ops
-            # do not describe one path.
-            features = models.encoder(images, training=True, op_weights=(w_normal, w_reduce))
-            ids, _ = greedy_decode(models.decoder, features, max_len=max_caption_len - 1,
-                                   start_id=START_ID, end_id=END_ID, pad_id=PAD_ID)
+            ids = path_greedy_ids(models, images, (w_normal, w_reduce), max_caption_len)
         return ids
 
     return caption_ids
