@@ -68,7 +68,9 @@ def make_step_function(strategy: SearchStrategy, dist: tf.distribute.Strategy, *
     def replica_step(batches):
         return strategy.step(batches, update_architecture=update_architecture)
 
-    @tf.function(jit_compile=jit_compile)
+    # AutoGraph off: the library's loops are explicit `tf.while_loop`s, and converting its functions was
+    # a third of the trace time of a nested-tape step (docs/performance.md).
+    @tf.function(jit_compile=jit_compile, autograph=False)
     def step(batches):
         return _reduce_metrics(dist, dist.run(replica_step, args=(batches,)))
 

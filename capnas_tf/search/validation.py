@@ -26,7 +26,7 @@ def make_path_caption_fn(models: SearchModels, *, max_caption_len: int) -> Calla
     """A `tf.function` (images [B, S, S, 3], op_weights) → token ids [B, L − 1] of the supernet
     captioner on the path `op_weights`; op weights are arguments, so a new genotype does not retrace."""
 
-    @tf.function
+    @tf.function(autograph=False)  # explicit tf.while_loop; see loop.make_step_function
     def caption_ids(images, w_normal, w_reduce):
         with keras.StatelessScope():  # updates of BN statistics and dropout seeds are dropped
             ids = path_greedy_ids(models, images, (w_normal, w_reduce), max_caption_len)
