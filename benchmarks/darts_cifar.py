@@ -13,7 +13,10 @@ Dense(10) head; batch 64 of 32×32×3 random images and 10 classes. Weights: SGD
 - darts_2nd: A by the second-order DARTS hypergradient through w' = w − η∇_w L_train, by nested
   tapes (`hypergradient.darts_hypergradient(method="exact")`, the search's default), then the weight step;
 - darts_2nd_fd: the same with DARTS' own central difference for the Hessian-vector product
-  (`method="finite_difference"`: what the reference PyTorch code runs).
+  (`method="finite_difference"`: what the reference PyTorch code runs);
+- darts_2nd_reuse, darts_2nd_fd_reuse: the two second orders with `--reuse_unrolled_gradients`: the
+  weight step applies the ∇_w L_train(w, A) the virtual step w' already computed instead of
+  recomputing it at the updated A (one forward and backward fewer).
 
 The reference, measured on a machine of this kind (2 cores, 2 threads): 7.2 s plain, 16.8 s first
 order, 36.9 s second order (5.1× plain), 13.9 GiB peak in second order. Targets: second order at
@@ -30,9 +33,12 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import search_step as bench  # noqa: E402  (shared measurement helpers)
 
-MODES = ("plain", "darts_1st", "darts_2nd", "darts_2nd_fd")
+MODES = ("plain", "darts_1st", "darts_2nd", "darts_2nd_reuse", "darts_2nd_fd", "darts_2nd_fd_reuse")
+SECOND_ORDER = ("darts_2nd", "darts_2nd_reuse", "darts_2nd_fd", "darts_2nd_fd_reuse")
 TITLES = {"plain": "plain weight step", "darts_1st": "DARTS 1st order", "darts_2nd": "DARTS 2nd order (nested tapes)",
-          "darts_2nd_fd": "DARTS 2nd order (finite diff., as the reference)"}
+          "darts_2nd_reuse": "DARTS 2nd order (nested tapes), reuse",
+          "darts_2nd_fd": "DARTS 2nd order (finite diff., as the reference)",
+          "darts_2nd_fd_reuse": "DARTS 2nd order (finite diff.), reuse"}
 REFERENCE_S = {"plain": 7.2, "darts_1st": 16.8, "darts_2nd_fd": 36.9}
 REFERENCE_PEAK_GIB = {"darts_2nd_fd": 13.9}
 
@@ -85,15 +91,21 @@ def measure(args) -> dict:
         apply_global_gradients(weight_optimizer, grads, weights, clip_norm=5.0)
         return loss
 
-    def darts_step(order, method):
-        grad_A, val_loss = hg.darts_hypergradient(loss_on(train), loss_on(val), values_of(A), values_of(weights),
-                                                  0.025, order=order, method=method, epsilon=0.01)
-        apply_global_gradients(arch_optimizer, grad_A, A)
-        return val_loss, weight_step()
+    def darts_step(order, method, reuse=False):
+        result = hg.darts_hypergradient_with_state(loss_on(train), loss_on(val), values_of(A), values_of(weights),
+                                                   0.025, order=order, method=method, epsilon=0.01)
+        apply_global_gradients(arch_optimizer, result.grad_A, A)
+        if reuse:  # the virtual step's ∇_w L_train(w, A_t), as DartsStrategy does with the option on
+            apply_global_gradients(weight_optimizer, result.train_grads, weights, clip_norm=5.0)
+            return result.val_loss, result.train_loss
+        return result.val_loss, weight_step()
 
     steps = {"plain": weight_step, "darts_1st": lambda: darts_step(1, "exact"),
-             "darts_2nd": lambda: darts_step(2, "exact"), "darts_2nd_fd": lambda: darts_step(2, "finite_difference")}
-    step = tf.function(steps[args.mode], jit_compile=args.xla)
+             "darts_2nd": lambda: darts_step(2, "exact"),
+             "darts_2nd_reuse": lambda: darts_step(2, "exact", reuse=True),
+             "darts_2nd_fd": lambda: darts_step(2, "finite_difference"),
+             "darts_2nd_fd_reuse": lambda: darts_step(2, "finite_difference", reuse=True)}
+    step = tf.function(steps[args.mode], jit_compile=args.xla, autograph=False)
     result = bench.time_steps(step, (), repeats=args.repeats)
     result["traces"] = step.experimental_get_tracing_count()
     result["params"] = int(sum(np.prod(w.shape) for w in weights))
@@ -151,7 +163,7 @@ def main(argv=None):
             results[(mode, xla)] = r
             shown = r.get("error") or (f"{r['step_s']:.2f} s/step, peak {r['peak_mb'] / 1024:.2f} GiB, "
                                       f"trace {r['trace_s']:.0f} s")
-            print(f"  XLA {'on ' if xla else 'off'} {mode:13s} {shown}  [{time.time() - t0:.0f} s]", flush=True)
+            print(f"  XLA {'on ' if xla else 'off'} {mode:18s} {shown}  [{time.time() - t0:.0f} s]", flush=True)
 
     rows = ["| step | XLA | time s | × our plain | reference s | × reference | peak GiB | reference GiB | trace s |",
             "|---|---|---|---|---|---|---|---|---|"]
@@ -169,10 +181,13 @@ def main(argv=None):
                         f"{bench.fmt(REFERENCE_PEAK_GIB.get(mode), '.1f')} | {r['trace_s']:.0f} |")
     verdicts = []
     for xla in xla_options:
-        plain, second = results.get(("plain", xla), {}), results.get(("darts_2nd", xla), {})
-        if "step_s" in plain and "step_s" in second:
+        plain = results.get(("plain", xla), {})
+        for mode in [m for m in SECOND_ORDER if m in modes]:
+            second = results.get((mode, xla), {})
+            if "step_s" not in plain or "step_s" not in second:
+                continue
             ratio, secs = second["step_s"] / plain["step_s"], second["step_s"]
-            verdicts.append(f"- XLA {'on' if xla else 'off'}: second order = {ratio:.2f}× our plain step "
+            verdicts.append(f"- XLA {'on' if xla else 'off'}, {TITLES[mode]} = {ratio:.2f}× our plain step "
                             f"(target ≤ 4×: {'met' if ratio <= 4 else 'missed'}); {secs:.1f} s "
                             f"(target ≤ 18 s, half the reference's 36.9 s: {'met' if secs <= 18 else 'missed'})")
     table = "\n".join(rows)

@@ -1,7 +1,9 @@
 """Cost of one search step, side by side: a plain Stage I supernet step (forward, backward, update of E
 and F), a DARTS first-order and second-order step, and a three-stage step with the `exact` and with the
 `finite_difference` hypergradient; each with and without XLA, at the default search config and at one
-twice as wide (2C) and twice as deep (2× cells), on the same batches.
+twice as wide (2C) and twice as deep (2× cells), on the same batches. The `*_reuse` modes are the
+same steps with `--reuse_unrolled_gradients` (the weight steps take the gradients the unrolled step
+already computed).
 
     python benchmarks/search_step.py              # full run → docs/performance.md
     python benchmarks/search_step.py --quick      # tiny supernet, fewer repeats (< 10 min on 2 cores)
@@ -28,9 +30,13 @@ import sys
 import threading
 import time
 
-MODES = ("plain", "darts_1st", "darts_2nd", "exact", "finite_difference")
+REUSE = "_reuse"  # suffix: the weight steps reuse the unrolled step's gradients (--reuse_unrolled_gradients)
+MODES = ("plain", "darts_1st", "darts_2nd", "darts_2nd_reuse", "exact", "exact_reuse", "finite_difference",
+         "finite_difference_reuse")
 MODE_TITLES = {"plain": "plain Stage I step", "darts_1st": "DARTS 1st order", "darts_2nd": "DARTS 2nd order",
-               "exact": "three-stage exact", "finite_difference": "three-stage finite diff."}
+               "darts_2nd_reuse": "DARTS 2nd order, reuse", "exact": "three-stage exact",
+               "exact_reuse": "three-stage exact, reuse", "finite_difference": "three-stage finite diff.",
+               "finite_difference_reuse": "three-stage finite diff., reuse"}
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_DOC = os.path.join(REPO, "docs", "performance.md")
 
@@ -125,7 +131,7 @@ def measure(args) -> dict:
     from capnas_tf.search.models import build_search_models
     from capnas_tf.search.strategies import DartsStrategy, ThreeStageStrategy
 
-    mode = args.mode
+    mode, reuse = args.mode.removesuffix(REUSE), args.mode.endswith(REUSE)
     if args.inter_op_threads:
         tf.config.threading.set_inter_op_parallelism_threads(args.inter_op_threads)
     batches = synthetic_batches(args.batch_size, args.image_size, args.max_caption_len, args.vocab_size)
@@ -133,13 +139,15 @@ def measure(args) -> dict:
                               **({"primitives": tuple(args.primitives.split(","))} if args.primitives else {}))
     hyper = "finite_difference" if mode == "finite_difference" else "exact"
     config = SearchConfig(hypergradient=hyper, darts_order=1 if mode == "darts_1st" else 2, supernet=supernet,
-                          strategy="darts" if mode.startswith("darts") else "three_stage", xla=args.xla)
+                          strategy="darts" if mode.startswith("darts") else "three_stage", xla=args.xla,
+                          reuse_unrolled_gradients=reuse)
     models = build_search_models(config, vocab_size=args.vocab_size, max_caption_len=args.max_caption_len,
                                  image_size=args.image_size)
     cls = DartsStrategy if mode.startswith("darts") else ThreeStageStrategy
     strategy = cls(models, config, max_caption_len=args.max_caption_len)
     if mode == "plain":
-        step = tf.function(lambda b: strategy.supernet_weight_step(b["train"]), jit_compile=args.xla)
+        step = tf.function(lambda b: strategy.supernet_weight_step(b["train"]), jit_compile=args.xla,
+                           autograph=False)  # as the loop's step function
     else:  # the search loop's own step function: A, then the weights
         step = make_step_function(strategy, tf.distribute.get_strategy(), update_architecture=True,
                                   jit_compile=args.xla)

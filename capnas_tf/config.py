@@ -43,6 +43,8 @@ class SearchConfig:
     arch_weight_decay: float = 1e-3
     grad_clip: float = 5.0
     fd_epsilon: float = 0.01
+    # Weight steps reuse the unrolled step's gradients (three_stage; darts order 2): see the flag's help.
+    reuse_unrolled_gradients: bool = False
     xla: bool = False
     log_every: int = 10
     checkpoint_every: int = 50

@@ -65,6 +65,13 @@ flags.DEFINE_float("arch_lr", _S.arch_lr, "η_a: Adam learning rate of A.")
 flags.DEFINE_float("arch_weight_decay", _S.arch_weight_decay, "Decoupled weight decay of A.")
 flags.DEFINE_float("grad_clip", _S.grad_clip, "Clip the weight gradients to this global norm (0: off).")
 flags.DEFINE_float("fd_epsilon", _S.fd_epsilon, "ε of the finite differences; the step is ε/‖v‖.")
+flags.DEFINE_bool(
+    "reuse_unrolled_gradients", _S.reuse_unrolled_gradients,
+    "three_stage and darts (order 2): take the weight steps with the gradients the unrolled step already "
+    "computed (∇_{E,F} L_tr at the A before its update; for three_stage also ∇_W L against the virtual "
+    "teacher E', F'), i.e. simultaneous instead of alternating updates. Saves a supernet forward and "
+    "backward (and for three_stage a greedy decode and the student's step) per search step; changes the "
+    "numerics slightly. Off: the paper's alternation.")
 flags.DEFINE_bool("xla", _S.xla, "Compile the search step with XLA (often slower on CPU; measure). One replica "
                   "only: refused over several (--strategy=mirrored on 2+ devices, multi_worker).")
 flags.DEFINE_integer("log_every", _S.log_every, "Log a progress line and TensorBoard scalars every N steps.")
@@ -111,7 +118,8 @@ def search_config_from_flags() -> SearchConfig:
         student_decoder=FLAGS.student_decoder, eta_e=FLAGS.eta_e, eta_f=FLAGS.eta_f, eta_w=FLAGS.eta_w,
         weight_lr=FLAGS.weight_lr, student_lr=FLAGS.student_lr, weight_decay=FLAGS.weight_decay,
         arch_lr=FLAGS.arch_lr, arch_weight_decay=FLAGS.arch_weight_decay, grad_clip=FLAGS.grad_clip,
-        fd_epsilon=FLAGS.fd_epsilon, xla=FLAGS.xla, log_every=FLAGS.log_every,
+        fd_epsilon=FLAGS.fd_epsilon, reuse_unrolled_gradients=FLAGS.reuse_unrolled_gradients,
+        xla=FLAGS.xla, log_every=FLAGS.log_every,
         checkpoint_every=FLAGS.checkpoint_every, eval_images=FLAGS.search_eval_images, gdas_tau_max=FLAGS.gdas_tau_max, gdas_tau_min=FLAGS.gdas_tau_min,
         random_ws_candidates=FLAGS.random_ws_candidates, random_ws_rank_batches=FLAGS.random_ws_rank_batches,
         controller_units=FLAGS.controller_units, controller_lr=FLAGS.controller_lr,

@@ -75,7 +75,9 @@ class InnerLearningRates:
 
 @dataclasses.dataclass
 class UnrolledState:
-    """E', F', W' and the losses met on the way."""
+    """E', F', W', the losses met on the way, and the first-order gradients the virtual steps took:
+    train_grads = ∇_{E,F} L_tr(E, F, A) (E's part, then F's) and student_grads = ∇_W L(W, U, E', F'),
+    both already summed over replicas. A weight step may reuse them (`reuse_unrolled_gradients`)."""
 
     E1: Values
     F1: Values
@@ -84,6 +86,8 @@ class UnrolledState:
     train_loss: tf.Tensor
     pseudo_caption_loss: tf.Tensor
     val_loss: tf.Tensor
+    train_grads: Values
+    student_grads: Values
 
 
 @dataclasses.dataclass
@@ -131,7 +135,7 @@ def unroll(problem: ThreeStageProblem, A: Values, E: Values, F: Values, W: Value
 
     # Stage III.
     L_val = problem.val_loss(W1)
-    return UnrolledState(E1, F1, W1, tokens, L_tr, L_u, L_val)
+    return UnrolledState(E1, F1, W1, tokens, L_tr, L_u, L_val, g, gW)
 
 
 def exact_hypergradient(problem: ThreeStageProblem, A: Values, E: Values, F: Values, W: Values,
@@ -201,15 +205,36 @@ def finite_difference_hypergradient(problem: ThreeStageProblem, A: Values, E: Va
 
     gA_plus, gA_minus = stage1_grad_A(1.0), stage1_grad_A(-1.0)
     grad_A = [ua - (p - m) / (2.0 * eps_d) for ua, p, m in zip(uA, gA_plus, gA_minus)]
-    return Hypergradient(grad_A, UnrolledState(E1, F1, W1, tokens, L_tr, L_u, L_val))
+    return Hypergradient(grad_A, UnrolledState(E1, F1, W1, tokens, L_tr, L_u, L_val, gE + gF, gW))
+
+
+@dataclasses.dataclass
+class DartsHypergradient:
+    """∇_A, L_val, and for order 2 the gradient the virtual step took, ∇_w L_train(w, A) (None for
+    order 1, which takes no virtual step)."""
+
+    grad_A: Values
+    val_loss: tf.Tensor
+    train_grads: Values | None
+    train_loss: tf.Tensor | None
 
 
 def darts_hypergradient(train_loss: Callable, val_loss: Callable, A: Values, w: Values, eta: float,
                         *, order: int = 2, method: str = "exact", epsilon: float = 0.01,
                         reduce_gradients: Callable = _identity) -> tuple[Values, tf.Tensor]:
+    """(∇_A, L_val) of `darts_hypergradient_with_state` (same arguments)."""
+    result = darts_hypergradient_with_state(train_loss, val_loss, A, w, eta, order=order, method=method,
+                                            epsilon=epsilon, reduce_gradients=reduce_gradients)
+    return result.grad_A, result.val_loss
+
+
+def darts_hypergradient_with_state(train_loss: Callable, val_loss: Callable, A: Values, w: Values,
+                                   eta: float, *, order: int = 2, method: str = "exact",
+                                   epsilon: float = 0.01,
+                                   reduce_gradients: Callable = _identity) -> DartsHypergradient:
     """The DARTS bilevel hypergradient (Liu et al. 2019, arXiv 1806.09055, eq. 6–8).
 
-    train_loss(w, A) = L_train, val_loss(w, A) = L_val. Returns (∇_A, L_val).
+    train_loss(w, A) = L_train, val_loss(w, A) = L_val.
       order 1:  ∇_A L_val(w, A)
       order 2:  ∇_A L_val(w', A) with w' = w − η ∇_w L_train(w, A), i.e.
                 ∇_A L_val(w', A) − η ∇²_{A,w} L_train(w, A) · ∇_{w'} L_val(w', A),
@@ -219,7 +244,7 @@ def darts_hypergradient(train_loss: Callable, val_loss: Callable, A: Values, w: 
     reduce = reduce_gradients
     if order == 1:
         L_val, (gA,) = _gradients(lambda: val_loss(w, A), [A], reduce)
-        return gA, L_val
+        return DartsHypergradient(gA, L_val, None, None)
     if order != 2:
         raise ValueError(f"darts_hypergradient: order must be 1 or 2, received {order!r}.")
     if method == "exact":
@@ -228,17 +253,19 @@ def darts_hypergradient(train_loss: Callable, val_loss: Callable, A: Values, w: 
             with tf.GradientTape() as tape_w:
                 tape_w.watch(w)
                 L_tr = train_loss(w, A)
-            w1 = unrolled(w, reduce(densify(tape_w.gradient(L_tr, w), w)), eta)
+            gw = reduce(densify(tape_w.gradient(L_tr, w), w))
+            w1 = unrolled(w, gw, eta)
             L_val = val_loss(w1, A)
-        return reduce(densify(tape_A.gradient(L_val, A), A)), L_val
+        return DartsHypergradient(reduce(densify(tape_A.gradient(L_val, A), A)), L_val, gw, L_tr)
     if method != "finite_difference":
         raise ValueError(
             f"darts_hypergradient: method must be 'exact' or 'finite_difference', received {method!r}."
         )
-    _, (gw,) = _gradients(lambda: train_loss(w, A), [w], reduce)
+    L_tr, (gw,) = _gradients(lambda: train_loss(w, A), [w], reduce)
     w1 = unrolled(w, gw, eta)
     L_val, (v, g_direct) = _gradients(lambda: val_loss(w1, A), [w1, A], reduce)
     eps = _perturbation_scale(epsilon, v)
     g_plus = _gradients(lambda: train_loss(axpy(eps, v, w), A), [A], reduce)[1][0]
     g_minus = _gradients(lambda: train_loss(axpy(-eps, v, w), A), [A], reduce)[1][0]
-    return [g - eta * (p - m) / (2.0 * eps) for g, p, m in zip(g_direct, g_plus, g_minus)], L_val
+    grad_A = [g - eta * (p - m) / (2.0 * eps) for g, p, m in zip(g_direct, g_plus, g_minus)]
+    return DartsHypergradient(grad_A, L_val, gw, L_tr)

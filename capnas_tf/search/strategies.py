@@ -117,9 +117,7 @@ class SearchStrategy:
             logits = supernet_logits(self.models, batch["image"], batch["tokens"][:, :-1], A)
             return caption_loss(logits, batch["tokens"])
 
-        loss, grads = _gradients_of(loss_fn, variables)
-        norm = apply_global_gradients(self.weight_optimizer, grads, variables, self.config.grad_clip)
-        return {"stage1/train_loss": loss, "stage1/grad_norm": norm}
+        return self.apply_supernet_gradients(*_gradients_of(loss_fn, variables))
 
     def weight_step(self, batches: dict) -> dict:
         return self.supernet_weight_step(batches["train"])
@@ -128,6 +126,12 @@ class SearchStrategy:
         metrics = self.architecture_step(batches) if update_architecture else {}
         metrics.update(self.weight_step(batches))
         return metrics
+
+    def apply_supernet_gradients(self, loss: tf.Tensor, grads: list) -> dict:
+        """E, F ← one optimizer step on already-reduced gradients ∇_{E,F} L_tr (E's part, then F's)."""
+        norm = apply_global_gradients(self.weight_optimizer, grads, self.models.E + self.models.F,
+                                      self.config.grad_clip)
+        return {"stage1/train_loss": loss, "stage1/grad_norm": norm}
 
 
 class ThreeStageStrategy(SearchStrategy):
@@ -152,9 +156,6 @@ class ThreeStageStrategy(SearchStrategy):
         self.estimate = estimators[config.hypergradient]
         self.stage2_loss = get_stage2_loss(config.stage2)
 
-    def describe(self) -> str:
-        return f"three_stage ({self.config.hypergradient} hypergradient, stage2={self.config.stage2})"
-
     def checkpoint_items(self) -> dict:
         return dict(super().checkpoint_items(), student=model_state(self.models.student),
                     student_optimizer=self.student_optimizer)
@@ -168,12 +169,37 @@ class ThreeStageStrategy(SearchStrategy):
         return self.estimate(problem, self.A_values(), values_of(m.E), values_of(m.F), values_of(m.W),
                              self.eta)
 
+    def describe(self) -> str:
+        reuse = ", weight steps reuse the unrolled gradients" if self.config.reuse_unrolled_gradients else ""
+        return f"three_stage ({self.config.hypergradient} hypergradient, stage2={self.config.stage2}{reuse})"
+
     def architecture_step(self, batches: dict) -> dict:
-        result = self.hypergradient(batches)
+        return self.apply_hypergradient(self.hypergradient(batches))
+
+    def apply_hypergradient(self, result: hg.Hypergradient) -> dict:
         norm = apply_global_gradients(self.arch_optimizer, result.grad_A, self.models.A)
         s = result.state
         return {"stage1/virtual_train_loss": s.train_loss, "stage2/virtual_loss": s.pseudo_caption_loss,
                 "stage3/val_loss": s.val_loss, "arch/hypergradient_norm": norm}
+
+    def step(self, batches: dict, *, update_architecture: bool) -> dict:
+        """With `reuse_unrolled_gradients`, every update of the step comes from the state at its start
+        (A_t, E_t, F_t, W_t), simultaneously instead of alternating:
+            A ← opt(∇_A f),  E, F ← opt(∇_{E,F} L_tr(E, F, A_t)),  W ← opt(∇_W L(W, U, E', F')),
+        the last two being the gradients the virtual steps E', F', W' already took. That saves a
+        Stage I forward and backward, the teacher's greedy decode of U, and the student's step. The
+        W step then learns from the virtual teacher E', F' (one SGD step of size η_e, η_f from E, F)
+        rather than from the teacher after its optimizer step."""
+        if not (update_architecture and self.config.reuse_unrolled_gradients):
+            return super().step(batches, update_architecture=update_architecture)
+        result = self.hypergradient(batches)
+        metrics = self.apply_hypergradient(result)
+        s = result.state
+        metrics.update(self.apply_supernet_gradients(s.train_loss, s.train_grads))
+        norm = apply_global_gradients(self.student_optimizer, s.student_grads, self.models.W,
+                                      self.config.grad_clip)
+        metrics.update({"stage2/student_loss": s.pseudo_caption_loss, "stage2/grad_norm": norm})
+        return metrics
 
     def student_weight_step(self, images: tf.Tensor) -> dict:
         """W ← one optimizer step on L(W, U, E, F) against the current teacher's captions of U."""
@@ -203,7 +229,13 @@ class DartsStrategy(SearchStrategy):
 
     def describe(self) -> str:
         c = self.config
-        return f"darts (order {c.darts_order}" + (f", {c.hypergradient})" if c.darts_order == 2 else ")")
+        reuse = ", weight step reuses the unrolled gradient" if self.reuses_unrolled_gradient else ""
+        return f"darts (order {c.darts_order}" + (f", {c.hypergradient}{reuse})" if c.darts_order == 2 else ")")
+
+    @property
+    def reuses_unrolled_gradient(self) -> bool:
+        # Order 1 takes no virtual step, so it has no ∇_w L_train to hand over.
+        return self.config.reuse_unrolled_gradients and self.config.darts_order == 2
 
     def _loss_on(self, batch):
         def loss(w, A):
@@ -213,16 +245,33 @@ class DartsStrategy(SearchStrategy):
             return caption_loss(logits, batch["tokens"])
         return loss
 
-    def architecture_step(self, batches: dict) -> dict:
+    def hypergradient(self, batches: dict) -> hg.DartsHypergradient:
         m = self.models
         w = values_of(m.E) + values_of(m.F)
         method = "exact" if self.config.hypergradient == "exact" else "finite_difference"
-        grad_A, val_loss = hg.darts_hypergradient(
+        return hg.darts_hypergradient_with_state(
             self._loss_on(batches["train"]), self._loss_on(batches["val"]), self.A_values(), w,
             self.config.eta_e, order=self.config.darts_order, method=method,
             epsilon=self.config.fd_epsilon, reduce_gradients=all_reduce_sum)
-        norm = apply_global_gradients(self.arch_optimizer, grad_A, m.A)
-        return {"darts/val_loss": val_loss, "arch/hypergradient_norm": norm}
+
+    def apply_hypergradient(self, result: hg.DartsHypergradient) -> dict:
+        norm = apply_global_gradients(self.arch_optimizer, result.grad_A, self.models.A)
+        return {"darts/val_loss": result.val_loss, "arch/hypergradient_norm": norm}
+
+    def architecture_step(self, batches: dict) -> dict:
+        return self.apply_hypergradient(self.hypergradient(batches))
+
+    def step(self, batches: dict, *, update_architecture: bool) -> dict:
+        """With `reuse_unrolled_gradients` (order 2): A ← opt(∇_A L_val(w')) and w ← opt(∇_w L_train(w, A_t)),
+        the gradient the virtual step w' = w − η ∇_w L_train already took: simultaneous updates from the
+        state at the step's start, one forward and backward of the supernet fewer than DARTS'
+        alternation (which recomputes ∇_w L_train at the updated A)."""
+        if not (update_architecture and self.reuses_unrolled_gradient):
+            return super().step(batches, update_architecture=update_architecture)
+        result = self.hypergradient(batches)
+        metrics = self.apply_hypergradient(result)
+        metrics.update(self.apply_supernet_gradients(result.train_loss, result.train_grads))
+        return metrics
 
 
 STRATEGIES: dict[str, type[SearchStrategy]] = {
