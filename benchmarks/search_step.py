@@ -3,7 +3,7 @@ and F), a DARTS first-order and second-order step, and a three-stage step with t
 `finite_difference` hypergradient; each with and without XLA, at the default search config and at one
 twice as wide (2C) and twice as deep (2× cells), on the same batches. The `*_reuse` modes are the
 same steps with `--reuse_unrolled_gradients` (the weight steps take the gradients the unrolled step
-already computed).
+already computed), the `*_pc` modes with PC-DARTS partial channels (`--partial_channels`).
 
     python benchmarks/search_step.py              # full run → docs/performance.md
     python benchmarks/search_step.py --quick      # tiny supernet, fewer repeats (< 10 min on 2 cores)
@@ -31,12 +31,16 @@ import threading
 import time
 
 REUSE = "_reuse"  # suffix: the weight steps reuse the unrolled step's gradients (--reuse_unrolled_gradients)
-MODES = ("plain", "darts_1st", "darts_2nd", "darts_2nd_reuse", "exact", "exact_reuse", "finite_difference",
-         "finite_difference_reuse")
-MODE_TITLES = {"plain": "plain Stage I step", "darts_1st": "DARTS 1st order", "darts_2nd": "DARTS 2nd order",
+PC = "_pc"  # suffix: PC-DARTS partial channels, K = --partial_channels (--partial_channels)
+MODES = ("plain", "plain_pc", "darts_1st", "darts_2nd", "darts_2nd_reuse", "exact", "exact_reuse", "exact_pc",
+         "finite_difference", "finite_difference_reuse", "finite_difference_pc")
+MODE_TITLES = {"plain": "plain Stage I step", "plain_pc": "plain Stage I step, partial channels",
+               "darts_1st": "DARTS 1st order", "darts_2nd": "DARTS 2nd order",
                "darts_2nd_reuse": "DARTS 2nd order, reuse", "exact": "three-stage exact",
-               "exact_reuse": "three-stage exact, reuse", "finite_difference": "three-stage finite diff.",
-               "finite_difference_reuse": "three-stage finite diff., reuse"}
+               "exact_reuse": "three-stage exact, reuse", "exact_pc": "three-stage exact, partial channels",
+               "finite_difference": "three-stage finite diff.",
+               "finite_difference_reuse": "three-stage finite diff., reuse",
+               "finite_difference_pc": "three-stage finite diff., partial channels"}
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_DOC = os.path.join(REPO, "docs", "performance.md")
 
@@ -131,11 +135,13 @@ def measure(args) -> dict:
     from capnas_tf.search.models import build_search_models
     from capnas_tf.search.strategies import DartsStrategy, ThreeStageStrategy
 
-    mode, reuse = args.mode.removesuffix(REUSE), args.mode.endswith(REUSE)
+    mode, partial = args.mode.removesuffix(PC), args.mode.endswith(PC)
+    mode, reuse = mode.removesuffix(REUSE), mode.endswith(REUSE)
     if args.inter_op_threads:
         tf.config.threading.set_inter_op_parallelism_threads(args.inter_op_threads)
     batches = synthetic_batches(args.batch_size, args.image_size, args.max_caption_len, args.vocab_size)
     supernet = SupernetConfig(channels=args.channels, num_cells=args.cells, num_nodes=args.nodes,
+                              partial_channels=args.partial_channels if partial else 1,
                               **({"primitives": tuple(args.primitives.split(","))} if args.primitives else {}))
     hyper = "finite_difference" if mode == "finite_difference" else "exact"
     config = SearchConfig(hypergradient=hyper, darts_order=1 if mode == "darts_1st" else 2, supernet=supernet,
@@ -307,6 +313,8 @@ def parse_args(argv=None):
     parser.add_argument("--cells", type=int, default=5, help="cells of the default supernet")
     parser.add_argument("--nodes", type=int, default=4, help="intermediate nodes per cell")
     parser.add_argument("--primitives", default="", help="comma-separated candidate ops (empty: the DARTS set)")
+    parser.add_argument("--partial_channels", type=int, default=0,
+                        help="K of the *_pc modes (PC-DARTS); default 4 (PC-DARTS' K), --quick 2")
     parser.add_argument("--batch_size", type=int, default=16, help="batch of each stream (configs/shapes_search.cfg)")
     parser.add_argument("--image_size", type=int, default=32, help="S of the S×S×3 images")
     parser.add_argument("--max_caption_len", type=int, default=16, help="L, tokens per caption incl. <start>")
@@ -348,7 +356,9 @@ def parse_args(argv=None):
         args.primitives = args.primitives or "none,skip_connect,avg_pool_3x3,sep_conv_3x3"
         args.xla_modes = args.xla_modes or "plain,exact"
         args.xla_configs = args.xla_configs or "default"
+        args.partial_channels = args.partial_channels or 2
     args.repeats = args.repeats or 5
+    args.partial_channels = args.partial_channels or 4
     return args
 
 
@@ -380,11 +390,12 @@ def main(argv=None):
     common = [f"--batch_size={args.batch_size}", f"--image_size={args.image_size}",
               f"--max_caption_len={args.max_caption_len}", f"--vocab_size={args.vocab_size}",
               f"--repeats={args.repeats}", f"--primitives={args.primitives}",
-              f"--inter_op_threads={args.inter_op_threads}"]
+              f"--inter_op_threads={args.inter_op_threads}", f"--partial_channels={args.partial_channels}"]
     command = args.command or "python benchmarks/search_step.py " + " ".join(argv)
     header = (f"supernet {', '.join(s.name + ': ' + s.describe() for s in settings)}; "
               f"candidate ops: {args.primitives or 'the DARTS set (8)'}; batch {args.batch_size} per stream, "
               f"{args.image_size}×{args.image_size} images, L={args.max_caption_len}, V={args.vocab_size}; "
+              f"partial channels (*_pc): K={args.partial_channels}; "
               f"median of {args.repeats} steps after trace + warm-up")
     machine = args.machine or machine_line()
     print(header + "\n" + machine, flush=True)

@@ -17,6 +17,7 @@ class SupernetConfig:
                          "sep_conv_5x5", "dil_conv_3x3", "dil_conv_5x5")  # the DARTS candidate set
     relaxation: str = "softmax"
     max_skip_connect: int | None = 2  # cap on skip_connect in the derived normal cell (DARTS collapse)
+    partial_channels: int = 1  # PC-DARTS' K: 1/K of each edge's channels through its candidates (1: off)
 
 
 @dataclasses.dataclass(frozen=True)

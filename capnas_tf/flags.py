@@ -95,6 +95,11 @@ flags.DEFINE_float("reinforce_entropy_weight", _S.reinforce_entropy_weight,
 flags.DEFINE_float("reinforce_baseline_decay", _S.reinforce_baseline_decay,
                    "reinforce: δ of the moving-average reward baseline b ← δ·b + (1 − δ)·R.")
 flags.DEFINE_integer("supernet_channels", _N.channels, "C: initial channels of the supernet.")
+flags.DEFINE_integer(
+    "partial_channels", _N.partial_channels,
+    "PC-DARTS' K: only 1/K of each supernet edge's channels go through its candidate ops (the rest bypass "
+    "them and a channel shuffle mixes the two); cuts the supernet's activation memory and compute. Must "
+    "divide --supernet_channels. 1: off (every channel through every op).")
 flags.DEFINE_integer("supernet_cells", _N.num_cells, "Number of supernet cells.")
 flags.DEFINE_integer("supernet_nodes", _N.num_nodes, "Intermediate nodes per cell.")
 flags.DEFINE_list("primitives", list(_N.primitives), "Candidate operations of every mixed edge (names "
@@ -109,7 +114,7 @@ flags.DEFINE_integer("max_skip_connect", _N.max_skip_connect,
 def search_config_from_flags() -> SearchConfig:
     supernet = SupernetConfig(
         channels=FLAGS.supernet_channels, num_cells=FLAGS.supernet_cells, num_nodes=FLAGS.supernet_nodes,
-        primitives=tuple(FLAGS.primitives), relaxation=FLAGS.relaxation,
+        primitives=tuple(FLAGS.primitives), relaxation=FLAGS.relaxation, partial_channels=FLAGS.partial_channels,
         max_skip_connect=None if FLAGS.max_skip_connect < 0 else FLAGS.max_skip_connect)
     return SearchConfig(
         strategy=FLAGS.search_strategy, hypergradient=FLAGS.hypergradient, stage2=FLAGS.stage2,

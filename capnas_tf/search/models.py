@@ -23,7 +23,7 @@ def build_search_models(config: SearchConfig, *, vocab_size: int, max_caption_le
     net = config.supernet
     encoder = SupernetEncoder(channels=net.channels, num_cells=net.num_cells, num_nodes=net.num_nodes,
                               stem_multiplier=net.stem_multiplier, primitives=net.primitives, seed=seed,
-                              name="supernet")
+                              partial_channels=net.partial_channels, name="supernet")
     decoder = get_decoder(config.decoder, vocab_size=vocab_size, max_len=max_caption_len - 1)
     student = Captioner(get_encoder(config.student_encoder),
                         get_decoder(config.student_decoder, vocab_size=vocab_size, max_len=max_caption_len - 1),

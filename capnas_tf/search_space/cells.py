@@ -201,6 +201,7 @@ class SearchCell(_Cell):
       reduction_prev: the previous cell was a reduction (s₀ is at twice s₁'s resolution).
       primitives: the K candidates of every edge.
       affine: learn BN's γ, β (DARTS' supernet: False).
+      partial_channels: PC-DARTS' K for every edge (`MixedOp`); 1: off.
 
     Call arguments:
       s0, s1: outputs of cells k−2 and k−1, `[B, H₀, W₀, C₀]`, `[B, H, W, C₁]`.
@@ -212,12 +213,15 @@ class SearchCell(_Cell):
     """
 
     def __init__(self, num_nodes: int = 4, channels: int = 8, reduction: bool = False,
-                 reduction_prev: bool = False, primitives=PRIMITIVES, affine: bool = False, **kwargs):
+                 reduction_prev: bool = False, primitives=PRIMITIVES, affine: bool = False,
+                 partial_channels: int = 1, **kwargs):
         super().__init__(channels, reduction, reduction_prev, affine, **kwargs)
         self.num_nodes = int(num_nodes)
         self.primitives = check_primitives(primitives, "SearchCell")
+        self.partial_channels = int(partial_channels)
         self.edges = [
-            MixedOp(self.channels, self.stride_of(j), self.primitives, self.affine, dtype=self.dtype_policy)
+            MixedOp(self.channels, self.stride_of(j), self.primitives, self.affine,
+                    partial_channels=self.partial_channels, dtype=self.dtype_policy)
             for i in range(self.num_nodes) for j in range(i + 2)
         ]
 
@@ -245,7 +249,8 @@ class SearchCell(_Cell):
         return tf.concat(states[2:], axis=-1)  # (B, H', W', N·C)
 
     def get_config(self):
-        return {**super().get_config(), "num_nodes": self.num_nodes, "primitives": list(self.primitives)}
+        return {**super().get_config(), "num_nodes": self.num_nodes, "primitives": list(self.primitives),
+                "partial_channels": self.partial_channels}
 
 
 @keras.saving.register_keras_serializable(package="capnas_tf")

@@ -2,6 +2,12 @@
 
 The weights w are a call argument, not a variable of the layer: the relaxation (softmax, Gumbel,
 uniform) and the architecture A live outside, so the same layer serves every search strategy.
+
+Partial channels (PC-DARTS, Xu et al. 2020, arXiv 1907.05737): with K > 1 only the first C/K channels
+go through the candidates, the others bypass them (max-pooled 2×2 on a stride-2 edge), and a channel
+shuffle with K groups interleaves the two so that the next edge samples other channels. The candidates'
+activations, their memory and most of their compute shrink by K. PC-DARTS' edge normalisation (β) is
+not implemented.
 """
 from __future__ import annotations
 
@@ -20,6 +26,7 @@ class MixedOp(keras.layers.Layer):
       stride: 1, or 2 for the edges of a reduction cell that read the previous cells.
       primitives: candidate names (keys of `ops.OPS`), K of them; w is ordered the same way.
       affine: learn BN's γ, β in the candidates (DARTS' supernet: False).
+      partial_channels: K of PC-DARTS; 1 (default): every channel through every candidate.
 
     Call arguments:
       x: `[B, H, W, C]`.
@@ -36,35 +43,56 @@ class MixedOp(keras.layers.Layer):
     """
 
     def __init__(self, channels: int, stride: int = 1, primitives=PRIMITIVES, affine: bool = False,
-                 **kwargs):
+                 partial_channels: int = 1, **kwargs):
         super().__init__(**kwargs)
         self.channels = int(channels)
         self.stride = int(stride)
         self.primitives = check_primitives(primitives, "MixedOp")
         self.affine = bool(affine)
+        self.partial_channels = int(partial_channels)
+        if self.partial_channels < 1 or self.channels % self.partial_channels:
+            raise ValueError(f"MixedOp: partial_channels must be >= 1 and divide the edge's channels "
+                             f"C={self.channels}; received partial_channels={partial_channels!r}.")
+        self.op_channels = self.channels // self.partial_channels
         # DARTS adds an affine-free BN after each pooling candidate of the supernet.
         self.candidates = [
-            make_candidate(name, self.channels, self.stride, self.affine, pool_batchnorm=True,
+            make_candidate(name, self.op_channels, self.stride, self.affine, pool_batchnorm=True,
                            dtype=self.dtype_policy)
             for name in self.primitives
         ]
 
     def build(self, input_shape):
         for op in self.candidates:
-            op.build(input_shape)
+            op.build(tuple(input_shape[:-1]) + (self.op_channels,))
 
     def call(self, x, weights, training=None):
         if weights.shape.rank is not None and weights.shape.rank != 1:
             raise ValueError(f"MixedOp: weights must have shape [K={len(self.primitives)}]; "
                              f"received shape {weights.shape}.")
         weights = tf.cast(weights, x.dtype)
-        return tf.add_n([weights[k] * op(x, training=training) for k, op in enumerate(self.candidates)])
+        if self.partial_channels == 1:
+            return tf.add_n([weights[k] * op(x, training=training) for k, op in enumerate(self.candidates)])
+        x_ops, x_bypass = x[..., : self.op_channels], x[..., self.op_channels:]
+        mixed = tf.add_n([weights[k] * op(x_ops, training=training) for k, op in enumerate(self.candidates)])
+        if self.stride == 2:
+            x_bypass = tf.nn.max_pool2d(x_bypass, 2, 2, "SAME")
+        return channel_shuffle(tf.concat([mixed, x_bypass], axis=-1), self.partial_channels)
 
     def compute_output_shape(self, input_shape):
-        return self.candidates[0].compute_output_shape(input_shape)
+        out = self.candidates[0].compute_output_shape(tuple(input_shape[:-1]) + (self.op_channels,))
+        return tuple(out[:-1]) + (self.channels,)
 
     def get_config(self):
         config = super().get_config()
         config.update(channels=self.channels, stride=self.stride, primitives=list(self.primitives),
-                      affine=self.affine)
+                      affine=self.affine, partial_channels=self.partial_channels)
         return config
+
+
+def channel_shuffle(x: tf.Tensor, groups: int) -> tf.Tensor:
+    """[B, H, W, C] with channels in `groups` consecutive blocks → channel c·groups + g holds block g's
+    c-th channel (ShuffleNet's shuffle, channels last), e.g. [a0 a1 b0 b1] → [a0 b0 a1 b1]."""
+    b, h, w, c = tf.unstack(tf.shape(x))
+    y = tf.reshape(x, tf.stack([b, h, w, groups, c // groups]))
+    y = tf.transpose(y, [0, 1, 2, 4, 3])
+    return tf.reshape(y, tf.shape(x))

@@ -34,6 +34,8 @@ class SupernetEncoder(keras.Model):
       stem_multiplier: the stem outputs stem_multiplier · C channels.
       primitives: the K candidate op names (keys of `ops.OPS`); the column order of A.
       affine: learn BN's γ, β inside the cells (DARTS' supernet: False).
+      partial_channels: PC-DARTS' K: only C/K channels of each edge go through its candidates (see
+        `mixed_op`); must divide `channels`. 1 (default): off.
       alpha_init_scale: A ← alpha_init_scale · N(0, 1) (DARTS: 1e-3).
       seed: seed of A's initialisation.
 
@@ -57,7 +59,7 @@ class SupernetEncoder(keras.Model):
 
     def __init__(self, channels: int = 8, num_cells: int = 5, num_nodes: int = 4, stem_multiplier: int = 3,
                  primitives=PRIMITIVES, affine: bool = False, alpha_init_scale: float = 1e-3,
-                 seed: int | None = 0, **kwargs):
+                 seed: int | None = 0, partial_channels: int = 1, **kwargs):
         super().__init__(**kwargs)
         for arg, value, minimum in (("channels", channels, 1), ("num_cells", num_cells, 1),
                                     ("num_nodes", num_nodes, 1), ("stem_multiplier", stem_multiplier, 1)):
@@ -69,13 +71,18 @@ class SupernetEncoder(keras.Model):
         self.stem_multiplier = int(stem_multiplier)
         self._primitives = check_primitives(primitives, "SupernetEncoder")
         self.affine = bool(affine)
+        self.partial_channels = int(partial_channels)
+        if self.partial_channels < 1 or self.channels % self.partial_channels:
+            raise ValueError(f"SupernetEncoder: partial_channels (--partial_channels) must be >= 1 and divide "
+                             f"channels (--supernet_channels) = {self.channels}; received {partial_channels!r}.")
         self.alpha_init_scale = float(alpha_init_scale)
         self.seed = seed
 
         policy = self.dtype_policy
         self.stem = Stem(self.stem_multiplier * self.channels, affine=True, dtype=policy)
         self.cells = [
-            SearchCell(self.num_nodes, c, reduction, reduction_prev, self._primitives, self.affine, dtype=policy)
+            SearchCell(self.num_nodes, c, reduction, reduction_prev, self._primitives, self.affine,
+                       partial_channels=self.partial_channels, dtype=policy)
             for reduction, reduction_prev, c in cell_plan(self.num_cells, self.channels)
         ]
         self._output_channels = self.num_nodes * cell_plan(self.num_cells, self.channels)[-1][2]
@@ -154,5 +161,6 @@ class SupernetEncoder(keras.Model):
         config = super().get_config()
         config.update(channels=self.channels, num_cells=self.num_cells, num_nodes=self.num_nodes,
                       stem_multiplier=self.stem_multiplier, primitives=list(self._primitives),
-                      affine=self.affine, alpha_init_scale=self.alpha_init_scale, seed=self.seed)
+                      affine=self.affine, alpha_init_scale=self.alpha_init_scale, seed=self.seed,
+                      partial_channels=self.partial_channels)
         return config

@@ -130,8 +130,8 @@ def _loss_fn(model, x, probe):
     return loss
 
 
-def _float64_problem():
-    model = built(dtype="float64", **SMALL)
+def _float64_problem(partial_channels=1):
+    model = built(dtype="float64", **SMALL, partial_channels=partial_channels)
     x = images(dtype=tf.float64)
     probe = tf.random.stateless_normal(TINY_GRID, seed=[1, 1], dtype=tf.float64)
     E = [v.value for v in model.trainable_variables]
@@ -142,8 +142,9 @@ def _directions(tensors, seed):
     return [tf.random.stateless_normal(tf.shape(t), seed=[seed, i], dtype=t.dtype) for i, t in enumerate(tensors)]
 
 
-def test_stateless_call_gradients_in_op_weights_and_weights_match_finite_differences():
-    model, loss, E, (wn, wr) = _float64_problem()
+@pytest.mark.parametrize("partial_channels", [1, 2])  # 2: PC-DARTS, half the channels through the ops
+def test_stateless_call_gradients_in_op_weights_and_weights_match_finite_differences(partial_channels):
+    model, loss, E, (wn, wr) = _float64_problem(partial_channels)
     with tf.GradientTape() as tape:
         tape.watch([E, wn, wr])
         value = loss(E, wn, wr)
@@ -157,9 +158,10 @@ def test_stateless_call_gradients_in_op_weights_and_weights_match_finite_differe
     np.testing.assert_allclose(float(analytic), float(numeric), rtol=1e-6)
 
 
-def test_second_order_through_nested_tapes_matches_finite_differences():
+@pytest.mark.parametrize("partial_channels", [1, 2])
+def test_second_order_through_nested_tapes_matches_finite_differences(partial_channels):
     """∇_w ⟨∇_E L(E, w), v⟩: the mixed second derivative the hypergradient of A is made of."""
-    model, loss, E, (wn, wr) = _float64_problem()
+    model, loss, E, (wn, wr) = _float64_problem(partial_channels)
     v = _directions(E, 3)
 
     def directional_grad(w_normal):
