@@ -4,22 +4,43 @@ Both losses are −Σ_v p_v · log softmax(z)_v averaged over the non-masked pos
 `tf.nn.softmax_cross_entropy_with_logits` (and Keras' CategoricalCrossentropy, which calls it) is
 avoided on purpose: its registered gradient drops the mixed derivative ∂²L/∂p∂z, so a hypergradient
 that flows through soft targets p would silently be zero (docs/design.md, TF_PITFALLS §1).
+
+The token sums (`token_nll_sum`, `soft_token_nll_sum`) are the one home of the cross-entropy: the
+means here divide them by the local token count, the search's losses (`search/captioning.py`) by the
+count over all replicas.
 """
 from __future__ import annotations
 
 import tensorflow as tf
 
 
-def _masked_mean(per_token: tf.Tensor, mask: tf.Tensor) -> tf.Tensor:
-    """Σ mask·x / max(Σ mask, 1): a mean over the counted positions, 0 when there are none."""
-    mask = tf.cast(mask, per_token.dtype)
-    return tf.reduce_sum(per_token * mask) / tf.maximum(tf.reduce_sum(mask), 1.0)
+def float_logits(logits: tf.Tensor) -> tf.Tensor:
+    """Logits in float32, or float64 if they already are (the float64 gradient checks need it):
+    float16 / bfloat16 logits lose too much precision in log_softmax over a large vocabulary."""
+    return logits if logits.dtype in (tf.float32, tf.float64) else tf.cast(logits, tf.float32)
 
 
-def _float_logits(logits: tf.Tensor) -> tf.Tensor:
-    # float16 logits (a decoder built outside the mixed policy's float32 head) lose too much
-    # precision in log_softmax over a large vocabulary; float64 is kept for the finite-difference tests.
-    return tf.cast(logits, tf.float32) if logits.dtype == tf.float16 else logits
+def token_mask(targets: tf.Tensor, pad_id: int = 0, dtype=tf.float32) -> tf.Tensor:
+    """1.0 where a target token is real, 0.0 on padding. [B, T]"""
+    return tf.cast(tf.not_equal(targets, pad_id), dtype)
+
+
+def soft_token_nll_sum(logits: tf.Tensor, target_rows: tf.Tensor, mask: tf.Tensor) -> tf.Tensor:
+    """Σ_{b,t} m_{b,t} · (−Σ_v p_{b,t,v} log softmax(z_{b,t})_v). logits z, target_rows p: [B, T, V]."""
+    logits = float_logits(logits)
+    nll = -tf.reduce_sum(tf.cast(target_rows, logits.dtype) * tf.nn.log_softmax(logits, axis=-1), axis=-1)
+    return tf.reduce_sum(nll * tf.cast(mask, nll.dtype))
+
+
+def token_nll_sum(logits: tf.Tensor, targets: tf.Tensor, pad_id: int = 0) -> tf.Tensor:
+    """Σ over real tokens of −log softmax(z)_y. targets y: int [B, T]."""
+    logp = tf.nn.log_softmax(float_logits(logits), axis=-1)
+    picked = tf.gather(logp, targets, axis=-1, batch_dims=targets.shape.rank)
+    return -tf.reduce_sum(picked * token_mask(targets, pad_id, picked.dtype))
+
+
+def _count(mask, dtype) -> tf.Tensor:
+    return tf.maximum(tf.reduce_sum(tf.cast(mask, dtype)), 1.0)
 
 
 def masked_cross_entropy(logits, targets, *, pad_id: int = 0, label_smoothing: float = 0.0):
@@ -41,14 +62,14 @@ def masked_cross_entropy(logits, targets, *, pad_id: int = 0, label_smoothing: f
         raise ValueError(
             f"masked_cross_entropy: label_smoothing must be in [0, 1); received {label_smoothing}."
         )
-    logits = _float_logits(logits)
-    log_probs = tf.nn.log_softmax(logits, axis=-1)
+    logits = float_logits(logits)
+    mask = token_mask(targets, pad_id, logits.dtype)
+    if not label_smoothing:
+        return token_nll_sum(logits, targets, pad_id) / _count(mask, logits.dtype)
     vocab_size = tf.shape(logits)[-1]
     q = tf.one_hot(targets, vocab_size, dtype=logits.dtype)
-    if label_smoothing:
-        q = (1.0 - label_smoothing) * q + label_smoothing / tf.cast(vocab_size, logits.dtype)
-    per_token = -tf.reduce_sum(q * log_probs, axis=-1)
-    return _masked_mean(per_token, tf.not_equal(targets, pad_id))
+    q = (1.0 - label_smoothing) * q + label_smoothing / tf.cast(vocab_size, logits.dtype)
+    return soft_token_nll_sum(logits, q, mask) / _count(mask, logits.dtype)
 
 
 def soft_cross_entropy(logits, target_probs, mask):
@@ -64,7 +85,5 @@ def soft_cross_entropy(logits, target_probs, mask):
     Returns:
       A scalar in the logits' float dtype (float32 for float16 logits).
     """
-    logits = _float_logits(logits)
-    target_probs = tf.cast(target_probs, logits.dtype)
-    per_token = -tf.reduce_sum(target_probs * tf.nn.log_softmax(logits, axis=-1), axis=-1)
-    return _masked_mean(per_token, mask)
+    logits = float_logits(logits)
+    return soft_token_nll_sum(logits, target_probs, mask) / _count(mask, logits.dtype)

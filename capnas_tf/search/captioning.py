@@ -30,33 +30,11 @@ import keras
 import tensorflow as tf
 
 from capnas_tf.decoders.decoding import greedy_decode
+from capnas_tf.decoders.losses import float_logits, soft_token_nll_sum, token_mask, token_nll_sum
 from capnas_tf.search.hypergradient import ThreeStageProblem
 from capnas_tf.search.stateless import bind
 
 PAD_ID, START_ID, END_ID = 0, 1, 2
-
-
-def at_least_float32(logits: tf.Tensor) -> tf.Tensor:
-    """Logits in float32, or float64 if they already are (the float64 gradient checks need it)."""
-    return logits if logits.dtype == tf.float64 else tf.cast(logits, tf.float32)
-
-
-def token_mask(targets: tf.Tensor, pad_id: int = PAD_ID, dtype=tf.float32) -> tf.Tensor:
-    """1.0 where a target token is real, 0.0 on padding. [B, T]"""
-    return tf.cast(tf.not_equal(targets, pad_id), dtype)
-
-
-def soft_token_nll_sum(logits: tf.Tensor, target_rows: tf.Tensor, mask: tf.Tensor) -> tf.Tensor:
-    """Σ_{b,t} mask · (−Σ_v target(v) log softmax(logits)(v)). logits, target_rows: [B, T, V]."""
-    nll = -tf.reduce_sum(target_rows * tf.nn.log_softmax(at_least_float32(logits)), axis=-1)
-    return tf.reduce_sum(nll * tf.cast(mask, nll.dtype))
-
-
-def hard_token_nll_sum(logits: tf.Tensor, targets: tf.Tensor, pad_id: int = PAD_ID) -> tf.Tensor:
-    """Σ over real tokens of −log p(target). targets: int [B, T]."""
-    logp = tf.nn.log_softmax(at_least_float32(logits))
-    picked = tf.gather(logp, targets, axis=-1, batch_dims=2)
-    return -tf.reduce_sum(picked * token_mask(targets, pad_id, picked.dtype))
 
 
 def global_token_count(targets: tf.Tensor, pad_id: int = PAD_ID) -> tf.Tensor:
@@ -76,7 +54,7 @@ def mean_over_tokens(total: tf.Tensor, targets: tf.Tensor) -> tf.Tensor:
 def caption_loss(logits: tf.Tensor, tokens: tf.Tensor) -> tf.Tensor:
     """Mean token NLL of `tokens[:, 1:]` under `logits` (the global mean under tf.distribute)."""
     targets = tokens[:, 1:]
-    return mean_over_tokens(hard_token_nll_sum(logits, targets), targets)
+    return mean_over_tokens(token_nll_sum(logits, targets, PAD_ID), targets)
 
 
 # --- Stage II losses --------------------------------------------------------------------------------
@@ -85,7 +63,7 @@ def soft_pseudo_caption_loss(student_logits_fn: Callable, teacher_logits: tf.Ten
                              tokens: tf.Tensor) -> tf.Tensor:
     """W against the teacher's teacher-forced distributions p_t (see module docstring)."""
     targets = tokens[:, 1:]
-    p = tf.nn.softmax(at_least_float32(teacher_logits))
+    p = tf.nn.softmax(float_logits(teacher_logits))
     logits = student_logits_fn(tokens[:, :-1])
     return mean_over_tokens(soft_token_nll_sum(logits, p, token_mask(targets)), targets)
 
@@ -94,7 +72,7 @@ def straight_through_pseudo_caption_loss(student_logits_fn: Callable, teacher_lo
                                          tokens: tf.Tensor) -> tf.Tensor:
     """W on straight-through one-hot rows y = onehot(argmax p) + p − sg(p), as input and as target."""
     targets = tokens[:, 1:]
-    p = tf.nn.softmax(at_least_float32(teacher_logits))
+    p = tf.nn.softmax(float_logits(teacher_logits))
     hard = tf.one_hot(tf.argmax(p, axis=-1, output_type=tf.int32), tf.shape(p)[-1], dtype=p.dtype)
     rows = hard + p - tf.stop_gradient(p)  # [B, T, V]: forward hard, backward soft
     # The decoder input at t is the token predicted at t − 1; position 0 is <start>.
