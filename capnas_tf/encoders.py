@@ -26,29 +26,21 @@ from typing import Callable
 import keras
 import tensorflow as tf
 
+from capnas_tf.registry import Registry
 from capnas_tf.search_space.discrete import DiscreteEncoder
 from capnas_tf.search_space.ops import batch_norm
 
-ENCODERS: dict[str, Callable] = {}
+ENCODERS = Registry("encoder", register_name="register_encoder", lookup_name="get_encoder")
 
 
 def register_encoder(name: str, factory: Callable | None = None):
     """Makes `factory(**kwargs) -> encoder` available as `name`; usable as a decorator."""
-
-    def _register(factory_):
-        if name in ENCODERS and ENCODERS[name] is not factory_:
-            raise ValueError(f"register_encoder: the name {name!r} is already taken by {ENCODERS[name]!r}.")
-        ENCODERS[name] = factory_
-        return factory_
-
-    return _register if factory is None else _register(factory)
+    return ENCODERS.register(name, factory)
 
 
 def get_encoder(name: str, **kwargs) -> keras.layers.Layer:
     """Builds the encoder registered as `name` with its own keyword arguments (see its class)."""
-    if name not in ENCODERS:
-        raise ValueError(f"get_encoder: unknown encoder name {name!r}; expected one of {sorted(ENCODERS)}.")
-    return ENCODERS[name](**kwargs)
+    return ENCODERS.lookup(name)(**kwargs)
 
 
 def _grid_and_pooled(grid):

@@ -6,28 +6,19 @@ Example:
 """
 from __future__ import annotations
 
-from typing import Callable
+from capnas_tf.registry import Registry
 
-DECODERS: dict[str, Callable] = {}
+DECODERS = Registry("decoder", register_name="register_decoder", lookup_name="get_decoder")
 
 
-def register_decoder(name: str, factory: Callable | None = None):
+def register_decoder(name: str, factory=None):
     """Makes `factory(vocab_size=…, max_len=…, **kwargs) -> decoder` available as `name`.
 
     Usable as a call, `register_decoder("mine", MyDecoder)`, or as a class decorator,
     `@register_decoder("mine")`. Registering a name twice is an error, so that two modules cannot
     silently shadow each other.
     """
-
-    def _register(factory_):
-        if name in DECODERS and DECODERS[name] is not factory_:
-            raise ValueError(
-                f"register_decoder: the name {name!r} is already taken by {DECODERS[name]!r}."
-            )
-        DECODERS[name] = factory_
-        return factory_
-
-    return _register if factory is None else _register(factory)
+    return DECODERS.register(name, factory)
 
 
 def get_decoder(name: str, *, vocab_size: int, max_len: int, **kwargs):
@@ -43,8 +34,4 @@ def get_decoder(name: str, *, vocab_size: int, max_len: int, **kwargs):
     Returns:
       An unbuilt `CaptionDecoder`.
     """
-    if name not in DECODERS:
-        raise ValueError(
-            f"get_decoder: unknown decoder name {name!r}; expected one of {sorted(DECODERS)}."
-        )
-    return DECODERS[name](vocab_size=vocab_size, max_len=max_len, **kwargs)
+    return DECODERS.lookup(name)(vocab_size=vocab_size, max_len=max_len, **kwargs)

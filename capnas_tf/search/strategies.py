@@ -15,6 +15,7 @@ import tensorflow as tf
 
 from capnas_tf.checkpointing import model_state
 from capnas_tf.config import SearchConfig
+from capnas_tf.registry import Registry
 from capnas_tf.search import hypergradient as hg
 from capnas_tf.search.captioning import (
     SearchModels,
@@ -274,27 +275,17 @@ class DartsStrategy(SearchStrategy):
         return metrics
 
 
-STRATEGIES: dict[str, type[SearchStrategy]] = {
-    "three_stage": ThreeStageStrategy,
-    "darts": DartsStrategy,
-}
+STRATEGIES = Registry("search strategy", register_name="register_strategy", lookup_name="get_strategy")
+STRATEGIES.register("three_stage", ThreeStageStrategy)
+STRATEGIES.register("darts", DartsStrategy)
 
 
 def register_strategy(name: str):
     """Class decorator: makes a `SearchStrategy` subclass available as `--search_strategy=name`."""
-
-    def _register(cls):
-        if name in STRATEGIES and STRATEGIES[name] is not cls:
-            raise ValueError(f"register_strategy: the name {name!r} is already taken by {STRATEGIES[name]!r}.")
-        STRATEGIES[name] = cls
-        return cls
-
-    return _register
+    return STRATEGIES.register(name)
 
 
 def get_strategy(name: str) -> type[SearchStrategy]:
     """The strategy class registered as `name`. The baselines (gdas, random_ws, reinforce) live in
     modules of their own, which `capnas_tf/search/__init__.py` imports so that they register."""
-    if name not in STRATEGIES:
-        raise ValueError(f"--search_strategy must be one of {sorted(STRATEGIES)}, received {name!r}.")
-    return STRATEGIES[name]
+    return STRATEGIES.lookup(name, f"--search_strategy must be one of {sorted(STRATEGIES)}, received {name!r}.")

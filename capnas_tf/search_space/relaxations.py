@@ -24,7 +24,9 @@ from typing import Callable, Sequence
 
 import tensorflow as tf
 
-RELAXATIONS: dict[str, Callable] = {}
+from capnas_tf.registry import Registry
+
+RELAXATIONS = Registry("relaxation", register_name="register_relaxation", lookup_name="get_relaxation")
 
 
 def register_relaxation(name: str, fn: Callable | None = None):
@@ -32,21 +34,13 @@ def register_relaxation(name: str, fn: Callable | None = None):
 
     Registering a different function under a taken name is an error.
     """
-
-    def _register(fn_):
-        if name in RELAXATIONS and RELAXATIONS[name] is not fn_:
-            raise ValueError(f"register_relaxation: the name {name!r} is already taken by {RELAXATIONS[name]!r}.")
-        RELAXATIONS[name] = fn_
-        return fn_
-
-    return _register if fn is None else _register(fn)
+    return RELAXATIONS.register(name, fn)
 
 
 def get_relaxation(name: str) -> Callable:
     """The relaxation registered as `name` ("softmax", "gumbel", "uniform", …)."""
-    if name not in RELAXATIONS:
-        raise ValueError(f"get_relaxation: unknown relaxation {name!r}; expected one of {sorted(RELAXATIONS)}.")
-    return RELAXATIONS[name]
+    return RELAXATIONS.lookup(name, f"get_relaxation: unknown relaxation {name!r}; expected one of "
+                                    f"{sorted(RELAXATIONS)}.")
 
 
 def _as_float_matrix(alpha, where: str) -> tf.Tensor:
