@@ -115,3 +115,10 @@ def test_report_states_mode_command_and_table(tmp_path):
     path = str(tmp_path / "results.png")
     se.plot(rows, RECORDS, ["three_stage", "darts"], path, title="test")
     assert os.path.getsize(path) > 10_000
+
+
+def test_quick_and_full_modes_write_to_their_own_documents():
+    quick, full = se.parse_args(["--quick"]), se.parse_args([])
+    assert (quick.out_md, quick.out_png) == ("docs/results_quick.md", "docs/results_quick.png")
+    assert (full.out_md, full.out_png) == ("docs/results.md", "docs/results.png")
+    assert se.parse_args(["--out_md=x.md"]).out_md == "x.md"
