@@ -305,7 +305,8 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true",
                         help="a tiny supernet (C=4, 2 cells × 2 nodes, 4 candidate ops; large = C=8, 4 cells), "
-                             "2 timed repeats, XLA on for the plain and exact steps of the default config only")
+                             "2 timed repeats, XLA on for the plain and exact steps and the *_reuse / *_pc modes at the "
+                             "default config only")
     parser.add_argument("--darts_cifar", action="store_true",
                         help="DARTS' CIFAR-10 search setting with a classification head; takes the flags of "
                              "benchmarks/darts_cifar.py instead of these")
@@ -328,6 +329,9 @@ def parse_args(argv=None):
                              "compilation of the nested-tape steps takes minutes on a CPU)")
     parser.add_argument("--xla_configs", default="",
                         help="configs measured with XLA on (empty: default,large; --quick: default)")
+    parser.add_argument("--lever_configs", default="",
+                        help="configs at which the *_reuse and *_pc modes are measured (empty: default,large; "
+                             "--quick: default)")
     parser.add_argument("--configs", default="default,large",
                         help="'default' and/or 'large' (2× channels and 2× cells of the default)")
     parser.add_argument("--inter_op_threads", type=int, default=0,
@@ -339,6 +343,9 @@ def parse_args(argv=None):
                         help="a combination using more resident memory is stopped (the machine is shared)")
     parser.add_argument("--output", default=None,
                         help="markdown file to write the table into (default docs/performance.md; '' = print only)")
+    parser.add_argument("--block", default="",
+                        help="name of the table's block in --output (default: search_step_quick with --quick, "
+                             "else search_step); a partial run can go to a block of its own")
     parser.add_argument("--raw_json", default="/tmp/search_step_results.json",
                         help="where every measured figure is dumped as JSON")
     parser.add_argument("--render_json", default="",
@@ -356,6 +363,7 @@ def parse_args(argv=None):
         args.primitives = args.primitives or "none,skip_connect,avg_pool_3x3,sep_conv_3x3"
         args.xla_modes = args.xla_modes or "plain,exact"
         args.xla_configs = args.xla_configs or "default"
+        args.lever_configs = args.lever_configs or "default"
         args.partial_channels = args.partial_channels or 2
     args.repeats = args.repeats or 5
     args.partial_channels = args.partial_channels or 4
@@ -409,10 +417,13 @@ def main(argv=None):
         settings = [s for s in settings if any(k[2] == s.name for k in results)]
     xla_modes = [m for m in (args.xla_modes or ",".join(MODES)).split(",") if m]
     xla_configs = [c for c in (args.xla_configs or "default,large").split(",") if c]
+    lever_configs = [c for c in (args.lever_configs or "default,large").split(",") if c]
     for s in settings:
         for xla in xla_options:
             for mode in [m for m in MODES if m in modes]:
                 if args.render_json or (xla and (mode not in xla_modes or s.name not in xla_configs)):
+                    continue
+                if mode.endswith((REUSE, PC)) and s.name not in lever_configs:
                     continue
                 flags = [*s.flags(), *common, f"--mode={mode}", f"--xla={'on' if xla else 'off'}"]
                 t0 = time.time()
@@ -440,7 +451,7 @@ def main(argv=None):
             f"default for the same step and XLA setting.\n\n{table}\n\n{speedups}\n")
     output = args.output if args.output is not None else DEFAULT_DOC
     if output:
-        write_block(output, "search_step_quick" if args.quick else "search_step", body)
+        write_block(output, args.block or ("search_step_quick" if args.quick else "search_step"), body)
         print(f"\nwritten to {output}")
     if args.render_json:
         return
