@@ -95,6 +95,41 @@ def most_frequent_caption(data) -> str:
     return min(c for c, n in counts.items() if n == best)
 
 
+ARCHITECTURE_FILE = "architecture.json"
+
+
+def architecture_of(config: RetrainConfig) -> dict:
+    """What the checkpoints' variables mean: encoder (and for "darts" the resolved genotype, C and cells)
+    and decoder. Checkpoints restore by position and shape, so two genotypes whose ops have the same
+    variable shapes (max_pool vs avg_pool, another input index) would otherwise load each other's weights."""
+    from capnas_tf.search_space.genotype import resolve_genotype
+
+    arch = {"encoder": config.encoder, "decoder": config.decoder}
+    if config.encoder == "darts":
+        arch.update(genotype=resolve_genotype(config.genotype).to_dict(), channels=config.channels,
+                    num_cells=config.num_cells)
+    return arch
+
+
+def check_architecture(workdir: str, arch: dict) -> None:
+    """Records `arch` in `<workdir>/architecture.json`, or refuses a workdir whose checkpoints were
+    written for another architecture (nothing in it is touched)."""
+    path = os.path.join(workdir, ARCHITECTURE_FILE)
+    if os.path.exists(path):
+        with open(path) as f:
+            recorded = json.load(f)
+        if recorded != arch:
+            differing = sorted(k for k in set(recorded) | set(arch) if recorded.get(k) != arch.get(k))
+            raise ValueError(
+                f"Retrain workdir {workdir} holds checkpoints of another architecture ({path}: "
+                f"{', '.join(differing)} differ{'s' if len(differing) == 1 else ''} from this run's "
+                f"--genotype / --retrain_encoder / --retrain_channels / --retrain_cells / --retrain_decoder). Use "
+                f"another --workdir, or delete {workdir} to retrain from scratch.")
+        return
+    os.makedirs(workdir, exist_ok=True)
+    io_utils.atomic_write_json(path, arch)
+
+
 class _RetrainState:
     """The checkpointed state: model (every variable, see `model_state`), optimizer, finished epochs,
     best validation CIDEr."""
@@ -154,6 +189,7 @@ def retrain_job(run, config: RetrainConfig, data, *, log=print) -> RetrainResult
                                 image_size=data.image_size)
     optimizer = build_optimizer(config, config.epochs * steps)
     optimizer.build(captioner.trainable_variables)
+    check_architecture(workdir, architecture_of(config))
     state = _RetrainState(workdir, captioner, optimizer)
     first_epoch = state.resume()
     encoder_name = (f"{config.genotype} (C={config.channels}, {config.num_cells} cells, " if config.encoder == "darts"

@@ -84,6 +84,26 @@ def test_rerunning_with_more_epochs_resumes_after_the_last_finished_epoch(tmp_pa
     assert result.best_validation_cider == max(h["val_CIDEr"] for h in result.metrics["history"])
 
 
+def test_a_workdir_of_another_genotype_with_the_same_variable_shapes_is_refused_untouched(tmp_path):
+    """max_pool_3x3 and avg_pool_3x3 have the same (no) variables: position-matched checkpoints of one
+    would load silently into the other, so the recorded architecture is compared first."""
+    from capnas_tf.search_space.genotype import DARTS_V2, Genotype
+
+    swapped = Genotype.from_dict({**DARTS_V2.to_dict(), "reduce": [
+        ("avg_pool_3x3" if op == "max_pool_3x3" else op, i) for op, i in DARTS_V2.reduce]})
+    data = tiny_data(str(tmp_path))
+    config = dataclasses.replace(TINY_RETRAIN, steps_per_epoch=1, export_saved_model=False, export_onnx=False)
+    retrain_job(RunConfig(workdir=str(tmp_path)), config, data, log=lambda _: None)
+    workdir = tmp_path / "retrain"
+    before = {p: p.stat().st_mtime_ns for p in workdir.rglob("*") if p.is_file()}
+    with pytest.raises(ValueError, match=r"another architecture .*architecture.json: genotype differs"):
+        retrain_job(RunConfig(workdir=str(tmp_path)), dataclasses.replace(config, genotype=swapped, epochs=2),
+                    data, log=lambda _: None)
+    assert {p: p.stat().st_mtime_ns for p in workdir.rglob("*") if p.is_file()} == before
+    with open(workdir / "architecture.json") as f:
+        assert json.load(f)["genotype"] == DARTS_V2.to_dict()
+
+
 def test_most_frequent_caption_is_a_normalised_training_caption():
     data = tiny_data()
     caption = most_frequent_caption(data)
