@@ -57,25 +57,31 @@ def virtual_teacher_values(models, batch, eta):
     return [v - eta * g for v, g in zip(variables, grads)]
 
 
-@pytest.mark.parametrize("hypergradient", ["exact", "finite_difference"])
-def test_three_stage_reuse_step_updates_each_model_from_the_state_at_the_step_start(tiny_data, batches,
-                                                                                    hypergradient):
-    config = dataclasses.replace(CONFIG, hypergradient=hypergradient)
+def check_reuse_step_against_the_alternation(tiny_data, batches, strategy_cls, config):
+    """One reuse step vs. one alternating step on twins: same metric names, same A, different E; and
+    E, F equal to a plain weight step at A_t. Returns the reuse twin's models."""
     reuse = twin(tiny_data)
-    metrics = ThreeStageStrategy(reuse, dataclasses.replace(config, reuse_unrolled_gradients=True),
-                                 max_caption_len=L).step(batches, update_architecture=True)
-
+    metrics = strategy_cls(reuse, dataclasses.replace(config, reuse_unrolled_gradients=True),
+                           max_caption_len=L).step(batches, update_architecture=True)
     alternating = twin(tiny_data)
-    alternating_metrics = ThreeStageStrategy(alternating, config, max_caption_len=L).step(
-        batches, update_architecture=True)
+    alternating_metrics = strategy_cls(alternating, config, max_caption_len=L).step(batches,
+                                                                                   update_architecture=True)
     assert sorted(metrics) == sorted(alternating_metrics)  # the same log lines and TensorBoard tags
     assert_values_equal(values_of(reuse.A), values_of(alternating.A), "A")
     assert_values_differ(values_of(reuse.E), values_of(alternating.E), "E: the alternation is not what ran")
 
     at_start_A = twin(tiny_data)
-    ThreeStageStrategy(at_start_A, config, max_caption_len=L).supernet_weight_step(batches["train"])
+    strategy_cls(at_start_A, config, max_caption_len=L).supernet_weight_step(batches["train"])
     assert_values_equal(values_of(reuse.E) + values_of(reuse.F), values_of(at_start_A.E) + values_of(at_start_A.F),
                         "E, F")
+    return reuse
+
+
+@pytest.mark.parametrize("hypergradient", ["exact", "finite_difference"])
+def test_three_stage_reuse_step_updates_each_model_from_the_state_at_the_step_start(tiny_data, batches,
+                                                                                    hypergradient):
+    config = dataclasses.replace(CONFIG, hypergradient=hypergradient)
+    reuse = check_reuse_step_against_the_alternation(tiny_data, batches, ThreeStageStrategy, config)
 
     virtual = twin(tiny_data)
     for variable, value in zip(virtual.E + virtual.F, virtual_teacher_values(virtual, batches["train"], 0.5)):
@@ -88,21 +94,7 @@ def test_three_stage_reuse_step_updates_each_model_from_the_state_at_the_step_st
 def test_darts_second_order_reuse_step_updates_weights_at_the_architecture_before_its_update(
         tiny_data, batches, method):
     config = dataclasses.replace(CONFIG, strategy="darts", darts_order=2, hypergradient=method)
-    reuse = twin(tiny_data)
-    metrics = DartsStrategy(reuse, dataclasses.replace(config, reuse_unrolled_gradients=True),
-                            max_caption_len=L).step(batches, update_architecture=True)
-
-    alternating = twin(tiny_data)
-    alternating_metrics = DartsStrategy(alternating, config, max_caption_len=L).step(batches,
-                                                                                    update_architecture=True)
-    assert sorted(metrics) == sorted(alternating_metrics)
-    assert_values_equal(values_of(reuse.A), values_of(alternating.A), "A")
-    assert_values_differ(values_of(reuse.E), values_of(alternating.E), "E: the alternation is not what ran")
-
-    at_start_A = twin(tiny_data)
-    DartsStrategy(at_start_A, config, max_caption_len=L).supernet_weight_step(batches["train"])
-    assert_values_equal(values_of(reuse.E) + values_of(reuse.F), values_of(at_start_A.E) + values_of(at_start_A.F),
-                        "E, F")
+    check_reuse_step_against_the_alternation(tiny_data, batches, DartsStrategy, config)
 
 
 def test_first_order_darts_has_no_unrolled_gradient_to_reuse_and_alternates(tiny_data, batches):
