@@ -131,6 +131,9 @@ def _loss_fn(model, x, probe):
 
 
 def _float64_problem(partial_channels=1):
+    # Seeded: the weights otherwise depend on what earlier tests drew from the global RNG, and a draw
+    # that puts a ReLU input or a max-pool tie within h of its kink breaks the central difference.
+    keras.utils.set_random_seed(5)
     model = built(dtype="float64", **SMALL, partial_channels=partial_channels)
     x = images(dtype=tf.float64)
     probe = tf.random.stateless_normal(TINY_GRID, seed=[1, 1], dtype=tf.float64)
