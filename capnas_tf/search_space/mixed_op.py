@@ -70,10 +70,11 @@ class MixedOp(keras.layers.Layer):
             raise ValueError(f"MixedOp: weights must have shape [K={len(self.primitives)}]; "
                              f"received shape {weights.shape}.")
         weights = tf.cast(weights, x.dtype)
-        if self.partial_channels == 1:
-            return tf.add_n([weights[k] * op(x, training=training) for k, op in enumerate(self.candidates)])
-        x_ops, x_bypass = x[..., : self.op_channels], x[..., self.op_channels:]
+        x_ops = x if self.partial_channels == 1 else x[..., : self.op_channels]
         mixed = tf.add_n([weights[k] * op(x_ops, training=training) for k, op in enumerate(self.candidates)])
+        if self.partial_channels == 1:
+            return mixed
+        x_bypass = x[..., self.op_channels:]
         if self.stride == 2:
             x_bypass = tf.nn.max_pool2d(x_bypass, 2, 2, "SAME")
         return channel_shuffle(tf.concat([mixed, x_bypass], axis=-1), self.partial_channels)
