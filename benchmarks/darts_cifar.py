@@ -112,6 +112,10 @@ def measure(args) -> dict:
     return result
 
 
+def gib(mb) -> str:
+    return bench.fmt(None if mb is None else mb / 1024, ".2f")
+
+
 def parse_args(argv):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--darts_cifar", action="store_true", help="accepted for search_step.py's delegation")
@@ -162,23 +166,27 @@ def main(argv=None):
                                 max_rss_gb=args.max_rss_gb)
             results[(mode, xla)] = r
             shown = r.get("error") or (f"{r['step_s']:.2f} s/step, peak {r['peak_mb'] / 1024:.2f} GiB, "
-                                      f"trace {r['trace_s']:.0f} s")
+                                      f"tensors {gib(r.get('tensor_peak_mb'))} GiB, trace {r['trace_s']:.0f} s")
             print(f"  XLA {'on ' if xla else 'off'} {mode:18s} {shown}  [{time.time() - t0:.0f} s]", flush=True)
 
-    rows = ["| step | XLA | time s | × our plain | reference s | × reference | peak GiB | reference GiB | trace s |",
-            "|---|---|---|---|---|---|---|---|---|"]
+    rows = ["| step | XLA | time s | × our plain | reference s | × reference | peak GiB | tensors GiB | "
+            "× our plain | reference GiB | trace s (Python + first call) |",
+            "|---|---|---|---|---|---|---|---|---|---|---|"]
     for xla in xla_options:
         plain = results.get(("plain", xla), {})
         for mode in [m for m in MODES if m in modes]:
             r = results[(mode, xla)]
             if "error" in r:
-                rows.append(f"| {TITLES[mode]} | {'on' if xla else 'off'} | failed: {r['error']} | | | | | | |")
+                rows.append(f"| {TITLES[mode]} | {'on' if xla else 'off'} | failed: {r['error']} | | | | | | | | |")
                 continue
             ref = REFERENCE_S.get(mode)
             rows.append(f"| {TITLES[mode]} | {'on' if xla else 'off'} | {r['step_s']:.2f} | "
                         f"{bench._ratio(r['step_s'], plain.get('step_s'))} | {bench.fmt(ref, '.1f')} | "
                         f"{bench._ratio(r['step_s'], ref)} | {r['peak_mb'] / 1024:.2f} | "
-                        f"{bench.fmt(REFERENCE_PEAK_GIB.get(mode), '.1f')} | {r['trace_s']:.0f} |")
+                        f"{gib(r.get('tensor_peak_mb'))} | "
+                        f"{bench._ratio(r.get('tensor_peak_mb'), plain.get('tensor_peak_mb'))} | "
+                        f"{bench.fmt(REFERENCE_PEAK_GIB.get(mode), '.1f')} | "
+                        f"{r['python_trace_s']:.0f} + {r['first_call_s']:.0f} |")
     verdicts = []
     for xla in xla_options:
         plain = results.get(("plain", xla), {})
@@ -195,7 +203,9 @@ def main(argv=None):
     body = (f"Command: `{command.strip()}` — {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, "
             f"{time.time() - started:.0f} s in all.\n\n{header}.\n{machine}.\n"
             f"Reference: PyTorch DARTS on a 2-core, 2-thread machine of this kind (figures given in issue 8); "
-            f"its second order is the finite-difference one.\n\n{table}\n\n" + "\n".join(verdicts) + "\n")
+            f"its second order is the finite-difference one. Peak = the process's resident-set high-water mark "
+            f"during the timed steps above the built models (graphs included); tensors = the TensorFlow "
+            f"allocator's peak bytes in use (weights, optimizer slots, activations), as a GPU would report.\n\n{table}\n\n" + "\n".join(verdicts) + "\n")
     output = args.output if args.output is not None else bench.DEFAULT_DOC
     if output:
         bench.write_block(output, "darts_cifar", body)

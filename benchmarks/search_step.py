@@ -78,10 +78,38 @@ def reset_peak_rss() -> bool:
         return False
 
 
-def time_steps(step, args_, *, repeats: int) -> dict:
-    """Trace + first call, one warm-up call, then `repeats` timed calls; times and peak memory.
+def memory_device() -> str:
+    import tensorflow as tf
 
-    `step(*args_)` returns tensors; `.numpy()` on one of them waits for the step to finish.
+    return "GPU:0" if tf.config.list_physical_devices("GPU") else "CPU:0"
+
+
+def tensor_memory_mb(device: str) -> dict | None:
+    """The TensorFlow allocator's bytes in use now and at their peak since the last reset, in MB: the
+    step's tensors (activations, gradients, variables), without graphs or host overhead. On the CPU
+    this needs the BFC allocator (`TF_CPU_ALLOCATOR_USE_BFC=true`, set by `run_child`); None where
+    the allocator keeps no statistics."""
+    import tensorflow as tf
+
+    try:
+        info = tf.config.experimental.get_memory_info(device)
+    except (ValueError, tf.errors.InvalidArgumentError):
+        return None
+    return {k: v / 2**20 for k, v in info.items()}
+
+
+def time_steps(step, args_, *, repeats: int) -> dict:
+    """Trace, first call, one warm-up call, then `repeats` timed calls; times and memory.
+
+    `step(*args_)` returns tensors; `.numpy()` on one of them waits for the step to finish. The trace
+    (Python building the graph) is timed apart from the first call (graph optimisation, executor
+    set-up and one execution); `trace_s` is their sum. Memory, in MB:
+      peak_mb: resident-set high-water mark during the timed steps minus the models' resident set
+        before anything was traced (what the process needs, graphs included);
+      graph_mb: resident set added by tracing alone (the Python and C++ graph of the step);
+      tensor_peak_mb: the allocator's peak bytes in use during the timed steps (weights, optimizer
+        slots, activations; what `get_memory_info` reports on a GPU); tensor_step_mb: that peak
+        minus the bytes in use right before the step (its own activations and gradients).
     """
     import tensorflow as tf
 
@@ -89,22 +117,35 @@ def time_steps(step, args_, *, repeats: int) -> dict:
         out = step(*args_)
         tf.nest.map_structure(lambda t: t.numpy() if hasattr(t, "numpy") else t, out)
 
+    device = memory_device()
     models_mb = current_rss_mb()
     t0 = time.perf_counter()
+    step.get_concrete_function(*args_)
+    python_trace_s = time.perf_counter() - t0
+    graph_mb = current_rss_mb() - models_mb
+    t0 = time.perf_counter()
     run()
-    trace_s = time.perf_counter() - t0
+    first_call_s = time.perf_counter() - t0
     trace_peak_mb = peak_rss_mb() - models_mb
     run()
     reset_ok = reset_peak_rss()
     steady_mb = current_rss_mb() - models_mb
+    before = tensor_memory_mb(device)
+    if before is not None:
+        tf.config.experimental.reset_memory_stats(device)
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()
         run()
         times.append(time.perf_counter() - t0)
-    return {"step_s": statistics.median(times), "min_s": min(times), "trace_s": trace_s,
-            "peak_mb": max(peak_rss_mb() - models_mb, 1e-3), "trace_peak_mb": trace_peak_mb,
-            "peak_reset": reset_ok, "models_mb": models_mb, "steady_mb": steady_mb}
+    after = tensor_memory_mb(device)
+    result = {"step_s": statistics.median(times), "min_s": min(times), "trace_s": python_trace_s + first_call_s,
+              "python_trace_s": python_trace_s, "first_call_s": first_call_s,
+              "peak_mb": max(peak_rss_mb() - models_mb, 1e-3), "trace_peak_mb": trace_peak_mb,
+              "graph_mb": graph_mb, "peak_reset": reset_ok, "models_mb": models_mb, "steady_mb": steady_mb}
+    if before is not None and after is not None:
+        result.update(tensor_peak_mb=after["peak"], tensor_step_mb=after["peak"] - before["current"])
+    return result
 
 
 def synthetic_batches(batch_size: int, image_size: int, max_caption_len: int, vocab_size: int, seed: int = 0):
@@ -194,7 +235,7 @@ def run_child(script: str, flags: list[str], *, timeout: float, max_rss_gb: floa
 
     The child is killed past `timeout` seconds or `max_rss_gb` of resident memory (the machine is shared)."""
     cmd = [sys.executable, script, "--child", *flags]
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", TF_CPU_ALLOCATOR_USE_BFC="true", PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=REPO)
     killed = []
 
@@ -233,16 +274,10 @@ def fmt(value, spec: str) -> str:
     return "–" if value is None else format(value, spec)
 
 
-def transient_mb(r: dict):
-    """Peak during the timed steps above the resident set right before them: the step's own working
-    memory, without what tracing left resident (graphs, allocator caches)."""
-    return r["peak_mb"] - r["steady_mb"] if "steady_mb" in r else None
-
-
 def markdown_table(results: dict, settings: list[Setting], xla_options: list[bool]) -> str:
-    """One row per (mode, XLA, config): time, peak, ratios to plain (same config and XLA), growth."""
-    head = ("| step | XLA | config | time s | × plain | peak MB | × plain | transient MB | × plain | trace s | "
-            "growth time (large/default) | growth peak |")
+    """One row per (mode, XLA, config): time, memory, ratios to plain (same config and XLA), growth."""
+    head = ("| step | XLA | config | time s | × plain | peak MB | × plain | tensors MB | × plain | graph MB | "
+            "trace s (Python + first call) | growth time (large/default) | growth peak | growth tensors |")
     rows = [head, "|" + "---|" * (head.count("|") - 1)]
     for mode in MODES:
         for xla in xla_options:
@@ -253,18 +288,19 @@ def markdown_table(results: dict, settings: list[Setting], xla_options: list[boo
                 xla_s = "on" if xla else "off"
                 if "error" in r:
                     rows.append(f"| {MODE_TITLES[mode]} | {xla_s} | {s.name} | failed: {r['error']} "
-                                "| | | | | | | | |")
+                                "|" + " |" * 10)
                     continue
                 p = results.get(("plain", xla, s.name), {})
                 d = results.get((mode, xla, "default"), {})
-                growth_t = _ratio(r["step_s"], d.get("step_s")) if s.name != "default" else ""
-                growth_m = _ratio(r["peak_mb"], d.get("peak_mb")) if s.name != "default" else ""
-                tr, tr_p = transient_mb(r), transient_mb(p) if "peak_mb" in p else None
+                growth = lambda key: _ratio(r.get(key), d.get(key)) if s.name != "default" else ""  # noqa: E731
+                trace = (f"{r['python_trace_s']:.0f} + {r['first_call_s']:.0f}" if "python_trace_s" in r
+                         else f"{r['trace_s']:.0f}")
                 rows.append(f"| {MODE_TITLES[mode]} | {xla_s} | {s.name} | {r['step_s']:.3f} | "
                             f"{_ratio(r['step_s'], p.get('step_s'))} | {r['peak_mb']:.0f} | "
-                            f"{_ratio(r['peak_mb'], p.get('peak_mb'))} | {fmt(tr, '.0f')} | "
-                            f"{_ratio(tr, tr_p) if tr_p and tr_p > 1 else '–'} | {r['trace_s']:.1f} | "
-                            f"{growth_t} | {growth_m} |")
+                            f"{_ratio(r['peak_mb'], p.get('peak_mb'))} | {fmt(r.get('tensor_peak_mb'), '.0f')} | "
+                            f"{_ratio(r.get('tensor_peak_mb'), p.get('tensor_peak_mb'))} | "
+                            f"{fmt(r.get('graph_mb'), '.0f')} | {trace} | {growth('step_s')} | "
+                            f"{growth('peak_mb')} | {growth('tensor_peak_mb')} |")
     return "\n".join(rows)
 
 
@@ -436,6 +472,7 @@ def main(argv=None):
                                   max_rss_gb=args.max_rss_gb)
                 results[(mode, xla, s.name)] = r
                 shown = r.get("error") or (f"{r['step_s']:.3f} s/step, peak {r['peak_mb']:.0f} MB, "
+                                          f"tensors {fmt(r.get('tensor_peak_mb'), '.0f')} MB, "
                                           f"trace {r['trace_s']:.1f} s, traces {r['traces']}")
                 print(f"  {s.name:7s} XLA {'on ' if xla else 'off'} {mode:18s} {shown}  "
                       f"[{time.time() - t0:.0f} s]", flush=True)
@@ -446,8 +483,10 @@ def main(argv=None):
             + (f"table re-rendered from {args.render_json} (same run)" if args.render_json
                else f"{time.time() - started:.0f} s in all") + f".\n\n{header}.\n{machine}.\n\n"
             f"Peak = resident-set high-water mark during the timed steps minus the built models' resident set "
-            f"(CPU); transient = peak minus the resident set right before the timed steps (the step's own working "
-            f"memory, without what tracing left resident); × plain = ratio to the plain step of the same config and XLA setting; growth = large / "
+            f"(what the process needs, graphs included); tensors = the TensorFlow allocator's peak bytes in use "
+            f"during the timed steps (weights, optimizer slots, activations: what a GPU's `get_memory_info` "
+            f"reports; on the CPU through the BFC allocator); graph = resident set added by tracing alone; "
+            f"× plain = ratio to the plain step of the same config and XLA setting; growth = large / "
             f"default for the same step and XLA setting.\n\n{table}\n\n{speedups}\n")
     output = args.output if args.output is not None else DEFAULT_DOC
     if output:
