@@ -156,6 +156,20 @@ def exact_hypergradient(problem: ThreeStageProblem, A: Values, E: Values, F: Val
     return Hypergradient(grad_A, state)
 
 
+def after(results, *groups: Values) -> list[Values]:
+    """`groups` (lists of tensors) as they are, but readable only once `results` have been computed.
+
+    The ± branches of a central difference are independent, so a graph executor may run them
+    interleaved and hold both sets of activations at once. Passing the second branch its inputs
+    through `after(first branch's results, …)` makes it wait, which keeps the finite-difference
+    estimators' memory at that of one first-order gradient (their reason to exist); values are
+    unchanged. Only the inputs are gated, not every op of the branch: control edges on every op
+    made the graph larger and its optimisation slower.
+    """
+    with tf.control_dependencies(tf.nest.flatten(results)):
+        return [[tf.identity(t) for t in group] for group in groups]
+
+
 def _perturbation_scale(epsilon: float, vector: Values) -> tf.Tensor:
     """ε/‖v‖ (DARTS: 0.01/‖v‖), guarded against a zero vector."""
     return epsilon / tf.maximum(global_norm(vector), 1e-12)
@@ -184,12 +198,13 @@ def finite_difference_hypergradient(problem: ThreeStageProblem, A: Values, E: Va
 
     eps_w = _perturbation_scale(epsilon, v)
 
-    def stage2_grads(sign):
+    def stage2_grads(sign, E1, F1, A, W):
         W_pm = axpy(sign * eps_w, v, W)
         return _gradients(lambda: problem.pseudo_caption_loss(W_pm, E1, F1, A, tokens),
                           [E1, F1, A], reduce)[1]
 
-    (pE, pF, pA), (mE, mF, mA) = stage2_grads(1.0), stage2_grads(-1.0)
+    pE, pF, pA = stage2_grads(1.0, E1, F1, A, W)
+    mE, mF, mA = stage2_grads(-1.0, *after([pE, pF, pA], E1, F1, A, W))
     scale = -eta.eta_w / (2.0 * eps_w)
     uE = [scale * (p - m) for p, m in zip(pE, mE)]
     uF = [scale * (p - m) for p, m in zip(pF, mF)]
@@ -199,11 +214,12 @@ def finite_difference_hypergradient(problem: ThreeStageProblem, A: Values, E: Va
     dF = [eta.eta_f * u for u in uF]
     eps_d = _perturbation_scale(epsilon, dE + dF)
 
-    def stage1_grad_A(sign):
+    def stage1_grad_A(sign, E, F, A):
         E_pm, F_pm = axpy(sign * eps_d, dE, E), axpy(sign * eps_d, dF, F)
         return _gradients(lambda: problem.train_loss(E_pm, F_pm, A), [A], reduce)[1][0]
 
-    gA_plus, gA_minus = stage1_grad_A(1.0), stage1_grad_A(-1.0)
+    gA_plus = stage1_grad_A(1.0, E, F, A)
+    gA_minus = stage1_grad_A(-1.0, *after(gA_plus, E, F, A))
     grad_A = [ua - (p - m) / (2.0 * eps_d) for ua, p, m in zip(uA, gA_plus, gA_minus)]
     return Hypergradient(grad_A, UnrolledState(E1, F1, W1, tokens, L_tr, L_u, L_val, gE + gF, gW))
 
@@ -265,7 +281,11 @@ def darts_hypergradient_with_state(train_loss: Callable, val_loss: Callable, A: 
     w1 = unrolled(w, gw, eta)
     L_val, (v, g_direct) = _gradients(lambda: val_loss(w1, A), [w1, A], reduce)
     eps = _perturbation_scale(epsilon, v)
-    g_plus = _gradients(lambda: train_loss(axpy(eps, v, w), A), [A], reduce)[1][0]
-    g_minus = _gradients(lambda: train_loss(axpy(-eps, v, w), A), [A], reduce)[1][0]
+
+    def grad_A_at(sign, w, A):  # ∇_A L_train(w ± ε v, A)
+        return _gradients(lambda: train_loss(axpy(sign * eps, v, w), A), [A], reduce)[1][0]
+
+    g_plus = grad_A_at(1.0, w, A)
+    g_minus = grad_A_at(-1.0, *after(g_plus, w, A))
     grad_A = [g - eta * (p - m) / (2.0 * eps) for g, p, m in zip(g_direct, g_plus, g_minus)]
     return DartsHypergradient(grad_A, L_val, gw, L_tr)

@@ -147,3 +147,42 @@ def test_darts_first_order_is_the_plain_validation_gradient():
     train, val = _darts_case()
     grad, _ = darts_hypergradient(train, val, [f64([0.7])], [f64([1.5])], 0.1, order=1)
     np.testing.assert_allclose(grad[0].numpy(), [1.5])  # ∇_a L_val(w, a) = w
+
+
+def _ops_reachable_backwards(ops):
+    """The names of `ops` and of every op they depend on, through data and control edges."""
+    seen, stack = set(), list(ops)
+    while stack:
+        op = stack.pop()
+        if op.name in seen:
+            continue
+        seen.add(op.name)
+        stack.extend(t.op for t in op.inputs)
+        stack.extend(op.control_inputs)
+    return seen
+
+
+def test_finite_difference_branches_run_one_after_the_other_with_unchanged_values():
+    """Traced, the − branch of each central difference waits for the + branch's result (so their
+    activations never coexist), and the estimate equals the eager one."""
+    problem = toy_problem()
+    eager = finite_difference_hypergradient(problem, A0, E0, F0, W0, ETA, epsilon=1e-4).grad_A
+    traced = tf.function(lambda: finite_difference_hypergradient(problem, A0, E0, F0, W0, ETA, epsilon=1e-4).grad_A)
+    for g, t in zip(eager, traced()):
+        np.testing.assert_allclose(t.numpy(), g.numpy(), rtol=1e-12)
+    graph = traced.get_concrete_function().graph
+    gated = [op for op in graph.get_operations() if op.type == "Identity" and op.control_inputs]
+    # after() gates the − branch's inputs: E', F', A, W of the Stage II pair, E, F, A of the Stage I pair.
+    assert len(gated) == (len(E0) + len(F0) + len(A0) + len(W0)) + (len(E0) + len(F0) + len(A0))
+    for op in gated:
+        waits_for = _ops_reachable_backwards(op.control_inputs)
+        assert any("gradient" in name.lower() for name in waits_for)
+
+
+def test_darts_finite_difference_minus_branch_waits_for_the_plus_branch():
+    train, val = _darts_case()
+    traced = tf.function(lambda: darts_hypergradient(train, val, [f64([0.7])], [f64([1.5])], 0.1, order=2,
+                                                     method="finite_difference")[0])
+    graph = traced.get_concrete_function().graph
+    gated = [op for op in graph.get_operations() if op.type == "Identity" and op.control_inputs]
+    assert len(gated) == 2  # w and A of the − branch
