@@ -46,6 +46,10 @@ class SearchConfig:
     fd_epsilon: float = 0.01
     # Weight steps reuse the unrolled step's gradients (three_stage; darts order 2): see the flag's help.
     reuse_unrolled_gradients: bool = False
+    # Keras dtype policy of the search's models and the tapes' loss scale S (0: the policy's default;
+    # search/precision.py).
+    dtype_policy: str = "float32"
+    loss_scale: float = 0.0
     xla: bool = False
     log_every: int = 10
     checkpoint_every: int = 50

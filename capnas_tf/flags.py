@@ -72,6 +72,13 @@ flags.DEFINE_bool(
     "teacher E', F'), i.e. simultaneous instead of alternating updates. Saves a supernet forward and "
     "backward (and for three_stage a greedy decode and the student's step) per search step; changes the "
     "numerics slightly. Off: the paper's alternation.")
+flags.DEFINE_enum("dtype_policy", _S.dtype_policy, ["float32", "mixed_bfloat16", "mixed_float16"],
+                  "Keras dtype policy of the search's models (variables stay float32). mixed_bfloat16 halves "
+                  "activation memory and needs no loss scale; mixed_float16 (GPUs) scales every tape's loss "
+                  "by --loss_scale. Both need --hypergradient=exact for second-order searches.")
+flags.DEFINE_float("loss_scale", _S.loss_scale,
+                   "S: every tape of the search differentiates S·L and divides by S (a power of two; 0: 1024 "
+                   "under mixed_float16, else 1). Lower it if a float16 search stops on an Inf gradient.")
 flags.DEFINE_bool("xla", _S.xla, "Compile the search step with XLA (often slower on CPU; measure). One replica "
                   "only: refused over several (--strategy=mirrored on 2+ devices, multi_worker).")
 flags.DEFINE_integer("log_every", _S.log_every, "Log a progress line and TensorBoard scalars every N steps.")
@@ -124,7 +131,7 @@ def search_config_from_flags() -> SearchConfig:
         weight_lr=FLAGS.weight_lr, student_lr=FLAGS.student_lr, weight_decay=FLAGS.weight_decay,
         arch_lr=FLAGS.arch_lr, arch_weight_decay=FLAGS.arch_weight_decay, grad_clip=FLAGS.grad_clip,
         fd_epsilon=FLAGS.fd_epsilon, reuse_unrolled_gradients=FLAGS.reuse_unrolled_gradients,
-        xla=FLAGS.xla, log_every=FLAGS.log_every,
+        dtype_policy=FLAGS.dtype_policy, loss_scale=FLAGS.loss_scale, xla=FLAGS.xla, log_every=FLAGS.log_every,
         checkpoint_every=FLAGS.checkpoint_every, eval_images=FLAGS.search_eval_images, gdas_tau_max=FLAGS.gdas_tau_max, gdas_tau_min=FLAGS.gdas_tau_min,
         random_ws_candidates=FLAGS.random_ws_candidates, random_ws_rank_batches=FLAGS.random_ws_rank_batches,
         controller_units=FLAGS.controller_units, controller_lr=FLAGS.controller_lr,

@@ -158,9 +158,10 @@ def teacher_greedy_captions(models: SearchModels, images, A, max_caption_len: in
 
 
 def make_three_stage_problem(models: SearchModels, batches: dict, *, stage2: str = "soft",
-                             max_caption_len: int, reduce_gradients: Callable | None = None
-                             ) -> ThreeStageProblem:
-    """L_tr, pseudo-captions, L_u, L_val on one batch each of D_tr, U, D_val.
+                             max_caption_len: int, reduce_gradients: Callable | None = None,
+                             loss_scale: float = 1.0) -> ThreeStageProblem:
+    """L_tr, pseudo-captions, L_u, L_val on one batch each of D_tr, U, D_val (and the tapes' loss
+    scale S, `precision.py`).
 
     `batches` has "train" {"image", "tokens"}, "unlabeled" {"image"}, "val" {"image", "tokens"}.
     """
@@ -190,4 +191,5 @@ def make_three_stage_problem(models: SearchModels, batches: dict, *, stage2: str
         return caption_loss(logits, val["tokens"])
 
     kwargs = {} if reduce_gradients is None else {"reduce_gradients": reduce_gradients}
-    return ThreeStageProblem(train_loss, pseudo_captions, pseudo_caption_loss, val_loss, **kwargs)
+    return ThreeStageProblem(train_loss, pseudo_captions, pseudo_caption_loss, val_loss, loss_scale=loss_scale,
+                             **kwargs)

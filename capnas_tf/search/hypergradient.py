@@ -33,6 +33,7 @@ from typing import Callable, Sequence
 
 import tensorflow as tf
 
+from capnas_tf.search.precision import scaled, unscaled
 from capnas_tf.search.stateless import axpy, densify, global_norm, unrolled
 
 Values = list  # list[tf.Tensor]
@@ -55,6 +56,8 @@ class ThreeStageProblem:
       val_loss: W -> L(W; D_val), the Stage III loss.
       reduce_gradients: sums per-replica gradients under tf.distribute so every replica takes the
         same virtual step; the identity on one device.
+      loss_scale: S; every tape differentiates S·L and divides its gradient by S (`precision.py`:
+        float16 compute). A power of two, so that it is exact in float32.
     """
 
     train_loss: Callable
@@ -62,6 +65,7 @@ class ThreeStageProblem:
     pseudo_caption_loss: Callable
     val_loss: Callable
     reduce_gradients: Callable = _identity
+    loss_scale: float = 1.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -98,13 +102,14 @@ class Hypergradient:
     state: UnrolledState
 
 
-def _gradients(loss_fn: Callable, wrt: Sequence[Values], reduce: Callable):
-    """(loss, [∇ loss for each group in wrt]) — first order, no outer tape needed."""
+def _gradients(loss_fn: Callable, wrt: Sequence[Values], reduce: Callable, scale: float = 1.0):
+    """(loss, [∇ loss for each group in wrt]) — first order, no outer tape needed; ∇(S·L)/S for S = scale."""
     flat = [t for group in wrt for t in group]
     with tf.GradientTape() as tape:
         tape.watch(flat)
         loss = loss_fn()
-    grads = reduce(densify(tape.gradient(loss, flat), flat))
+        scaled_loss = scaled(loss, scale)  # inside the tape, or the tape would not see the product
+    grads = unscaled(reduce(densify(tape.gradient(scaled_loss, flat), flat)), scale)
     out, i = [], 0
     for group in wrt:
         out.append(grads[i : i + len(group)])
@@ -117,10 +122,12 @@ def unroll(problem: ThreeStageProblem, A: Values, E: Values, F: Values, W: Value
     """E', F', W' and f(A) = L(W'; D_val), differentiable in A when run under a tape watching A."""
     # Stage I. This tape's gradient is itself recorded by any outer tape on A, which is what makes
     # ∇²_{A,E} L_tr appear in the exact hypergradient.
+    S = problem.loss_scale
     with tf.GradientTape() as tape_EF:
         tape_EF.watch(E + F)
         L_tr = problem.train_loss(E, F, A)
-    g = problem.reduce_gradients(densify(tape_EF.gradient(L_tr, E + F), E + F))
+        S_L_tr = scaled(L_tr, S)
+    g = unscaled(problem.reduce_gradients(densify(tape_EF.gradient(S_L_tr, E + F), E + F)), S)
     E1 = unrolled(E, g[: len(E)], eta.eta_e)  # E' = E − η_e ∇_E L_tr
     F1 = unrolled(F, g[len(E):], eta.eta_f)  # F' = F − η_f ∇_F L_tr
 
@@ -130,7 +137,8 @@ def unroll(problem: ThreeStageProblem, A: Values, E: Values, F: Values, W: Value
     with tf.GradientTape() as tape_W:
         tape_W.watch(W)
         L_u = problem.pseudo_caption_loss(W, E1, F1, A, tokens)
-    gW = problem.reduce_gradients(densify(tape_W.gradient(L_u, W), W))
+        S_L_u = scaled(L_u, S)
+    gW = unscaled(problem.reduce_gradients(densify(tape_W.gradient(S_L_u, W), W)), S)
     W1 = unrolled(W, gW, eta.eta_w)  # W' = W − η_w ∇_W L(W, U, E', F')
 
     # Stage III.
@@ -146,13 +154,15 @@ def exact_hypergradient(problem: ThreeStageProblem, A: Values, E: Values, F: Val
     ∇_{E,F} L_tr and one takes ∇_W L_u. The outer tape records those gradient computations, so the
     mixed second derivatives ∇²_{A,E} L_tr, ∇²_{E',W} L_u, … are formed exactly, never materialised.
     """
+    S = problem.loss_scale
     with tf.GradientTape() as tape_A:
         tape_A.watch(A)
         state = unroll(problem, A, E, F, W, eta)
+        S_f = scaled(state.val_loss, S)  # S·f, recorded by tape_A (as every S·L by its own tape)
     # Under tf.distribute each replica's tape holds its own part of L_val, but the gradient TF registers
     # for an all-reduce is again an all-reduce (at every order: tests/search/test_distributed.py), so
     # replica r obtains ∂(Σ_s L_val,s)/∂A through its own shard's computations; the sum over r is ∇_A f.
-    grad_A = problem.reduce_gradients(densify(tape_A.gradient(state.val_loss, A), A))
+    grad_A = unscaled(problem.reduce_gradients(densify(tape_A.gradient(S_f, A), A)), S)
     return Hypergradient(grad_A, state)
 
 
@@ -188,20 +198,20 @@ def finite_difference_hypergradient(problem: ThreeStageProblem, A: Values, E: Va
     requires. Perturbing E and F jointly costs one pair of gradients instead of two. Memory stays
     that of a first-order step.
     """
-    reduce = problem.reduce_gradients
-    L_tr, (gE, gF) = _gradients(lambda: problem.train_loss(E, F, A), [E, F], reduce)
+    reduce, S = problem.reduce_gradients, problem.loss_scale
+    L_tr, (gE, gF) = _gradients(lambda: problem.train_loss(E, F, A), [E, F], reduce, S)
     E1, F1 = unrolled(E, gE, eta.eta_e), unrolled(F, gF, eta.eta_f)
     tokens = tf.stop_gradient(problem.pseudo_captions(E1, F1, A))
-    L_u, (gW,) = _gradients(lambda: problem.pseudo_caption_loss(W, E1, F1, A, tokens), [W], reduce)
+    L_u, (gW,) = _gradients(lambda: problem.pseudo_caption_loss(W, E1, F1, A, tokens), [W], reduce, S)
     W1 = unrolled(W, gW, eta.eta_w)
-    L_val, (v,) = _gradients(lambda: problem.val_loss(W1), [W1], reduce)
+    L_val, (v,) = _gradients(lambda: problem.val_loss(W1), [W1], reduce, S)
 
     eps_w = _perturbation_scale(epsilon, v)
 
     def stage2_grads(sign, E1, F1, A, W):
         W_pm = axpy(sign * eps_w, v, W)
         return _gradients(lambda: problem.pseudo_caption_loss(W_pm, E1, F1, A, tokens),
-                          [E1, F1, A], reduce)[1]
+                          [E1, F1, A], reduce, S)[1]
 
     pE, pF, pA = stage2_grads(1.0, E1, F1, A, W)
     mE, mF, mA = stage2_grads(-1.0, *after([pE, pF, pA], E1, F1, A, W))
@@ -216,7 +226,7 @@ def finite_difference_hypergradient(problem: ThreeStageProblem, A: Values, E: Va
 
     def stage1_grad_A(sign, E, F, A):
         E_pm, F_pm = axpy(sign * eps_d, dE, E), axpy(sign * eps_d, dF, F)
-        return _gradients(lambda: problem.train_loss(E_pm, F_pm, A), [A], reduce)[1][0]
+        return _gradients(lambda: problem.train_loss(E_pm, F_pm, A), [A], reduce, S)[1][0]
 
     gA_plus = stage1_grad_A(1.0, E, F, A)
     gA_minus = stage1_grad_A(-1.0, *after(gA_plus, E, F, A))
@@ -237,17 +247,19 @@ class DartsHypergradient:
 
 def darts_hypergradient(train_loss: Callable, val_loss: Callable, A: Values, w: Values, eta: float,
                         *, order: int = 2, method: str = "exact", epsilon: float = 0.01,
-                        reduce_gradients: Callable = _identity) -> tuple[Values, tf.Tensor]:
+                        reduce_gradients: Callable = _identity, loss_scale: float = 1.0
+                        ) -> tuple[Values, tf.Tensor]:
     """(∇_A, L_val) of `darts_hypergradient_with_state` (same arguments)."""
     result = darts_hypergradient_with_state(train_loss, val_loss, A, w, eta, order=order, method=method,
-                                            epsilon=epsilon, reduce_gradients=reduce_gradients)
+                                            epsilon=epsilon, reduce_gradients=reduce_gradients,
+                                            loss_scale=loss_scale)
     return result.grad_A, result.val_loss
 
 
 def darts_hypergradient_with_state(train_loss: Callable, val_loss: Callable, A: Values, w: Values,
                                    eta: float, *, order: int = 2, method: str = "exact",
-                                   epsilon: float = 0.01,
-                                   reduce_gradients: Callable = _identity) -> DartsHypergradient:
+                                   epsilon: float = 0.01, reduce_gradients: Callable = _identity,
+                                   loss_scale: float = 1.0) -> DartsHypergradient:
     """The DARTS bilevel hypergradient (Liu et al. 2019, arXiv 1806.09055, eq. 6–8).
 
     train_loss(w, A) = L_train, val_loss(w, A) = L_val.
@@ -256,10 +268,11 @@ def darts_hypergradient_with_state(train_loss: Callable, val_loss: Callable, A: 
                 ∇_A L_val(w', A) − η ∇²_{A,w} L_train(w, A) · ∇_{w'} L_val(w', A),
                 by nested tapes (method="exact") or by DARTS' central difference with
                 w± = w ± ε/‖v‖ · v (method="finite_difference").
+    Every tape differentiates S·L and divides by S, S = loss_scale (as in `ThreeStageProblem`).
     """
-    reduce = reduce_gradients
+    reduce, S = reduce_gradients, loss_scale
     if order == 1:
-        L_val, (gA,) = _gradients(lambda: val_loss(w, A), [A], reduce)
+        L_val, (gA,) = _gradients(lambda: val_loss(w, A), [A], reduce, S)
         return DartsHypergradient(gA, L_val, None, None)
     if order != 2:
         raise ValueError(f"darts_hypergradient: order must be 1 or 2, received {order!r}.")
@@ -269,21 +282,24 @@ def darts_hypergradient_with_state(train_loss: Callable, val_loss: Callable, A: 
             with tf.GradientTape() as tape_w:
                 tape_w.watch(w)
                 L_tr = train_loss(w, A)
-            gw = reduce(densify(tape_w.gradient(L_tr, w), w))
+                S_L_tr = scaled(L_tr, S)
+            gw = unscaled(reduce(densify(tape_w.gradient(S_L_tr, w), w)), S)
             w1 = unrolled(w, gw, eta)
             L_val = val_loss(w1, A)
-        return DartsHypergradient(reduce(densify(tape_A.gradient(L_val, A), A)), L_val, gw, L_tr)
+            S_L_val = scaled(L_val, S)
+        grad_A = unscaled(reduce(densify(tape_A.gradient(S_L_val, A), A)), S)
+        return DartsHypergradient(grad_A, L_val, gw, L_tr)
     if method != "finite_difference":
         raise ValueError(
             f"darts_hypergradient: method must be 'exact' or 'finite_difference', received {method!r}."
         )
-    L_tr, (gw,) = _gradients(lambda: train_loss(w, A), [w], reduce)
+    L_tr, (gw,) = _gradients(lambda: train_loss(w, A), [w], reduce, S)
     w1 = unrolled(w, gw, eta)
-    L_val, (v, g_direct) = _gradients(lambda: val_loss(w1, A), [w1, A], reduce)
+    L_val, (v, g_direct) = _gradients(lambda: val_loss(w1, A), [w1, A], reduce, S)
     eps = _perturbation_scale(epsilon, v)
 
     def grad_A_at(sign, w, A):  # ∇_A L_train(w ± ε v, A)
-        return _gradients(lambda: train_loss(axpy(sign * eps, v, w), A), [A], reduce)[1][0]
+        return _gradients(lambda: train_loss(axpy(sign * eps, v, w), A), [A], reduce, S)[1][0]
 
     g_plus = grad_A_at(1.0, w, A)
     g_minus = grad_A_at(-1.0, *after(g_plus, w, A))

@@ -10,6 +10,7 @@ from capnas_tf.config import SearchConfig
 from capnas_tf.decoders import get_decoder
 from capnas_tf.encoders import get_encoder
 from capnas_tf.search.captioning import SearchModels
+from capnas_tf.search.precision import check_precision, dtype_policy
 from capnas_tf.search_space.relaxations import relax_architecture
 from capnas_tf.search_space.supernet import SupernetEncoder
 
@@ -18,8 +19,17 @@ def build_search_models(config: SearchConfig, *, vocab_size: int, max_caption_le
                         seed: int = 0) -> SearchModels:
     """E, A, F, W for `config`, with every variable created.
 
-    Decoders read prefixes of max_caption_len − 1 tokens (teacher forcing on tokens[:, :-1]).
+    Decoders read prefixes of max_caption_len − 1 tokens (teacher forcing on tokens[:, :-1]). The models
+    compute in `config.dtype_policy` (variables float32).
     """
+    check_precision(config)
+    with dtype_policy(config.dtype_policy):
+        return _build_search_models(config, vocab_size=vocab_size, max_caption_len=max_caption_len,
+                                    image_size=image_size, seed=seed)
+
+
+def _build_search_models(config: SearchConfig, *, vocab_size: int, max_caption_len: int, image_size: int,
+                         seed: int) -> SearchModels:
     net = config.supernet
     encoder = SupernetEncoder(channels=net.channels, num_cells=net.num_cells, num_nodes=net.num_nodes,
                               stem_multiplier=net.stem_multiplier, primitives=net.primitives, seed=seed,

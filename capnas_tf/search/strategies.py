@@ -17,6 +17,7 @@ from capnas_tf.checkpointing import model_state
 from capnas_tf.config import SearchConfig
 from capnas_tf.registry import Registry
 from capnas_tf.search import hypergradient as hg
+from capnas_tf.search import precision
 from capnas_tf.search.captioning import (
     SearchModels,
     caption_loss,
@@ -48,11 +49,13 @@ def apply_global_gradients(optimizer: keras.optimizers.Optimizer, grads: list, v
     return norm
 
 
-def _gradients_of(loss_fn: Callable, variables: list):
-    """(loss, globally summed dense gradients) of loss_fn() with respect to `variables`."""
+def _gradients_of(loss_fn: Callable, variables: list, loss_scale: float = 1.0):
+    """(loss, globally summed dense gradients) of loss_fn() with respect to `variables`, as ∇(S·L)/S."""
     with tf.GradientTape() as tape:
         loss = loss_fn()
-    return loss, all_reduce_sum(densify(tape.gradient(loss, variables), variables))
+        scaled_loss = precision.scaled(loss, loss_scale)
+    grads = all_reduce_sum(densify(tape.gradient(scaled_loss, variables), variables))
+    return loss, precision.unscaled(grads, loss_scale)
 
 
 def _arch_optimizer(config: SearchConfig) -> keras.optimizers.Optimizer:
@@ -73,6 +76,8 @@ class SearchStrategy:
         self.models = models
         self.config = config
         self.max_caption_len = max_caption_len
+        precision.check_precision(config)
+        self.loss_scale = precision.loss_scale(config)  # S of every tape (1 unless mixed_float16)
         self.weight_optimizer = keras.optimizers.AdamW(config.weight_lr, weight_decay=config.weight_decay)
         self.arch_optimizer = _arch_optimizer(config)
         self.weight_optimizer.build(models.E + models.F)
@@ -118,7 +123,7 @@ class SearchStrategy:
             logits = supernet_logits(self.models, batch["image"], batch["tokens"][:, :-1], A)
             return caption_loss(logits, batch["tokens"])
 
-        return self.apply_supernet_gradients(*_gradients_of(loss_fn, variables))
+        return self.apply_supernet_gradients(*_gradients_of(loss_fn, variables, self.loss_scale))
 
     def weight_step(self, batches: dict) -> dict:
         return self.supernet_weight_step(batches["train"])
@@ -165,7 +170,7 @@ class ThreeStageStrategy(SearchStrategy):
         """∇_A L(W'; D_val) at the current E, F, W, A (no update)."""
         problem = make_three_stage_problem(self.models, batches, stage2=self.config.stage2,
                                            max_caption_len=self.max_caption_len,
-                                           reduce_gradients=all_reduce_sum)
+                                           reduce_gradients=all_reduce_sum, loss_scale=self.loss_scale)
         m = self.models
         return self.estimate(problem, self.A_values(), values_of(m.E), values_of(m.F), values_of(m.W),
                              self.eta)
@@ -214,7 +219,7 @@ class ThreeStageStrategy(SearchStrategy):
             student = lambda t: m.student(images, t, training=True)  # noqa: E731
             return self.stage2_loss(student, teacher_logits, tokens)
 
-        loss, grads = _gradients_of(loss_fn, m.W)
+        loss, grads = _gradients_of(loss_fn, m.W, self.loss_scale)
         norm = apply_global_gradients(self.student_optimizer, grads, m.W, self.config.grad_clip)
         return {"stage2/student_loss": loss, "stage2/grad_norm": norm}
 
@@ -253,7 +258,7 @@ class DartsStrategy(SearchStrategy):
         return hg.darts_hypergradient_with_state(
             self._loss_on(batches["train"]), self._loss_on(batches["val"]), self.A_values(), w,
             self.config.eta_e, order=self.config.darts_order, method=method,
-            epsilon=self.config.fd_epsilon, reduce_gradients=all_reduce_sum)
+            epsilon=self.config.fd_epsilon, reduce_gradients=all_reduce_sum, loss_scale=self.loss_scale)
 
     def apply_hypergradient(self, result: hg.DartsHypergradient) -> dict:
         norm = apply_global_gradients(self.arch_optimizer, result.grad_A, self.models.A)
