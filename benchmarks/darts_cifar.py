@@ -33,12 +33,15 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import search_step as bench  # noqa: E402  (shared measurement helpers)
 
-MODES = ("plain", "darts_1st", "darts_2nd", "darts_2nd_reuse", "darts_2nd_fd", "darts_2nd_fd_reuse")
-SECOND_ORDER = ("darts_2nd", "darts_2nd_reuse", "darts_2nd_fd", "darts_2nd_fd_reuse")
+MODES = ("plain", "darts_1st", "darts_2nd", "darts_2nd_reuse", "darts_2nd_fd", "darts_2nd_fd_reuse", "plain_bf16",
+         "darts_2nd_reuse_bf16")
+SECOND_ORDER = ("darts_2nd", "darts_2nd_reuse", "darts_2nd_fd", "darts_2nd_fd_reuse", "darts_2nd_reuse_bf16")
+BF16 = "_bf16"  # suffix: the supernet and head compute in bfloat16 (mixed_bfloat16; weights float32)
 TITLES = {"plain": "plain weight step", "darts_1st": "DARTS 1st order", "darts_2nd": "DARTS 2nd order (nested tapes)",
           "darts_2nd_reuse": "DARTS 2nd order (nested tapes), reuse",
           "darts_2nd_fd": "DARTS 2nd order (finite diff., as the reference)",
-          "darts_2nd_fd_reuse": "DARTS 2nd order (finite diff.), reuse"}
+          "darts_2nd_fd_reuse": "DARTS 2nd order (finite diff.), reuse",
+          "plain_bf16": "plain weight step, bfloat16", "darts_2nd_reuse_bf16": "DARTS 2nd order (nested tapes), reuse, bfloat16"}
 REFERENCE_S = {"plain": 7.2, "darts_1st": 16.8, "darts_2nd_fd": 36.9}
 REFERENCE_PEAK_GIB = {"darts_2nd_fd": 13.9}
 
@@ -49,16 +52,19 @@ def measure(args) -> dict:
     import tensorflow as tf
 
     from capnas_tf.search import hypergradient as hg
+    from capnas_tf.search.precision import dtype_policy
     from capnas_tf.search.stateless import bind, values_of
     from capnas_tf.search.strategies import apply_global_gradients
     from capnas_tf.search_space.supernet import SupernetEncoder
 
     keras.utils.set_random_seed(0)
     B, S, classes = args.batch_size, 32, 10
-    encoder = SupernetEncoder(channels=args.channels, num_cells=args.cells, num_nodes=4, name="supernet")
-    encoder.build((None, S, S, 3))
-    head = keras.layers.Dense(classes, name="head")
-    head.build((None, encoder.output_channels))
+    mode = args.mode.removesuffix(BF16)
+    with dtype_policy("mixed_bfloat16" if args.mode.endswith(BF16) else "float32"):
+        encoder = SupernetEncoder(channels=args.channels, num_cells=args.cells, num_nodes=4, name="supernet")
+        encoder.build((None, S, S, 3))
+        head = keras.layers.Dense(classes, name="head")
+        head.build((None, encoder.output_channels))
     weights = encoder.trainable_variables + head.trainable_variables  # w
     A = encoder.arch_variables
     weight_optimizer = keras.optimizers.SGD(0.025, momentum=0.9, weight_decay=3e-4)
@@ -74,7 +80,7 @@ def measure(args) -> dict:
     def nll(batch_, A_values):
         _, pooled = encoder(batch_["image"], training=True,
                             op_weights=tuple(tf.nn.softmax(a, axis=-1) for a in A_values))  # pooled: (B, C)
-        logp = tf.nn.log_softmax(head(pooled))  # log_softmax, not the fused op: second derivatives
+        logp = tf.nn.log_softmax(tf.cast(head(pooled), tf.float32))  # not the fused op: second derivatives
         return -tf.reduce_mean(tf.gather(logp, batch_["label"], axis=-1, batch_dims=1))
 
     def loss_on(batch_):
@@ -105,7 +111,7 @@ def measure(args) -> dict:
              "darts_2nd_reuse": lambda: darts_step(2, "exact", reuse=True),
              "darts_2nd_fd": lambda: darts_step(2, "finite_difference"),
              "darts_2nd_fd_reuse": lambda: darts_step(2, "finite_difference", reuse=True)}
-    step = tf.function(steps[args.mode], jit_compile=args.xla, autograph=False)
+    step = tf.function(steps[mode], jit_compile=args.xla, autograph=False)
     result = bench.time_steps(step, (), repeats=args.repeats)
     result["traces"] = step.experimental_get_tracing_count()
     result["params"] = int(sum(np.prod(w.shape) for w in weights))

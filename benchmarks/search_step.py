@@ -3,7 +3,8 @@ and F), a DARTS first-order and second-order step, and a three-stage step with t
 `finite_difference` hypergradient; each with and without XLA, at the default search config and at one
 twice as wide (2C) and twice as deep (2× cells), on the same batches. The `*_reuse` modes are the
 same steps with `--reuse_unrolled_gradients` (the weight steps take the gradients the unrolled step
-already computed), the `*_pc` modes with PC-DARTS partial channels (`--partial_channels`).
+already computed), the `*_pc` modes with PC-DARTS partial channels (`--partial_channels`), the `*_bf16` modes
+with the models computing in bfloat16 (`--dtype_policy=mixed_bfloat16`).
 
     python benchmarks/search_step.py              # full run → docs/performance.md
     python benchmarks/search_step.py --quick      # tiny supernet, fewer repeats (< 10 min on 2 cores)
@@ -32,15 +33,18 @@ import time
 
 REUSE = "_reuse"  # suffix: the weight steps reuse the unrolled step's gradients (--reuse_unrolled_gradients)
 PC = "_pc"  # suffix: PC-DARTS partial channels, K = --partial_channels (--partial_channels)
-MODES = ("plain", "plain_pc", "darts_1st", "darts_2nd", "darts_2nd_reuse", "exact", "exact_reuse", "exact_pc",
-         "finite_difference", "finite_difference_reuse", "finite_difference_pc")
+BF16 = "_bf16"  # suffix: the models compute in bfloat16 (--dtype_policy=mixed_bfloat16)
+LEVERS = (REUSE, PC, BF16)
+MODES = ("plain", "plain_pc", "plain_bf16", "darts_1st", "darts_2nd", "darts_2nd_reuse", "exact", "exact_reuse",
+         "exact_pc", "exact_bf16", "finite_difference", "finite_difference_reuse", "finite_difference_pc")
 MODE_TITLES = {"plain": "plain Stage I step", "plain_pc": "plain Stage I step, partial channels",
                "darts_1st": "DARTS 1st order", "darts_2nd": "DARTS 2nd order",
                "darts_2nd_reuse": "DARTS 2nd order, reuse", "exact": "three-stage exact",
                "exact_reuse": "three-stage exact, reuse", "exact_pc": "three-stage exact, partial channels",
                "finite_difference": "three-stage finite diff.",
                "finite_difference_reuse": "three-stage finite diff., reuse",
-               "finite_difference_pc": "three-stage finite diff., partial channels"}
+               "finite_difference_pc": "three-stage finite diff., partial channels",
+               "plain_bf16": "plain Stage I step, bfloat16", "exact_bf16": "three-stage exact, bfloat16"}
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_DOC = os.path.join(REPO, "docs", "performance.md")
 
@@ -176,7 +180,8 @@ def measure(args) -> dict:
     from capnas_tf.search.models import build_search_models
     from capnas_tf.search.strategies import DartsStrategy, ThreeStageStrategy
 
-    mode, partial = args.mode.removesuffix(PC), args.mode.endswith(PC)
+    mode, bf16 = args.mode.removesuffix(BF16), args.mode.endswith(BF16)
+    mode, partial = mode.removesuffix(PC), mode.endswith(PC)
     mode, reuse = mode.removesuffix(REUSE), mode.endswith(REUSE)
     if args.inter_op_threads:
         tf.config.threading.set_inter_op_parallelism_threads(args.inter_op_threads)
@@ -187,7 +192,7 @@ def measure(args) -> dict:
     hyper = "finite_difference" if mode == "finite_difference" else "exact"
     config = SearchConfig(hypergradient=hyper, darts_order=1 if mode == "darts_1st" else 2, supernet=supernet,
                           strategy="darts" if mode.startswith("darts") else "three_stage", xla=args.xla,
-                          reuse_unrolled_gradients=reuse)
+                          reuse_unrolled_gradients=reuse, dtype_policy="mixed_bfloat16" if bf16 else "float32")
     models = build_search_models(config, vocab_size=args.vocab_size, max_caption_len=args.max_caption_len,
                                  image_size=args.image_size)
     cls = DartsStrategy if mode.startswith("darts") else ThreeStageStrategy
@@ -366,7 +371,7 @@ def parse_args(argv=None):
     parser.add_argument("--xla_configs", default="",
                         help="configs measured with XLA on (empty: default,large; --quick: default)")
     parser.add_argument("--lever_configs", default="",
-                        help="configs at which the *_reuse and *_pc modes are measured (empty: default,large; "
+                        help="configs at which the *_reuse, *_pc and *_bf16 modes are measured (empty: default,large; "
                              "--quick: default)")
     parser.add_argument("--configs", default="default,large",
                         help="'default' and/or 'large' (2× channels and 2× cells of the default)")
@@ -459,7 +464,7 @@ def main(argv=None):
             for mode in [m for m in MODES if m in modes]:
                 if args.render_json or (xla and (mode not in xla_modes or s.name not in xla_configs)):
                     continue
-                if mode.endswith((REUSE, PC)) and s.name not in lever_configs:
+                if mode.endswith(LEVERS) and s.name not in lever_configs:
                     continue
                 flags = [*s.flags(), *common, f"--mode={mode}", f"--xla={'on' if xla else 'off'}"]
                 t0 = time.time()
