@@ -7,7 +7,7 @@ already computed), the `*_pc` modes with PC-DARTS partial channels (`--partial_c
 with the models computing in bfloat16 (`--dtype_policy=mixed_bfloat16`).
 
     python benchmarks/search_step.py              # full run → docs/performance.md
-    python benchmarks/search_step.py --quick      # tiny supernet, fewer repeats (< 10 min on 2 cores)
+    python benchmarks/search_step.py --quick      # tiny supernet, the five steps (< 10 min on 2 cores)
     python benchmarks/search_step.py --darts_cifar  # DARTS' CIFAR-10 search setting (see darts_cifar.py)
 
 Each (mode, XLA, config) runs in its own subprocess, so that its peak memory is its own: on CPU, the
@@ -35,6 +35,7 @@ REUSE = "_reuse"  # suffix: the weight steps reuse the unrolled step's gradients
 PC = "_pc"  # suffix: PC-DARTS partial channels, K = --partial_channels (--partial_channels)
 BF16 = "_bf16"  # suffix: the models compute in bfloat16 (--dtype_policy=mixed_bfloat16)
 LEVERS = (REUSE, PC, BF16)
+CORE_MODES = ("plain", "darts_1st", "darts_2nd", "exact", "finite_difference")  # the steps the targets name
 MODES = ("plain", "plain_pc", "plain_bf16", "darts_1st", "darts_2nd", "darts_2nd_reuse", "exact", "exact_reuse",
          "exact_pc", "exact_bf16", "finite_difference", "finite_difference_reuse", "finite_difference_pc")
 MODE_TITLES = {"plain": "plain Stage I step", "plain_pc": "plain Stage I step, partial channels",
@@ -346,8 +347,8 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true",
                         help="a tiny supernet (C=4, 2 cells × 2 nodes, 4 candidate ops; large = C=8, 4 cells), "
-                             "2 timed repeats, XLA on for the plain and exact steps and the *_reuse / *_pc modes at the "
-                             "default config only")
+                             "2 timed repeats, the five steps the targets name (no lever variants unless --modes names "
+                             "them), XLA on for the plain and exact steps at the default config only")
     parser.add_argument("--darts_cifar", action="store_true",
                         help="DARTS' CIFAR-10 search setting with a classification head; takes the flags of "
                              "benchmarks/darts_cifar.py instead of these")
@@ -363,7 +364,9 @@ def parse_args(argv=None):
     parser.add_argument("--vocab_size", type=int, default=64, help="V")
     parser.add_argument("--repeats", type=int, default=None,
                         help="timed steps per combination (median); default 5, --quick 2")
-    parser.add_argument("--modes", default=",".join(MODES), help=f"comma-separated subset of {MODES}")
+    parser.add_argument("--modes", default=None,
+                        help=f"comma-separated subset of {MODES} (default: all; --quick: the five steps the targets "
+                             f"name, {','.join(CORE_MODES)}, without the levers' variants)")
     parser.add_argument("--xla", default="off,on", help="'off', 'on' or 'off,on' (in the child: one of them)")
     parser.add_argument("--xla_modes", default="",
                         help="steps measured with XLA on too (empty: all; --quick: plain,exact, since XLA "
@@ -406,6 +409,9 @@ def parse_args(argv=None):
         args.xla_configs = args.xla_configs or "default"
         args.lever_configs = args.lever_configs or "default"
         args.partial_channels = args.partial_channels or 2
+        # The levers' variants are 8 more processes (~5 min on 2 cores): measured in the full run or on request.
+        args.modes = args.modes or ",".join(CORE_MODES)
+    args.modes = args.modes or ",".join(MODES)
     args.repeats = args.repeats or 5
     args.partial_channels = args.partial_channels or 4
     return args
