@@ -90,19 +90,22 @@ def measure(args) -> dict:
         return loss
 
     def weight_step():
-        with tf.GradientTape() as tape:
-            loss = nll(train, values_of(A))
-        grads = tape.gradient(loss, weights)
-        grads = [tf.convert_to_tensor(g) for g in grads]
-        apply_global_gradients(weight_optimizer, grads, weights, clip_norm=5.0)
-        return loss
+        with tf.name_scope("weight_step"):  # name scopes: how benchmarks/profile_step.py attributes time
+            with tf.GradientTape() as tape:
+                loss = nll(train, values_of(A))
+            grads = tape.gradient(loss, weights)
+            grads = [tf.convert_to_tensor(g) for g in grads]
+            apply_global_gradients(weight_optimizer, grads, weights, clip_norm=5.0)
+            return loss
 
     def darts_step(order, method, reuse=False):
         result = hg.darts_hypergradient_with_state(loss_on(train), loss_on(val), values_of(A), values_of(weights),
                                                    0.025, order=order, method=method, epsilon=0.01)
-        apply_global_gradients(arch_optimizer, result.grad_A, A)
+        with tf.name_scope("architecture_update"):
+            apply_global_gradients(arch_optimizer, result.grad_A, A)
         if reuse:  # the virtual step's ∇_w L_train(w, A_t), as DartsStrategy does with the option on
-            apply_global_gradients(weight_optimizer, result.train_grads, weights, clip_norm=5.0)
+            with tf.name_scope("weight_update"):
+                apply_global_gradients(weight_optimizer, result.train_grads, weights, clip_norm=5.0)
             return result.val_loss, result.train_loss
         return result.val_loss, weight_step()
 
@@ -112,7 +115,8 @@ def measure(args) -> dict:
              "darts_2nd_fd": lambda: darts_step(2, "finite_difference"),
              "darts_2nd_fd_reuse": lambda: darts_step(2, "finite_difference", reuse=True)}
     step = tf.function(steps[mode], jit_compile=args.xla, autograph=False)
-    result = bench.time_steps(step, (), repeats=args.repeats)
+    result = bench.time_steps(step, (), repeats=args.repeats, profile_dir=args.profile_dir,
+                              profile_steps=args.profile_steps)
     result["traces"] = step.experimental_get_tracing_count()
     result["params"] = int(sum(np.prod(w.shape) for w in weights))
     return result
@@ -139,6 +143,8 @@ def parse_args(argv):
                         help="markdown file for the table (default docs/performance.md; '' = print only)")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--mode", choices=MODES, help=argparse.SUPPRESS)
+    parser.add_argument("--profile_dir", default="", help=argparse.SUPPRESS)  # internal: profile_step.py
+    parser.add_argument("--profile_steps", type=int, default=1, help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 
 

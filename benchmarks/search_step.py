@@ -103,8 +103,10 @@ def tensor_memory_mb(device: str) -> dict | None:
     return {k: v / 2**20 for k, v in info.items()}
 
 
-def time_steps(step, args_, *, repeats: int) -> dict:
-    """Trace, first call, one warm-up call, then `repeats` timed calls; times and memory.
+def time_steps(step, args_, *, repeats: int, profile_dir: str = "", profile_steps: int = 1) -> dict:
+    """Trace, first call, one warm-up call, then `repeats` timed calls; times and memory. With
+    `profile_dir`, `profile_steps` more calls run under the TensorFlow profiler afterwards (its XPlane
+    goes to `profile_dir`; benchmarks/profile_step.py reads it), so profiling never touches the figures.
 
     `step(*args_)` returns tensors; `.numpy()` on one of them waits for the step to finish. The trace
     (Python building the graph) is timed apart from the first call (graph optimisation, executor
@@ -144,6 +146,11 @@ def time_steps(step, args_, *, repeats: int) -> dict:
         run()
         times.append(time.perf_counter() - t0)
     after = tensor_memory_mb(device)
+    if profile_dir:
+        tf.profiler.experimental.start(profile_dir)
+        for _ in range(profile_steps):
+            run()
+        tf.profiler.experimental.stop()
     result = {"step_s": statistics.median(times), "min_s": min(times), "trace_s": python_trace_s + first_call_s,
               "python_trace_s": python_trace_s, "first_call_s": first_call_s,
               "peak_mb": max(peak_rss_mb() - models_mb, 1e-3), "trace_peak_mb": trace_peak_mb,
@@ -204,7 +211,8 @@ def measure(args) -> dict:
     else:  # the search loop's own step function: A, then the weights
         step = make_step_function(strategy, tf.distribute.get_strategy(), update_architecture=True,
                                   jit_compile=args.xla)
-    result = time_steps(step, (batches,), repeats=args.repeats)
+    result = time_steps(step, (batches,), repeats=args.repeats, profile_dir=args.profile_dir,
+                        profile_steps=args.profile_steps)
     result["traces"] = step.experimental_get_tracing_count()
     return result
 
@@ -348,7 +356,8 @@ def parse_args(argv=None):
     parser.add_argument("--quick", action="store_true",
                         help="a tiny supernet (C=4, 2 cells × 2 nodes, 4 candidate ops; large = C=8, 4 cells), "
                              "2 timed repeats, the five steps the targets name (no lever variants unless --modes names "
-                             "them), XLA on for the plain and exact steps at the default config only")
+                             "them; DARTS 1st order at the default config only), XLA on for the plain and exact steps "
+                             "at the default config only")
     parser.add_argument("--darts_cifar", action="store_true",
                         help="DARTS' CIFAR-10 search setting with a classification head; takes the flags of "
                              "benchmarks/darts_cifar.py instead of these")
@@ -376,6 +385,9 @@ def parse_args(argv=None):
     parser.add_argument("--lever_configs", default="",
                         help="configs at which the *_reuse, *_pc and *_bf16 modes are measured (empty: default,large; "
                              "--quick: default)")
+    parser.add_argument("--large_modes", default="",
+                        help="steps measured at the large config too (empty: all; --quick: all but darts_1st, "
+                             "whose growth tells nothing the plain step's does not)")
     parser.add_argument("--configs", default="default,large",
                         help="'default' and/or 'large' (2× channels and 2× cells of the default)")
     parser.add_argument("--inter_op_threads", type=int, default=0,
@@ -398,6 +410,8 @@ def parse_args(argv=None):
     parser.add_argument("--command", default="", help="with --render_json: the command of the original run")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)  # internal: one measurement
     parser.add_argument("--mode", choices=MODES, help=argparse.SUPPRESS)
+    parser.add_argument("--profile_dir", default="", help=argparse.SUPPRESS)  # internal: profile_step.py
+    parser.add_argument("--profile_steps", type=int, default=1, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.repeats is not None and args.repeats < 1:
         parser.error(f"--repeats must be >= 1; received {args.repeats}.")
@@ -411,6 +425,7 @@ def parse_args(argv=None):
         args.partial_channels = args.partial_channels or 2
         # The levers' variants are 8 more processes (~5 min on 2 cores): measured in the full run or on request.
         args.modes = args.modes or ",".join(CORE_MODES)
+        args.large_modes = args.large_modes or ",".join(m for m in CORE_MODES if m != "darts_1st")
     args.modes = args.modes or ",".join(MODES)
     args.repeats = args.repeats or 5
     args.partial_channels = args.partial_channels or 4
@@ -471,6 +486,8 @@ def main(argv=None):
                 if args.render_json or (xla and (mode not in xla_modes or s.name not in xla_configs)):
                     continue
                 if mode.endswith(LEVERS) and s.name not in lever_configs:
+                    continue
+                if s.name == "large" and args.large_modes and mode not in args.large_modes.split(","):
                     continue
                 flags = [*s.flags(), *common, f"--mode={mode}", f"--xla={'on' if xla else 'off'}"]
                 t0 = time.time()

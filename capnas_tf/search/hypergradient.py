@@ -102,14 +102,16 @@ class Hypergradient:
     state: UnrolledState
 
 
-def _gradients(loss_fn: Callable, wrt: Sequence[Values], reduce: Callable, scale: float = 1.0):
-    """(loss, [∇ loss for each group in wrt]) — first order, no outer tape needed; ∇(S·L)/S for S = scale."""
+def _gradients(loss_fn: Callable, wrt: Sequence[Values], reduce: Callable, scale: float = 1.0, name: str = "gradient"):
+    """(loss, [∇ loss for each group in wrt]) — first order, no outer tape needed; ∇(S·L)/S for S = scale.
+    `name` is the ops' name scope (forward and backward), which is how a profile attributes their time."""
     flat = [t for group in wrt for t in group]
-    with tf.GradientTape() as tape:
+    with tf.name_scope(name), tf.GradientTape() as tape:
         tape.watch(flat)
         loss = loss_fn()
         scaled_loss = scaled(loss, scale)  # inside the tape, or the tape would not see the product
-    grads = unscaled(reduce(densify(tape.gradient(scaled_loss, flat), flat)), scale)
+    with tf.name_scope(name):
+        grads = unscaled(reduce(densify(tape.gradient(scaled_loss, flat), flat)), scale)
     out, i = [], 0
     for group in wrt:
         out.append(grads[i : i + len(group)])
@@ -123,26 +125,30 @@ def unroll(problem: ThreeStageProblem, A: Values, E: Values, F: Values, W: Value
     # Stage I. This tape's gradient is itself recorded by any outer tape on A, which is what makes
     # ∇²_{A,E} L_tr appear in the exact hypergradient.
     S = problem.loss_scale
-    with tf.GradientTape() as tape_EF:
-        tape_EF.watch(E + F)
-        L_tr = problem.train_loss(E, F, A)
-        S_L_tr = scaled(L_tr, S)
-    g = unscaled(problem.reduce_gradients(densify(tape_EF.gradient(S_L_tr, E + F), E + F)), S)
-    E1 = unrolled(E, g[: len(E)], eta.eta_e)  # E' = E − η_e ∇_E L_tr
-    F1 = unrolled(F, g[len(E):], eta.eta_f)  # F' = F − η_f ∇_F L_tr
+    with tf.name_scope("stage1"):  # name scopes: where a profile puts each op's time
+        with tf.GradientTape() as tape_EF:
+            tape_EF.watch(E + F)
+            L_tr = problem.train_loss(E, F, A)
+            S_L_tr = scaled(L_tr, S)
+        g = unscaled(problem.reduce_gradients(densify(tape_EF.gradient(S_L_tr, E + F), E + F)), S)
+        E1 = unrolled(E, g[: len(E)], eta.eta_e)  # E' = E − η_e ∇_E L_tr
+        F1 = unrolled(F, g[len(E):], eta.eta_f)  # F' = F − η_f ∇_F L_tr
 
     # Stage II. The teacher's discrete captions carry no gradient; the loss on them does.
     stop = lambda xs: [tf.stop_gradient(x) for x in xs]  # noqa: E731
-    tokens = tf.stop_gradient(problem.pseudo_captions(stop(E1), stop(F1), stop(A)))
-    with tf.GradientTape() as tape_W:
-        tape_W.watch(W)
-        L_u = problem.pseudo_caption_loss(W, E1, F1, A, tokens)
-        S_L_u = scaled(L_u, S)
-    gW = unscaled(problem.reduce_gradients(densify(tape_W.gradient(S_L_u, W), W)), S)
-    W1 = unrolled(W, gW, eta.eta_w)  # W' = W − η_w ∇_W L(W, U, E', F')
+    with tf.name_scope("stage2_decode"):
+        tokens = tf.stop_gradient(problem.pseudo_captions(stop(E1), stop(F1), stop(A)))
+    with tf.name_scope("stage2"):
+        with tf.GradientTape() as tape_W:
+            tape_W.watch(W)
+            L_u = problem.pseudo_caption_loss(W, E1, F1, A, tokens)
+            S_L_u = scaled(L_u, S)
+        gW = unscaled(problem.reduce_gradients(densify(tape_W.gradient(S_L_u, W), W)), S)
+        W1 = unrolled(W, gW, eta.eta_w)  # W' = W − η_w ∇_W L(W, U, E', F')
 
     # Stage III.
-    L_val = problem.val_loss(W1)
+    with tf.name_scope("stage3"):
+        L_val = problem.val_loss(W1)
     return UnrolledState(E1, F1, W1, tokens, L_tr, L_u, L_val, g, gW)
 
 
@@ -162,7 +168,8 @@ def exact_hypergradient(problem: ThreeStageProblem, A: Values, E: Values, F: Val
     # Under tf.distribute each replica's tape holds its own part of L_val, but the gradient TF registers
     # for an all-reduce is again an all-reduce (at every order: tests/search/test_distributed.py), so
     # replica r obtains ∂(Σ_s L_val,s)/∂A through its own shard's computations; the sum over r is ∇_A f.
-    grad_A = unscaled(problem.reduce_gradients(densify(tape_A.gradient(S_f, A), A)), S)
+    with tf.name_scope("hypergradient_reverse"):
+        grad_A = unscaled(problem.reduce_gradients(densify(tape_A.gradient(S_f, A), A)), S)
     return Hypergradient(grad_A, state)
 
 
@@ -199,19 +206,20 @@ def finite_difference_hypergradient(problem: ThreeStageProblem, A: Values, E: Va
     that of a first-order step.
     """
     reduce, S = problem.reduce_gradients, problem.loss_scale
-    L_tr, (gE, gF) = _gradients(lambda: problem.train_loss(E, F, A), [E, F], reduce, S)
+    L_tr, (gE, gF) = _gradients(lambda: problem.train_loss(E, F, A), [E, F], reduce, S, "stage1")
     E1, F1 = unrolled(E, gE, eta.eta_e), unrolled(F, gF, eta.eta_f)
-    tokens = tf.stop_gradient(problem.pseudo_captions(E1, F1, A))
-    L_u, (gW,) = _gradients(lambda: problem.pseudo_caption_loss(W, E1, F1, A, tokens), [W], reduce, S)
+    with tf.name_scope("stage2_decode"):
+        tokens = tf.stop_gradient(problem.pseudo_captions(E1, F1, A))
+    L_u, (gW,) = _gradients(lambda: problem.pseudo_caption_loss(W, E1, F1, A, tokens), [W], reduce, S, "stage2")
     W1 = unrolled(W, gW, eta.eta_w)
-    L_val, (v,) = _gradients(lambda: problem.val_loss(W1), [W1], reduce, S)
+    L_val, (v,) = _gradients(lambda: problem.val_loss(W1), [W1], reduce, S, "stage3")
 
     eps_w = _perturbation_scale(epsilon, v)
 
     def stage2_grads(sign, E1, F1, A, W):
         W_pm = axpy(sign * eps_w, v, W)
         return _gradients(lambda: problem.pseudo_caption_loss(W_pm, E1, F1, A, tokens),
-                          [E1, F1, A], reduce, S)[1]
+                          [E1, F1, A], reduce, S, f"fd_stage2_{'plus' if sign > 0 else 'minus'}")[1]
 
     pE, pF, pA = stage2_grads(1.0, E1, F1, A, W)
     mE, mF, mA = stage2_grads(-1.0, *after([pE, pF, pA], E1, F1, A, W))
@@ -226,7 +234,8 @@ def finite_difference_hypergradient(problem: ThreeStageProblem, A: Values, E: Va
 
     def stage1_grad_A(sign, E, F, A):
         E_pm, F_pm = axpy(sign * eps_d, dE, E), axpy(sign * eps_d, dF, F)
-        return _gradients(lambda: problem.train_loss(E_pm, F_pm, A), [A], reduce, S)[1][0]
+        return _gradients(lambda: problem.train_loss(E_pm, F_pm, A), [A], reduce, S,
+                          f"fd_stage1_{'plus' if sign > 0 else 'minus'}")[1][0]
 
     gA_plus = stage1_grad_A(1.0, E, F, A)
     gA_minus = stage1_grad_A(-1.0, *after(gA_plus, E, F, A))
@@ -272,34 +281,38 @@ def darts_hypergradient_with_state(train_loss: Callable, val_loss: Callable, A: 
     """
     reduce, S = reduce_gradients, loss_scale
     if order == 1:
-        L_val, (gA,) = _gradients(lambda: val_loss(w, A), [A], reduce, S)
+        L_val, (gA,) = _gradients(lambda: val_loss(w, A), [A], reduce, S, "darts_val")
         return DartsHypergradient(gA, L_val, None, None)
     if order != 2:
         raise ValueError(f"darts_hypergradient: order must be 1 or 2, received {order!r}.")
     if method == "exact":
         with tf.GradientTape() as tape_A:
             tape_A.watch(A)
-            with tf.GradientTape() as tape_w:
-                tape_w.watch(w)
-                L_tr = train_loss(w, A)
-                S_L_tr = scaled(L_tr, S)
-            gw = unscaled(reduce(densify(tape_w.gradient(S_L_tr, w), w)), S)
-            w1 = unrolled(w, gw, eta)
-            L_val = val_loss(w1, A)
-            S_L_val = scaled(L_val, S)
-        grad_A = unscaled(reduce(densify(tape_A.gradient(S_L_val, A), A)), S)
+            with tf.name_scope("darts_train"):
+                with tf.GradientTape() as tape_w:
+                    tape_w.watch(w)
+                    L_tr = train_loss(w, A)
+                    S_L_tr = scaled(L_tr, S)
+                gw = unscaled(reduce(densify(tape_w.gradient(S_L_tr, w), w)), S)
+                w1 = unrolled(w, gw, eta)
+            with tf.name_scope("darts_val"):
+                L_val = val_loss(w1, A)
+                S_L_val = scaled(L_val, S)
+        with tf.name_scope("hypergradient_reverse"):
+            grad_A = unscaled(reduce(densify(tape_A.gradient(S_L_val, A), A)), S)
         return DartsHypergradient(grad_A, L_val, gw, L_tr)
     if method != "finite_difference":
         raise ValueError(
             f"darts_hypergradient: method must be 'exact' or 'finite_difference', received {method!r}."
         )
-    L_tr, (gw,) = _gradients(lambda: train_loss(w, A), [w], reduce, S)
+    L_tr, (gw,) = _gradients(lambda: train_loss(w, A), [w], reduce, S, "darts_train")
     w1 = unrolled(w, gw, eta)
-    L_val, (v, g_direct) = _gradients(lambda: val_loss(w1, A), [w1, A], reduce, S)
+    L_val, (v, g_direct) = _gradients(lambda: val_loss(w1, A), [w1, A], reduce, S, "darts_val")
     eps = _perturbation_scale(epsilon, v)
 
     def grad_A_at(sign, w, A):  # ∇_A L_train(w ± ε v, A)
-        return _gradients(lambda: train_loss(axpy(sign * eps, v, w), A), [A], reduce, S)[1][0]
+        return _gradients(lambda: train_loss(axpy(sign * eps, v, w), A), [A], reduce, S,
+                          f"darts_{'plus' if sign > 0 else 'minus'}")[1][0]
 
     g_plus = grad_A_at(1.0, w, A)
     g_minus = grad_A_at(-1.0, *after(g_plus, w, A))

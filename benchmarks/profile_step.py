@@ -1,0 +1,203 @@
+"""Where a search step's time goes, from the TensorFlow profiler: one step of a `search_step.py` or
+`darts_cifar.py` mode is run under `tf.profiler`, and its XPlane (the trace viewer's data) is read
+back to sum each op's own time by the part of the step it belongs to (the name scopes the library
+puts around Stage I, the teacher's decode, Stage II, Stage III, each ± branch of a central
+difference, the outer reverse pass, the weight and architecture updates) and by op type.
+
+    python benchmarks/profile_step.py --mode=exact                         # search_step.py's default config
+    python benchmarks/profile_step.py --mode=finite_difference --quick     # any search_step.py flag passes on
+    python benchmarks/profile_step.py --darts_cifar --mode=darts_2nd_fd    # DARTS' CIFAR setting
+
+The step is traced, run twice (first call, warm-up) and timed `--repeats` times as in the benchmark,
+then `--steps` more calls run under the profiler, in the same child process as the benchmark's
+measurements. Times are the sums of the ops' self times (an op's duration minus that of the ops
+nested inside it on the same thread) over every executor thread, so they add up to CPU-busy time,
+not wall time: on 2 cores two parts running side by side both count.
+"""
+from __future__ import annotations
+
+import argparse
+import collections
+import glob
+import os
+import re
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import search_step as bench  # noqa: E402
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+# The name scopes of capnas_tf/search (hypergradient.py, strategies.py) and darts_cifar.py, outermost
+# first in a path wins: the exact estimator's reverse pass is "hypergradient_reverse/…/stage1/…".
+SCOPES = ("hypergradient_reverse", "stage1", "stage2_decode", "stage2", "stage3", "fd_stage2_plus",
+          "fd_stage2_minus", "fd_stage1_plus", "fd_stage1_minus", "darts_train", "darts_val", "darts_plus",
+          "darts_minus", "supernet_weight_step", "student_weight_step", "supernet_update", "student_update",
+          "architecture_update", "weight_step", "weight_update")
+UNSCOPED = "(no scope of the step)"
+
+
+def load_xspace(profile_dir: str):
+    from tensorflow.tsl.profiler.protobuf import xplane_pb2
+
+    paths = glob.glob(os.path.join(profile_dir, "**", "*.xplane.pb"), recursive=True)
+    if not paths:
+        raise SystemExit(f"no *.xplane.pb under {profile_dir}: the profiler wrote nothing")
+    space = xplane_pb2.XSpace()
+    with open(max(paths, key=os.path.getmtime), "rb") as f:
+        space.ParseFromString(f.read())
+    return space
+
+
+def self_times(events):
+    """[(event, self ps)] for the events of one thread: duration minus the durations of the events
+    directly nested in it (events on one line nest by time interval)."""
+    out, stack = [], []  # stack of [end_ps, index into out]
+    for e in sorted(events, key=lambda e: (e.offset_ps, -e.duration_ps)):
+        start, end = e.offset_ps, e.offset_ps + e.duration_ps
+        while stack and stack[-1][0] <= start:
+            stack.pop()
+        if stack:
+            out[stack[-1][1]][1] -= e.duration_ps
+        out.append([e, e.duration_ps])
+        stack.append([end, len(out) - 1])
+    return out
+
+
+def split_op(name: str) -> tuple[str, str] | None:
+    """("scope/…/node", "OpType") for a TensorFlow op event ("node:OpType"); None for other events
+    (executor bookkeeping, function calls, Python)."""
+    if "::" in name:  # C++ scopes: "ExecutorState::Process", "ThreadpoolListener::Record"
+        return None
+    node, sep, op_type = name.rpartition(":")
+    kernel = op_type.lstrip("_")  # oneDNN's rewrites: "_MklMatMul", "_MklFusedConv2D"
+    if not sep or not node or not kernel[:1].isupper() or not kernel.isidentifier():
+        return None
+    return node, op_type
+
+
+def scope_of(node: str) -> str:
+    for part in node.split("/"):
+        if part in SCOPES:
+            return part
+    return UNSCOPED
+
+
+def layer_of(node: str) -> str:
+    """The layer an op belongs to, the same in every part of the step: its node path without the
+    step's scope (and what encloses it), `gradient_tape/`, the `_1`, `_2_1` … suffixes of Keras and TF and the op's own
+    name, so that every cell's and edge's copy of a layer adds up, e.g.
+    "supernet/search_cell/mixed_op/factorized_reduce/strided_slice"."""
+    parts = node.split("/")
+    known = [i for i, p in enumerate(parts) if p in SCOPES]
+    parts = parts[known[-1] + 1 if known else 0 : -1]
+    return "/".join(re.sub(r"(_\d+)+$", "", p) for p in parts if p != "gradient_tape") or "(top level)"
+
+
+def op_times(space) -> dict:
+    """{"ops": {(scope, op type): [self seconds, count]}, "layers": {layer: [self seconds, count]},
+    "span_s": first op start to last op end} over the host (and any GPU) planes' TF op events."""
+    totals = collections.defaultdict(lambda: [0.0, 0])
+    layers = collections.defaultdict(lambda: [0.0, 0])
+    first, last = None, None
+    for plane in space.planes:
+        if not (plane.name.startswith("/host:CPU") or plane.name.startswith("/device:GPU")):
+            continue
+        names = {k: m.name for k, m in plane.event_metadata.items()}  # display_name is the type alone
+        for line in plane.lines:
+            for event, self_ps in self_times(line.events):
+                op = split_op(names.get(event.metadata_id, ""))
+                if op is None:
+                    continue
+                start = line.timestamp_ns * 1000 + event.offset_ps
+                first = start if first is None else min(first, start)
+                last = max(last or 0, start + event.duration_ps)
+                for cell in (totals[(scope_of(op[0]), op[1])], layers[layer_of(op[0])]):
+                    cell[0] += self_ps * 1e-12
+                    cell[1] += 1
+    span = 0.0 if first is None else (last - first) * 1e-12
+    return {"ops": dict(totals), "layers": dict(layers), "span_s": span}
+
+
+def by_scope(ops: dict) -> list[tuple[str, float, list[tuple[str, float]]]]:
+    """[(scope, seconds, its three costliest op types)] in descending order of time."""
+    scopes = collections.defaultdict(dict)
+    for (scope, op_type), (seconds, _) in ops.items():
+        scopes[scope][op_type] = seconds
+    rows = [(s, sum(t.values()), sorted(t.items(), key=lambda kv: -kv[1])[:3]) for s, t in scopes.items()]
+    return sorted(rows, key=lambda r: -r[1])
+
+
+def by_op_type(ops: dict) -> list[tuple[str, float, int]]:
+    types = collections.defaultdict(lambda: [0.0, 0])
+    for (_, op_type), (seconds, count) in ops.items():
+        types[op_type][0] += seconds
+        types[op_type][1] += count
+    return sorted(((t, s, n) for t, (s, n) in types.items()), key=lambda r: -r[1])
+
+
+def render(profile: dict, *, steps: int, top: int) -> str:
+    ops = profile["ops"]
+    total = sum(s for s, _ in ops.values()) or 1e-12
+    count = sum(n for _, n in ops.values())
+    lines = [f"Ops' self time summed over threads: {total / steps:.3f} s per step "
+             f"(profiled span {profile['span_s'] / steps:.3f} s per step); {count / steps:.0f} op executions "
+             f"per step, {1e6 * total / max(count, 1):.0f} µs each on average.", "",
+             "| part of the step (name scope) | s per step | share | costliest op types (s per step) |",
+             "|---|---|---|---|"]
+    for scope, seconds, heavy in by_scope(ops):
+        lines.append(f"| {scope} | {seconds / steps:.3f} | {100 * seconds / total:.1f} % | "
+                     + ", ".join(f"{t} {s / steps:.3f}" for t, s in heavy) + " |")
+    lines += ["", "| op type | s per step | share | ops per step |", "|---|---|---|---|"]
+    for op_type, seconds, count in by_op_type(ops)[:top]:
+        lines.append(f"| {op_type} | {seconds / steps:.3f} | {100 * seconds / total:.1f} % | {count / steps:.0f} |")
+    lines += ["", "| layer (over every part) | s per step | share | ops per step |", "|---|---|---|---|"]
+    for layer, (seconds, count) in sorted(profile["layers"].items(), key=lambda kv: -kv[1][0])[:top]:
+        lines.append(f"| {layer} | {seconds / steps:.3f} | {100 * seconds / total:.1f} % | {count / steps:.0f} |")
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--mode", required=True, help="a mode of search_step.py (or of darts_cifar.py with --darts_cifar)")
+    parser.add_argument("--darts_cifar", action="store_true", help="profile a darts_cifar.py mode")
+    parser.add_argument("--steps", type=int, default=1, help="profiled steps (after the timed ones)")
+    parser.add_argument("--repeats", type=int, default=1, help="timed steps before profiling (the benchmark's figures)")
+    parser.add_argument("--top", type=int, default=15, help="op types listed")
+    parser.add_argument("--profile_dir", default="", help="keep the profile here (view it in TensorBoard's "
+                                                          "profile plugin); default: a temporary directory")
+    parser.add_argument("--mode_timeout", type=float, default=3600.0, help="seconds before the child is stopped")
+    parser.add_argument("--max_rss_gb", type=float, default=20.0, help="resident memory at which the child is stopped")
+    parser.add_argument("--output", default=None,
+                        help="markdown file to write the tables into (default docs/performance.md; '' = print only)")
+    parser.add_argument("--block", default="", help="block name in --output (default profile_<mode>[_cifar])")
+    args, passthrough = parser.parse_known_args(argv)
+    if args.steps < 1 or args.repeats < 1:
+        parser.error(f"--steps and --repeats must be >= 1; received {args.steps} and {args.repeats}.")
+    script = os.path.join(HERE, "darts_cifar.py" if args.darts_cifar else "search_step.py")
+    profile_dir = args.profile_dir or tempfile.mkdtemp(prefix="capnas_profile_")
+    flags = [*passthrough, f"--mode={args.mode}", "--xla=off", f"--repeats={args.repeats}",
+             f"--profile_dir={profile_dir}", f"--profile_steps={args.steps}"]
+    t0 = time.time()
+    result = bench.run_child(script, flags, timeout=args.mode_timeout, max_rss_gb=args.max_rss_gb)
+    if "error" in result:
+        raise SystemExit(f"{args.mode}: {result['error']}")
+    profile = op_times(load_xspace(profile_dir))
+    where = "darts_cifar.py" if args.darts_cifar else "search_step.py"
+    command = "python benchmarks/profile_step.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    body = (f"Command: `{command}` — {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {time.time() - t0:.0f} s.\n\n"
+            f"{where} mode `{args.mode}` {' '.join(passthrough)}, XLA off; {bench.machine_line()}. "
+            f"Timed before profiling: {result['step_s']:.3f} s per step (median of {args.repeats}); "
+            f"profiled: {args.steps} step(s).\n\n" + render(profile, steps=args.steps, top=args.top) + "\n")
+    print(body)
+    output = args.output if args.output is not None else bench.DEFAULT_DOC
+    if output:
+        block = args.block or f"profile_{args.mode}" + ("_cifar" if args.darts_cifar else "")
+        bench.write_block(output, block, body)
+        print(f"written to {output}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,66 @@
+"""benchmarks/profile_step.py: a real tf.profiler trace of a traced function with the library's name
+scopes, read back from its XPlane, puts each op's self time under the right part and op type."""
+import importlib.util
+import os
+import sys
+
+import tensorflow as tf
+
+_DIR = os.path.join(os.path.dirname(__file__), os.pardir, "benchmarks")
+sys.path.insert(0, _DIR)
+_spec = importlib.util.spec_from_file_location("profile_step", os.path.join(_DIR, "profile_step.py"))
+ps = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(ps)
+
+
+def test_profile_attributes_op_time_to_the_step_parts_name_scopes(tmp_path):
+    x = tf.random.normal((384, 384))
+
+    @tf.function(autograph=False)
+    def step(x):
+        with tf.name_scope("stage1"):  # heavy: 8 chained matmuls
+            y = x
+            for _ in range(8):
+                y = tf.matmul(y, x) / 384.0
+        with tf.name_scope("stage3"):  # light: one add of a scalar
+            z = tf.reduce_sum(y) + 1.0
+        return z
+
+    step(x).numpy()
+    tf.profiler.experimental.start(str(tmp_path))
+    step(x).numpy()
+    tf.profiler.experimental.stop()
+    profile = ps.op_times(ps.load_xspace(str(tmp_path)))
+
+    rows = {scope: (seconds, heavy) for scope, seconds, heavy in ps.by_scope(profile["ops"])}
+    assert ps.by_scope(profile["ops"])[0][0] == "stage1"
+    assert rows["stage1"][1][0][0].endswith("MatMul")  # its costliest op type
+    assert "stage3" in rows and rows["stage3"][0] < rows["stage1"][0]
+    counts = {t: n for t, _, n in ps.by_op_type(profile["ops"])}
+    assert counts.get("MatMul", 0) + counts.get("_MklMatMul", 0) == 8  # oneDNN renames it on x86
+    assert 0 < sum(s for s, _ in profile["ops"].values()) <= 2 * profile["span_s"] * os.cpu_count()
+    text = ps.render(profile, steps=1, top=5)
+    assert "| stage1 |" in text and "MatMul |" in text
+
+
+def test_self_time_subtracts_nested_events_on_a_thread():
+    class E:  # an XPlane event's two fields self_times reads
+        def __init__(self, offset, duration):
+            self.offset_ps, self.duration_ps = offset, duration
+
+    outer, inner, after = E(0, 100), E(10, 30), E(200, 5)
+    got = {id(e): s for e, s in ps.self_times([after, inner, outer])}
+    assert (got[id(outer)], got[id(inner)], got[id(after)]) == (70, 30, 5)
+
+
+def test_op_names_and_scopes():
+    assert ps.split_op("hypergradient_reverse/gradient_tape/stage1/conv/Conv2D:Conv2DBackpropInput") == (
+        "hypergradient_reverse/gradient_tape/stage1/conv/Conv2D", "Conv2DBackpropInput")
+    assert ps.split_op("stage1/MatMul:_MklMatMul") == ("stage1/MatMul", "_MklMatMul")
+    assert ps.split_op("ExecutorState::Process") is None
+    assert ps.split_op("ThreadpoolListener::Record") is None
+    assert ps.split_op("EagerLocalExecute: __inference_step_38") is None
+    assert ps.scope_of("hypergradient_reverse/gradient_tape/stage1/conv/Conv2D") == "hypergradient_reverse"
+    assert ps.scope_of("dense/MatMul") == ps.UNSCOPED
+    assert ps.layer_of("fd_stage2_plus/gradient_tape/fd_stage2_plus/supernet/mixed_op_3/conv/Conv2D") == (
+        "supernet/mixed_op/conv")
