@@ -93,6 +93,32 @@ def test_relu_conv_bn_and_factorized_reduce_round_trip():
     check_layer(lambda: ops.FactorizedReduce(5, 2, False), (images(side=7),), expected_shapes=(2, 4, 4, 5))
 
 
+@pytest.mark.parametrize("side", [7, 8])
+def test_factorized_reduce_second_path_sees_x_shifted_by_one_pixel_without_a_strided_slice_gradient(side):
+    layer = ops.FactorizedReduce(5, 2, False)
+    x = tf.random.stateless_normal([2, side, side, C], seed=[3, 0])
+    layer.build(x.shape)
+
+    def reference(x):  # DARTS: conv_1(relu x) ‖ conv_2(relu x shifted by (1, 1)), zero beyond the edge
+        r = tf.nn.relu(x)
+        shifted = tf.pad(r, [[0, 0], [0, 1], [0, 1], [0, 0]])[:, 1:, 1:, :]
+        return layer.bn(tf.concat([layer.conv_1(r), layer.conv_2(shifted)], -1), training=True)
+
+    def value_and_grad(fn):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            y = fn(x)
+            loss = tf.reduce_sum(y * tf.sin(y))
+        return y, tape.gradient(loss, x)
+
+    (y, g), (y_ref, g_ref) = value_and_grad(lambda x: layer(x, training=True)), value_and_grad(reference)
+    np.testing.assert_allclose(y.numpy(), y_ref.numpy(), rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(g.numpy(), g_ref.numpy(), rtol=1e-5, atol=1e-6)
+    graph = tf.function(lambda x: value_and_grad(lambda x: layer(x, training=True))).get_concrete_function(
+        tf.TensorSpec(x.shape)).graph
+    assert "StridedSliceGrad" not in {op.type for op in graph.get_operations()}
+
+
 @pytest.mark.parametrize("stride", [1, 2])
 def test_mixed_op_round_trips(stride):
     weights = tf.nn.softmax(tf.random.stateless_normal([len(PRIMITIVES)], seed=[1, 2]))
