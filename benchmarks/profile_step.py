@@ -96,11 +96,24 @@ def layer_of(node: str) -> str:
     return "/".join(re.sub(r"(_\d+)+$", "", p) for p in parts if p != "gradient_tape") or "(top level)"
 
 
+def union_length(intervals) -> float:
+    """Length of the union of [start, end) intervals: the wall time during which at least one of them ran."""
+    total, reach = 0, None
+    for start, end in sorted(intervals):
+        if reach is None or start > reach:
+            total, reach = total + end - start, end
+        elif end > reach:
+            total, reach = total + end - reach, end
+    return total
+
+
 def op_times(space) -> dict:
     """{"ops": {(scope, op type): [self seconds, count]}, "layers": {layer: [self seconds, count]},
-    "span_s": first op start to last op end} over the host (and any GPU) planes' TF op events."""
+    "wall": {scope: seconds during which at least one of its ops ran}, "span_s": first op start to last
+    op end} over the host (and any GPU) planes' TF op events."""
     totals = collections.defaultdict(lambda: [0.0, 0])
     layers = collections.defaultdict(lambda: [0.0, 0])
+    intervals = collections.defaultdict(list)
     first, last = None, None
     for plane in space.planes:
         if not (plane.name.startswith("/host:CPU") or plane.name.startswith("/device:GPU")):
@@ -114,11 +127,14 @@ def op_times(space) -> dict:
                 start = line.timestamp_ns * 1000 + event.offset_ps
                 first = start if first is None else min(first, start)
                 last = max(last or 0, start + event.duration_ps)
-                for cell in (totals[(scope_of(op[0]), op[1])], layers[layer_of(op[0])]):
+                scope = scope_of(op[0])
+                for cell in (totals[(scope, op[1])], layers[layer_of(op[0])]):
                     cell[0] += self_ps * 1e-12
                     cell[1] += 1
+                intervals[scope].append((start, start + event.duration_ps))
     span = 0.0 if first is None else (last - first) * 1e-12
-    return {"ops": dict(totals), "layers": dict(layers), "span_s": span}
+    wall = {scope: union_length(iv) * 1e-12 for scope, iv in intervals.items()}
+    return {"ops": dict(totals), "layers": dict(layers), "wall": wall, "span_s": span}
 
 
 def by_scope(ops: dict) -> list[tuple[str, float, list[tuple[str, float]]]]:
@@ -145,11 +161,17 @@ def render(profile: dict, *, steps: int, top: int) -> str:
     lines = [f"Ops' self time summed over threads: {total / steps:.3f} s per step "
              f"(profiled span {profile['span_s'] / steps:.3f} s per step); {count / steps:.0f} op executions "
              f"per step, {1e6 * total / max(count, 1):.0f} µs each on average.", "",
-             "| part of the step (name scope) | s per step | share | costliest op types (s per step) |",
-             "|---|---|---|---|"]
+             "Per part: **wall** = time during which at least one of its ops ran (the parts of a step run "
+             "mostly one after the other, so these add up to about the span); **op time** = its ops' "
+             "durations summed over threads (ops running side by side both count, contention included).",
+             "",
+             "| part of the step (name scope) | wall s per step | op time s per step | share of op time | "
+             "costliest op types (op time s per step) |",
+             "|---|---|---|---|---|"]
+    wall = profile.get("wall", {})
     for scope, seconds, heavy in by_scope(ops):
-        lines.append(f"| {scope} | {seconds / steps:.3f} | {100 * seconds / total:.1f} % | "
-                     + ", ".join(f"{t} {s / steps:.3f}" for t, s in heavy) + " |")
+        lines.append(f"| {scope} | {wall.get(scope, 0.0) / steps:.3f} | {seconds / steps:.3f} | "
+                     f"{100 * seconds / total:.1f} % | " + ", ".join(f"{t} {s / steps:.3f}" for t, s in heavy) + " |")
     lines += ["", "| op type | s per step | share | ops per step |", "|---|---|---|---|"]
     for op_type, seconds, count in by_op_type(ops)[:top]:
         lines.append(f"| {op_type} | {seconds / steps:.3f} | {100 * seconds / total:.1f} % | {count / steps:.0f} |")

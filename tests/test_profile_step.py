@@ -36,6 +36,7 @@ def test_profile_attributes_op_time_to_the_step_parts_name_scopes(tmp_path):
     assert ps.by_scope(profile["ops"])[0][0] == "stage1"
     assert rows["stage1"][1][0][0].endswith("MatMul")  # its costliest op type
     assert "stage3" in rows and rows["stage3"][0] < rows["stage1"][0]
+    assert 0 < profile["wall"]["stage3"] < profile["wall"]["stage1"] <= profile["span_s"]
     counts = {t: n for t, _, n in ps.by_op_type(profile["ops"])}
     assert counts.get("MatMul", 0) + counts.get("_MklMatMul", 0) == 8  # oneDNN renames it on x86
     assert 0 < sum(s for s, _ in profile["ops"].values()) <= 2 * profile["span_s"] * os.cpu_count()
@@ -51,6 +52,11 @@ def test_self_time_subtracts_nested_events_on_a_thread():
     outer, inner, after = E(0, 100), E(10, 30), E(200, 5)
     got = {id(e): s for e, s in ps.self_times([after, inner, outer])}
     assert (got[id(outer)], got[id(inner)], got[id(after)]) == (70, 30, 5)
+
+
+def test_union_length_counts_overlapping_intervals_once():
+    assert ps.union_length([(0, 10), (5, 12), (20, 25), (21, 22)]) == 17
+    assert ps.union_length([]) == 0
 
 
 def test_op_names_and_scopes():
