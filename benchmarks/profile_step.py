@@ -80,6 +80,7 @@ def split_op(name: str) -> tuple[str, str] | None:
 
 def scope_of(node: str) -> str:
     for part in node.split("/"):
+        part = re.sub(r"(_\d+)+$", "", part)  # TF makes a re-entered scope unique: "darts_val_1"
         if part in SCOPES:
             return part
     return UNSCOPED
@@ -91,7 +92,7 @@ def layer_of(node: str) -> str:
     name, so that every cell's and edge's copy of a layer adds up, e.g.
     "supernet/search_cell/mixed_op/factorized_reduce/strided_slice"."""
     parts = node.split("/")
-    known = [i for i, p in enumerate(parts) if p in SCOPES]
+    known = [i for i, p in enumerate(parts) if scope_of(p) != UNSCOPED]
     parts = parts[known[-1] + 1 if known else 0 : -1]
     return "/".join(re.sub(r"(_\d+)+$", "", p) for p in parts if p != "gradient_tape") or "(top level)"
 

@@ -67,6 +67,7 @@ def test_op_names_and_scopes():
     assert ps.split_op("ThreadpoolListener::Record") is None
     assert ps.split_op("EagerLocalExecute: __inference_step_38") is None
     assert ps.scope_of("hypergradient_reverse/gradient_tape/stage1/conv/Conv2D") == "hypergradient_reverse"
+    assert ps.scope_of("darts_val_1/AddN_5") == "darts_val"
     assert ps.scope_of("dense/MatMul") == ps.UNSCOPED
     assert ps.layer_of("fd_stage2_plus/gradient_tape/fd_stage2_plus/supernet/mixed_op_3/conv/Conv2D") == (
         "supernet/mixed_op/conv")
