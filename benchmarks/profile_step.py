@@ -79,10 +79,20 @@ def split_op(name: str) -> tuple[str, str] | None:
 
 
 def scope_of(node: str) -> str:
+    """The step's part an op belongs to: its outermost known name scope, marked ∇ per `gradient_tape/`
+    in front of it. A tape names the gradient ops of a forward op "gradient_tape/<the forward op's name>"
+    whatever scope it is called in, so "stage1" is Stage I's forward, "stage1 ∇" the first-order
+    backward through it (under nested tapes: the inner tape's, and the outer tape's through the
+    forward — the names do not tell them apart), "stage1 ∇∇" the outer tape's pass through the inner
+    tape's gradient (the second-order terms). The AddN that sums a variable's gradient contributions
+    is named in the scope the tape was called in."""
+    depth = 0
     for part in node.split("/"):
         part = re.sub(r"(_\d+)+$", "", part)  # TF makes a re-entered scope unique: "darts_val_1"
-        if part in SCOPES:
-            return part
+        if part == "gradient_tape":
+            depth += 1
+        elif part in SCOPES:
+            return part + (" " + "∇" * depth if depth else "")
     return UNSCOPED
 
 
@@ -92,7 +102,7 @@ def layer_of(node: str) -> str:
     name, so that every cell's and edge's copy of a layer adds up, e.g.
     "supernet/search_cell/mixed_op/factorized_reduce/strided_slice"."""
     parts = node.split("/")
-    known = [i for i, p in enumerate(parts) if scope_of(p) != UNSCOPED]
+    known = [i for i, p in enumerate(parts) if re.sub(r"(_\d+)+$", "", p) in SCOPES]
     parts = parts[known[-1] + 1 if known else 0 : -1]
     return "/".join(re.sub(r"(_\d+)+$", "", p) for p in parts if p != "gradient_tape") or "(top level)"
 
@@ -196,6 +206,10 @@ def main(argv=None):
     parser.add_argument("--output", default=None,
                         help="markdown file to write the tables into (default docs/performance.md; '' = print only)")
     parser.add_argument("--block", default="", help="block name in --output (default profile_<mode>[_cifar])")
+    parser.add_argument("--render", default="",
+                        help="re-render an earlier run's --profile_dir (nothing is run); --timed gives the step "
+                             "time that run printed")
+    parser.add_argument("--timed", default="", help="with --render: the 'Timed before profiling' text of that run")
     args, passthrough = parser.parse_known_args(argv)
     if args.steps < 1 or args.repeats < 1:
         parser.error(f"--steps and --repeats must be >= 1; received {args.steps} and {args.repeats}.")
@@ -204,15 +218,20 @@ def main(argv=None):
     flags = [*passthrough, f"--mode={args.mode}", "--xla=off", f"--repeats={args.repeats}",
              f"--profile_dir={profile_dir}", f"--profile_steps={args.steps}"]
     t0 = time.time()
-    result = bench.run_child(script, flags, timeout=args.mode_timeout, max_rss_gb=args.max_rss_gb)
-    if "error" in result:
-        raise SystemExit(f"{args.mode}: {result['error']}")
+    if args.render:
+        profile_dir = args.render
+        timed = f"re-rendered from {args.render}; timed before profiling: {args.timed or 'not recorded'}"
+    else:
+        result = bench.run_child(script, flags, timeout=args.mode_timeout, max_rss_gb=args.max_rss_gb)
+        if "error" in result:
+            raise SystemExit(f"{args.mode}: {result['error']}")
+        timed = f"timed before profiling: {result['step_s']:.3f} s per step (median of {args.repeats})"
     profile = op_times(load_xspace(profile_dir))
     where = "darts_cifar.py" if args.darts_cifar else "search_step.py"
     command = "python benchmarks/profile_step.py " + " ".join(argv if argv is not None else sys.argv[1:])
     body = (f"Command: `{command}` — {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {time.time() - t0:.0f} s.\n\n"
-            f"{where} mode `{args.mode}` {' '.join(passthrough)}, XLA off; {bench.machine_line()}. "
-            f"Timed before profiling: {result['step_s']:.3f} s per step (median of {args.repeats}); "
+            f"{where} mode `{args.mode}` {' '.join(passthrough)}, XLA off; "
+            f"{'' if args.render else bench.machine_line() + '; '}{timed}; "
             f"profiled: {args.steps} step(s).\n\n" + render(profile, steps=args.steps, top=args.top) + "\n")
     print(body)
     output = args.output if args.output is not None else bench.DEFAULT_DOC

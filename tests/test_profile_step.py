@@ -18,27 +18,31 @@ def test_profile_attributes_op_time_to_the_step_parts_name_scopes(tmp_path):
 
     @tf.function(autograph=False)
     def step(x):
-        with tf.name_scope("stage1"):  # heavy: 8 chained matmuls
-            y = x
-            for _ in range(8):
-                y = tf.matmul(y, x) / 384.0
-        with tf.name_scope("stage3"):  # light: one add of a scalar
-            z = tf.reduce_sum(y) + 1.0
-        return z
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            with tf.name_scope("stage1"):  # heavy: 8 chained matmuls
+                y = x
+                for _ in range(8):
+                    y = tf.matmul(y, x) / 384.0
+            with tf.name_scope("stage3"):  # light: one add of a scalar
+                z = tf.reduce_sum(y) + 1.0
+        return z, tape.gradient(z, x)  # the backward through stage1: "stage1 ∇"
 
-    step(x).numpy()
+    step(x)[1].numpy()
     tf.profiler.experimental.start(str(tmp_path))
-    step(x).numpy()
+    step(x)[1].numpy()
     tf.profiler.experimental.stop()
     profile = ps.op_times(ps.load_xspace(str(tmp_path)))
 
     rows = {scope: (seconds, heavy) for scope, seconds, heavy in ps.by_scope(profile["ops"])}
-    assert ps.by_scope(profile["ops"])[0][0] == "stage1"
+    assert ps.by_scope(profile["ops"])[0][0] in ("stage1", "stage1 ∇")  # 8 matmuls forward, 16 backward
     assert rows["stage1"][1][0][0].endswith("MatMul")  # its costliest op type
     assert "stage3" in rows and rows["stage3"][0] < rows["stage1"][0]
     assert 0 < profile["wall"]["stage3"] < profile["wall"]["stage1"] <= profile["span_s"]
-    counts = {t: n for t, _, n in ps.by_op_type(profile["ops"])}
-    assert counts.get("MatMul", 0) + counts.get("_MklMatMul", 0) == 8  # oneDNN renames it on x86
+    forward = {t: n for (scope, t), (_, n) in profile["ops"].items() if scope == "stage1"}
+    assert forward.get("MatMul", 0) + forward.get("_MklMatMul", 0) == 8  # oneDNN renames it on x86
+    backward = {t for (scope, t), _ in profile["ops"].items() if scope == "stage1 ∇"}
+    assert backward & {"MatMul", "_MklMatMul"}
     assert 0 < sum(s for s, _ in profile["ops"].values()) <= 2 * profile["span_s"] * os.cpu_count()
     text = ps.render(profile, steps=1, top=5)
     assert "| stage1 |" in text and "MatMul |" in text
@@ -66,7 +70,9 @@ def test_op_names_and_scopes():
     assert ps.split_op("ExecutorState::Process") is None
     assert ps.split_op("ThreadpoolListener::Record") is None
     assert ps.split_op("EagerLocalExecute: __inference_step_38") is None
-    assert ps.scope_of("hypergradient_reverse/gradient_tape/stage1/conv/Conv2D") == "hypergradient_reverse"
+    assert ps.scope_of("hypergradient_reverse/AddN_3") == "hypergradient_reverse"
+    assert ps.scope_of("gradient_tape/stage1/conv/Conv2D") == "stage1 ∇"
+    assert ps.scope_of("gradient_tape/gradient_tape/stage1/lstm_cell_31/mul_1") == "stage1 ∇∇"
     assert ps.scope_of("darts_val_1/AddN_5") == "darts_val"
     assert ps.scope_of("dense/MatMul") == ps.UNSCOPED
     assert ps.layer_of("fd_stage2_plus/gradient_tape/fd_stage2_plus/supernet/mixed_op_3/conv/Conv2D") == (
