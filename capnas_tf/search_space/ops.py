@@ -166,11 +166,8 @@ class FactorizedReduce(_Op):
 
     def call(self, x, training=None):
         x = tf.nn.relu(x)
-        # The second path sees x shifted by one pixel, zero-padded back to H×W (⌈H/2⌉ outputs for odd H
-        # too). Slice, then pad — not pad, then x[:, 1:, 1:]: the same values, but their gradients are a
-        # pad and a slice, where a strided slice's gradient (StridedSliceGrad, a generic scatter on the
-        # CPU) took ~10 % of a whole --quick search step (benchmarks/profile_step.py).
-        shifted = tf.pad(tf.slice(x, [0, 1, 1, 0], [-1, -1, -1, -1]), [[0, 0], [0, 1], [0, 1], [0, 0]])
+        # The second path sees x shifted by one pixel; padding keeps ⌈H/2⌉ for odd H as well.
+        shifted = tf.pad(x, [[0, 0], [0, 1], [0, 1], [0, 0]])[:, 1:, 1:, :]
         y = tf.concat([self.conv_1(x), self.conv_2(shifted)], axis=-1)
         return self.bn(y, training=training)
 
