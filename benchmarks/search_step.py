@@ -356,8 +356,8 @@ def parse_args(argv=None):
     parser.add_argument("--quick", action="store_true",
                         help="a tiny supernet (C=4, 2 cells × 2 nodes, 4 candidate ops; large = C=8, 4 cells), "
                              "2 timed repeats, the five steps the targets name (no lever variants unless --modes names "
-                             "them; the DARTS steps at the default config only), XLA on for the plain and exact steps "
-                             "at the default config only")
+                             "them; the DARTS steps at the default config only), XLA on for the exact step at the "
+                             "default config only")
     parser.add_argument("--darts_cifar", action="store_true",
                         help="DARTS' CIFAR-10 search setting with a classification head; takes the flags of "
                              "benchmarks/darts_cifar.py instead of these")
@@ -378,7 +378,7 @@ def parse_args(argv=None):
                              f"name, {','.join(CORE_MODES)}, without the levers' variants)")
     parser.add_argument("--xla", default="off,on", help="'off', 'on' or 'off,on' (in the child: one of them)")
     parser.add_argument("--xla_modes", default="",
-                        help="steps measured with XLA on too (empty: all; --quick: plain,exact, since XLA "
+                        help="steps measured with XLA on too (empty: all; --quick: exact, since XLA "
                              "compilation of the nested-tape steps takes minutes on a CPU)")
     parser.add_argument("--xla_configs", default="",
                         help="configs measured with XLA on (empty: default,large; --quick: default)")
@@ -419,7 +419,7 @@ def parse_args(argv=None):
         args.channels, args.cells, args.nodes = 4, 2, 2
         args.repeats = args.repeats or 2
         args.primitives = args.primitives or "none,skip_connect,avg_pool_3x3,sep_conv_3x3"
-        args.xla_modes = args.xla_modes or "plain,exact"
+        args.xla_modes = args.xla_modes or "exact"  # the XLA target is the three-stage step's on / off
         args.xla_configs = args.xla_configs or "default"
         args.lever_configs = args.lever_configs or "default"
         args.partial_channels = args.partial_channels or 2
