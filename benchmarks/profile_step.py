@@ -30,13 +30,19 @@ import search_step as bench  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
-# The name scopes of capnas_tf/search (hypergradient.py, strategies.py) and darts_cifar.py, outermost
-# first in a path wins: the exact estimator's reverse pass is "hypergradient_reverse/…/stage1/…".
+# The name scopes of capnas_tf/search (hypergradient.py, strategies.py) and darts_cifar.py; the outermost
+# one in an op's path is its part of the step (`scope_of`).
 SCOPES = ("hypergradient_reverse", "stage1", "stage2_decode", "stage2", "stage3", "fd_stage2_plus",
           "fd_stage2_minus", "fd_stage1_plus", "fd_stage1_minus", "darts_train", "darts_val", "darts_plus",
           "darts_minus", "supernet_weight_step", "student_weight_step", "supernet_update", "student_update",
           "architecture_update", "weight_step", "weight_update")
 UNSCOPED = "(no scope of the step)"
+
+
+def _unsuffixed(part: str) -> str:
+    """A path component without the `_1`, `_2_1` … Keras and TF append to make names unique
+    ("mixed_op_3_1" → "mixed_op"; a scope entered twice in one graph: "darts_val_1" → "darts_val")."""
+    return re.sub(r"(_\d+)+$", "", part)
 
 
 def load_xspace(profile_dir: str):
@@ -87,8 +93,7 @@ def scope_of(node: str) -> str:
     tape's gradient (the second-order terms). The AddN that sums a variable's gradient contributions
     is named in the scope the tape was called in."""
     depth = 0
-    for part in node.split("/"):
-        part = re.sub(r"(_\d+)+$", "", part)  # TF makes a re-entered scope unique: "darts_val_1"
+    for part in map(_unsuffixed, node.split("/")):
         if part == "gradient_tape":
             depth += 1
         elif part in SCOPES:
@@ -101,10 +106,10 @@ def layer_of(node: str) -> str:
     step's scope (and what encloses it), `gradient_tape/`, the `_1`, `_2_1` … suffixes of Keras and TF and the op's own
     name, so that every cell's and edge's copy of a layer adds up, e.g.
     "supernet/search_cell/mixed_op/factorized_reduce/strided_slice"."""
-    parts = node.split("/")
-    known = [i for i, p in enumerate(parts) if re.sub(r"(_\d+)+$", "", p) in SCOPES]
+    parts = [_unsuffixed(p) for p in node.split("/")]
+    known = [i for i, p in enumerate(parts) if p in SCOPES]
     parts = parts[known[-1] + 1 if known else 0 : -1]
-    return "/".join(re.sub(r"(_\d+)+$", "", p) for p in parts if p != "gradient_tape") or "(top level)"
+    return "/".join(p for p in parts if p != "gradient_tape") or "(top level)"
 
 
 def union_length(intervals) -> float:
@@ -125,7 +130,6 @@ def op_times(space) -> dict:
     totals = collections.defaultdict(lambda: [0.0, 0])
     layers = collections.defaultdict(lambda: [0.0, 0])
     intervals = collections.defaultdict(list)
-    first, last = None, None
     for plane in space.planes:
         if not (plane.name.startswith("/host:CPU") or plane.name.startswith("/device:GPU")):
             continue
@@ -136,14 +140,13 @@ def op_times(space) -> dict:
                 if op is None:
                     continue
                 start = line.timestamp_ns * 1000 + event.offset_ps
-                first = start if first is None else min(first, start)
-                last = max(last or 0, start + event.duration_ps)
                 scope = scope_of(op[0])
                 for cell in (totals[(scope, op[1])], layers[layer_of(op[0])]):
                     cell[0] += self_ps * 1e-12
                     cell[1] += 1
                 intervals[scope].append((start, start + event.duration_ps))
-    span = 0.0 if first is None else (last - first) * 1e-12
+    every = [iv for ivs in intervals.values() for iv in ivs]
+    span = (max(e for _, e in every) - min(s for s, _ in every)) * 1e-12 if every else 0.0
     wall = {scope: union_length(iv) * 1e-12 for scope, iv in intervals.items()}
     return {"ops": dict(totals), "layers": dict(layers), "wall": wall, "span_s": span}
 

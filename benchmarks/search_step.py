@@ -480,6 +480,7 @@ def main(argv=None):
     xla_modes = [m for m in (args.xla_modes or ",".join(MODES)).split(",") if m]
     xla_configs = [c for c in (args.xla_configs or "default,large").split(",") if c]
     lever_configs = [c for c in (args.lever_configs or "default,large").split(",") if c]
+    large_modes = [m for m in (args.large_modes or ",".join(MODES)).split(",") if m]
     for s in settings:
         for xla in xla_options:
             for mode in [m for m in MODES if m in modes]:
@@ -487,7 +488,7 @@ def main(argv=None):
                     continue
                 if mode.endswith(LEVERS) and s.name not in lever_configs:
                     continue
-                if s.name == "large" and args.large_modes and mode not in args.large_modes.split(","):
+                if s.name == "large" and mode not in large_modes:
                     continue
                 flags = [*s.flags(), *common, f"--mode={mode}", f"--xla={'on' if xla else 'off'}"]
                 t0 = time.time()

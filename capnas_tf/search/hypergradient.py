@@ -106,11 +106,11 @@ def _gradients(loss_fn: Callable, wrt: Sequence[Values], reduce: Callable, scale
     """(loss, [∇ loss for each group in wrt]) — first order, no outer tape needed; ∇(S·L)/S for S = scale.
     `name` is the ops' name scope (forward and backward), which is how a profile attributes their time."""
     flat = [t for group in wrt for t in group]
-    with tf.name_scope(name), tf.GradientTape() as tape:
-        tape.watch(flat)
-        loss = loss_fn()
-        scaled_loss = scaled(loss, scale)  # inside the tape, or the tape would not see the product
     with tf.name_scope(name):
+        with tf.GradientTape() as tape:
+            tape.watch(flat)
+            loss = loss_fn()
+            scaled_loss = scaled(loss, scale)  # inside the tape, or the tape would not see the product
         grads = unscaled(reduce(densify(tape.gradient(scaled_loss, flat), flat)), scale)
     out, i = [], 0
     for group in wrt:
