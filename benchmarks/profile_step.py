@@ -2,7 +2,7 @@
 `darts_cifar.py` mode is run under `tf.profiler`, and its XPlane (the trace viewer's data) is read
 back to sum each op's own time by the part of the step it belongs to (the name scopes the library
 puts around Stage I, the teacher's decode, Stage II, Stage III, each ± branch of a central
-difference, the outer reverse pass, the weight and architecture updates) and by op type.
+difference, the outer tape's gradient sums, the weight and architecture updates) and by op type.
 
     python benchmarks/profile_step.py --mode=exact                         # search_step.py's default config
     python benchmarks/profile_step.py --mode=finite_difference --quick     # any search_step.py flag passes on
