@@ -278,6 +278,52 @@ def run_child(script: str, flags: list[str], *, timeout: float, max_rss_gb: floa
     return json.loads(out.strip().splitlines()[-1])
 
 
+def planned_combinations(args, modes: list[str], xla_options: list[bool], settings: list[Setting]) -> list:
+    """(mode, xla, setting) in the order they are measured: the steps the targets name first, group by
+    group (XLA off at each config, then on; the plain step first in each group, so its ratios come from
+    neighbours in time), then the levers' variants, which only add to what the first part established."""
+    xla_modes, xla_configs = args.xla_modes.split(","), (args.xla_configs or "default,large").split(",")
+    lever_configs = args.lever_configs.split(",")
+    large_modes = (args.large_modes or ",".join(MODES)).split(",")
+    planned = []
+    for levers in (False, True):
+        for xla in xla_options:
+            for s in settings:
+                for mode in [m for m in MODES if m in modes and m.endswith(LEVERS) == levers]:
+                    if xla and (mode not in xla_modes or s.name not in xla_configs):
+                        continue
+                    if levers and s.name not in lever_configs:
+                        continue
+                    if s.name == "large" and mode not in large_modes:
+                        continue
+                    planned.append((mode, xla, s))
+    return planned
+
+
+def load_results(path: str) -> dict:
+    """{(mode, xla, config): figures} from a --raw_json file; {} if there is none yet."""
+    if not os.path.exists(path):
+        return {}
+    try:
+        with open(path) as f:
+            raw = json.load(f)
+    except json.JSONDecodeError as e:
+        raise SystemExit(f"{path}: not the JSON of an earlier run ({e}); move it away or pass another --raw_json.")
+    results = {}
+    for key, value in raw.items():
+        mode, xla, config = key.split("|")
+        results[(mode, xla == "True", config)] = value
+    return results
+
+
+def save_results(path: str, results: dict) -> None:
+    """Writes through a temporary file and a rename, so an interrupted run leaves the last complete file."""
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump({"|".join(map(str, k)): v for k, v in results.items()}, f, indent=1)
+    os.replace(tmp, path)
+
+
 def _ratio(a, b) -> str:
     if a is None or b is None or not b:
         return "–"
@@ -291,7 +337,7 @@ def fmt(value, spec: str) -> str:
 def markdown_table(results: dict, settings: list[Setting], xla_options: list[bool]) -> str:
     """One row per (mode, XLA, config): time, memory, ratios to plain (same config and XLA), growth."""
     head = ("| step | XLA | config | time s | × plain | peak MB | × plain | tensors MB | × plain | graph MB | "
-            "trace s (Python + first call) | growth time (large/default) | growth peak | growth tensors |")
+            "trace s (Python + first call) | growth time (large/default) | growth peak | growth tensors | measured UTC |")
     rows = [head, "|" + "---|" * (head.count("|") - 1)]
     for mode in MODES:
         for xla in xla_options:
@@ -302,7 +348,7 @@ def markdown_table(results: dict, settings: list[Setting], xla_options: list[boo
                 xla_s = "on" if xla else "off"
                 if "error" in r:
                     rows.append(f"| {MODE_TITLES[mode]} | {xla_s} | {s.name} | failed: {r['error']} "
-                                "|" + " |" * 10)
+                                "|" + " |" * 10 + f" {r.get('measured_utc', '')} |")
                     continue
                 p = results.get(("plain", xla, s.name), {})
                 d = results.get((mode, xla, "default"), {})
@@ -314,7 +360,7 @@ def markdown_table(results: dict, settings: list[Setting], xla_options: list[boo
                             f"{_ratio(r['peak_mb'], p.get('peak_mb'))} | {fmt(r.get('tensor_peak_mb'), '.0f')} | "
                             f"{_ratio(r.get('tensor_peak_mb'), p.get('tensor_peak_mb'))} | "
                             f"{fmt(r.get('graph_mb'), '.0f')} | {trace} | {growth('step_s')} | "
-                            f"{growth('peak_mb')} | {growth('tensor_peak_mb')} |")
+                            f"{growth('peak_mb')} | {growth('tensor_peak_mb')} | {r.get('measured_utc', '')} |")
     return "\n".join(rows)
 
 
@@ -378,13 +424,12 @@ def parse_args(argv=None):
                              f"name, {','.join(CORE_MODES)}, without the levers' variants)")
     parser.add_argument("--xla", default="off,on", help="'off', 'on' or 'off,on' (in the child: one of them)")
     parser.add_argument("--xla_modes", default="",
-                        help="steps measured with XLA on too (empty: all; --quick: exact, since XLA "
-                             "compilation of the nested-tape steps takes minutes on a CPU)")
+                        help="steps measured with XLA on too (empty: the five steps the targets name; --quick: "
+                             "exact, since XLA compilation of the nested-tape steps takes minutes on a CPU)")
     parser.add_argument("--xla_configs", default="",
                         help="configs measured with XLA on (empty: default,large; --quick: default)")
     parser.add_argument("--lever_configs", default="",
-                        help="configs at which the *_reuse, *_pc and *_bf16 modes are measured (empty: default,large; "
-                             "--quick: default)")
+                        help="configs at which the *_reuse, *_pc and *_bf16 modes are measured (empty: default)")
     parser.add_argument("--large_modes", default="",
                         help="steps measured at the large config too (empty: all; --quick: plain,exact,"
                              "finite_difference, the steps whose growth the targets concern)")
@@ -403,7 +448,10 @@ def parse_args(argv=None):
                         help="name of the table's block in --output (default: search_step_quick with --quick, "
                              "else search_step); a partial run can go to a block of its own")
     parser.add_argument("--raw_json", default="/tmp/search_step_results.json",
-                        help="where every measured figure is dumped as JSON")
+                        help="where every measured figure is written as JSON, after each combination")
+    parser.add_argument("--resume", action="store_true",
+                        help="keep the combinations already in --raw_json (measured or failed) and measure only the "
+                             "others: a run of hours can go on after an interruption; each row says when it ran")
     parser.add_argument("--render_json", default="",
                         help="re-render the table of an earlier run's --raw_json (same --quick/config flags); no measuring")
     parser.add_argument("--machine", default="", help="with --render_json: the load line of the original run")
@@ -426,6 +474,10 @@ def parse_args(argv=None):
         # The levers' variants are 8 more processes (~5 min on 2 cores): measured in the full run or on request.
         args.modes = args.modes or ",".join(CORE_MODES)
         args.large_modes = args.large_modes or "plain,exact,finite_difference"  # keeps --quick under 10 min
+    # XLA compilation of a nested-tape step takes tens of minutes at the default size: only the steps the
+    # targets name get it, and the levers run at the default config only.
+    args.xla_modes = args.xla_modes or ",".join(CORE_MODES)
+    args.lever_configs = args.lever_configs or "default"
     args.modes = args.modes or ",".join(MODES)
     args.repeats = args.repeats or 5
     args.partial_channels = args.partial_channels or 4
@@ -470,47 +522,36 @@ def main(argv=None):
     machine = args.machine or machine_line()
     print(header + "\n" + machine, flush=True)
     started = time.time()
-    results = {}
+    results = load_results(args.render_json or args.raw_json) if args.render_json or args.resume else {}
     if args.render_json:
-        with open(args.render_json) as f:
-            for key, value in json.load(f).items():
-                mode, xla, config = key.split("|")
-                results[(mode, xla == "True", config)] = value
         settings = [s for s in settings if any(k[2] == s.name for k in results)]
-    xla_modes = [m for m in (args.xla_modes or ",".join(MODES)).split(",") if m]
-    xla_configs = [c for c in (args.xla_configs or "default,large").split(",") if c]
-    lever_configs = [c for c in (args.lever_configs or "default,large").split(",") if c]
-    large_modes = [m for m in (args.large_modes or ",".join(MODES)).split(",") if m]
-    for s in settings:
-        for xla in xla_options:
-            for mode in [m for m in MODES if m in modes]:
-                if args.render_json or (xla and (mode not in xla_modes or s.name not in xla_configs)):
-                    continue
-                if mode.endswith(LEVERS) and s.name not in lever_configs:
-                    continue
-                if s.name == "large" and mode not in large_modes:
-                    continue
-                flags = [*s.flags(), *common, f"--mode={mode}", f"--xla={'on' if xla else 'off'}"]
-                t0 = time.time()
-                earlier = results.get((mode, xla, "default"), {})
-                if s.name != "default" and str(earlier.get("error", "")).startswith(("timeout", "killed")):
-                    # The large config costs more than the default one: it would only time out again.
-                    r = {"error": f"skipped: {earlier['error']} at the default config"}
-                else:
-                    r = run_child(os.path.abspath(__file__), flags, timeout=args.mode_timeout,
-                                  max_rss_gb=args.max_rss_gb)
-                results[(mode, xla, s.name)] = r
-                shown = r.get("error") or (f"{r['step_s']:.3f} s/step, peak {r['peak_mb']:.0f} MB, "
-                                          f"tensors {fmt(r.get('tensor_peak_mb'), '.0f')} MB, "
-                                          f"trace {r['trace_s']:.1f} s, traces {r['traces']}")
-                print(f"  {s.name:7s} XLA {'on ' if xla else 'off'} {mode:18s} {shown}  "
-                      f"[{time.time() - t0:.0f} s]", flush=True)
+    for mode, xla, s in [] if args.render_json else planned_combinations(args, modes, xla_options, settings):
+        if (mode, xla, s.name) in results:
+            continue  # --resume: measured (or failed) in an earlier run
+        flags = [*s.flags(), *common, f"--mode={mode}", f"--xla={'on' if xla else 'off'}"]
+        t0 = time.time()
+        earlier = results.get((mode, xla, "default"), {})
+        if s.name != "default" and str(earlier.get("error", "")).startswith(("timeout", "killed")):
+            # The large config costs more than the default one: it would only time out again.
+            r = {"error": f"skipped: {earlier['error']} at the default config"}
+        else:
+            r = run_child(os.path.abspath(__file__), flags, timeout=args.mode_timeout, max_rss_gb=args.max_rss_gb)
+        r["measured_utc"] = time.strftime("%Y-%m-%d %H:%M", time.gmtime(t0))
+        results[(mode, xla, s.name)] = r
+        save_results(args.raw_json, results)
+        shown = r.get("error") or (f"{r['step_s']:.3f} s/step, peak {r['peak_mb']:.0f} MB, "
+                                  f"tensors {fmt(r.get('tensor_peak_mb'), '.0f')} MB, "
+                                  f"trace {r['trace_s']:.1f} s, traces {r['traces']}")
+        print(f"  {s.name:7s} XLA {'on ' if xla else 'off'} {mode:18s} {shown}  "
+              f"[{time.time() - t0:.0f} s]", flush=True)
     table = markdown_table(results, settings, xla_options)
     speedups = xla_speedups(results, settings)
     print("\n" + table + "\n\n" + speedups)
     body = (f"Command: `{command.strip()}` — {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, "
             + (f"table re-rendered from {args.render_json} (same run)" if args.render_json
-               else f"{time.time() - started:.0f} s in all") + f".\n\n{header}.\n{machine}.\n\n"
+               else f"{time.time() - started:.0f} s in all"
+               + (" in this sitting (resumed: rows measured earlier keep their time, column 'measured UTC')"
+                  if args.resume else "")) + f".\n\n{header}.\n{machine}.\n\n"
             f"Peak = resident-set high-water mark during the timed steps minus the built models' resident set "
             f"(what the process needs, graphs included); tensors = the TensorFlow allocator's peak bytes in use "
             f"during the timed steps (weights, optimizer slots, activations: what a GPU's `get_memory_info` "
@@ -521,10 +562,6 @@ def main(argv=None):
     if output:
         write_block(output, args.block or ("search_step_quick" if args.quick else "search_step"), body)
         print(f"\nwritten to {output}")
-    if args.render_json:
-        return
-    with open(args.raw_json, "w") as f:
-        json.dump({"|".join(map(str, k)): v for k, v in results.items()}, f, indent=1)
 
 
 if __name__ == "__main__":
