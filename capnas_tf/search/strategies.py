@@ -8,6 +8,7 @@ so `apply_global_gradients` hands each replica 1/N of the global gradient.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 from typing import Callable
 
@@ -28,6 +29,7 @@ from capnas_tf.search.captioning import (
     teacher_greedy_captions,
 )
 from capnas_tf.search.stateless import bind, densify, global_norm, values_of
+from capnas_tf.search_space.ops import second_order_batch_norm
 
 
 def all_reduce_sum(grads: list) -> list:
@@ -69,6 +71,12 @@ def _gradients_of(loss_fn: Callable, variables: list, loss_scale: float = 1.0):
         scaled_loss = precision.scaled(loss, loss_scale)
     grads = all_reduce_sum(densify(tape.gradient(scaled_loss, variables), variables))
     return loss, precision.unscaled(grads, loss_scale)
+
+
+def _batch_norm_for(second_order: bool):
+    """Nested tapes (an exact hypergradient) take BatchNorm's `_moments` path, first-order passes its
+    fused kernel (`ops.second_order_batch_norm`)."""
+    return second_order_batch_norm() if second_order else contextlib.nullcontext()
 
 
 def _arch_optimizer(config: SearchConfig) -> keras.optimizers.Optimizer:
@@ -187,8 +195,9 @@ class ThreeStageStrategy(SearchStrategy):
                                            max_caption_len=self.max_caption_len,
                                            reduce_gradients=all_reduce_sum, loss_scale=self.loss_scale)
         m = self.models
-        return self.estimate(problem, self.A_values(), values_of(m.E), values_of(m.F), values_of(m.W),
-                             self.eta)
+        with _batch_norm_for(self.config.hypergradient == "exact"):
+            return self.estimate(problem, self.A_values(), values_of(m.E), values_of(m.F), values_of(m.W),
+                                 self.eta)
 
     def describe(self) -> str:
         reuse = ", weight steps reuse the unrolled gradients" if self.config.reuse_unrolled_gradients else ""
@@ -273,10 +282,11 @@ class DartsStrategy(SearchStrategy):
         m = self.models
         w = values_of(m.E) + values_of(m.F)
         method = "exact" if self.config.hypergradient == "exact" else "finite_difference"
-        return hg.darts_hypergradient_with_state(
-            self._loss_on(batches["train"]), self._loss_on(batches["val"]), self.A_values(), w,
-            self.config.eta_e, order=self.config.darts_order, method=method,
-            epsilon=self.config.fd_epsilon, reduce_gradients=all_reduce_sum, loss_scale=self.loss_scale)
+        with _batch_norm_for(self.config.darts_order == 2 and method == "exact"):
+            return hg.darts_hypergradient_with_state(
+                self._loss_on(batches["train"]), self._loss_on(batches["val"]), self.A_values(), w,
+                self.config.eta_e, order=self.config.darts_order, method=method,
+                epsilon=self.config.fd_epsilon, reduce_gradients=all_reduce_sum, loss_scale=self.loss_scale)
 
     @_scoped("architecture_update")
     def apply_hypergradient(self, result: hg.DartsHypergradient) -> dict:

@@ -145,3 +145,45 @@ def test_first_order_darts_and_exact_searches_are_accepted_in_low_precision():
 def test_unknown_policy_is_refused():
     with pytest.raises(ValueError, match="--dtype_policy must be one of"):
         precision.check_precision(SearchConfig(dtype_policy="float16"))
+
+
+
+def _bn_layers(models):
+    from capnas_tf.search_space.ops import ExactBatchNormalization
+
+    return [layer for model in (models.encoder, models.decoder, models.student)
+            for layer in model._flatten_layers() if isinstance(layer, ExactBatchNormalization)]
+
+
+def _op_types(fn, batches):
+    return {op.type for op in tf.function(fn, autograph=False).get_concrete_function(batches).graph.get_operations()}
+
+
+def test_batchnorm_takes_the_fused_kernel_except_under_nested_tapes(tiny_data, float32_reference):
+    batches = float32_reference[0]
+    config, models = _models(tiny_data, "float32")
+    assert config.hypergradient == "exact" and _bn_layers(models)
+    strategy = ThreeStageStrategy(models, config, max_caption_len=TINY_CAPTION_LEN)
+    assert "FusedBatchNormV3" in _op_types(lambda b: strategy.supernet_weight_step(b["train"]), batches)
+    assert not {"FusedBatchNormV3", "FusedBatchNormGradV3"} & _op_types(lambda b: strategy.hypergradient(b).grad_A,
+                                                                        batches)
+
+
+@pytest.mark.slow  # 70 s on 2 cores: two finite-difference hypergradients traced
+def test_fused_batchnorm_changes_the_finite_difference_hypergradient_only_by_rounding(tiny_data, float32_reference):
+    """The finite-difference estimator differentiates once, through the fused kernel; against the
+    `_moments` path (`layer.fused = False`) on the same weights and batches, in float32 (whose rounding
+    the ε-differences amplify)."""
+    batches, models32, _ = float32_reference
+    grads = []
+    for fused in (True, False):
+        config, models = _models(tiny_data, "float32", hypergradient="finite_difference")
+        _copy_weights(models32, models)
+        for layer in _bn_layers(models):
+            layer.fused = fused
+        strategy = ThreeStageStrategy(models, config, max_caption_len=TINY_CAPTION_LEN)
+        assert ("FusedBatchNormGradV3" in _op_types(lambda b: strategy.hypergradient(b).grad_A, batches)) == fused
+        grads.append(_hypergradient(strategy, batches))
+    fused_grad, moments_grad = grads
+    cosine = fused_grad @ moments_grad / (np.linalg.norm(fused_grad) * np.linalg.norm(moments_grad))
+    assert cosine > 0.999 and abs(np.linalg.norm(fused_grad) / np.linalg.norm(moments_grad) - 1) < 0.01, cosine

@@ -194,12 +194,14 @@ def test_bad_stride_is_rejected_with_the_layer_name():
         ops.Identity(C, 2)
 
 
-def _mixed_derivative_of_batchnorm(layer):
-    """(analytic, central difference) of d/ds ⟨∇_u L(u), v⟩ at u = s·x, L(u) = Σ BN(u)·p, training mode."""
-    x = tf.random.stateless_normal([4, 3, 3, 2], seed=[1, 2], dtype=tf.float64)
-    p = tf.random.stateless_normal(x.shape, seed=[4, 3], dtype=tf.float64)
-    v = 1.0 + tf.random.stateless_normal(x.shape, seed=[5, 3], dtype=tf.float64)  # a mean shift couples to μ
-    layer.build(x.shape)
+def _mixed_derivative_of_batchnorm(layer, jit_compile=False):
+    """(analytic, central difference) of d/ds ⟨∇_u L(u), v⟩ at u = s·x, L(u) = Σ BN(u)·p, training mode,
+    in the layer's dtype (the same x, p, v whatever the dtype: drawn in float64, then cast)."""
+    dtype = layer.compute_dtype
+    draw = lambda seed: tf.cast(tf.random.stateless_normal([4, 3, 3, 2], seed=seed, dtype=tf.float64), dtype)  # noqa: E731
+    x, p, v = draw([1, 2]), draw([4, 3]), 1.0 + draw([5, 3])  # v's mean shift couples to μ
+    if not layer.built:
+        layer.build(x.shape)
 
     def directional_grad(s):
         u = s * x
@@ -208,18 +210,51 @@ def _mixed_derivative_of_batchnorm(layer):
             loss = tf.reduce_sum(layer(u, training=True) * p)
         return tf.reduce_sum(inner.gradient(loss, u) * v)
 
-    s = tf.constant(1.3, tf.float64)
-    with tf.GradientTape() as outer:
-        outer.watch(s)
-        g = directional_grad(s)
+    @tf.function(jit_compile=jit_compile, autograph=False)
+    def mixed_derivative(s):
+        with tf.GradientTape() as outer:
+            outer.watch(s)
+            g = directional_grad(s)
+        return outer.gradient(g, s)
+
+    s = tf.constant(1.3, dtype)
     h = 1e-6
-    return float(outer.gradient(g, s)), float((directional_grad(s + h) - directional_grad(s - h)) / (2 * h))
+    return float(mixed_derivative(s)), float((directional_grad(s + h) - directional_grad(s - h)) / (2 * h))
+
+
+def _op_types(layer, x):
+    return {op.type for op in tf.function(lambda u: layer(u, training=True)).get_concrete_function(x).graph.get_operations()}
 
 
 def test_batchnorm_second_derivatives_are_exact():
     analytic, numeric = _mixed_derivative_of_batchnorm(ops.batch_norm(True, "float64"))
     assert isinstance(ops.batch_norm(True, "float64"), ops.ExactBatchNormalization)
     np.testing.assert_allclose(analytic, numeric, rtol=1e-6)
+
+
+@pytest.mark.parametrize("affine", [True, False])
+@pytest.mark.parametrize("jit_compile", [False, True])
+def test_fused_float32_batchnorm_second_derivatives_are_the_exact_ones(affine, jit_compile):
+    """float32 runs TensorFlow's fused kernel (float64 has none): its second derivative, TensorFlow's
+    differentiated closed-form gradient, against the float64 one checked above, on the same inputs."""
+    fused = ops.batch_norm(affine, "float32")
+    assert "FusedBatchNormV3" in _op_types(fused, tf.zeros([4, 3, 3, 2]))
+    assert "FusedBatchNormV3" not in _op_types(ops.batch_norm(affine, "float64"), tf.zeros([4, 3, 3, 2], tf.float64))
+    analytic32, _ = _mixed_derivative_of_batchnorm(fused, jit_compile=jit_compile)
+    analytic64, numeric64 = _mixed_derivative_of_batchnorm(ops.batch_norm(affine, "float64"))
+    np.testing.assert_allclose(analytic64, numeric64, rtol=1e-6)
+    np.testing.assert_allclose(analytic32, analytic64, rtol=1e-5)
+
+
+def test_fused_batchnorm_computes_what_the_moments_path_computes_in_mixed_precision():
+    x = images(seed=3)
+    fused, moments = ops.batch_norm(True, "mixed_bfloat16"), ops.batch_norm(True, "mixed_bfloat16")
+    moments.fused = False
+    y_fused, y_moments = fused(tf.cast(x, tf.bfloat16), training=True), moments(tf.cast(x, tf.bfloat16), training=True)
+    assert y_fused.dtype == tf.bfloat16 and fused.moving_variance.dtype == "float32"
+    np.testing.assert_allclose(tf.cast(y_fused, tf.float32), tf.cast(y_moments, tf.float32), atol=1e-2)
+    np.testing.assert_allclose(fused.moving_mean, moments.moving_mean, atol=1e-6)
+    np.testing.assert_allclose(fused.moving_variance, moments.moving_variance, atol=1e-6)
 
 
 def test_keras_batchnorm_would_get_second_derivatives_wrong():
@@ -235,4 +270,6 @@ def test_exact_batchnorm_computes_what_keras_batchnorm_computes():
                                                                                     epsilon=ops.BN_EPSILON)
     for training in (True, False):
         np.testing.assert_allclose(exact(x, training=training), plain(x, training=training), atol=1e-5)
+    assert "FusedBatchNormV3" in _op_types(exact, x)  # float32: the fused kernel
+    np.testing.assert_allclose(exact.moving_mean, plain.moving_mean, atol=1e-6)
     np.testing.assert_allclose(exact.moving_variance, plain.moving_variance, atol=1e-6)
