@@ -22,6 +22,7 @@ import tensorflow as tf
 # PyTorch's BatchNorm2d(momentum=0.1, eps=1e-5), in Keras' convention (moving = m·moving + (1−m)·batch).
 BN_MOMENTUM = 0.9
 BN_EPSILON = 1e-5
+FUSED_MIN_EPSILON = 1.001e-5  # tf.compat.v1.nn.fused_batch_norm's floor for cuDNN
 
 STRIDES = (1, 2)
 
@@ -102,8 +103,9 @@ class ExactBatchNormalization(keras.layers.BatchNormalization):
         return super().call(inputs, training=training, mask=mask)
 
     def _fused_applies(self, inputs) -> bool:
-        return (self.fused and not _second_order_passes and not self.renorm and not self.synchronized and len(inputs.shape) == 4
-                and self.axis in (-1, 3) and inputs.dtype in (tf.float32, tf.float16, tf.bfloat16))
+        return (self.fused and not _second_order_passes and not self.renorm and not self.synchronized
+                and len(inputs.shape) == 4 and self.axis in (-1, 3)
+                and inputs.dtype in (tf.float32, tf.float16, tf.bfloat16))
 
     def _fused_training_call(self, inputs):
         x = tf.cast(inputs, tf.float32)  # as the Keras layer: statistics in float32
@@ -111,8 +113,11 @@ class ExactBatchNormalization(keras.layers.BatchNormalization):
         gamma = tf.cast(self.gamma, tf.float32) if self.scale else tf.ones([channels], tf.float32)
         beta = tf.cast(self.beta, tf.float32) if self.center else tf.zeros([channels], tf.float32)
         empty = tf.constant([], tf.float32)
+        # cuDNN refuses ε below 1e-5, and DARTS' 1e-5 rounds to just below it in float32: the floor that
+        # TensorFlow's own wrapper applies (a 0.1 % larger ε, against variances of order 1).
+        epsilon = max(self.epsilon, FUSED_MIN_EPSILON)
         y, mean, unbiased_variance, *_ = tf.raw_ops.FusedBatchNormV3(
-            x=x, scale=gamma, offset=beta, mean=empty, variance=empty, epsilon=self.epsilon,
+            x=x, scale=gamma, offset=beta, mean=empty, variance=empty, epsilon=epsilon,
             exponential_avg_factor=1.0, data_format="NHWC", is_training=True)
         # The kernel reports the variance with Bessel's correction; Keras' moving variance averages the
         # biased one (the one it normalises with).

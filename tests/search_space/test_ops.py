@@ -198,7 +198,9 @@ def _mixed_derivative_of_batchnorm(layer, jit_compile=False):
     """(analytic, central difference) of d/ds ⟨∇_u L(u), v⟩ at u = s·x, L(u) = Σ BN(u)·p, training mode,
     in the layer's dtype (the same x, p, v whatever the dtype: drawn in float64, then cast)."""
     dtype = layer.compute_dtype
-    draw = lambda seed: tf.cast(tf.random.stateless_normal([4, 3, 3, 2], seed=seed, dtype=tf.float64), dtype)  # noqa: E731
+    def draw(seed):
+        return tf.cast(tf.random.stateless_normal([4, 3, 3, 2], seed=seed, dtype=tf.float64), dtype)
+
     x, p, v = draw([1, 2]), draw([4, 3]), 1.0 + draw([5, 3])  # v's mean shift couples to μ
     if not layer.built:
         layer.build(x.shape)
@@ -223,7 +225,8 @@ def _mixed_derivative_of_batchnorm(layer, jit_compile=False):
 
 
 def _op_types(layer, x):
-    return {op.type for op in tf.function(lambda u: layer(u, training=True)).get_concrete_function(x).graph.get_operations()}
+    graph = tf.function(lambda u: layer(u, training=True)).get_concrete_function(x).graph
+    return {op.type for op in graph.get_operations()}
 
 
 def test_batchnorm_second_derivatives_are_exact():
