@@ -31,6 +31,8 @@ import sys
 import threading
 import time
 
+from capnas_tf.io_utils import atomic_write_json, atomic_write_text  # stdlib only: the driver stays TF-free
+
 REUSE = "_reuse"  # suffix: the weight steps reuse the unrolled step's gradients (--reuse_unrolled_gradients)
 PC = "_pc"  # suffix: PC-DARTS partial channels, K = --partial_channels (--partial_channels)
 BF16 = "_bf16"  # suffix: the models compute in bfloat16 (--dtype_policy=mixed_bfloat16)
@@ -282,9 +284,8 @@ def planned_combinations(args, modes: list[str], xla_options: list[bool], settin
     """(mode, xla, setting) in the order they are measured: the steps the targets name first, group by
     group (XLA off at each config, then on; the plain step first in each group, so its ratios come from
     neighbours in time), then the levers' variants, which only add to what the first part established."""
-    xla_modes, xla_configs = args.xla_modes.split(","), (args.xla_configs or "default,large").split(",")
-    lever_configs = args.lever_configs.split(",")
-    large_modes = (args.large_modes or ",".join(MODES)).split(",")
+    xla_modes, xla_configs = args.xla_modes.split(","), args.xla_configs.split(",")
+    lever_configs, large_modes = args.lever_configs.split(","), args.large_modes.split(",")
     planned = []
     for levers in (False, True):
         for xla in xla_options:
@@ -317,11 +318,8 @@ def load_results(path: str) -> dict:
 
 
 def save_results(path: str, results: dict) -> None:
-    """Writes through a temporary file and a rename, so an interrupted run leaves the last complete file."""
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump({"|".join(map(str, k)): v for k, v in results.items()}, f, indent=1)
-    os.replace(tmp, path)
+    """Through a temporary file and a rename, so an interrupted run leaves the last complete file."""
+    atomic_write_json(path, {"|".join(map(str, k)): v for k, v in results.items()})
 
 
 def _ratio(a, b) -> str:
@@ -385,10 +383,7 @@ def write_block(path: str, block: str, body: str) -> None:
         text = text[: text.index(begin)] + section + text[text.index(end) + len(end):]
     else:
         text = text.rstrip() + "\n\n" + section + "\n"
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
+    atomic_write_text(path, text)
 
 
 def machine_line() -> str:
@@ -477,7 +472,9 @@ def parse_args(argv=None):
     # XLA compilation of a nested-tape step takes tens of minutes at the default size: only the steps the
     # targets name get it, and the levers run at the default config only.
     args.xla_modes = args.xla_modes or ",".join(CORE_MODES)
+    args.xla_configs = args.xla_configs or "default,large"
     args.lever_configs = args.lever_configs or "default"
+    args.large_modes = args.large_modes or ",".join(MODES)
     args.modes = args.modes or ",".join(MODES)
     args.repeats = args.repeats or 5
     args.partial_channels = args.partial_channels or 4

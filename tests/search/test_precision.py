@@ -67,33 +67,30 @@ def float32_reference(tiny_data):
     """Batches, the float32 models and their exact three-stage hypergradient (flattened)."""
     batches = next(iter(search_streams(tiny_data, 4)))
     config, models = _models(tiny_data, "float32")
-    grad_A = _hypergradient(ThreeStageStrategy(models, config, max_caption_len=TINY_CAPTION_LEN), batches)
+    grad_A, op_types = _hypergradient(ThreeStageStrategy(models, config, max_caption_len=TINY_CAPTION_LEN), batches)
     assert np.linalg.norm(grad_A) > 1e-9  # not trivially zero (it is ~2e-6: A barely matters at init)
-    return batches, models, grad_A
-
-
-_traced_op_types = {}  # id(strategy) -> op types of its traced hypergradient, kept by `_hypergradient`
+    return batches, models, grad_A, op_types
 
 
 def _hypergradient(strategy, batches):
+    """(flattened ∇_A, op types of the traced hypergradient)."""
     fn = tf.function(lambda b: strategy.hypergradient(b).grad_A, autograph=False)
-    concrete = fn.get_concrete_function(batches)
-    _traced_op_types[id(strategy.models)] = {op.type for op in concrete.graph.get_operations()}
+    op_types = {op.type for op in fn.get_concrete_function(batches).graph.get_operations()}
     grads = fn(batches)
     assert all(g.dtype == tf.float32 for g in grads)
     flat = np.concatenate([g.numpy().ravel() for g in grads])
     assert np.isfinite(flat).all()
-    return flat
+    return flat, op_types
 
 
 def _agreement(tiny_data, float32_reference, policy, **overrides):
     """(cosine, norm ratio) of the exact hypergradient in `policy` against float32, same weights and batches."""
-    batches, models32, g32 = float32_reference
+    batches, models32, g32, _ = float32_reference
     config, models = _models(tiny_data, policy, **overrides)
     _copy_weights(models32, models)
     assert models.encoder.compute_dtype == policy.removeprefix("mixed_")
     assert all(v.dtype == "float32" for v in models.encoder.variables)
-    g = _hypergradient(ThreeStageStrategy(models, config, max_caption_len=TINY_CAPTION_LEN), batches)
+    g, _ = _hypergradient(ThreeStageStrategy(models, config, max_caption_len=TINY_CAPTION_LEN), batches)
     return g32 @ g / (np.linalg.norm(g32) * np.linalg.norm(g)), np.linalg.norm(g) / np.linalg.norm(g32)
 
 
@@ -157,7 +154,6 @@ def test_unknown_policy_is_refused():
         precision.check_precision(SearchConfig(dtype_policy="float16"))
 
 
-
 def _bn_layers(models):
     from capnas_tf.search_space.ops import ExactBatchNormalization
 
@@ -170,9 +166,9 @@ def _op_types(fn, batches):
 
 
 def test_batchnorm_takes_the_fused_kernel_except_under_nested_tapes(tiny_data, float32_reference):
-    batches, models, _ = float32_reference  # its exact hypergradient was traced by the fixture
+    batches, models, _, exact_op_types = float32_reference  # the fixture traced the exact hypergradient
     assert TINY_SEARCH.hypergradient == "exact" and _bn_layers(models)
-    assert not {"FusedBatchNormV3", "FusedBatchNormGradV3"} & _traced_op_types[id(models)]
+    assert not {"FusedBatchNormV3", "FusedBatchNormGradV3"} & exact_op_types
     config, models = _models(tiny_data, "float32")
     strategy = ThreeStageStrategy(models, config, max_caption_len=TINY_CAPTION_LEN)
     assert "FusedBatchNormV3" in _op_types(lambda b: strategy.supernet_weight_step(b["train"]), batches)
@@ -183,15 +179,16 @@ def test_fused_batchnorm_changes_the_finite_difference_hypergradient_only_by_rou
     """The finite-difference estimator differentiates once, through the fused kernel; against the
     `_moments` path (`layer.fused = False`) on the same weights and batches, in float32 (whose rounding
     the ε-differences amplify)."""
-    batches, models32, _ = float32_reference
+    batches, models32, _, _ = float32_reference
     grads = []
     for fused in (True, False):
         config, models = _models(tiny_data, "float32", hypergradient="finite_difference")
         _copy_weights(models32, models)
         for layer in _bn_layers(models):
             layer.fused = fused
-        grads.append(_hypergradient(ThreeStageStrategy(models, config, max_caption_len=TINY_CAPTION_LEN), batches))
-        assert ("FusedBatchNormGradV3" in _traced_op_types[id(models)]) == fused
+        grad, op_types = _hypergradient(ThreeStageStrategy(models, config, max_caption_len=TINY_CAPTION_LEN), batches)
+        assert ("FusedBatchNormGradV3" in op_types) == fused
+        grads.append(grad)
     fused_grad, moments_grad = grads
     cosine = fused_grad @ moments_grad / (np.linalg.norm(fused_grad) * np.linalg.norm(moments_grad))
     assert cosine > 0.999 and abs(np.linalg.norm(fused_grad) / np.linalg.norm(moments_grad) - 1) < 0.01, cosine
