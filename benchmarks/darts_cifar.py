@@ -25,7 +25,6 @@ most 4× our plain step, and at most half the reference's time (~18 s).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import sys
@@ -101,8 +100,7 @@ def measure(args) -> dict:
             return loss
 
     def darts_step(order, method, reuse=False):
-        nested_tapes = order == 2 and method == "exact"  # as DartsStrategy: BatchNorm's `_moments` path there
-        with second_order_batch_norm() if nested_tapes else contextlib.nullcontext():
+        with second_order_batch_norm(order == 2 and method == "exact"):  # as DartsStrategy
             result = hg.darts_hypergradient_with_state(loss_on(train), loss_on(val), values_of(A),
                                                        values_of(weights), 0.025, order=order, method=method,
                                                        epsilon=0.01)

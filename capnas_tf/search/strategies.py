@@ -8,7 +8,6 @@ so `apply_global_gradients` hands each replica 1/N of the global gradient.
 """
 from __future__ import annotations
 
-import contextlib
 import functools
 from typing import Callable
 
@@ -71,12 +70,6 @@ def _gradients_of(loss_fn: Callable, variables: list, loss_scale: float = 1.0):
         scaled_loss = precision.scaled(loss, loss_scale)
     grads = all_reduce_sum(densify(tape.gradient(scaled_loss, variables), variables))
     return loss, precision.unscaled(grads, loss_scale)
-
-
-def _batch_norm_for(second_order: bool):
-    """Nested tapes (an exact hypergradient) take BatchNorm's `_moments` path, first-order passes its
-    fused kernel (`ops.second_order_batch_norm`)."""
-    return second_order_batch_norm() if second_order else contextlib.nullcontext()
 
 
 def _arch_optimizer(config: SearchConfig) -> keras.optimizers.Optimizer:
@@ -195,7 +188,8 @@ class ThreeStageStrategy(SearchStrategy):
                                            max_caption_len=self.max_caption_len,
                                            reduce_gradients=all_reduce_sum, loss_scale=self.loss_scale)
         m = self.models
-        with _batch_norm_for(self.config.hypergradient == "exact"):
+        # Nested tapes take BatchNorm's `_moments` path, the finite differences its fused kernel.
+        with second_order_batch_norm(self.config.hypergradient == "exact"):
             return self.estimate(problem, self.A_values(), values_of(m.E), values_of(m.F), values_of(m.W),
                                  self.eta)
 
@@ -282,7 +276,7 @@ class DartsStrategy(SearchStrategy):
         m = self.models
         w = values_of(m.E) + values_of(m.F)
         method = "exact" if self.config.hypergradient == "exact" else "finite_difference"
-        with _batch_norm_for(self.config.darts_order == 2 and method == "exact"):
+        with second_order_batch_norm(self.config.darts_order == 2 and method == "exact"):
             return hg.darts_hypergradient_with_state(
                 self._loss_on(batches["train"]), self._loss_on(batches["val"]), self.A_values(), w,
                 self.config.eta_e, order=self.config.darts_order, method=method,

@@ -49,9 +49,10 @@ _second_order_passes = 0  # > 0 while some pass that a tape differentiates twice
 
 
 @contextlib.contextmanager
-def second_order_batch_norm():
+def second_order_batch_norm(enabled: bool = True):
     """Every `ExactBatchNormalization` called inside takes the `_moments` path instead of the fused
     kernel: for the passes an outer tape differentiates a second time (the exact hypergradients).
+    `enabled=False` makes it a no-op, for callers that decide per estimator.
     Both are exact to second order there, but the fused kernel's second derivative re-derives its
     closed-form gradient under a fresh tape, which made the default config's exact three-stage step
     1.26× slower (6.02 s against 4.76 s, session 6), while first-order steps run 1.3× faster with it.
@@ -60,11 +61,11 @@ def second_order_batch_norm():
     than a thread-local, because tf.distribute traces each replica in a thread of its own: a replica
     outside such a pass may then take the `_moments` path too, which is only slower, never wrong."""
     global _second_order_passes
-    _second_order_passes += 1
+    _second_order_passes += int(enabled)
     try:
         yield
     finally:
-        _second_order_passes -= 1
+        _second_order_passes -= int(enabled)
 
 
 @keras.saving.register_keras_serializable(package="capnas_tf")
