@@ -39,6 +39,20 @@ class Captioner(keras.Model):
         )
         return config
 
+    def build_from_config(self, config):
+        """Rebuilds from the shapes of the first call. Keras' default would trace `call` on a float32
+        placeholder for every argument, which the decoder's embedding refuses for token ids, and warn."""
+        shapes = (config or {}).get("shapes_dict")
+        if not shapes or set(shapes) != {"images_shape", "tokens_shape"}:
+            return super().build_from_config(config)
+        tokens_shape = tuple(shapes["tokens_shape"])
+        images = keras.KerasTensor(tuple(shapes["images_shape"]), dtype="float32")
+        # [B, T] token ids, or [B, T, V] rows over the vocabulary (the straight-through path).
+        tokens = keras.KerasTensor(tokens_shape, dtype="int32" if len(tokens_shape) == 2 else "float32")
+        self.compute_output_spec(images, tokens)  # a symbolic call: builds every layer, runs nothing
+        self._build_shapes_dict = shapes
+        self.built = True
+
     @classmethod
     def from_config(cls, config):
         config = dict(config)
