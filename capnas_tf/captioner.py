@@ -41,16 +41,22 @@ class Captioner(keras.Model):
 
     def build_from_config(self, config):
         """Rebuilds from the shapes of the first call. Keras' default would trace `call` on a float32
-        placeholder for every argument, which the decoder's embedding refuses for token ids, and warn."""
-        shapes = (config or {}).get("shapes_dict")
-        if not shapes or set(shapes) != {"images_shape", "tokens_shape"}:
+        placeholder for every argument, which the decoder's embedding refuses for token ids, and warn.
+
+        Keras records `{"input_shape": images}` alone when the first call's tokens were not a backend tensor
+        (a NumPy batch), and `{"shapes_dict": {images_shape, tokens_shape}}` otherwise; one token per row
+        builds the same variables as any caption length."""
+        config = config or {}
+        shapes = config.get("shapes_dict") or {}
+        images_shape = shapes.get("images_shape", config.get("input_shape"))
+        if images_shape is None or len(images_shape) != 4:
             return super().build_from_config(config)
-        tokens_shape = tuple(shapes["tokens_shape"])
-        images = keras.KerasTensor(tuple(shapes["images_shape"]), dtype="float32")
+        tokens_shape = tuple(shapes.get("tokens_shape") or (images_shape[0], 1))
+        images = keras.KerasTensor(tuple(images_shape), dtype="float32")
         # [B, T] token ids, or [B, T, V] rows over the vocabulary (the straight-through path).
         tokens = keras.KerasTensor(tokens_shape, dtype="int32" if len(tokens_shape) == 2 else "float32")
         self.compute_output_spec(images, tokens)  # a symbolic call: builds every layer, runs nothing
-        self._build_shapes_dict = shapes
+        self._build_shapes_dict = {"images_shape": tuple(images_shape), "tokens_shape": tokens_shape}
         self.built = True
 
     @classmethod
