@@ -48,15 +48,15 @@ class Captioner(keras.Model):
         builds the same variables as any caption length."""
         config = config or {}
         shapes = config.get("shapes_dict") or {}
-        images_shape = shapes.get("images_shape", config.get("input_shape"))
-        if images_shape is None or len(images_shape) != 4:
+        images_shape = tuple(shapes.get("images_shape") or config.get("input_shape") or ())
+        if len(images_shape) != 4:
             return super().build_from_config(config)
         tokens_shape = tuple(shapes.get("tokens_shape") or (images_shape[0], 1))
-        images = keras.KerasTensor(tuple(images_shape), dtype="float32")
+        images = keras.KerasTensor(images_shape, dtype="float32")
         # [B, T] token ids, or [B, T, V] rows over the vocabulary (the straight-through path).
         tokens = keras.KerasTensor(tokens_shape, dtype="int32" if len(tokens_shape) == 2 else "float32")
         self.compute_output_spec(images, tokens)  # a symbolic call: builds every layer, runs nothing
-        self._build_shapes_dict = {"images_shape": tuple(images_shape), "tokens_shape": tokens_shape}
+        self._build_shapes_dict = {"images_shape": images_shape, "tokens_shape": tokens_shape}
         self.built = True
 
     @classmethod
