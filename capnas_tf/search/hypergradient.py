@@ -187,6 +187,45 @@ def after(results, *groups: Values) -> list[Values]:
         return [[tf.identity(t) for t in group] for group in groups]
 
 
+def _one_replica() -> bool:
+    ctx = tf.distribute.get_replica_context()
+    return ctx is None or ctx.num_replicas_in_sync == 1
+
+
+def central_difference(gradient_at: Callable, inputs: Sequence[Values], like: Values, name: str,
+                       in_loop: bool | None = None) -> Values:
+    """g(+1) − g(−1), element-wise, for g(s) = gradient_at(s, *inputs): the numerator of a central
+    difference, with s = ±1 a scalar tensor of `like`'s dtype and `like` tensors shaped as g's output.
+
+    in_loop (default: on one replica): g is traced once, as the body of a two-iteration
+    `tf.while_loop` run one iteration at a time that accumulates Σ_s s·g(s) (exactly g(+1) − g(−1):
+    0 + g⁺ − g⁻). Traced twice instead, the graph would hold two copies of a gradient graph, and on the
+    CPU the graphs, not the tensors, dominate a finite-difference step's resident memory
+    (docs/performance.md, Memory). Not in a loop (several replicas: TensorFlow refuses a cross-replica
+    all-reduce inside control flow, "merge_call called while defining a new graph"): traced twice, the
+    − branch's inputs gated by `after` so the two branches still run one after the other.
+    """
+    if in_loop is None:
+        in_loop = _one_replica()
+    dtype = like[0].dtype
+    if not in_loop:
+        with tf.name_scope(f"{name}_plus"):
+            plus = gradient_at(tf.constant(1.0, dtype), *inputs)
+        with tf.name_scope(f"{name}_minus"):
+            minus = gradient_at(tf.constant(-1.0, dtype), *after(plus, *inputs))
+        return [p - m for p, m in zip(plus, minus)]
+
+    def body(i, total):
+        sign = 1.0 - 2.0 * tf.cast(i, dtype)  # +1, then −1
+        return i + 1, [t + sign * g for t, g in zip(total, gradient_at(sign, *inputs))]
+
+    with tf.name_scope(f"{name}_pair"):
+        zeros = [tf.zeros(t.shape, t.dtype) for t in like]
+        _, total = tf.while_loop(lambda i, _: i < 2, body, (tf.constant(0), zeros),
+                                 parallel_iterations=1, maximum_iterations=2)
+    return list(total)
+
+
 def _perturbation_scale(epsilon: float, vector: Values) -> tf.Tensor:
     """ε/‖v‖ (DARTS: 0.01/‖v‖), guarded against a zero vector."""
     return epsilon / tf.maximum(global_norm(vector), 1e-12)
@@ -216,30 +255,27 @@ def finite_difference_hypergradient(problem: ThreeStageProblem, A: Values, E: Va
 
     eps_w = _perturbation_scale(epsilon, v)
 
-    def stage2_grads(sign, E1, F1, A, W):
+    def stage2_grads(sign, E1, F1, A, W):  # ∇_{E',F',A} L_u(W ± ε_w v), flat
         W_pm = axpy(sign * eps_w, v, W)
-        return _gradients(lambda: problem.pseudo_caption_loss(W_pm, E1, F1, A, tokens),
-                          [E1, F1, A], reduce, S, f"fd_stage2_{'plus' if sign > 0 else 'minus'}")[1]
+        _, (gE1, gF1, gA) = _gradients(lambda: problem.pseudo_caption_loss(W_pm, E1, F1, A, tokens),
+                                       [E1, F1, A], reduce, S, "gradient")
+        return gE1 + gF1 + gA
 
-    pE, pF, pA = stage2_grads(1.0, E1, F1, A, W)
-    mE, mF, mA = stage2_grads(-1.0, *after([pE, pF, pA], E1, F1, A, W))
+    diff = central_difference(stage2_grads, [E1, F1, A, W], E1 + F1 + A, "fd_stage2")
     scale = -eta.eta_w / (2.0 * eps_w)
-    uE = [scale * (p - m) for p, m in zip(pE, mE)]
-    uF = [scale * (p - m) for p, m in zip(pF, mF)]
-    uA = [scale * (p - m) for p, m in zip(pA, mA)]
+    u = [scale * d for d in diff]
+    uE, uF, uA = u[: len(E1)], u[len(E1) : len(E1) + len(F1)], u[len(E1) + len(F1) :]
 
     dE = [eta.eta_e * u for u in uE]
     dF = [eta.eta_f * u for u in uF]
     eps_d = _perturbation_scale(epsilon, dE + dF)
 
-    def stage1_grad_A(sign, E, F, A):
+    def stage1_grad_A(sign, E, F, A):  # ∇_A L_tr(E ± ε_d d_E, F ± ε_d d_F)
         E_pm, F_pm = axpy(sign * eps_d, dE, E), axpy(sign * eps_d, dF, F)
-        return _gradients(lambda: problem.train_loss(E_pm, F_pm, A), [A], reduce, S,
-                          f"fd_stage1_{'plus' if sign > 0 else 'minus'}")[1][0]
+        return _gradients(lambda: problem.train_loss(E_pm, F_pm, A), [A], reduce, S, "gradient")[1][0]
 
-    gA_plus = stage1_grad_A(1.0, E, F, A)
-    gA_minus = stage1_grad_A(-1.0, *after(gA_plus, E, F, A))
-    grad_A = [ua - (p - m) / (2.0 * eps_d) for ua, p, m in zip(uA, gA_plus, gA_minus)]
+    diff_A = central_difference(stage1_grad_A, [E, F, A], A, "fd_stage1")
+    grad_A = [ua - d / (2.0 * eps_d) for ua, d in zip(uA, diff_A)]
     return Hypergradient(grad_A, UnrolledState(E1, F1, W1, tokens, L_tr, L_u, L_val, gE + gF, gW))
 
 
@@ -311,10 +347,8 @@ def darts_hypergradient_with_state(train_loss: Callable, val_loss: Callable, A: 
     eps = _perturbation_scale(epsilon, v)
 
     def grad_A_at(sign, w, A):  # ∇_A L_train(w ± ε v, A)
-        return _gradients(lambda: train_loss(axpy(sign * eps, v, w), A), [A], reduce, S,
-                          f"darts_{'plus' if sign > 0 else 'minus'}")[1][0]
+        return _gradients(lambda: train_loss(axpy(sign * eps, v, w), A), [A], reduce, S, "gradient")[1][0]
 
-    g_plus = grad_A_at(1.0, w, A)
-    g_minus = grad_A_at(-1.0, *after(g_plus, w, A))
-    grad_A = [g - eta * (p - m) / (2.0 * eps) for g, p, m in zip(g_direct, g_plus, g_minus)]
+    diff = central_difference(grad_A_at, [w, A], A, "darts")
+    grad_A = [g - eta * d / (2.0 * eps) for g, d in zip(g_direct, diff)]
     return DartsHypergradient(grad_A, L_val, gw, L_tr)

@@ -7,6 +7,7 @@ import tensorflow as tf
 from capnas_tf.search.hypergradient import (
     InnerLearningRates,
     ThreeStageProblem,
+    central_difference,
     darts_hypergradient,
     exact_hypergradient,
     finite_difference_hypergradient,
@@ -162,27 +163,54 @@ def _ops_reachable_backwards(ops):
     return seen
 
 
-def test_finite_difference_branches_run_one_after_the_other_with_unchanged_values():
-    """Traced, the − branch of each central difference waits for the + branch's result (so their
-    activations never coexist), and the estimate equals the eager one."""
+def _while_loops(graph):
+    return [op for op in graph.get_operations() if op.type in ("While", "StatelessWhile")]
+
+
+def _gradient_ops(graph):
+    """Ops of the graph's own gradient computations (not those inside a loop body's function)."""
+    return [op for op in graph.get_operations() if "gradient_tape" in op.name]
+
+
+def test_finite_difference_traces_each_central_difference_once_with_unchanged_values():
+    """On one replica each ± pair is one loop body run one iteration at a time (so the gradient graph
+    is traced once and the two branches' activations never coexist), and the estimate equals the eager one."""
     problem = toy_problem()
     eager = finite_difference_hypergradient(problem, A0, E0, F0, W0, ETA, epsilon=1e-4).grad_A
     traced = tf.function(lambda: finite_difference_hypergradient(problem, A0, E0, F0, W0, ETA, epsilon=1e-4).grad_A)
     for g, t in zip(eager, traced()):
         np.testing.assert_allclose(t.numpy(), g.numpy(), rtol=1e-12)
     graph = traced.get_concrete_function().graph
-    gated = [op for op in graph.get_operations() if op.type == "Identity" and op.control_inputs]
-    # after() gates the − branch's inputs: E', F', A, W of the Stage II pair, E, F, A of the Stage I pair.
-    assert len(gated) == (len(E0) + len(F0) + len(A0) + len(W0)) + (len(E0) + len(F0) + len(A0))
-    for op in gated:
-        waits_for = _ops_reachable_backwards(op.control_inputs)
-        assert any("gradient" in name.lower() for name in waits_for)
+    loops = _while_loops(graph)
+    assert sorted(op.name.split("/")[0] for op in loops) == ["fd_stage1_pair", "fd_stage2_pair"]
+    assert all(op.get_attr("parallel_iterations") == 1 for op in loops)
+    # Outside the loops: the three first-order gradients (Stage I, II, III), none of the ± branches.
+    assert not [op for op in _gradient_ops(graph) if "fd_stage" in op.name]
 
 
-def test_darts_finite_difference_minus_branch_waits_for_the_plus_branch():
+def test_central_difference_traced_twice_gates_the_minus_branch_and_agrees_with_the_loop():
+    """The path taken under several replicas (no loop): the − branch's inputs wait for the + branch's
+    result, and g(+1) − g(−1) is bit for bit what the loop computes."""
+    x = [f64([0.3, -1.2]), f64([2.0])]
+    gradient_at = lambda s, a, b: [tf.sin(a[0] * (1.0 + 0.1 * s)) * b[0], b[0] * s ** 2 + tf.reduce_sum(a[0]) * s]  # noqa: E731
+    inputs = [[x[0]], [x[1]]]
+    expected = [g - h for g, h in zip(gradient_at(f64(1.0), *inputs), gradient_at(f64(-1.0), *inputs))]
+    for in_loop in (True, False):
+        traced = tf.function(lambda: central_difference(gradient_at, inputs, x, "pair", in_loop=in_loop))
+        for e, t in zip(expected, traced()):
+            np.testing.assert_array_equal(t.numpy(), e.numpy())
+        graph = traced.get_concrete_function().graph
+        gated = [op for op in graph.get_operations() if op.type == "Identity" and op.control_inputs]
+        assert len(_while_loops(graph)) == (1 if in_loop else 0)
+        assert len(gated) == (0 if in_loop else 2)  # a and b of the − branch
+        for op in gated:
+            assert op.name.startswith("pair_minus/")
+            assert any(name.startswith("pair_plus/") for name in _ops_reachable_backwards(op.control_inputs))
+
+
+def test_darts_finite_difference_traces_its_central_difference_once():
     train, val = _darts_case()
     traced = tf.function(lambda: darts_hypergradient(train, val, [f64([0.7])], [f64([1.5])], 0.1, order=2,
                                                      method="finite_difference")[0])
-    graph = traced.get_concrete_function().graph
-    gated = [op for op in graph.get_operations() if op.type == "Identity" and op.control_inputs]
-    assert len(gated) == 2  # w and A of the − branch
+    loops = _while_loops(traced.get_concrete_function().graph)
+    assert [op.name.split("/")[0] for op in loops] == ["darts_pair"]
