@@ -43,9 +43,11 @@ class Captioner(keras.Model):
         """Rebuilds from the shapes of the first call. Keras' default would trace `call` on a float32
         placeholder for every argument, which the decoder's embedding refuses for token ids, and warn.
 
-        Keras records `{"input_shape": images}` alone when the first call's tokens were not a backend tensor
-        (a NumPy batch), and `{"shapes_dict": {images_shape, tokens_shape}}` otherwise; one token per row
-        builds the same variables as any caption length."""
+        A Captioner built by its first call records `{"input_shape": images}` alone, whatever the tokens
+        were (Keras builds a layer without its own `build` from the first argument's shape); one rebuilt
+        here records `{"shapes_dict": {images_shape, tokens_shape}}`, so a loaded and re-saved model comes
+        back through the `shapes_dict` branch. One token per row builds the same variables as any
+        caption length."""
         config = config or {}
         shapes = config.get("shapes_dict") or {}
         images_shape = tuple(shapes.get("images_shape") or config.get("input_shape") or ())

@@ -28,6 +28,13 @@ DISTRIBUTION_STRATEGIES = {"default": _default, "mirrored": _mirrored, "multi_wo
                            "tpu": _tpu}
 
 
+def replicas_in_sync() -> int:
+    """How many replicas the current replica context sums over: 1 on one device and outside any
+    replica context (cross-replica code), where a per-replica value is already the global one."""
+    ctx = tf.distribute.get_replica_context()
+    return 1 if ctx is None else ctx.num_replicas_in_sync
+
+
 def get_distribution_strategy(name: str) -> tf.distribute.Strategy:
     if name not in DISTRIBUTION_STRATEGIES:
         raise ValueError(f"--strategy must be one of {sorted(DISTRIBUTION_STRATEGIES)}, received {name!r}.")

@@ -47,7 +47,7 @@ def test_retrain_writes_samples_png_keras_model_tensorboard_and_exports():
     assert os.path.isfile(os.path.join(run.workdir, "export", "vocab.txt"))
 
 
-def test_best_checkpoint_and_captioner_keras_hold_every_variable_of_the_returned_model():
+def test_best_checkpoint_and_captioner_keras_hold_every_variable_of_the_returned_model(tmp_path):
     """A captioner built afresh and restored from `best/`, and `captioner.keras`, equal the returned model
     bit-exactly, BN statistics of the cells included. Keras' own saving leaves out only the dropout
     seed-generator states, which inference never reads."""
@@ -72,6 +72,17 @@ def test_best_checkpoint_and_captioner_keras_hold_every_variable_of_the_returned
     differ = [w.path for v, w in zip(loaded.variables, expected) if not np.array_equal(v.numpy(), w.numpy())]
     assert all("seed_generator" in path for path in differ), differ
     assert any("moving_mean" in v.path and "discrete_cell" in v.path for v in expected)
+
+    # A loaded captioner records both call shapes; saved again, it must load through that record too.
+    assert set(loaded.get_build_config()["shapes_dict"]) == {"images_shape", "tokens_shape"}
+    loaded.save(tmp_path / "resaved.keras")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        reloaded = keras.saving.load_model(tmp_path / "resaved.keras")
+    assert not [str(w.message) for w in caught if "build_from_config" in str(w.message)]
+    assert reloaded.built and len(reloaded.variables) == len(expected)
+    differ = [w.path for v, w in zip(reloaded.variables, loaded.variables) if not np.array_equal(v.numpy(), w.numpy())]
+    assert all("seed_generator" in path for path in differ), differ
 
 
 def test_rerunning_with_more_epochs_resumes_after_the_last_finished_epoch(tmp_path):

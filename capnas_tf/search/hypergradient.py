@@ -33,6 +33,7 @@ from typing import Callable, Sequence
 
 import tensorflow as tf
 
+from capnas_tf.distribute import replicas_in_sync
 from capnas_tf.search.precision import scaled, unscaled
 from capnas_tf.search.stateless import axpy, densify, global_norm, unrolled
 
@@ -187,11 +188,6 @@ def after(results, *groups: Values) -> list[Values]:
         return [[tf.identity(t) for t in group] for group in groups]
 
 
-def _one_replica() -> bool:
-    ctx = tf.distribute.get_replica_context()
-    return ctx is None or ctx.num_replicas_in_sync == 1
-
-
 def central_difference(gradient_at: Callable, inputs: Sequence[Values], like: Values, name: str,
                        in_loop: bool | None = None) -> Values:
     """g(+1) − g(−1), element-wise, for g(s) = gradient_at(s, *inputs): the numerator of a central
@@ -206,7 +202,7 @@ def central_difference(gradient_at: Callable, inputs: Sequence[Values], like: Va
     − branch's inputs gated by `after` so the two branches still run one after the other.
     """
     if in_loop is None:
-        in_loop = _one_replica()
+        in_loop = replicas_in_sync() == 1
     dtype = like[0].dtype
     if not in_loop:
         with tf.name_scope(f"{name}_plus"):

@@ -16,6 +16,7 @@ import tensorflow as tf
 
 from capnas_tf.checkpointing import model_state
 from capnas_tf.config import SearchConfig
+from capnas_tf.distribute import replicas_in_sync
 from capnas_tf.registry import Registry
 from capnas_tf.search import hypergradient as hg
 from capnas_tf.search import precision
@@ -33,10 +34,9 @@ from capnas_tf.search_space.ops import second_order_batch_norm
 
 def all_reduce_sum(grads: list) -> list:
     """Σ over replicas of per-replica gradients; the identity on one device."""
-    ctx = tf.distribute.get_replica_context()
-    if ctx is None or ctx.num_replicas_in_sync == 1:
+    if replicas_in_sync() == 1:
         return list(grads)
-    return list(ctx.all_reduce(tf.distribute.ReduceOp.SUM, list(grads)))
+    return list(tf.distribute.get_replica_context().all_reduce(tf.distribute.ReduceOp.SUM, list(grads)))
 
 
 def apply_global_gradients(optimizer: keras.optimizers.Optimizer, grads: list, variables: list,
@@ -45,8 +45,7 @@ def apply_global_gradients(optimizer: keras.optimizers.Optimizer, grads: list, v
     norm = global_norm(grads)
     if clip_norm:
         grads, _ = tf.clip_by_global_norm(grads, clip_norm, use_norm=norm)
-    ctx = tf.distribute.get_replica_context()
-    replicas = 1 if ctx is None else ctx.num_replicas_in_sync
+    replicas = replicas_in_sync()
     optimizer.apply_gradients(zip([g / replicas for g in grads], variables))
     return norm
 
@@ -65,6 +64,8 @@ def _scoped(name: str):
 
 def _gradients_of(loss_fn: Callable, variables: list, loss_scale: float = 1.0):
     """(loss, globally summed dense gradients) of loss_fn() with respect to `variables`, as ∇(S·L)/S."""
+    # Not hypergradient._gradients: that one differentiates in tensors it must watch, and
+    # GradientTape.watch refuses Keras variables (trainable ones are watched anyway).
     with tf.GradientTape() as tape:
         loss = loss_fn()
         scaled_loss = precision.scaled(loss, loss_scale)
