@@ -30,8 +30,8 @@ import keras
 import tensorflow as tf
 
 from capnas_tf.decoders.decoding import greedy_decode
-from capnas_tf.distribute import replicas_in_sync
 from capnas_tf.decoders.losses import float_logits, soft_token_nll_sum, token_mask, token_nll_sum
+from capnas_tf.distribute import replicas_in_sync
 from capnas_tf.search.hypergradient import ThreeStageProblem
 from capnas_tf.search.stateless import bind
 
