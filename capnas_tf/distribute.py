@@ -35,6 +35,13 @@ def replicas_in_sync() -> int:
     return 1 if ctx is None else ctx.num_replicas_in_sync
 
 
+def all_reduce_sum(values: list) -> list:
+    """Σ over replicas of per-replica values (gradients, token counts); the identity on one device."""
+    if replicas_in_sync() == 1:
+        return list(values)
+    return list(tf.distribute.get_replica_context().all_reduce(tf.distribute.ReduceOp.SUM, list(values)))
+
+
 def get_distribution_strategy(name: str) -> tf.distribute.Strategy:
     if name not in DISTRIBUTION_STRATEGIES:
         raise ValueError(f"--strategy must be one of {sorted(DISTRIBUTION_STRATEGIES)}, received {name!r}.")

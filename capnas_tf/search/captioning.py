@@ -31,7 +31,7 @@ import tensorflow as tf
 
 from capnas_tf.decoders.decoding import greedy_decode
 from capnas_tf.decoders.losses import float_logits, soft_token_nll_sum, token_mask, token_nll_sum
-from capnas_tf.distribute import replicas_in_sync
+from capnas_tf.distribute import all_reduce_sum
 from capnas_tf.search.hypergradient import ThreeStageProblem
 from capnas_tf.search.stateless import bind
 
@@ -41,8 +41,7 @@ PAD_ID, START_ID, END_ID = 0, 1, 2
 def global_token_count(targets: tf.Tensor, pad_id: int = PAD_ID) -> tf.Tensor:
     """Number of real target tokens over all replicas (at least 1)."""
     count = tf.reduce_sum(token_mask(targets, pad_id))
-    if replicas_in_sync() > 1:
-        count = tf.distribute.get_replica_context().all_reduce(tf.distribute.ReduceOp.SUM, count)
+    count = all_reduce_sum([count])[0]
     return tf.maximum(count, 1.0)
 
 

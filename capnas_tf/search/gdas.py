@@ -16,10 +16,11 @@ from __future__ import annotations
 import tensorflow as tf
 
 from capnas_tf.config import SearchConfig
+from capnas_tf.distribute import all_reduce_sum
 from capnas_tf.search.captioning import SearchModels
 from capnas_tf.search.paths import ARCH, SampledPathStrategy, path_loss
 from capnas_tf.search.stateless import densify
-from capnas_tf.search.strategies import all_reduce_sum, apply_global_gradients, register_strategy
+from capnas_tf.search.strategies import apply_global_gradients, register_strategy
 from capnas_tf.search_space.relaxations import gumbel_temperature, relax_architecture
 
 

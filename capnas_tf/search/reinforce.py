@@ -27,10 +27,11 @@ import tensorflow as tf
 
 from capnas_tf.checkpointing import model_state
 from capnas_tf.config import SearchConfig
+from capnas_tf.distribute import all_reduce_sum
 from capnas_tf.search.captioning import SearchModels
 from capnas_tf.search.stateless import densify
 from capnas_tf.search.paths import ARCH, SampledPathStrategy, op_columns, op_weights_from_choices, path_loss
-from capnas_tf.search.strategies import all_reduce_sum, apply_global_gradients, register_strategy
+from capnas_tf.search.strategies import apply_global_gradients, register_strategy
 from capnas_tf.search_space.cells import num_edges
 from capnas_tf.search_space.genotype import Genotype
 

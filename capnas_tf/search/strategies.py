@@ -16,7 +16,7 @@ import tensorflow as tf
 
 from capnas_tf.checkpointing import model_state
 from capnas_tf.config import SearchConfig
-from capnas_tf.distribute import replicas_in_sync
+from capnas_tf.distribute import all_reduce_sum, replicas_in_sync
 from capnas_tf.registry import Registry
 from capnas_tf.search import hypergradient as hg
 from capnas_tf.search import precision
@@ -30,13 +30,6 @@ from capnas_tf.search.captioning import (
 )
 from capnas_tf.search.stateless import bind, densify, global_norm, values_of
 from capnas_tf.search_space.ops import second_order_batch_norm
-
-
-def all_reduce_sum(grads: list) -> list:
-    """Σ over replicas of per-replica gradients; the identity on one device."""
-    if replicas_in_sync() == 1:
-        return list(grads)
-    return list(tf.distribute.get_replica_context().all_reduce(tf.distribute.ReduceOp.SUM, list(grads)))
 
 
 def apply_global_gradients(optimizer: keras.optimizers.Optimizer, grads: list, variables: list,

@@ -35,7 +35,8 @@ from capnas_tf.search import hypergradient as hg  # noqa: E402
 from capnas_tf.search.captioning import SearchModels, caption_loss, supernet_logits  # noqa: E402
 from capnas_tf.search.loop import make_step_function  # noqa: E402
 from capnas_tf.search.stateless import bind, values_of  # noqa: E402
-from capnas_tf.search.strategies import ThreeStageStrategy, all_reduce_sum  # noqa: E402
+from capnas_tf.distribute import all_reduce_sum  # noqa: E402
+from capnas_tf.search.strategies import ThreeStageStrategy  # noqa: E402
 from tests.search.toy_models import toy_search_models  # noqa: E402
 
 L, VOCAB, BATCH = 8, 12, 4
