@@ -8,6 +8,14 @@ difference, the outer tape's gradient sums, the weight and architecture updates)
     python benchmarks/profile_step.py --mode=finite_difference --quick     # any search_step.py flag passes on
     python benchmarks/profile_step.py --darts_cifar --mode=darts_2nd_fd    # DARTS' CIFAR setting
 
+    python benchmarks/profile_step.py --mode=plain --xla=on --quick         # the XLA-compiled step
+
+With `--xla=on` the step is one compiled XLA cluster: its trace holds XLA:CPU's thunks (one per HLO
+instruction of the optimised module, named as in it), not TensorFlow ops. The child then dumps the
+optimised HLO (`XLA_FLAGS=--xla_dump_to=<profile_dir>/xla_hlo`), whose metadata names the TensorFlow op
+each instruction came from; `hlo_instructions` reads that, so the compiled step's time lands under the
+same parts and TensorFlow op types as XLA off's and the two tables compare line by line.
+
 The step is traced, run twice (first call, warm-up) and timed `--repeats` times as in the benchmark,
 then `--steps` more calls run under the profiler, in the same child process as the benchmark's
 measurements. Times are the sums of the ops' self times (an op's duration minus that of the ops
@@ -114,6 +122,69 @@ def layer_of(node: str) -> str:
     return "/".join(p for p in parts if p != "gradient_tape") or "(top level)"
 
 
+HLO_DUMP = "xla_hlo"  # under --profile_dir: the child's XLA dump (XLA on)
+
+_HLO_COMPUTATION = re.compile(r"^(?:ENTRY )?%([^ ]+) \(.*\{$")
+_HLO_INSTRUCTION = re.compile(r"^\s*(?:ROOT )?%([^ ]+) = (.*)$")
+_HLO_OPCODE = re.compile(r"\s([a-z][a-z0-9\-]*)\(")
+_HLO_METADATA = re.compile(r'metadata=\{[^}]*?op_type="([^"]*)" op_name="([^"]*)"')
+_HLO_CALLS = re.compile(r"calls=%([^,\s}]+)")
+
+
+def hlo_instructions(text: str) -> dict[str, tuple[str, str]]:
+    """{instruction name: (TensorFlow op name, op type)} for every instruction of an optimised HLO
+    module's text (XLA:CPU names each thunk of its trace after its instruction). The TensorFlow op is the
+    instruction's own `metadata`, else that of the computation it calls (a fusion). Instructions XLA made
+    without one are ("", "HLO <opcode>"), the opcode of a fusion being its computation's root's: in a
+    training step the filter gradients of (depthwise) convolutions are such `HLO convolution`s, and
+    MaxPoolGrad's arg-max `HLO reduce-window` feeds a scatter that alone keeps the op's name. (Naming
+    them after a user was tried: it labelled the filter gradients as the gradient-norm `Sum` that reads
+    them.)"""
+    own, calls, opcode, computation_op, computation_root = {}, {}, {}, {}, {}
+    computation = None
+    for line in text.splitlines():
+        if m := _HLO_COMPUTATION.match(line):
+            computation = m.group(1)
+            continue
+        m = _HLO_INSTRUCTION.match(line)
+        if not m:
+            continue
+        name, rest = m.groups()
+        code = _HLO_OPCODE.search(rest)
+        opcode[name] = code.group(1) if code else "?"
+        is_root = line.lstrip().startswith("ROOT")
+        if is_root and computation:
+            computation_root[computation] = opcode[name]
+        if op := _HLO_METADATA.search(rest):
+            own[name] = (op.group(2), op.group(1))
+            if computation and (computation not in computation_op or is_root):
+                computation_op[computation] = own[name]
+        if called := _HLO_CALLS.search(rest):
+            calls[name] = called.group(1)
+
+    def named(name: str) -> tuple[str, str]:
+        if name in own:
+            return own[name]
+        if name in calls:
+            return computation_op.get(calls[name]) or ("", f"HLO {computation_root.get(calls[name], opcode[name])}")
+        return "", f"HLO {opcode[name]}"
+
+    return {name: named(name) for name in opcode}
+
+
+def load_hlo_instructions(profile_dir: str) -> dict[str, tuple[str, str]]:
+    """`hlo_instructions` of every optimised module the child dumped ({} with XLA off: nothing dumped);
+    the largest module (the step) wins a name two modules share."""
+    paths = sorted(glob.glob(os.path.join(profile_dir, HLO_DUMP, "*cpu_after_optimizations.txt"))
+                   + glob.glob(os.path.join(profile_dir, HLO_DUMP, "*gpu_after_optimizations.txt")),
+                   key=os.path.getsize)
+    merged = {}
+    for path in paths:
+        with open(path) as f:
+            merged.update(hlo_instructions(f.read()))
+    return merged
+
+
 def union_length(intervals) -> float:
     """Length of the union of [start, end) intervals: the wall time during which at least one of them ran."""
     total, reach = 0, None
@@ -125,10 +196,12 @@ def union_length(intervals) -> float:
     return total
 
 
-def op_times(space) -> dict:
+def op_times(space, xla_ops: dict | None = None) -> dict:
     """{"ops": {(scope, op type): [self seconds, count]}, "layers": {layer: [self seconds, count]},
     "wall": {scope: seconds during which at least one of its ops ran}, "span_s": first op start to last
-    op end} over the host (and any GPU) planes' TF op events."""
+    op end} over the host (and any GPU) planes' TF op events, and XLA thunk events named in `xla_ops`
+    (`load_hlo_instructions`), each counted as the TensorFlow op its instruction came from."""
+    xla_ops = xla_ops or {}
     totals = collections.defaultdict(lambda: [0.0, 0])
     layers = collections.defaultdict(lambda: [0.0, 0])
     intervals = collections.defaultdict(list)
@@ -138,7 +211,8 @@ def op_times(space) -> dict:
         names = {k: m.name for k, m in plane.event_metadata.items()}  # display_name is the type alone
         for line in plane.lines:
             for event, self_ps in self_times(line.events):
-                op = split_op(names.get(event.metadata_id, ""))
+                name = names.get(event.metadata_id, "")
+                op = split_op(name) or xla_ops.get(name)
                 if op is None:
                     continue
                 start = line.timestamp_ns * 1000 + event.offset_ps
@@ -170,6 +244,75 @@ def by_op_type(ops: dict) -> list[tuple[str, float, int]]:
     return sorted(((t, s, n) for t, (s, n) in types.items()), key=lambda r: -r[1])
 
 
+def _stat_values(plane, event) -> dict:
+    """An event's stats by name; a stat that refers to a string (the op name of an allocation) resolved."""
+    names = plane.stat_metadata
+    values = {}
+    for stat in event.stats:
+        kind = stat.WhichOneof("value")
+        value = getattr(stat, kind) if kind else None
+        values[names[stat.metadata_id].name] = names[value].name if kind == "ref_value" else value
+    return values
+
+
+def memory_at_peak(space) -> dict | None:
+    """The allocator's busiest moment in the trace, and who holds the memory then:
+    {"peak_mb": bytes in use at that moment, "by_part": {scope: [MB, buffers]}, "before_mb": what was
+    allocated before the profiler started (weights, optimizer slots, anything the earlier steps left)}.
+    From the profiler's MemoryAllocation / MemoryDeallocation events (TF_CPU_ALLOCATOR_USE_BFC=true on
+    the CPU, as the benchmark's children run), each naming the op that allocated the buffer: a buffer
+    allocated during the profile and not yet freed at the peak counts under that op's part of the step
+    (`scope_of`), so "stage1" at the exact step's peak is Stage I's forward activations the outer tape
+    keeps. None if the trace has no memory events."""
+    events = []
+    for plane in space.planes:
+        if not plane.name.startswith(("/host:CPU", "/device:GPU")):
+            continue
+        kinds = {k: m.name for k, m in plane.event_metadata.items()
+                 if m.name in ("MemoryAllocation", "MemoryDeallocation")}
+        for line in plane.lines:
+            for event in line.events:
+                if event.metadata_id in kinds:
+                    stats = _stat_values(plane, event)
+                    events.append((line.timestamp_ns * 1000 + event.offset_ps, kinds[event.metadata_id] == "MemoryAllocation",
+                                   stats))
+    if not events:
+        return None
+    events.sort(key=lambda e: e[0])
+    # bytes_allocated is per allocator: follow the one that peaks highest (the host's, or the GPU's).
+    allocator = max(events, key=lambda e: e[2].get("bytes_allocated", 0))[2].get("allocator_name")
+    live, peak, snapshot = {}, -1, {}
+    for _, allocation, stats in events:
+        if stats.get("allocator_name") != allocator:
+            continue
+        if allocation:
+            live[stats.get("addr")] = (stats.get("allocation_bytes", 0), stats.get("tf_op") or "")
+        else:
+            live.pop(stats.get("addr"), None)
+        if stats.get("bytes_allocated", 0) > peak:
+            peak, snapshot = stats["bytes_allocated"], dict(live)
+    by_part = collections.defaultdict(lambda: [0.0, 0])
+    for size, op in snapshot.values():
+        part = by_part[scope_of(op)]
+        part[0] += size / 2**20
+        part[1] += 1
+    during = sum(mb for mb, _ in by_part.values())
+    return {"peak_mb": peak / 2**20, "by_part": dict(by_part), "before_mb": peak / 2**20 - during}
+
+
+def render_memory(memory: dict | None) -> str:
+    if memory is None:
+        return "No memory events in the trace (the allocator records them with TF_CPU_ALLOCATOR_USE_BFC=true)."
+    lines = [f"Tensor memory at the allocator's peak during the profiled steps: {memory['peak_mb']:.1f} MB, of which "
+             f"{memory['before_mb']:.1f} MB was allocated before profiling began (weights, optimizer slots, what "
+             "earlier steps left cached) and the rest by the ops of each part, still held at the peak:", "",
+             "| part of the step that allocated it | MB held at the peak | share of the peak | buffers |",
+             "|---|---|---|---|"]
+    for scope, (mb, count) in sorted(memory["by_part"].items(), key=lambda kv: -kv[1][0]):
+        lines.append(f"| {scope} | {mb:.1f} | {100 * mb / max(memory['peak_mb'], 1e-9):.1f} % | {count} |")
+    return "\n".join(lines)
+
+
 def render(profile: dict, *, steps: int, top: int) -> str:
     ops = profile["ops"]
     total = sum(s for s, _ in ops.values()) or 1e-12
@@ -197,10 +340,20 @@ def render(profile: dict, *, steps: int, top: int) -> str:
     return "\n".join(lines)
 
 
+def _keep_hlo_text_only(dump_dir: str) -> None:
+    """Removes what XLA dumps beside the optimised HLO text (LLVM IR, MLIR, object files: hundreds of
+    MB for a search step)."""
+    for path in glob.glob(os.path.join(dump_dir, "*")):
+        if not path.endswith("_after_optimizations.txt"):
+            os.remove(path)
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--mode", required=True, help="a mode of search_step.py (or of darts_cifar.py with --darts_cifar)")
     parser.add_argument("--darts_cifar", action="store_true", help="profile a darts_cifar.py mode")
+    parser.add_argument("--xla", choices=("off", "on"), default="off",
+                        help="profile the step compiled by XLA (jit_compile) instead of TensorFlow's executor")
     parser.add_argument("--steps", type=int, default=1, help="profiled steps (after the timed ones)")
     parser.add_argument("--repeats", type=int, default=1, help="timed steps before profiling (the benchmark's figures)")
     parser.add_argument("--top", type=int, default=15, help="op types listed")
@@ -215,33 +368,42 @@ def main(argv=None):
                         help="re-render an earlier run's --profile_dir (nothing is run); --timed gives the step "
                              "time that run printed")
     parser.add_argument("--timed", default="", help="with --render: the 'Timed before profiling' text of that run")
+    parser.add_argument("--command", default="", help="with --render: the command of that run, shown in the block")
     args, passthrough = parser.parse_known_args(argv)
     if args.steps < 1 or args.repeats < 1:
         parser.error(f"--steps and --repeats must be >= 1; received {args.steps} and {args.repeats}.")
     script = os.path.join(HERE, "darts_cifar.py" if args.darts_cifar else "search_step.py")
     profile_dir = args.profile_dir or tempfile.mkdtemp(prefix="capnas_profile_")
-    flags = [*passthrough, f"--mode={args.mode}", "--xla=off", f"--repeats={args.repeats}",
+    flags = [*passthrough, f"--mode={args.mode}", f"--xla={args.xla}", f"--repeats={args.repeats}",
              f"--profile_dir={profile_dir}", f"--profile_steps={args.steps}"]
+    # The optimised HLO names each XLA thunk's TensorFlow op; only the text is read, the rest is removed.
+    xla_env = {"XLA_FLAGS": f"{os.environ.get('XLA_FLAGS', '')} --xla_dump_to={os.path.join(profile_dir, HLO_DUMP)}"
+                            " --xla_dump_hlo_as_text".strip()} if args.xla == "on" else None
     t0 = time.time()
     if args.render:
         profile_dir = args.render
         timed = f"re-rendered from {args.render}; timed before profiling: {args.timed or 'not recorded'}"
     else:
-        result = bench.run_child(script, flags, timeout=args.mode_timeout, max_rss_gb=args.max_rss_gb)
+        result = bench.run_child(script, flags, timeout=args.mode_timeout, max_rss_gb=args.max_rss_gb, env=xla_env)
+        _keep_hlo_text_only(os.path.join(profile_dir, HLO_DUMP))
         if "error" in result:
             raise SystemExit(f"{args.mode}: {result['error']}")
         timed = f"timed before profiling: {result['step_s']:.3f} s per step (median of {args.repeats})"
-    profile = op_times(load_xspace(profile_dir))
+    space = load_xspace(profile_dir)
+    profile = op_times(space, load_hlo_instructions(profile_dir))
     where = "darts_cifar.py" if args.darts_cifar else "search_step.py"
     command = "python benchmarks/profile_step.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    body = (f"Command: `{command}` — {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {time.time() - t0:.0f} s.\n\n"
-            f"{where} mode `{args.mode}` {' '.join(passthrough)}, XLA off; "
+    shown = f"`{args.command}` (re-rendered by `{command}`)" if args.render and args.command else f"`{command}`"
+    body = (f"Command: {shown} — {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {time.time() - t0:.0f} s.\n\n"
+            f"{where} mode `{args.mode}` {' '.join(passthrough)}, XLA {args.xla}; "
             f"{'' if args.render else bench.machine_line() + '; '}{timed}; "
-            f"profiled: {args.steps} step(s).\n\n" + render(profile, steps=args.steps, top=args.top) + "\n")
+            f"profiled: {args.steps} step(s).\n\n" + render(profile, steps=args.steps, top=args.top) + "\n\n"
+            + render_memory(memory_at_peak(space)) + "\n")
     print(body)
     output = args.output if args.output is not None else bench.DEFAULT_DOC
     if output:
-        block = args.block or f"profile_{args.mode}" + ("_cifar" if args.darts_cifar else "")
+        block = args.block or f"profile_{args.mode}" + ("_cifar" if args.darts_cifar else "") + (
+            "_xla" if args.xla == "on" else "")
         bench.write_block(output, block, body)
         print(f"written to {output}")
 

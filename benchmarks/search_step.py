@@ -246,12 +246,15 @@ def _rss_of(pid: int) -> float:
     return 0.0
 
 
-def run_child(script: str, flags: list[str], *, timeout: float, max_rss_gb: float) -> dict:
-    """Runs `script --child <flags>`; its last stdout line is JSON. Failures come back as {"error": …}.
+def run_child(script: str, flags: list[str], *, timeout: float, max_rss_gb: float,
+              env: dict | None = None) -> dict:
+    """Runs `script --child <flags>` (`env`: variables added to its environment); its last stdout line is
+    JSON. Failures come back as {"error": …}.
 
     The child is killed past `timeout` seconds or `max_rss_gb` of resident memory (the machine is shared)."""
     cmd = [sys.executable, script, "--child", *flags]
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", TF_CPU_ALLOCATOR_USE_BFC="true", PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", TF_CPU_ALLOCATOR_USE_BFC="true",
+               PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""), **(env or {}))
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=REPO)
     killed = []
 

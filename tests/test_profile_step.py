@@ -4,6 +4,7 @@ import importlib.util
 import os
 import sys
 
+import pytest
 import tensorflow as tf
 
 _DIR = os.path.join(os.path.dirname(__file__), os.pardir, "benchmarks")
@@ -83,3 +84,72 @@ def test_op_names_and_scopes():
     assert ps.layer_of("fd_stage2_plus/gradient_tape/fd_stage2_plus/supernet/mixed_op_3/conv/Conv2D") == (
         "supernet/mixed_op/conv")
 
+
+def test_xla_thunks_are_counted_as_the_tensorflow_ops_their_hlo_came_from(tmp_path):
+    x = tf.random.normal((8, 16, 16, 8))
+    k = tf.random.normal((3, 3, 8, 1))
+
+    @tf.function(jit_compile=True, autograph=False)
+    def step(x):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            with tf.name_scope("stage1"):
+                y = tf.nn.max_pool2d(tf.nn.depthwise_conv2d(x, k, [1, 1, 1, 1], "SAME"), 3, 1, "SAME")
+            with tf.name_scope("stage3"):
+                z = tf.reduce_sum(y * y)
+        return tape.gradient(z, x)
+
+    step(x).numpy()
+    # The same optimised module the dump of `profile_step.py --xla=on` holds (compilation is deterministic).
+    xla_ops = ps.hlo_instructions(step.experimental_get_compiler_ir(x)(stage="optimized_hlo"))
+    assert xla_ops["depthwise.3"] == ("stage1/depthwise", "DepthwiseConv2dNative")  # its own metadata
+    # XLA lowers MaxPoolGrad to an arg-max reduce-window that carries no metadata, feeding a scatter fusion
+    # whose computation does: the one is named by its opcode, the other by the computation's op.
+    assert ("", "HLO reduce-window") in xla_ops.values()
+    assert [n for n, op in xla_ops.items() if op == ("gradient_tape/stage1/MaxPool2d/MaxPoolGrad", "MaxPoolGrad")
+            and n.startswith("wrapped_scatter")]
+
+    tf.profiler.experimental.start(str(tmp_path))
+    for _ in range(3):
+        step(x).numpy()
+    tf.profiler.experimental.stop()
+    space = ps.load_xspace(str(tmp_path))
+    assert ps.op_times(space)["ops"] == {}  # no TensorFlow op runs: the step is one compiled cluster
+    profile = ps.op_times(space, xla_ops)
+
+    ops = profile["ops"]
+    assert {("stage1", "DepthwiseConv2dNative"), ("stage1", "MaxPool"), ("stage1 ∇", "MaxPoolGrad"),
+            ("stage1 ∇", "DepthwiseConv2dNativeBackpropInput"), (ps.UNSCOPED, "HLO reduce-window")} <= set(ops)
+    assert all(n % 3 == 0 for _, n in ops.values())  # each thunk once per step
+    assert 0 < sum(s for s, _ in ops.values()) <= 2 * profile["span_s"] * os.cpu_count()
+    assert 0 < profile["wall"]["stage1 ∇"] <= profile["span_s"]
+
+
+def test_memory_at_peak_names_the_parts_whose_buffers_are_held(tmp_path):
+    x = tf.random.normal((512, 512))
+    w = [tf.random.normal((512, 512)) / 512**0.5 for _ in range(8)]  # constants: no gradient sums pile up
+
+    @tf.function(autograph=False)
+    def step(x):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            with tf.name_scope("stage1"):  # 8 tanh outputs of 1 MB, each kept for the backward pass
+                y = x
+                for w_i in w:
+                    y = tf.tanh(tf.matmul(y, w_i))
+            with tf.name_scope("stage3"):
+                z = tf.reduce_sum(y)
+        return tape.gradient(z, x)
+
+    step(x).numpy()
+    tf.profiler.experimental.start(str(tmp_path))
+    step(x).numpy()
+    tf.profiler.experimental.stop()
+    memory = ps.memory_at_peak(ps.load_xspace(str(tmp_path)))
+
+    held = {scope: mb for scope, (mb, _) in memory["by_part"].items()}
+    # The backward frees them one by one while its gradient stays ~1 MB: the peak is where it starts.
+    assert held.get("stage1", 0) >= 6.0
+    assert sum(held.values()) + memory["before_mb"] == pytest.approx(memory["peak_mb"])
+    assert memory["before_mb"] >= 9.0  # x and the 8 w, allocated before the profiler started
+    assert "| stage1 |" in ps.render_memory(memory)
