@@ -273,9 +273,9 @@ def memory_at_peak(space) -> dict | None:
         for line in plane.lines:
             for event in line.events:
                 if event.metadata_id in kinds:
-                    stats = _stat_values(plane, event)
-                    events.append((line.timestamp_ns * 1000 + event.offset_ps, kinds[event.metadata_id] == "MemoryAllocation",
-                                   stats))
+                    start = line.timestamp_ns * 1000 + event.offset_ps
+                    allocation = kinds[event.metadata_id] == "MemoryAllocation"
+                    events.append((start, allocation, _stat_values(plane, event)))
     if not events:
         return None
     events.sort(key=lambda e: e[0])
