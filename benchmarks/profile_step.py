@@ -259,8 +259,8 @@ def memory_at_peak(space) -> dict | None:
     """The allocator's busiest moment in the trace, and who holds the memory then:
     {"peak_mb": bytes in use at that moment, "by_part": {scope: [MB, buffers]}, "before_mb": what was
     allocated before the profiler started (weights, optimizer slots, anything the earlier steps left)}.
-    From the profiler's MemoryAllocation / MemoryDeallocation events (TF_CPU_ALLOCATOR_USE_BFC=true on
-    the CPU, as the benchmark's children run), each naming the op that allocated the buffer: a buffer
+    From the profiler's MemoryAllocation / MemoryDeallocation events (TF 2.21 records them on the CPU with
+    or without TF_CPU_ALLOCATOR_USE_BFC), each naming the op that allocated the buffer: a buffer
     allocated during the profile and not yet freed at the peak counts under that op's part of the step
     (`scope_of`), so "stage1" at the exact step's peak is Stage I's forward activations the outer tape
     keeps. None if the trace has no memory events."""
@@ -302,7 +302,7 @@ def memory_at_peak(space) -> dict | None:
 
 def render_memory(memory: dict | None) -> str:
     if memory is None:
-        return "No memory events in the trace (the allocator records them with TF_CPU_ALLOCATOR_USE_BFC=true)."
+        return "No memory events in the trace."
     lines = [f"Tensor memory at the allocator's peak during the profiled steps: {memory['peak_mb']:.1f} MB, of which "
              f"{memory['before_mb']:.1f} MB was allocated before profiling began (weights, optimizer slots, what "
              "earlier steps left cached) and the rest by the ops of each part, still held at the peak:", "",
