@@ -139,7 +139,13 @@ class SearchStrategy:
 
     def step(self, batches: dict, *, update_architecture: bool) -> dict:
         metrics = self.architecture_step(batches) if update_architecture else {}
-        metrics.update(self.weight_step(batches))
+        # Only reads of A order the weight step after the architecture step, and everything before a
+        # cell's first mixing weight (the stem, the first cell's candidates) reads none: in a traced step
+        # the executor would start it beside the hypergradient and hold its activations through the
+        # hypergradient's memory peak (profile_step.py's memory table). The architecture step's metrics
+        # are its last values (|∇_A| for the hypergradient strategies).
+        with tf.control_dependencies([t for t in tf.nest.flatten(metrics) if tf.is_tensor(t)]):
+            metrics.update(self.weight_step(batches))
         return metrics
 
     @_scoped("supernet_update")
