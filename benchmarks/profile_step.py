@@ -281,18 +281,17 @@ def memory_at_peak(space) -> dict | None:
     events.sort(key=lambda e: e[0])
     # bytes_allocated is per allocator: follow the one that peaks highest (the host's, or the GPU's).
     allocator = max(events, key=lambda e: e[2].get("bytes_allocated", 0))[2].get("allocator_name")
-    live, peak, snapshot = {}, -1, {}
-    for _, allocation, stats in events:
-        if stats.get("allocator_name") != allocator:
-            continue
+    events = [(allocation, stats) for _, allocation, stats in events if stats.get("allocator_name") == allocator]
+    at_peak = max(range(len(events)), key=lambda i: events[i][1].get("bytes_allocated", 0))  # the first maximum
+    peak = events[at_peak][1].get("bytes_allocated", 0)
+    live = {}  # the buffers allocated during the profile and not yet freed, replayed up to the peak
+    for allocation, stats in events[: at_peak + 1]:
         if allocation:
             live[stats.get("addr")] = (stats.get("allocation_bytes", 0), stats.get("tf_op") or "")
         else:
             live.pop(stats.get("addr"), None)
-        if stats.get("bytes_allocated", 0) > peak:
-            peak, snapshot = stats["bytes_allocated"], dict(live)
     by_part = collections.defaultdict(lambda: [0.0, 0])
-    for size, op in snapshot.values():
+    for size, op in live.values():
         part = by_part[scope_of(op)]
         part[0] += size / 2**20
         part[1] += 1
