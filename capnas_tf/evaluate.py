@@ -18,9 +18,8 @@ import tensorflow as tf
 
 from capnas_tf import io_utils
 from capnas_tf.decoders.decoding import beam_search, greedy_decode
-from capnas_tf.metrics import score_captions
+from capnas_tf.metrics import ALL_METRIC_GROUPS, score_many, score_split  # noqa: F401  (re-exported)
 
-ALL_METRIC_GROUPS = ("BLEU", "METEOR", "ROUGE-L", "CIDEr")
 CHEAP_METRIC_GROUPS = ("BLEU", "CIDEr")  # per-epoch validation: no METEOR JVM start-up
 
 
@@ -87,53 +86,6 @@ def caption_dataset(captioner, dataset: tf.data.Dataset, vocab, *, beam_width: i
             if max_images and len(captions) >= max_images:
                 return captions
     return captions
-
-
-def score_split(predictions: Mapping[int, str], references: Mapping[int, Sequence[str]], *,
-                metrics: Sequence[str] = ALL_METRIC_GROUPS) -> dict[str, float]:
-    """COCO metrics of `predictions` against the references of the same image ids."""
-    return score_captions(predictions, {i: list(references[i]) for i in predictions}, metrics=tuple(metrics))
-
-
-def score_many(jobs: Mapping[str, tuple[Mapping, Mapping]], *, metrics: Sequence[str] = ALL_METRIC_GROUPS
-               ) -> dict[str, dict[str, float]]:
-    """Scores several (predictions, references) pairs, each as its own corpus.
-
-    Equal to `score_split` per job, but METEOR runs in a single JVM for all jobs: its start-up
-    (`java -Xmx2G`, ~15 s) dominates, and several JVMs at once only compete for the cores. The
-    other scorers go through `score_captions` as usual.
-    """
-    others = tuple(m for m in metrics if m != "METEOR")
-    results = {name: (score_split(preds, refs, metrics=others) if others else {})
-               for name, (preds, refs) in jobs.items()}
-    if "METEOR" in metrics:
-        for name, value in _meteor_many(jobs).items():
-            results[name]["METEOR"] = value
-    order = {m: k for k, m in enumerate(("BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "METEOR", "ROUGE-L", "CIDEr"))}
-    return {name: dict(sorted(values.items(), key=lambda kv: order[kv[0]])) for name, values in results.items()}
-
-
-def _meteor_many(jobs: Mapping[str, tuple[Mapping, Mapping]]) -> dict[str, float]:
-    """METEOR of each job from one Meteor process (each `compute_score` aggregates only its own segments)."""
-    from pycocoevalcap.meteor.meteor import Meteor
-
-    from capnas_tf.metrics import _check_ids, _ptb_tokenize, _require_java
-
-    _require_java("METEOR")
-    tagged = {}
-    for name, (preds, refs) in jobs.items():
-        refs = {i: list(refs[i]) for i in preds}
-        _check_ids(preds, refs)
-        tagged.update({(name, "ref", i): r for i, r in refs.items()})
-        tagged.update({(name, "res", i): [c] for i, c in preds.items()})
-    tokenized = _ptb_tokenize(tagged)  # one JVM for every job's captions
-    meteor = Meteor()
-    try:
-        return {name: float(meteor.compute_score({i: tokenized[(name, "ref", i)] for i in preds},
-                                                 {i: tokenized[(name, "res", i)] for i in preds})[0])
-                for name, (preds, _) in jobs.items()}
-    finally:
-        del meteor
 
 
 def evaluation_splits(data) -> tuple[str, ...]:
