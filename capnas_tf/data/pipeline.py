@@ -6,6 +6,7 @@
     data.validation_dataset(32)   # D_val: like D_tr
     data.eval_dataset("test", 32) # {"image": float32 [32, S, S, 3], "image_id": int64 [32]}, each image once
     data.references("test")       # {image_id: [raw caption, ...]}
+    data.scenes("test")           # {image_id: scene dict} (capnas_shapes), else None
 
 Training streams hold one (image, caption) pair per element (each image appears once per
 reference caption per epoch), are shuffled with seeds derived from `DataConfig.seed` alone (TF's global
@@ -37,6 +38,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 import logging
 import os
 import zlib
@@ -129,13 +131,16 @@ class SplitSource:
     """The images of one split in a fixed order, with their cleaned captions known in Python.
 
     `elements()` yields, in the order of `image_ids`, `{"image": uint8 [S, S, 3], "image_id":
-    int64, "captions": string [n]}`; `captions[i]` are the references of `image_ids[i]`.
+    int64, "captions": string [n]}`; `captions[i]` are the references of `image_ids[i]`, and
+    `scenes[i]` (datasets that know what their images show, like capnas_shapes; None elsewhere) is
+    `shapes.scene_to_dict` of its scene.
     """
 
     name: str
     image_ids: tuple[int, ...]
     captions: tuple[tuple[str, ...], ...]
     elements: Callable[[], tf.data.Dataset]
+    scenes: tuple[dict, ...] | None = None
 
     def subset(self, keep_ids: set[int], name: str | None = None) -> "SplitSource":
         """The images of this split whose id is in `keep_ids` (order kept)."""
@@ -147,7 +152,8 @@ class SplitSource:
             kept = _id_set_table(ids)
             return parent().filter(lambda ex: kept.lookup(ex["image_id"]) > 0)
 
-        return SplitSource(name or self.name, ids, tuple(self.captions[i] for i in keep), elements)
+        scenes = None if self.scenes is None else tuple(self.scenes[i] for i in keep)
+        return SplitSource(name or self.name, ids, tuple(self.captions[i] for i in keep), elements, scenes)
 
     def without_captions(self, name: str) -> "SplitSource":
         return dataclasses.replace(self, name=name, captions=tuple(() for _ in self.image_ids))
@@ -208,20 +214,25 @@ def tfds_split(name: str, builder, tfds_split_name: str, image_size: int, *,
     """A split of a prepared TFDS builder whose elements standardise to {image, image_id, captions}.
 
     Captions are read once in Python (images skipped), cleaned like file-based captions, and
-    zipped back in graph order; an id check guards that both reads agree.
+    zipped back in graph order; an id check guards that both reads agree. A builder with a `scene`
+    feature (JSON text, like capnas_shapes) has its scenes decoded in the same pass.
     """
     import tensorflow_datasets as tfds  # noqa: PLC0415
 
     bad = bad or BadExamples()
-    ids, captions = [], []
+    has_scenes = "scene" in builder.info.features
+    ids, captions, scenes = [], [], []
     text_only = builder.as_dataset(split=tfds_split_name, shuffle_files=False,
                                    decoders={"image": tfds.decode.SkipDecoding()}).map(standardize)
-    text_only = text_only.map(lambda ex: {"image_id": ex["image_id"], "captions": ex["captions"]})
+    text_only = text_only.map(lambda ex: {"image_id": ex["image_id"], "captions": ex["captions"]}
+                              | ({"scene": ex["scene"]} if has_scenes else {}))
     for batch in text_only.ragged_batch(1024):  # batched: one Python round trip per 1024 images
         for image_id, raw in zip(batch["image_id"].numpy().tolist(), batch["captions"].to_list()):
             where = f"TFDS {builder.info.full_name} split {tfds_split_name}, image {image_id}"
             ids.append(image_id)
             captions.append(captions_io.clean_captions([c.decode("utf-8") for c in raw], where, bad))
+        if has_scenes:
+            scenes.extend(json.loads(s.decode("utf-8")) for s in batch["scene"].numpy().tolist())
     read_config = tfds.ReadConfig(shuffle_seed=seed, try_autocache=False)
 
     def elements() -> tf.data.Dataset:
@@ -240,7 +251,7 @@ def tfds_split(name: str, builder, tfds_split_name: str, image_size: int, *,
 
         return tf.data.Dataset.zip(images, cleaned).map(join, num_parallel_calls=tf.data.AUTOTUNE)
 
-    return SplitSource(name, tuple(ids), tuple(captions), elements)
+    return SplitSource(name, tuple(ids), tuple(captions), elements, tuple(scenes) if has_scenes else None)
 
 
 # --- dataset sources (a registry by name) -----------------------------------------------------------
@@ -391,6 +402,13 @@ class CaptionData:
         """`{image_id: [raw caption, …]}` of `split` (cleaned of empty captions, otherwise as written)."""
         source = self._split(split)
         return {image_id: list(caps) for image_id, caps in zip(source.image_ids, source.captions)}
+
+    def scenes(self, split: str) -> dict[int, dict] | None:
+        """`{image_id: scene}` of `split` (`shapes.scene_to_dict` form), or None if the dataset has no scenes."""
+        source = self._split(split)
+        if source.scenes is None:
+            return None
+        return dict(zip(source.image_ids, source.scenes, strict=True))
 
     def train_dataset(self, batch_size: int | None = None, *, repeat: bool = True,
                       shuffle: bool = True) -> tf.data.Dataset:

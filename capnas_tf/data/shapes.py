@@ -48,28 +48,32 @@ DEFAULT_HELD_OUT_PAIRS = (
     ("purple", "diamond"),
 )
 
-# Caption vocabulary: synonyms give the five references of an image different wordings.
-_SHAPE_WORDS = {
+# Caption vocabulary: synonyms give the five references of an image different wordings. Public, so
+# that `shapes_content` parses captions with exactly the words the generator writes:
+#   SHAPE_WORDS[shape] = ((singular, plural), ...), COLOUR_WORDS[colour] / SIZE_WORDS[size] /
+#   COUNT_WORDS[count] = (word, ...), RELATION_WORDS[relation] = (phrase, ...),
+#   BACKGROUND_WORDS[background] = (adjective, ...), PREFIXES = (phrase, ...).
+SHAPE_WORDS = {
     "circle": (("circle", "circles"), ("disc", "discs")),
     "square": (("square", "squares"), ("box", "boxes")),
     "triangle": (("triangle", "triangles"),),
     "diamond": (("diamond", "diamonds"), ("rhombus", "rhombuses")),
     "cross": (("cross", "crosses"),),
 }
-_COLOUR_WORDS = {c: (c,) for c in COLOURS} | {"purple": ("purple", "violet")}
-_SIZE_WORDS = {"small": ("small", "little", "tiny"), "large": ("large", "big")}
-_COUNT_WORDS = {1: ("a", "one"), 2: ("two",), 3: ("three",), 4: ("four",),
+COLOUR_WORDS = {c: (c,) for c in COLOURS} | {"purple": ("purple", "violet")}
+SIZE_WORDS = {"small": ("small", "little", "tiny"), "large": ("large", "big")}
+COUNT_WORDS = {1: ("a", "one"), 2: ("two",), 3: ("three",), 4: ("four",),
                 5: ("five",), 6: ("six",), 7: ("seven",), 8: ("eight",), 9: ("nine",)}
-_RELATION_WORDS = {
+RELATION_WORDS = {
     "left": ("to the left of", "left of", "on the left of"),
     "right": ("to the right of", "right of", "on the right of"),
     "above": ("above", "over"),
     "below": ("below", "under", "beneath"),
 }
-_INVERSE_RELATION = {"left": "right", "right": "left", "above": "below", "below": "above"}
-_BACKGROUND_WORDS = {"noise": ("noisy", "grainy"), "stripes": ("striped",),
+INVERSE_RELATION = {"left": "right", "right": "left", "above": "below", "below": "above"}
+BACKGROUND_WORDS = {"noise": ("noisy", "grainy"), "stripes": ("striped",),
                      "checker": ("checkered",), "gradient": ("shaded", "dark")}
-_PREFIXES = ("a picture of", "an image of", "a drawing of")
+PREFIXES = ("a picture of", "an image of", "a drawing of")
 _MAX_CAPTION_ATTEMPTS = 50
 
 
@@ -170,6 +174,30 @@ class ShapesExample:
     image_id: int
     captions: tuple[str, ...]
     scene: Scene
+
+
+def scene_to_dict(scene: Scene) -> dict:
+    """The JSON-able content of `scene` that captions describe.
+
+    Returns:
+      `{"groups": [{"count": int, "colour": str, "shape": str, "size": str}, ...], "relation": str
+      | None}` with the groups in scene order (A, then B) and the canonical names of `COLOURS`,
+      `SHAPES`, `SIZES` and `RELATIONS`; `relation` is A's relation to B (None for one group).
+      Placement and background are left out: no caption metric scores them.
+    """
+    return {
+        "groups": [{"count": int(g.count), "colour": g.colour, "shape": g.shape, "size": g.size}
+                   for g in scene.groups],
+        "relation": scene.relation,
+    }
+
+
+def size_required(groups: Sequence[Group]) -> bool:
+    """Whether every caption of a scene with `groups` names the sizes.
+
+    Only when the two groups share colour and shape: size is then all that tells them apart.
+    """
+    return len(groups) == 2 and (groups[0].shape, groups[0].colour) == (groups[1].shape, groups[1].colour)
 
 
 def split_size(config: ShapesConfig, split: str) -> int:
@@ -386,28 +414,33 @@ def describe_scene(scene: Scene, rng: np.random.Generator, num_captions: int) ->
 def _one_caption(scene: Scene, rng: np.random.Generator) -> str:
     """One caption from a random template and random synonyms.
 
+    Templates, with NP = count [size] colour shape (size always said when `size_required`, else
+    with probability 0.7; the shape word plural unless the count is 1) and BE = "is" after the
+    count words of 1, else "are":
+      one group:  NP | there BE NP | NP on a <background> background | <prefix> NP | NP in the picture
+      two groups: NPa REL NPb | there BE NPa REL NPb | NPb INV NPa | NPa BE REL NPb
+    where REL words the relation of A to B and INV its inverse (B's relation to A).
+
     Noun phrases have at most 4 words (count, size, colour, shape) and relations at most 4, so
     every template stays within 14 words: L = 16 (with <start> and <end>) never truncates one.
     """
     pick = lambda options: options[int(rng.integers(len(options)))]  # noqa: E731
     groups = scene.groups
-    # Size must be said when it is the only attribute that tells the two groups apart.
-    same_kind = len(groups) == 2 and (groups[0].shape, groups[0].colour) == (groups[1].shape, groups[1].colour)
-    with_size = same_kind or rng.random() < 0.7
+    with_size = size_required(groups) or rng.random() < 0.7
     phrases = [_noun_phrase(g, with_size, pick) for g in groups]
     if len(groups) == 1:
         (np_a,) = phrases
-        background = f"on a {pick(_BACKGROUND_WORDS[scene.background])} background"
+        background = f"on a {pick(BACKGROUND_WORDS[scene.background])} background"
         return [
             np_a,
             f"there {_be(np_a)} {np_a}",
             f"{np_a} {background}",
-            f"{pick(_PREFIXES)} {np_a}",
+            f"{pick(PREFIXES)} {np_a}",
             f"{np_a} in the picture",
         ][int(rng.integers(5))]
     np_a, np_b = phrases
-    relation = pick(_RELATION_WORDS[scene.relation])
-    inverse = pick(_RELATION_WORDS[_INVERSE_RELATION[scene.relation]])
+    relation = pick(RELATION_WORDS[scene.relation])
+    inverse = pick(RELATION_WORDS[INVERSE_RELATION[scene.relation]])
     return [
         f"{np_a} {relation} {np_b}",
         f"there {_be(np_a)} {np_a} {relation} {np_b}",
@@ -417,11 +450,11 @@ def _one_caption(scene: Scene, rng: np.random.Generator) -> str:
 
 
 def _noun_phrase(group: Group, with_size: bool, pick) -> str:
-    singular, plural = pick(_SHAPE_WORDS[group.shape])
-    words = [pick(_COUNT_WORDS[group.count])]
+    singular, plural = pick(SHAPE_WORDS[group.shape])
+    words = [pick(COUNT_WORDS[group.count])]
     if with_size:
-        words.append(pick(_SIZE_WORDS[group.size]))
-    words.append(pick(_COLOUR_WORDS[group.colour]))
+        words.append(pick(SIZE_WORDS[group.size]))
+    words.append(pick(COLOUR_WORDS[group.colour]))
     words.append(singular if group.count == 1 else plural)
     return " ".join(words)
 

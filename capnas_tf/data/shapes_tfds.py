@@ -9,13 +9,16 @@ Importing this module (which `import capnas_tf` does) registers the builder, so
 all work offline: nothing is downloaded, the examples are generated.
 
 Features: `image` uint8 `[S, S, 3]` (PNG-encoded, so lossless), `image_id` int64, `captions`
-a sequence of strings (empty in the `unlabeled` split). Examples are stored in index order
+a sequence of strings (empty in the `unlabeled` split), and `scene` a string holding
+`json.dumps(shapes.scene_to_dict(scene), sort_keys=True)` (every split, `unlabeled` included: what the
+image shows, for scoring caption content with `shapes_content`). Examples are stored in index order
 (`disable_shuffling`), so `train[:k]` is examples 0 … k−1 of `shapes.generate_split`.
 """
 from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 
 import numpy as np
 import tensorflow_datasets as tfds
@@ -73,8 +76,8 @@ def _new_builder_config(shapes_config: shapes.ShapesConfig) -> CapnasShapesConfi
 class CapnasShapes(tfds.core.GeneratorBasedBuilder):
     """`capnas_shapes`: procedural captioned scenes (see `capnas_tf.data.shapes`)."""
 
-    VERSION = tfds.core.Version("1.0.0")
-    RELEASE_NOTES = {"1.0.0": "First release."}
+    VERSION = tfds.core.Version("1.1.0")
+    RELEASE_NOTES = {"1.0.0": "First release.", "1.1.0": "scene feature: each image's groups and relation as JSON."}
     BUILDER_CONFIGS = [_new_builder_config(shapes.ShapesConfig()), _new_builder_config(TINY_SHAPES_CONFIG)]
     DEFAULT_CONFIG_NAME = "default"
 
@@ -86,6 +89,7 @@ class CapnasShapes(tfds.core.GeneratorBasedBuilder):
                 "image": tfds.features.Image(shape=(size, size, 3), dtype=np.uint8),
                 "image_id": tfds.features.Scalar(dtype=np.int64),
                 "captions": tfds.features.Sequence(tfds.features.Text()),
+                "scene": tfds.features.Text(),
             }),
             disable_shuffling=True,
         )
@@ -101,7 +105,9 @@ class CapnasShapes(tfds.core.GeneratorBasedBuilder):
         config = self.builder_config.shapes
         for example in shapes.generate_split(config, split):
             captions = [] if split == "unlabeled" else list(example.captions)
-            yield example.image_id, {"image": example.image, "image_id": example.image_id, "captions": captions}
+            scene = json.dumps(shapes.scene_to_dict(example.scene), sort_keys=True)
+            yield example.image_id, {"image": example.image, "image_id": example.image_id, "captions": captions,
+                                     "scene": scene}
 
 
 def prepare_capnas_shapes(shapes_config: shapes.ShapesConfig, data_dir: str | None = None) -> CapnasShapes:

@@ -1,4 +1,5 @@
 import dataclasses
+import json
 import subprocess
 import sys
 
@@ -7,7 +8,10 @@ import tensorflow_datasets as tfds
 
 from capnas_tf.data import shapes, shapes_tfds
 
-from data_files import TINY_SHAPES
+from data_files import TINY_SHAPES, write_coco
+
+from capnas_tf.data.pipeline import DataConfig, load_caption_data
+from capnas_tf.data.shapes_content import content_accuracy
 
 
 def test_tfds_load_reads_the_generated_examples_byte_for_byte(tfds_dir):
@@ -28,6 +32,36 @@ def test_all_splits_have_the_configured_sizes_and_unlabeled_has_no_captions(tfds
         assert builder.info.splits[split].num_examples == shapes.split_size(TINY_SHAPES, split)
     unlabeled = tfds.load("capnas_shapes/tiny", split="unlabeled", data_dir=tfds_dir)
     assert all(len(ex["captions"]) == 0 for ex in unlabeled.as_numpy_iterator())
+
+
+def test_every_split_stores_its_scenes_and_caption_data_returns_them(tfds_dir, tmp_path):
+    for split in shapes.SPLITS:  # unlabeled included: its images have scenes, only no captions
+        stored = [ex["scene"].decode() for ex in tfds.load("capnas_shapes/tiny", split=split, data_dir=tfds_dir)
+                  .as_numpy_iterator()]
+        expected = [shapes.scene_to_dict(ex.scene) for ex in shapes.generate_split(TINY_SHAPES, split)]
+        assert stored == [json.dumps(s, sort_keys=True) for s in expected], split
+    assert str(tfds.builder("capnas_shapes/tiny", data_dir=tfds_dir).info.version) == "1.1.0"
+
+    config = DataConfig(dataset="capnas_shapes", data_dir=tfds_dir, image_size=16, min_word_count=1, batch_size=4,
+                        shapes=TINY_SHAPES, unlabeled="holdout")
+    data = load_caption_data(config)
+    for split in data.splits:
+        scenes = data.scenes(split)
+        assert list(scenes) == list(data.references(split)), split  # subsets (holdout) keep their scenes
+        for image_id, scene in scenes.items():
+            split_name = {code: name for name, code in shapes.SPLIT_CODES.items()}[image_id // shapes.IMAGE_ID_STRIDE]
+            example = shapes.generate_example(TINY_SHAPES, split_name, image_id % shapes.IMAGE_ID_STRIDE)
+            assert scene == shapes.scene_to_dict(example.scene)
+    assert set(data.scenes("train")) | set(data.scenes("unlabeled")) == {
+        shapes.image_id_for("train", i) for i in range(TINY_SHAPES.num_train)}
+    test = data.references("test")
+    first_references = {image_id: captions[0] for image_id, captions in test.items()}
+    assert content_accuracy(first_references, data.scenes("test"))["entirely_correct"] == 1.0
+
+    annotations, image_dir = write_coco(str(tmp_path), num_images=6)
+    coco = load_caption_data(DataConfig(dataset="coco", annotations=annotations, image_dir=image_dir,
+                                        min_word_count=1, validation_fraction=0.3, test_fraction=0.3))
+    assert all(coco.scenes(split) is None for split in coco.splits)
 
 
 def test_custom_config_builds_through_builder_kwargs(tmp_path):
