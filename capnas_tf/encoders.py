@@ -5,6 +5,8 @@
     conv                  a few conv-BN-ReLU blocks (the Stage II student W's encoder)
     gap                   1×1 conv + global average pooling; grid is the pooled vector as a 1×1 grid
                           (discards spatial layout on purpose: a weak baseline)
+    blind                 zeros of a fixed shape whatever the image, no weights (the image-blind
+                          baseline: a decoder trained on it learns the captions' language alone)
     darts                 `DiscreteEncoder` of a genotype (`genotype="DARTS_V2"` or a JSON path)
     mobilenet_v3_small,   a Keras application as backbone, `weights=None` or a local `.weights.h5`
     mobilenet_v3_large,   file (never downloaded)
@@ -129,6 +131,50 @@ class GapEncoder(keras.Model):
 
     def get_config(self):
         return {**super().get_config(), "channels": self.channels}
+
+
+@register_encoder("blind")
+@keras.saving.register_keras_serializable(package="capnas_tf")
+class BlindEncoder(keras.layers.Layer):
+    """Ignores the image: a zero grid and a zero pooled vector, with no weights.
+
+    A decoder trained on it sees the same constant for every image, so it can only learn the
+    language of the captions (which caption is likely, not which fits the image): the image-blind
+    baseline of `RetrainConfig.blind_baseline`. Give it the output shape of the encoder it stands in
+    for, so the decoder has the same shapes and variables as the real captioner's.
+
+    Args:
+      grid_shape: `(h, w, C)` of the grid; pooled has C channels.
+
+    Returns (call):
+      `(grid [B, h, w, C], pooled [B, C])`, all zeros, B taken from the images.
+    """
+
+    def __init__(self, grid_shape=(1, 1, 64), **kwargs):
+        super().__init__(**kwargs)
+        self.grid_shape = tuple(int(d) for d in grid_shape)
+        if len(self.grid_shape) != 3 or min(self.grid_shape) < 1:
+            raise ValueError(f"BlindEncoder: grid_shape must be three positive ints (h, w, C); received "
+                             f"{grid_shape!r}.")
+
+    @property
+    def output_channels(self) -> int:
+        return self.grid_shape[-1]
+
+    def build(self, input_shape):
+        pass  # nothing to build: no weights
+
+    def call(self, images, training=False):
+        batch = tf.shape(images)[0]
+        grid = tf.zeros(tf.concat([[batch], self.grid_shape], axis=0), self.compute_dtype)
+        return grid, tf.zeros([batch, self.grid_shape[-1]], self.compute_dtype)
+
+    def compute_output_shape(self, input_shape):
+        batch = tuple(input_shape)[0]
+        return (batch, *self.grid_shape), (batch, self.grid_shape[-1])
+
+    def get_config(self):
+        return {**super().get_config(), "grid_shape": list(self.grid_shape)}
 
 
 @register_encoder("darts")

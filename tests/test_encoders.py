@@ -20,7 +20,7 @@ IMAGES = tf.random.stateless_uniform([2, 32, 32, 3], seed=[0, 1])
 
 
 def test_registry_lists_the_encoders_and_rejects_unknown_names():
-    assert {"conv", "gap", "darts", "mobilenet_v3_small", "resnet50"} <= set(ENCODERS)
+    assert {"conv", "gap", "blind", "darts", "mobilenet_v3_small", "resnet50"} <= set(ENCODERS)
     with pytest.raises(ValueError, match="unknown encoder name 'vit'.*'conv'"):
         get_encoder("vit")
 
@@ -33,6 +33,20 @@ def test_registry_lists_the_encoders_and_rejects_unknown_names():
 def test_small_encoders_follow_the_contract_and_round_trip(name, kwargs, shapes):
     encoder, _ = check_layer(lambda: get_encoder(name, **kwargs), (IMAGES,), expected_shapes=shapes)
     assert encoder.output_channels == shapes[1][1]
+
+
+def test_blind_encoder_outputs_the_same_zeros_whatever_the_image_and_has_no_weights():
+    encoder, (grid, pooled) = check_layer(lambda: get_encoder("blind", grid_shape=(3, 2, 5)), (IMAGES,),
+                                          expected_shapes=((2, 3, 2, 5), (2, 5)))
+    assert not encoder.weights and encoder.count_params() == 0 and encoder.output_channels == 5
+    other_grid, other_pooled = encoder(tf.random.stateless_uniform([2, 32, 32, 3], seed=[7, 8]) * 9.0 - 4.0)
+    for a, b in ((grid, other_grid), (pooled, other_pooled)):
+        np.testing.assert_array_equal(a, np.zeros_like(a))
+        np.testing.assert_array_equal(a, b)
+    # the batch follows the images, whatever their size
+    assert tuple(encoder(tf.ones([5, 8, 8, 3]))[0].shape) == (5, 3, 2, 5)
+    with pytest.raises(ValueError, match="grid_shape must be three positive ints"):
+        get_encoder("blind", grid_shape=(4, 4))
 
 
 def test_conv_encoder_size_is_pinned():
