@@ -1,10 +1,13 @@
 """The per-epoch validation caption score of the search: it scores the genotype's path on the shared
-weights, and it leaves every variable of the search as it found it."""
+weights (COCO scores, and content accuracy where the data has scenes), and it leaves every variable of
+the search as it found it."""
 import numpy as np
+import pytest
 import tensorflow as tf
 
 from capnas_tf import evaluate
-from capnas_tf.search.validation import make_path_caption_fn, make_validation_scorer
+from capnas_tf.data.shapes_content import content_accuracy
+from capnas_tf.search.validation import CONTENT_KEYS, make_path_caption_fn, make_validation_scorer
 from capnas_tf.search_space.genotype import genotype_op_weights, sample_genotype
 from tests.search.conftest import TINY_CAPTION_LEN
 
@@ -23,7 +26,8 @@ def test_scoring_a_genotype_changes_no_variable_and_matches_its_captions(tiny_da
     # BN moving statistics and dropout seed states included: the score must not perturb the search.
     for variable, value in zip(everything, before):
         np.testing.assert_array_equal(np.array(variable.value), value, err_msg=variable.path)
-    assert set(scores) == {"val/BLEU-4", "val/CIDEr"}
+    content_keys = {f"val/content/{k}" for k in CONTENT_KEYS}
+    assert set(scores) == {"val/BLEU-4", "val/CIDEr"} | content_keys  # capnas_shapes has scenes
     # The same numbers from the genotype's captions computed directly.
     w_normal, w_reduce = (tf.constant(w, tf.float32) for w in genotype_op_weights(genotype, encoder.primitives))
     caption_ids = make_path_caption_fn(tiny_models, max_caption_len=TINY_CAPTION_LEN)
@@ -31,4 +35,7 @@ def test_scoring_a_genotype_changes_no_variable_and_matches_its_captions(tiny_da
                                            tiny_data.eval_dataset("validation", 4), tiny_data.vocab, max_images=6)
     assert len(predictions) == 6
     expected = evaluate.score_split(predictions, tiny_data.references("validation"), metrics=("BLEU", "CIDEr"))
-    assert scores == {"val/BLEU-4": expected["BLEU-4"], "val/CIDEr": expected["CIDEr"]}
+    content = content_accuracy(predictions, tiny_data.scenes("validation"))
+    assert scores == pytest.approx({"val/BLEU-4": expected["BLEU-4"], "val/CIDEr": expected["CIDEr"],
+                                    **{f"val/content/{k}": content[k] for k in CONTENT_KEYS}}, nan_ok=True)
+    assert {"count", "colour", "shape", "relation", "entirely_correct"} <= set(CONTENT_KEYS)
