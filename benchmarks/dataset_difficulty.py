@@ -193,7 +193,10 @@ def main(argv=None) -> int:
         metrics = ["BLEU-4", "METEOR", "CIDEr"] if args.meteor else ["BLEU-4", "CIDEr"]
         retrain = dataclasses.replace(
             RetrainConfig(), epochs=args.epochs, steps_per_epoch=args.steps_per_epoch, export_saved_model=False,
-            export_onnx=False, final_metrics=("BLEU", "METEOR", "CIDEr") if args.meteor else ("BLEU", "CIDEr"))
+            export_onnx=False, final_metrics=("BLEU", "METEOR", "CIDEr") if args.meteor else ("BLEU", "CIDEr"),
+            # as recorded so far: the epoch of the best validation CIDEr, and no blind baseline (its retrain
+            # would count in every run's wall_s)
+            selection_metric="CIDEr", blind_baseline=False)
         workdir = args.workdir or temp_dir("capnas-difficulty-runs-")
         print(f"Command: python benchmarks/dataset_difficulty.py {' '.join(sys.argv[1:] if argv is None else argv)}")
         print(f"CPUs: {os.cpu_count()}, load average at start: {os.getloadavg()[0]:.1f} (shared machine)")

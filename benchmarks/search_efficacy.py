@@ -439,7 +439,10 @@ def retrain_config(budget: Budget, genotype_path: str):
                          epochs=budget.retrain_epochs, steps_per_epoch=budget.retrain_steps_per_epoch,
                          batch_size=budget.retrain_batch_size, max_eval_images=budget.max_eval_images,
                          final_metrics=metrics, export_saved_model=False, export_onnx=False,
-                         log_every=max(1, budget.retrain_steps_per_epoch // 2))
+                         log_every=max(1, budget.retrain_steps_per_epoch // 2),
+                         # as recorded so far: the epoch of the best validation CIDEr, and no blind baseline
+                         # (the same for every genotype, and its retrain would count in retrain_time_s)
+                         selection_metric="CIDEr", blind_baseline=False)
 
 
 def random_genotype(budget: Budget, seed: int, k: int):
@@ -521,7 +524,7 @@ def execute(spec: RunSpec, budget: Budget, data, workdir: str) -> dict:
             status="ok", genotype=Genotype.load(genotype_path).to_dict(),
             encoder_params=int(result.captioner.encoder.count_params()),
             captioner_params=int(result.captioner.count_params()),
-            best_validation_CIDEr=float(result.best_validation_cider), best_epoch=result.best_epoch,
+            best_validation_CIDEr=float(result.best_validation_score), best_epoch=result.best_epoch,
             scores={s: metrics["model"][s] for s in SPLITS},
             baseline={s: metrics["baseline"][s] for s in SPLITS} if "baseline" in metrics else None,
             num_images=metrics["num_images"])

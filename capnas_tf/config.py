@@ -83,7 +83,7 @@ class RetrainConfig:
       channels, num_cells: C and the number of cells of the `DiscreteEncoder` (may exceed the supernet's).
       drop_path_prob: DARTS' drop-path probability, ramped linearly over the epochs (0: off; "darts" only).
       decoder: a name of `capnas_tf.decoders.DECODERS` ("lstm", "transformer"), default sizes.
-      epochs: training epochs; the validation CIDEr is computed after each one.
+      epochs: training epochs; the validation scores are computed after each one.
       steps_per_epoch: steps per epoch; 0 = one pass over D_tr. The default keeps the capnas_shapes
         retrain within ~4 minutes on 2 cores.
       batch_size: training batch size (0: DataConfig.batch_size).
@@ -98,6 +98,13 @@ class RetrainConfig:
       export_saved_model, export_onnx: write `<workdir>/export/saved_model/1/` and
         `<workdir>/export/captioner.onnx` from the best checkpoint.
       log_every: steps between progress lines and TensorBoard scalars.
+      blind_baseline: also retrain the image-blind baseline: the same decoder by the same recipe on the
+        same captions, its image replaced by a constant (encoder "blind"), in `<workdir>/retrain/blind/`,
+        reported in metrics.json as `blind_baseline`. Costs a second, decoder-only retrain.
+      selection_metric: the validation score whose best epoch is kept (ties: the higher CIDEr).
+        "auto": "content/entirely_correct" on datasets with scenes (capnas_shapes), else "CIDEr";
+        or any other validation score: "CIDEr", "BLEU-1" … "BLEU-4", "content/<key>" (keys of
+        `retrain.VALIDATION_CONTENT_KEYS`; datasets with scenes only). Checked by `retrain_job` up front.
     """
 
     encoder: str = "darts"
@@ -120,6 +127,8 @@ class RetrainConfig:
     export_saved_model: bool = True
     export_onnx: bool = True
     log_every: int = 50
+    blind_baseline: bool = True
+    selection_metric: str = "auto"
 
     def __post_init__(self):
         for name in ("channels", "num_cells", "epochs", "beam_width"):

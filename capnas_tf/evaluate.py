@@ -7,6 +7,12 @@
 
 `--model` is a retrain workdir (its `retrain/captioner.keras`, or else its SavedModel export) or an
 export directory holding a SavedModel (`saved_model.pb`, or versions `1/`, `2/`, … under it).
+
+Every caption set is scored by `score_caption_sets`: the COCO metrics, and per split its `content`
+accuracy (datasets with scenes: what the captions say about the images, `data.shapes_content`) and
+`diversity` (`diagnostics.caption_diversity`), beside the `reference_level`: the same scores of the
+human references, each scored against the others (leave one out). The CLI's metrics.json holds them,
+and those of the image-blind baseline (`blind_baseline`) where a retrain workdir trained one.
 """
 from __future__ import annotations
 
@@ -117,10 +123,119 @@ def evaluate_captioner(captioner, data, *, splits: Sequence[str] | None = None, 
     return (scores, captions) if return_captions else scores
 
 
+def content_scores(predictions: Mapping[int, str], data, split: str) -> dict | None:
+    """`shapes_content.content_accuracy` of `predictions` against the scenes of `split`, or None where the
+    dataset has no scenes (COCO)."""
+    scenes = data.scenes(split)
+    if scenes is None:
+        return None
+    from capnas_tf.data.shapes_content import content_accuracy
+
+    return content_accuracy(predictions, scenes)
+
+
+def score_caption_sets(caption_sets: Mapping[str, Mapping[str, Mapping[int, str]]], data, *,
+                       metrics: Sequence[str] = ALL_METRIC_GROUPS, reference_level: bool = True,
+                       log=None) -> tuple[dict, dict]:
+    """Scores several sets of captions of the evaluation splits, and the references themselves.
+
+    All COCO scores come from one `score_many` call (one METEOR JVM): each set on each split, and the
+    leave-one-out jobs of the references (`diagnostics.leave_one_out_jobs`), keyed
+    ("reference", split, j) and averaged over j.
+
+    Args:
+      caption_sets: {name: {split: {image_id: caption}}}, e.g. {"model": …, "baseline": …}.
+      data: the `CaptionData` (references, and scenes where it has them).
+      metrics: scorer groups of the COCO metrics.
+      reference_level: also score the references (on the images that the sets of a split caption).
+      log: optional printer of the scoring time.
+
+    Returns:
+      ({name: {split: {COCO metric: score, …, "content": content_accuracy or None, "diversity":
+      caption_diversity}}},
+       {split: {COCO metric: mean over j, "content": mean over j (or None), "diversity": mean over j,
+       "images": n, "references_per_image": R, "scored_against": R − 1}}), the second empty without
+      `reference_level`; a split with no image of two or more references has no reference level.
+    """
+    import time
+
+    from capnas_tf import diagnostics
+
+    jobs = {(name, split): (predictions, data.references(split))
+            for name, by_split in caption_sets.items() for split, predictions in by_split.items()}
+    reference_jobs = {}
+    if reference_level:
+        images = {}
+        for by_split in caption_sets.values():
+            for split, predictions in by_split.items():
+                images.setdefault(split, set()).update(predictions)
+        for split, ids in images.items():
+            references = data.references(split)
+            chosen = {i: references[i] for i in ids}
+            if any(len(r) >= 2 for r in chosen.values()):
+                reference_jobs[split] = diagnostics.leave_one_out_jobs(chosen)
+                jobs.update({("reference", split, j): job for j, job in reference_jobs[split].items()})
+    start = time.perf_counter()
+    scores = score_many(jobs, metrics=metrics)
+    if log is not None:
+        log(f"Scored {len(jobs)} caption sets in {time.perf_counter() - start:.1f} s")
+
+    def with_diagnostics(coco: Mapping, predictions, split: str) -> dict:
+        return {**coco, "content": content_scores(predictions, data, split),
+                "diversity": diagnostics.caption_diversity(predictions, data.references(split))}
+
+    results = {name: {split: with_diagnostics(scores[(name, split)], predictions, split)
+                      for split, predictions in by_split.items()} for name, by_split in caption_sets.items()}
+    levels = {}
+    for split, split_jobs in reference_jobs.items():
+        per_job = {j: with_diagnostics(scores[("reference", split, j)], predictions, split)
+                   for j, (predictions, _) in split_jobs.items()}
+        level = diagnostics.mean_over_jobs({j: {k: v for k, v in r.items() if k not in ("content", "diversity")}
+                                            for j, r in per_job.items()})
+        contents = {j: r["content"] for j, r in per_job.items()}
+        level["content"] = (None if any(c is None for c in contents.values())
+                            else diagnostics.mean_over_jobs(contents))
+        level["diversity"] = diagnostics.mean_over_jobs({j: r["diversity"] for j, r in per_job.items()})
+        first = next(iter(split_jobs.values()))[0]
+        levels[split] = {**level, "images": len(first), "references_per_image": len(split_jobs),
+                         "scored_against": len(split_jobs) - 1}
+    return results, levels
+
+
+def coco_part(scores: Mapping) -> dict[str, float]:
+    """The COCO metrics of a `score_caption_sets` entry (without content and diversity)."""
+    return {k: v for k, v in scores.items() if isinstance(v, float)}
+
+
+def summary_line(scores: Mapping) -> str:
+    """"CIDEr 0.812, BLEU-4 0.301, …; content: colour 0.91, …, entirely correct 0.40; 7 distinct captions"
+    of a `score_caption_sets` entry."""
+    line = ", ".join(f"{k} {v:.3f}" for k, v in coco_part(scores).items())
+    content = scores.get("content")
+    if content:
+        line += "; content: " + content_line(content)
+    diversity = scores.get("diversity")
+    if diversity:
+        line += f"; {diversity['distinct_captions']:g} distinct captions of {diversity['images']:g} images"
+    return line
+
+
+CONTENT_SHOWN = ("count", "colour", "shape", "size", "relation", "entirely_correct")
+
+
+def content_line(content: Mapping) -> str:
+    """"count 0.50, colour 0.75, …, entirely correct 0.12" of a content_accuracy dict."""
+    return ", ".join(f"{k.replace('_', ' ')} {content[k]:.2f}" for k in CONTENT_SHOWN if k in content)
+
+
 # --- sample grid -------------------------------------------------------------------------------------
 
+CORRECT_COLOUR, WRONG_COLOUR = "#1b7a2e", "#c0231b"
+
+
 def save_caption_grid(path: str, images, predictions: Sequence[str], references: Sequence[Sequence[str]], *,
-                      columns: int = 4, max_references: int = 2) -> None:
+                      columns: int = 4, max_references: int = 2,
+                      verdicts: Sequence[tuple[bool, Sequence[str]]] | None = None) -> None:
     """Writes a PNG grid: each image with its generated caption (bold) and some references.
 
     Args:
@@ -128,6 +243,9 @@ def save_caption_grid(path: str, images, predictions: Sequence[str], references:
       images: float `[N, S, S, 3]` in [0, 1] or uint8.
       predictions: N generated captions.
       references: N lists of reference captions (the first `max_references` are shown).
+      verdicts: optional N (entirely_correct, errors) of the generated captions, e.g. from
+        `shapes_content.score_caption`: the caption's title turns green (✓) or red (✗), and its
+        errors are listed in red under the image ("✗ colour: red, is green"), above the references.
     """
     import io
     import textwrap
@@ -141,18 +259,35 @@ def save_caption_grid(path: str, images, predictions: Sequence[str], references:
     if len(images) != len(predictions) or len(images) != len(references):
         raise ValueError(f"save_caption_grid: got {len(images)} images, {len(predictions)} predictions and "
                          f"{len(references)} reference lists; expected the same number.")
+    if verdicts is not None and len(verdicts) != len(images):
+        raise ValueError(f"save_caption_grid: got {len(images)} images and {len(verdicts)} verdicts; expected the "
+                         "same number.")
     n = len(images)
     rows = max(1, -(-n // columns))
-    fig, axes = plt.subplots(rows, columns, figsize=(3.2 * columns, 4.4 * rows), squeeze=False)
+    error_texts = ["\n".join("\n".join(textwrap.wrap("✗ " + e, 44)) for e in verdict[1]) if verdict else ""
+                   for verdict in (verdicts or [None] * n)]
+    extra_lines = max((t.count("\n") + 1 for t in error_texts if t), default=0)
+    fig, axes = plt.subplots(rows, columns, figsize=(3.2 * columns, (4.4 + 0.14 * extra_lines) * rows),
+                             squeeze=False)
     for k, ax in enumerate(axes.flat):
         ax.axis("off")
         if k >= n:
             continue
         ax.imshow(images[k] if images.dtype == np.uint8 else np.clip(images[k], 0.0, 1.0), interpolation="nearest")
-        text = "\n".join(textwrap.wrap("GEN: " + predictions[k], 38))
+        mark, colour = "", "black"
+        if verdicts is not None and verdicts[k] is not None:
+            correct = bool(verdicts[k][0])
+            mark, colour = ("✓ ", CORRECT_COLOUR) if correct else ("✗ ", WRONG_COLOUR)
+        text = "\n".join(textwrap.wrap(mark + "GEN: " + predictions[k], 38))
         refs = "\n".join("\n".join(textwrap.wrap("REF: " + r, 44)) for r in list(references[k])[:max_references])
-        ax.set_title(text, fontsize=8, fontweight="bold", loc="left")
-        ax.text(0.0, -0.04, refs, fontsize=7, transform=ax.transAxes, va="top")
+        ax.set_title(text, fontsize=8, fontweight="bold", loc="left", color=colour)
+        if error_texts[k]:
+            errors = ax.text(0.0, -0.04, error_texts[k], fontsize=7, transform=ax.transAxes, va="top",
+                             color=WRONG_COLOUR)
+            ax.annotate(refs, xy=(0.0, 0.0), xycoords=errors, xytext=(0, -3), textcoords="offset points",
+                        fontsize=7, va="top")
+        else:
+            ax.text(0.0, -0.04, refs, fontsize=7, transform=ax.transAxes, va="top")
     fig.tight_layout(h_pad=4.0)
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=80)
@@ -174,10 +309,18 @@ def first_images(data, split: str, count: int) -> tuple[np.ndarray, list[int]]:
 
 
 def save_sample_grid(path: str, data, captions: Mapping[int, str], *, split: str = "test", count: int = 12) -> None:
-    """`save_caption_grid` of the first `count` images of `split` with their generated `captions`."""
+    """`save_caption_grid` of the first `count` images of `split` with their generated `captions`; where the
+    dataset has scenes, each caption is marked right (green) or wrong (red, with its content errors)."""
     images, ids = first_images(data, split, count)
     references = data.references(split)
-    save_caption_grid(path, images, [captions.get(i, "") for i in ids], [references[i] for i in ids])
+    predictions = [captions.get(i, "") for i in ids]
+    scenes, verdicts = data.scenes(split), None
+    if scenes is not None:
+        from capnas_tf.data.shapes_content import score_caption
+
+        scores = [score_caption(caption, scenes[i]) for caption, i in zip(predictions, ids)]
+        verdicts = [(score.entirely_correct, score.errors) for score in scores]
+    save_caption_grid(path, images, predictions, [references[i] for i in ids], verdicts=verdicts)
 
 
 # --- loading a trained model ----------------------------------------------------------------------------
@@ -226,17 +369,45 @@ def main(argv):
     vocab = Vocabulary.load(vocab_path, max_len=data_config.max_caption_len)
     data = load_caption_data(data_config, None, vocab=vocab)
     captioner, source = load_model_for_evaluation(FLAGS.model)
+    blind_path = find_blind_baseline(FLAGS.model)
     output_dir = FLAGS.output_dir or os.path.join(FLAGS.model, "evaluation")
     splits = FLAGS.eval_splits or evaluation_splits(data)
-    scores, captions = evaluate_captioner(captioner, data, splits=splits, beam_width=FLAGS.beam_width,
-                                          max_images=FLAGS.max_eval_images, metrics=FLAGS.final_metrics,
-                                          return_captions=True)
-    io_utils.atomic_write_json(os.path.join(output_dir, "metrics.json"),
-                               {"model": source, "beam_width": FLAGS.beam_width, "splits": scores})
-    save_sample_grid(os.path.join(output_dir, "samples.png"), data, captions[splits[0]], split=splits[0])
-    for split, values in scores.items():
-        print(f"{split}: " + ", ".join(f"{k} {v:.3f}" for k, v in values.items()))
-    print(f"Wrote {output_dir}/metrics.json and samples.png (model: {source})")
+
+    def captions_of(model) -> dict:
+        return {s: caption_dataset(model, data.eval_dataset(s), data.vocab, beam_width=FLAGS.beam_width,
+                                   max_images=FLAGS.max_eval_images) for s in splits}
+
+    caption_sets = {"model": captions_of(captioner)}
+    if blind_path is not None:
+        blind, _ = load_model_for_evaluation(blind_path)
+        caption_sets["blind"] = captions_of(blind)
+    scores, reference_level = score_caption_sets(caption_sets, data, metrics=FLAGS.final_metrics)
+    metrics = {"model": source, "beam_width": FLAGS.beam_width, "splits": scores["model"],
+               "reference_level": reference_level}
+    if blind_path is not None:
+        metrics["blind_baseline"] = {"model": blind_path, "splits": scores["blind"]}
+    io_utils.atomic_write_json(os.path.join(output_dir, "metrics.json"), metrics)
+    save_sample_grid(os.path.join(output_dir, "samples.png"), data, caption_sets["model"][splits[0]],
+                     split=splits[0])
+    for split in splits:
+        print(f"{split}: {summary_line(scores['model'][split])}")
+        if blind_path is not None:
+            print(f"{split}: blind baseline {summary_line(scores['blind'][split])}")
+        if split in reference_level:
+            print(f"{split}: references (each against the other {reference_level[split]['scored_against']}) "
+                  f"{summary_line(reference_level[split])}")
+    print(f"Wrote {output_dir}/metrics.json and samples.png (model: {source}"
+          + (f"; blind baseline: {blind_path})" if blind_path else ")"))
+
+
+def find_blind_baseline(model_path: str) -> str | None:
+    """The image-blind baseline's `captioner.keras` that a retrain wrote next to the model
+    (`<workdir>/retrain/blind/`, for --model=<workdir> or <workdir>/retrain), or None."""
+    for candidate in (os.path.join(model_path, "retrain", "blind", "captioner.keras"),
+                      os.path.join(model_path, "blind", "captioner.keras")):
+        if os.path.isfile(candidate):
+            return candidate
+    return None
 
 
 def _find_vocab(model_path: str) -> str:
@@ -252,7 +423,9 @@ def _define_cli_flags():
 
     from capnas_tf import flags as _training_flags  # noqa: F401  (data flags, --beam_width, …)
 
-    absl_flags.DEFINE_string("model", None, "Retrain workdir or export directory (SavedModel).", required=True)
+    absl_flags.DEFINE_string("model", None, "Retrain workdir or export directory (SavedModel). A retrain workdir's "
+                             "image-blind baseline (retrain/blind/captioner.keras) is evaluated beside it.",
+                             required=True)
     absl_flags.DEFINE_string("vocab", None, "vocab.txt (default: found next to --model).")
     absl_flags.DEFINE_list("eval_splits", None, "Splits to evaluate (default: test and test_novel if present).")
     absl_flags.DEFINE_enum("capnas_shapes_config", "default", ["default", "tiny"],

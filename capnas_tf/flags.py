@@ -87,7 +87,8 @@ flags.DEFINE_integer("checkpoint_every", _S.checkpoint_every, "Checkpoint every 
 # only when they ask.
 flags.DEFINE_integer("search_eval_images", 100, "After each search epoch, the genotype found so far "
                      "(on the shared supernet weights) greedily captions this many validation images; BLEU-4 and "
-                     "CIDEr go to the log and TensorBoard (val/*). 0: off. Needs Java, like every caption metric.")
+                     "CIDEr, and on capnas_shapes the content accuracy of the captions (val/content/*), go to the "
+                     "log and TensorBoard (val/*). 0: off. Needs Java, like every caption metric.")
 flags.DEFINE_float("gdas_tau_max", _S.gdas_tau_max, "gdas: Gumbel-softmax temperature τ at the first "
                    "architecture step (decays linearly to --gdas_tau_min).")
 flags.DEFINE_float("gdas_tau_min", _S.gdas_tau_min, "gdas: temperature τ at the last architecture step.")
@@ -169,7 +170,8 @@ flags.DEFINE_integer("retrain_channels", _R.channels, "C: initial channels of th
 flags.DEFINE_integer("retrain_cells", _R.num_cells, "Number of cells of the retrained DiscreteEncoder.")
 flags.DEFINE_float("retrain_drop_path_prob", _R.drop_path_prob, "Drop-path probability (linear ramp; 0: off).")
 flags.DEFINE_string("retrain_decoder", _R.decoder, "Decoder of the retrained captioner (lstm | transformer).")
-flags.DEFINE_integer("retrain_epochs", _R.epochs, "Retraining epochs (validation CIDEr after each).")
+flags.DEFINE_integer("retrain_epochs", _R.epochs, "Retraining epochs (validation scores after each, see "
+                     "--selection_metric).")
 flags.DEFINE_integer("retrain_steps_per_epoch", _R.steps_per_epoch, "Retraining steps per epoch; 0 = one pass.")
 flags.DEFINE_integer("retrain_batch_size", _R.batch_size, "Retraining batch size; 0 = --batch_size.")
 flags.DEFINE_float("retrain_lr", _R.lr, "AdamW peak learning rate of retraining (cosine decay to 0).")
@@ -184,6 +186,14 @@ flags.DEFINE_enum("baseline", _R.baseline, ["frequent_caption", "none"],
 flags.DEFINE_bool("retrain_xla", _R.xla, "Compile the retraining step with XLA (measure on CPU first).")
 flags.DEFINE_bool("export_saved_model", _R.export_saved_model, "Write <workdir>/export/saved_model/1/ (TF Serving).")
 flags.DEFINE_bool("export_onnx", _R.export_onnx, "Write <workdir>/export/captioner.onnx and vocab.txt.")
+flags.DEFINE_bool("blind_baseline", _R.blind_baseline,
+                  "Also retrain the image-blind baseline: the same decoder, recipe and captions with the image "
+                  "replaced by a constant (encoder blind), in <workdir>/retrain/blind/, reported in metrics.json as "
+                  "blind_baseline; what a captioner scores without looking. Costs a second, decoder-only retrain.")
+flags.DEFINE_string("selection_metric", _R.selection_metric,
+                    "Validation score whose best epoch is kept (ties: higher CIDEr). auto: content/entirely_correct "
+                    "on datasets with scenes (capnas_shapes), else CIDEr; or CIDEr, BLEU-1..BLEU-4, or content/KEY "
+                    "with KEY one of count, colour, shape, size, relation, entirely_correct, parsed (scenes only).")
 
 
 def retrain_config_from_flags() -> RetrainConfig:
@@ -197,4 +207,5 @@ def retrain_config_from_flags() -> RetrainConfig:
         steps_per_epoch=FLAGS.retrain_steps_per_epoch, batch_size=FLAGS.retrain_batch_size, lr=FLAGS.retrain_lr,
         weight_decay=FLAGS.retrain_weight_decay, grad_clip=FLAGS.retrain_grad_clip, beam_width=FLAGS.beam_width,
         max_eval_images=FLAGS.max_eval_images, final_metrics=tuple(FLAGS.final_metrics), baseline=FLAGS.baseline,
-        xla=FLAGS.retrain_xla, export_saved_model=FLAGS.export_saved_model, export_onnx=FLAGS.export_onnx)
+        xla=FLAGS.retrain_xla, export_saved_model=FLAGS.export_saved_model, export_onnx=FLAGS.export_onnx,
+        blind_baseline=FLAGS.blind_baseline, selection_metric=FLAGS.selection_metric)

@@ -89,7 +89,7 @@ def run(mode: str, *, run: RunConfig, data, search: SearchConfig, retrain=None, 
             retrain = dataclasses.replace(retrain, genotype=artifacts["genotype"])
         result = retrain_job(run, retrain, caption_data, log=log)
         artifacts.update(metrics=result.metrics_path, sample_captions=result.samples_path, **result.exports)
-        log(f"Retrained captioner: best validation CIDEr {result.best_validation_cider:.3f} "
+        log(f"Retrained captioner: best validation {result.selection_metric} {result.best_validation_score:.3f} "
             f"(epoch {result.best_epoch}); test metrics in {result.metrics_path}")
     log("Artifacts:\n" + "\n".join(f"  {k:18s} {v}" for k, v in artifacts.items()))
     return artifacts

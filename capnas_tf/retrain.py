@@ -2,11 +2,21 @@
 
     result = retrain_job(RunConfig(workdir="runs/q"), RetrainConfig(genotype="DARTS_V2"), data)
 
-Writes under `<workdir>/retrain/`: `checkpoints/` (latest, for resuming) and `best/` (the best
-validation CIDEr), `tensorboard/`, `captioner.keras` (the best model), `metrics.json` and
-`samples.png`; and, per the export flags, `<workdir>/export/saved_model/1/` and
-`<workdir>/export/captioner.onnx` + `vocab.txt`. Re-running the same call resumes after the last
-finished epoch.
+Writes under `<workdir>/retrain/`: `checkpoints/` (latest, for resuming) and `best/` (the epoch of the
+best validation score, `RetrainConfig.selection_metric`, recorded in `selection.json`: a resume
+under another one is refused), `tensorboard/`, `history.json`,
+`captioner.keras` (the best model), `metrics.json` and `samples.png`; and, per the export flags,
+`<workdir>/export/saved_model/1/` and `<workdir>/export/captioner.onnx` + `vocab.txt`. With
+`RetrainConfig.blind_baseline` the image-blind baseline (the same decoder and recipe, the image
+replaced by a constant) is trained by the same loop in `<workdir>/retrain/blind/` (its own
+checkpoints, history, TensorBoard and `captioner.keras`; no exports). Re-running the same call
+resumes both after their last finished epoch.
+
+Validation after each epoch: greedy (or beam) captions of the validation images, scored by BLEU and
+CIDEr and, on datasets with scenes, by content accuracy (`data.shapes_content`: did the caption name
+the right counts, colours, shapes, sizes and relation). metrics.json: per test split the COCO scores,
+`content` and `diversity` of the model, the most-frequent-caption `baseline` and the `blind_baseline`,
+and the `reference_level` (each human reference scored against the others).
 """
 from __future__ import annotations
 
@@ -37,7 +47,8 @@ class RetrainResult:
 
     captioner: Captioner
     best_epoch: int
-    best_validation_cider: float
+    best_validation_score: float  # of `selection_metric` at `best_epoch`
+    selection_metric: str  # the resolved name ("auto" resolved), e.g. "content/entirely_correct"
     metrics: dict
     metrics_path: str
     samples_path: str
@@ -56,9 +67,10 @@ def build_encoder(config: RetrainConfig) -> keras.layers.Layer:
     return factory(name="encoder")
 
 
-def build_captioner(config: RetrainConfig, *, vocab_size: int, max_caption_len: int, image_size: int) -> Captioner:
-    """Encoder (`build_encoder`) + decoder, built. The decoder reads prefixes of L − 1 tokens."""
-    encoder = build_encoder(config)
+def build_captioner(config: RetrainConfig, *, vocab_size: int, max_caption_len: int, image_size: int,
+                    encoder: keras.layers.Layer | None = None) -> Captioner:
+    """Encoder (`build_encoder`, or `encoder`) + decoder, built. The decoder reads prefixes of L − 1 tokens."""
+    encoder = encoder if encoder is not None else build_encoder(config)
     decoder = get_decoder(config.decoder, vocab_size=vocab_size, max_len=max_caption_len - 1)
     captioner = Captioner(encoder, decoder, name="captioner")
     captioner(tf.zeros([1, image_size, image_size, 3]), tf.ones([1, max_caption_len - 1], tf.int32))
@@ -130,16 +142,89 @@ def check_architecture(workdir: str, arch: dict) -> None:
     io_utils.atomic_write_json(path, arch)
 
 
+# --- validation scores and the selection of the kept epoch --------------------------------------------
+
+VALIDATION_COCO_KEYS = ("BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "CIDEr")  # of evaluate.CHEAP_METRIC_GROUPS
+# content_accuracy keys validated (and logged, TensorBoarded) after each epoch, as "content/<key>"
+VALIDATION_CONTENT_KEYS = ("count", "colour", "shape", "size", "relation", "entirely_correct", "parsed")
+
+
+def validation_score_names(data) -> tuple[str, ...]:
+    """The names of the per-epoch validation scores of `data`: the COCO ones, and "content/<key>" where
+    the dataset has scenes."""
+    content = () if data.scenes("validation") is None else tuple(f"content/{k}" for k in VALIDATION_CONTENT_KEYS)
+    return VALIDATION_COCO_KEYS + content
+
+
+def resolve_selection_metric(config: RetrainConfig, data) -> str:
+    """`config.selection_metric` with "auto" resolved ("content/entirely_correct" with scenes, else "CIDEr").
+
+    Raises:
+      ValueError: the name is no validation score of `data` (e.g. "content/…" on COCO, or a typo).
+    """
+    has_scenes = data.scenes("validation") is not None
+    if config.selection_metric == "auto":
+        return "content/entirely_correct" if has_scenes else "CIDEr"
+    names = validation_score_names(data)
+    if config.selection_metric in names:
+        return config.selection_metric
+    why = ""
+    if config.selection_metric.startswith("content/") and not has_scenes:
+        why = (f" Content scores need a dataset whose images come with scenes (capnas_shapes); "
+               f"{data.config.dataset!r} has none.")
+    raise ValueError(f"RetrainConfig.selection_metric (--selection_metric) must be 'auto' or the name of a "
+                     f"validation score, one of {list(names)}; received {config.selection_metric!r}.{why}")
+
+
+def validation_scores(captioner, data, config: RetrainConfig) -> dict[str, float]:
+    """The per-epoch validation scores of `captioner` (`validation_score_names`), on all validation images
+    unless `config.max_eval_images`."""
+    scores, captions = evaluate.evaluate_captioner(
+        captioner, data, splits=("validation",), beam_width=config.beam_width, max_images=config.max_eval_images,
+        metrics=evaluate.CHEAP_METRIC_GROUPS, return_captions=True)
+    scores = dict(scores["validation"])
+    content = evaluate.content_scores(captions["validation"], data, "validation")
+    if content is not None:
+        scores.update({f"content/{k}": content[k] for k in VALIDATION_CONTENT_KEYS})
+    return scores
+
+
+SELECTION_FILE = "selection.json"
+
+
+def check_selection_metric(workdir: str, selection_metric: str) -> None:
+    """Records the resolved selection metric in `<workdir>/selection.json`, or refuses to resume a workdir
+    whose kept epoch was chosen by another one (its recorded best score would be of another scale)."""
+    path = os.path.join(workdir, SELECTION_FILE)
+    if os.path.exists(path):
+        with open(path) as f:
+            recorded = json.load(f)["selection_metric"]
+        if recorded != selection_metric:
+            raise ValueError(
+                f"Retrain workdir {workdir} keeps the epoch of the best validation {recorded} ({path}); this run "
+                f"selects by {selection_metric}. Pass --selection_metric={recorded} to resume it, or use another "
+                f"--workdir.")
+        return
+    io_utils.atomic_write_json(path, {"selection_metric": selection_metric})
+
+
+def _selection_value(value: float) -> float:
+    """NaN (nothing to score, e.g. relation without two-group scenes) never wins."""
+    return value if math.isfinite(value) else -math.inf
+
+
 class _RetrainState:
-    """The checkpointed state: model (every variable, see `model_state`), optimizer, finished epochs,
-    best validation CIDEr."""
+    """The checkpointed state: model (every variable, see `model_state`), optimizer, finished epochs, and
+    the kept epoch: its validation score of the selection metric and its CIDEr (the tie-break)."""
 
     def __init__(self, workdir: str, captioner: Captioner, optimizer):
         self.epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
-        self.best_cider = tf.Variable(-1.0, dtype=tf.float64, trainable=False, name="best_cider")
+        self.best_score = tf.Variable(-math.inf, dtype=tf.float64, trainable=False, name="best_score")
+        self.best_tiebreak = tf.Variable(-math.inf, dtype=tf.float64, trainable=False, name="best_tiebreak")
         self.best_epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="best_epoch")
         checkpoint = tf.train.Checkpoint(model=model_state(captioner), optimizer=optimizer, epoch=self.epoch,
-                                         best_cider=self.best_cider, best_epoch=self.best_epoch)
+                                         best_validation_score=self.best_score,
+                                         best_validation_tiebreak=self.best_tiebreak, best_epoch=self.best_epoch)
         self.latest = tf.train.CheckpointManager(checkpoint, os.path.join(workdir, "checkpoints"), max_to_keep=1)
         self.best = tf.train.CheckpointManager(checkpoint, os.path.join(workdir, "best"), max_to_keep=1)
         self.checkpoint = checkpoint
@@ -152,6 +237,17 @@ class _RetrainState:
     def restore_best(self) -> None:
         if self.best.latest_checkpoint:
             restore_checkpoint(self.checkpoint, self.best.latest_checkpoint)
+
+    def improves(self, score: float, tiebreak: float) -> bool:
+        """Whether an epoch of these scores beats the kept one (the first epoch always does)."""
+        best = (float(self.best_score.numpy()), float(self.best_tiebreak.numpy()))
+        return int(self.best_epoch.numpy()) == 0 or (_selection_value(score), _selection_value(tiebreak)) > best
+
+    def keep(self, epoch: int, score: float, tiebreak: float) -> None:
+        self.best_score.assign(_selection_value(score))
+        self.best_tiebreak.assign(_selection_value(tiebreak))
+        self.best_epoch.assign(epoch)
+        self.best.save(checkpoint_number=epoch)
 
 
 def _train_epoch(step_fn, batches, steps: int, *, epoch: int, log, log_every: int, writer, global_step: int) -> float:
@@ -169,34 +265,42 @@ def _train_epoch(step_fn, batches, steps: int, *, epoch: int, log, log_every: in
     return sum(losses) / max(1, len(losses))
 
 
-def retrain_job(run, config: RetrainConfig, data, *, log=print) -> RetrainResult:
-    """Retrains (or resumes) the captioner of `config.genotype` in `<run.workdir>/retrain`.
+@dataclasses.dataclass(frozen=True)
+class _Trained:
+    """What `_train_and_select` leaves: the captioner at its kept epoch, and how it got there."""
 
-    Args:
-      run: `jobs.RunConfig` (workdir, seed).
-      config: the RetrainConfig.
-      data: a `CaptionData` (D_tr for training, `validation` for model selection, `test`/`test_novel`).
-      log: progress printer.
+    captioner: Captioner
+    workdir: str
+    history: list
+    best_epoch: int
+    best_validation_score: float
 
-    Returns:
-      A `RetrainResult` holding the best-validation-CIDEr captioner and its test metrics.
-    """
-    keras.utils.set_random_seed(run.seed)
-    workdir = os.path.join(run.workdir, "retrain")
-    batch_size = config.batch_size or data.config.batch_size
-    steps = config.steps_per_epoch or max(1, data.num_train_examples // batch_size)
-    captioner = build_captioner(config, vocab_size=len(data.vocab), max_caption_len=data.max_caption_len,
-                                image_size=data.image_size)
+
+def _epoch_line(epoch: int, config: RetrainConfig, loss: float, scores: dict, selection_metric: str,
+                improved: bool) -> str:
+    line = (f"Epoch {epoch}/{config.epochs}: loss {loss:.3f}, validation CIDEr {scores['CIDEr']:.3f}, "
+            f"BLEU-4 {scores['BLEU-4']:.3f}")
+    content = {k[len("content/"):]: v for k, v in scores.items() if k.startswith("content/")}
+    if content:
+        line += "; content " + evaluate.content_line(content)
+    return line + (f" (best {selection_metric})" if improved else "")
+
+
+def _train_and_select(captioner: Captioner, config: RetrainConfig, data, workdir: str, *, arch: dict,
+                      description: str, batch_size: int, steps: int, selection_metric: str, log) -> _Trained:
+    """The training loop of every retrain (the model's and the blind baseline's): trains `captioner` (or
+    resumes it from `<workdir>/checkpoints`) for the epochs `config.epochs` asks, validates after each
+    epoch (log, TensorBoard, `history.json`), keeps the epoch of the best `selection_metric` in
+    `<workdir>/best`, restores it and saves it as `<workdir>/captioner.keras`. Exports nothing."""
     optimizer = build_optimizer(config, config.epochs * steps)
     optimizer.build(captioner.trainable_variables)
-    check_architecture(workdir, architecture_of(config))
+    check_architecture(workdir, arch)
+    check_selection_metric(workdir, selection_metric)
     state = _RetrainState(workdir, captioner, optimizer)
     first_epoch = state.resume()
-    encoder_name = (f"{config.genotype} (C={config.channels}, {config.num_cells} cells, " if config.encoder == "darts"
-                    else f"{config.encoder} encoder (")
-    log(f"Retrain: {encoder_name}{captioner.encoder.count_params():,} encoder params) + {config.decoder} decoder "
-        f"({captioner.decoder.count_params():,} params); {config.epochs} epochs × {steps} steps, batch "
-        f"{batch_size}" + (f"; resuming after epoch {first_epoch}" if first_epoch else "") + f" → {workdir}")
+    log(f"Retrain: {description}; {config.epochs} epochs × {steps} steps, batch {batch_size}; checkpoint kept by "
+        f"validation {selection_metric}" + (f"; resuming after epoch {first_epoch}" if first_epoch else "")
+        + f" → {workdir}")
     step_fn = make_train_step(captioner, optimizer, jit_compile=config.xla)
     writer = tf.summary.create_file_writer(os.path.join(workdir, "tensorboard"))
     batches = data.train_dataset(batch_size, repeat=True)
@@ -206,34 +310,94 @@ def retrain_job(run, config: RetrainConfig, data, *, log=print) -> RetrainResult
             captioner.encoder.set_drop_path_prob(config.drop_path_prob * epoch / config.epochs)
         loss = _train_epoch(step_fn, batches, steps, epoch=epoch, log=log, log_every=config.log_every,
                             writer=writer, global_step=epoch * steps)
-        scores = evaluate.evaluate_captioner(captioner, data, splits=("validation",), beam_width=config.beam_width,
-                                             max_images=config.max_eval_images,
-                                             metrics=evaluate.CHEAP_METRIC_GROUPS)["validation"]
+        scores = validation_scores(captioner, data, config)
         with writer.as_default(step=(epoch + 1) * steps):
             for name, value in scores.items():
                 tf.summary.scalar(f"validation/{name}", value)
         history.append({"epoch": epoch + 1, "train_loss": loss, **{f"val_{k}": v for k, v in scores.items()}})
         state.epoch.assign(epoch + 1)
-        improved = scores["CIDEr"] > float(state.best_cider.numpy())
+        improved = state.improves(scores[selection_metric], scores["CIDEr"])
         if improved:
-            state.best_cider.assign(scores["CIDEr"])
-            state.best_epoch.assign(epoch + 1)
-            state.best.save(checkpoint_number=epoch + 1)
+            state.keep(epoch + 1, scores[selection_metric], scores["CIDEr"])
         state.latest.save(checkpoint_number=epoch + 1)
         io_utils.atomic_write_json(os.path.join(workdir, "history.json"), history)
-        log(f"Epoch {epoch + 1}/{config.epochs}: loss {loss:.3f}, validation CIDEr {scores['CIDEr']:.3f}, "
-            f"BLEU-4 {scores['BLEU-4']:.3f}" + (" (best)" if improved else ""))
+        log(_epoch_line(epoch + 1, config, loss, scores, selection_metric, improved))
     writer.flush()
     state.restore_best()
     captioner.save(os.path.join(workdir, "captioner.keras"))
-    metrics, test_captions = _final_metrics(captioner, data, config, history, state, log)
+    best_epoch = int(state.best_epoch.numpy())
+    best_score = next((h[f"val_{selection_metric}"] for h in history if h["epoch"] == best_epoch), math.nan)
+    return _Trained(captioner, workdir, history, best_epoch, float(best_score))
+
+
+def _prefixed(log, prefix: str):
+    return lambda line: log(prefix + line)
+
+
+BLIND_LOG_PREFIX = "[blind baseline] "
+
+
+def retrain_job(run, config: RetrainConfig, data, *, log=print) -> RetrainResult:
+    """Retrains (or resumes) the captioner of `config.genotype` in `<run.workdir>/retrain`, and with
+    `config.blind_baseline` the image-blind baseline in `<run.workdir>/retrain/blind`.
+
+    Args:
+      run: `jobs.RunConfig` (workdir, seed).
+      config: the RetrainConfig.
+      data: a `CaptionData` (D_tr for training, `validation` for model selection, `test`/`test_novel`).
+      log: progress printer; the blind baseline's lines start with "[blind baseline] ".
+
+    Returns:
+      A `RetrainResult` holding the captioner of the best validation `selection_metric` and its test metrics.
+
+    Raises:
+      ValueError: `config.selection_metric` is no validation score of `data` (before anything is trained).
+    """
+    selection_metric = resolve_selection_metric(config, data)
+    workdir = os.path.join(run.workdir, "retrain")
+    batch_size = config.batch_size or data.config.batch_size
+    steps = config.steps_per_epoch or max(1, data.num_train_examples // batch_size)
+    keras.utils.set_random_seed(run.seed)
+    captioner = build_captioner(config, vocab_size=len(data.vocab), max_caption_len=data.max_caption_len,
+                                image_size=data.image_size)
+    encoder_name = (f"{config.genotype} (C={config.channels}, {config.num_cells} cells, " if config.encoder == "darts"
+                    else f"{config.encoder} encoder (")
+    description = (f"{encoder_name}{captioner.encoder.count_params():,} encoder params) + {config.decoder} decoder "
+                   f"({captioner.decoder.count_params():,} params)")
+    model = _train_and_select(captioner, config, data, workdir, arch=architecture_of(config), description=description,
+                              batch_size=batch_size, steps=steps, selection_metric=selection_metric, log=log)
+    blind = None
+    if config.blind_baseline and config.encoder != "blind":
+        blind = _train_blind_baseline(run, config, data, captioner, batch_size=batch_size, steps=steps,
+                                      selection_metric=selection_metric, log=_prefixed(log, BLIND_LOG_PREFIX))
+    metrics, test_captions = _final_metrics(model, blind, data, config, selection_metric, log)
     metrics_path = os.path.join(workdir, "metrics.json")
     io_utils.atomic_write_json(metrics_path, metrics)
     samples_path = os.path.join(workdir, "samples.png")
     evaluate.save_sample_grid(samples_path, data, test_captions, split="test")
     exports = export_captioner(captioner, data.vocab, run.workdir, config, image_size=data.image_size, log=log)
-    return RetrainResult(captioner, int(state.best_epoch.numpy()), float(state.best_cider.numpy()), metrics,
+    return RetrainResult(captioner, model.best_epoch, model.best_validation_score, selection_metric, metrics,
                          metrics_path, samples_path, exports)
+
+
+def _train_blind_baseline(run, config: RetrainConfig, data, captioner: Captioner, *, batch_size: int, steps: int,
+                          selection_metric: str, log) -> _Trained:
+    """The image-blind baseline: `config`'s decoder and recipe (seed included), its encoder replaced by a
+    `BlindEncoder` of the model encoder's output shape, trained by `_train_and_select` in `retrain/blind`."""
+    from capnas_tf.encoders import BlindEncoder
+
+    grid, _ = captioner.encoder(tf.zeros([1, data.image_size, data.image_size, 3]), training=False)
+    grid_shape = tuple(int(d) for d in grid.shape[1:])
+    blind_config = dataclasses.replace(config, encoder="blind", drop_path_prob=0.0)
+    keras.utils.set_random_seed(run.seed)
+    blind = build_captioner(blind_config, vocab_size=len(data.vocab), max_caption_len=data.max_caption_len,
+                            image_size=data.image_size, encoder=BlindEncoder(grid_shape=grid_shape, name="encoder"))
+    description = (f"image-blind baseline: constant zero features {list(grid_shape)} (no encoder weights) + "
+                   f"{config.decoder} decoder ({blind.decoder.count_params():,} params)")
+    arch = {**architecture_of(blind_config), "grid_shape": list(grid_shape)}
+    return _train_and_select(blind, blind_config, data, os.path.join(run.workdir, "retrain", "blind"), arch=arch,
+                             description=description, batch_size=batch_size, steps=steps,
+                             selection_metric=selection_metric, log=log)
 
 
 def _read_history(workdir: str) -> list:
@@ -244,38 +408,56 @@ def _read_history(workdir: str) -> list:
     return []
 
 
-def _final_metrics(captioner, data, config: RetrainConfig, history, state, log) -> tuple[dict, dict]:
-    """Test metrics of the best model and of the trivial baseline, scored concurrently."""
+BLIND_BASELINE_KIND = ("blind: the same decoder and recipe trained on the same captions with every image replaced "
+                       "by a constant (zero features); what the captions' language alone scores")
+
+
+def _final_metrics(model: _Trained, blind: _Trained | None, data, config: RetrainConfig, selection_metric: str,
+                   log) -> tuple[dict, dict]:
+    """Test metrics of the kept model, the trivial baseline, the blind baseline and the references, all COCO
+    scores from one `score_many` call (`evaluate.score_caption_sets`)."""
     splits = evaluate.evaluation_splits(data)
-    captions = {s: evaluate.caption_dataset(captioner, data.eval_dataset(s), data.vocab, beam_width=config.beam_width,
+
+    def captions_of(captioner) -> dict:
+        return {s: evaluate.caption_dataset(captioner, data.eval_dataset(s), data.vocab, beam_width=config.beam_width,
                                             max_images=config.max_eval_images) for s in splits}
-    jobs = {("model", s): (captions[s], data.references(s)) for s in splits}
+
+    caption_sets = {"model": captions_of(model.captioner)}
     baseline = None
     if config.baseline == "frequent_caption":
         baseline = most_frequent_caption(data)
-        jobs.update({("baseline", s): ({i: baseline for i in captions[s]}, data.references(s)) for s in splits})
-    start = time.perf_counter()
-    scores = evaluate.score_many(jobs, metrics=config.final_metrics)
-    log(f"Scored {len(jobs)} caption sets in {time.perf_counter() - start:.1f} s")
+        caption_sets["baseline"] = {s: {i: baseline for i in caption_sets["model"][s]} for s in splits}
+    if blind is not None:
+        caption_sets["blind"] = captions_of(blind.captioner)
+    scores, reference_level = evaluate.score_caption_sets(caption_sets, data, metrics=config.final_metrics, log=log)
     metrics = {
-        "model": {s: scores[("model", s)] for s in splits},
+        "model": scores["model"],
         "decoding": "greedy" if config.beam_width == 1 else f"beam search (width {config.beam_width})",
-        "best_epoch": int(state.best_epoch.numpy()),
-        "best_validation_CIDEr": float(state.best_cider.numpy()),
-        "history": history,
+        "best_epoch": model.best_epoch,
+        "selection_metric": selection_metric,
+        "best_validation_score": model.best_validation_score,
+        "history": model.history,
         "config": dataclasses.asdict(config),
-        "num_images": {s: len(captions[s]) for s in splits},
+        "num_images": {s: len(caption_sets["model"][s]) for s in splits},
+        "reference_level": reference_level,
     }
     if baseline is not None:
         metrics["baseline"] = {
             "kind": "frequent_caption: every image gets the most frequent normalised training caption",
-            "caption": baseline, **{s: scores[("baseline", s)] for s in splits}}
+            "caption": baseline, **scores["baseline"]}
+    if blind is not None:
+        metrics["blind_baseline"] = {"kind": BLIND_BASELINE_KIND, "workdir": blind.workdir, "best_epoch": blind.best_epoch,
+                                     "best_validation_score": blind.best_validation_score, "history": blind.history,
+                                     **scores["blind"]}
     for s in splits:
-        line = f"  {s}: model " + ", ".join(f"{k} {v:.3f}" for k, v in scores[("model", s)].items())
-        if baseline is not None:
-            line += f" | baseline CIDEr {scores[('baseline', s)].get('CIDEr', float('nan')):.3f}"
-        log(line)
-    return metrics, captions["test"]
+        log(f"  {s}: model {evaluate.summary_line(scores['model'][s])}")
+        for who, label in (("baseline", "frequent-caption baseline"), ("blind", "blind baseline")):
+            if who in scores:
+                log(f"  {s}: {label} {evaluate.summary_line(scores[who][s])}")
+        if s in reference_level:
+            log(f"  {s}: references (each against the other {reference_level[s]['scored_against']}) "
+                f"{evaluate.summary_line(reference_level[s])}")
+    return metrics, caption_sets["model"]["test"]
 
 
 def export_captioner(captioner: Captioner, vocab, workdir: str, config: RetrainConfig, *, image_size: int,

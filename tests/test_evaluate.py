@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from capnas_tf.evaluate import (caption_dataset, decode_captions, evaluate_captioner, save_caption_grid,
-                                score_split)
+from capnas_tf.data.shapes_content import score_caption
+from capnas_tf.evaluate import (CORRECT_COLOUR, WRONG_COLOUR, caption_dataset, decode_captions, evaluate_captioner,
+                                first_images, save_caption_grid, save_sample_grid, score_split)
 from tests.retrain_fixtures import retrained
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -66,6 +67,34 @@ def test_save_caption_grid_writes_a_png_and_checks_lengths(tmp_path):
         save_caption_grid(str(path), images, ["x"] * 4, [["r"]] * 5)
 
 
+def test_save_sample_grid_marks_each_caption_right_or_wrong_against_its_scene(tmp_path):
+    """On capnas_shapes, a right caption gets a green title, a wrong one a red title and its errors in red."""
+    run = retrained()
+    ids = first_images(run.data, "test", 2)[1]
+    references, scenes = run.data.references("test"), run.data.scenes("test")
+    captions = {ids[0]: references[ids[0]][0], ids[1]: "one red circle"}  # a reference is right
+    plain, marked = tmp_path / "plain.png", tmp_path / "marked.png"
+    save_caption_grid(str(plain), first_images(run.data, "test", 2)[0], [captions[i] for i in ids],
+                      [references[i] for i in ids])
+    save_sample_grid(str(marked), run.data, captions, split="test", count=2)
+    assert score_caption(captions[ids[0]], scenes[ids[0]]).entirely_correct
+    assert not score_caption(captions[ids[1]], scenes[ids[1]]).entirely_correct
+    with Image.open(marked) as image:
+        pixels = np.asarray(image.convert("RGB")).reshape(-1, 3).astype(int)
+        assert image.format == "PNG" and image.width > 200 and marked.stat().st_size > 5_000
+    with Image.open(plain) as image:
+        plain_pixels = np.asarray(image.convert("RGB")).reshape(-1, 3).astype(int)
+
+    def count(colour, pixels):  # pixels within a small distance of an exact text colour
+        rgb = np.array([int(colour[k:k + 2], 16) for k in (1, 3, 5)])
+        return int((np.abs(pixels - rgb).sum(axis=1) < 40).sum())
+
+    assert count(CORRECT_COLOUR, pixels) > 20 and count(WRONG_COLOUR, pixels) > 20
+    assert count(CORRECT_COLOUR, plain_pixels) < count(CORRECT_COLOUR, pixels)
+    with pytest.raises(ValueError, match="2 images and 1 verdicts"):
+        save_caption_grid(str(plain), np.zeros([2, 4, 4, 3]), ["a", "b"], [["r"]] * 2, verdicts=[(True, ())])
+
+
 @pytest.mark.parametrize("which", ["workdir", "export"])
 def test_evaluate_cli_writes_metrics_and_samples(tmp_path, which):
     run = retrained()
@@ -80,10 +109,26 @@ def test_evaluate_cli_writes_metrics_and_samples(tmp_path, which):
     with open(tmp_path / "metrics.json") as f:
         metrics = json.load(f)
     with open(os.path.join(run.workdir, "retrain", "metrics.json")) as f:
-        reference = json.load(f)["model"]["test"]
+        retrain_metrics = json.load(f)
+    reference = retrain_metrics["model"]["test"]
     assert metrics["splits"]["test"]["CIDEr"] == pytest.approx(reference["CIDEr"], abs=1e-6)
+    # content, diversity and the references' level, as the retrain wrote them for the same captions
+    assert metrics["splits"]["test"]["content"] == pytest.approx(reference["content"], nan_ok=True)
+    assert metrics["splits"]["test"]["diversity"] == reference["diversity"]
+    assert list(metrics["reference_level"]) == ["test"]
+    assert metrics["reference_level"]["test"]["content"]["entirely_correct"] == 1.0
+    assert metrics["reference_level"]["test"]["CIDEr"] == pytest.approx(
+        retrain_metrics["reference_level"]["test"]["CIDEr"])
     assert metrics["model"].endswith("captioner.keras" if which == "workdir" else os.path.join("saved_model", "1"))
     assert (tmp_path / "samples.png").read_bytes()[:4] == b"\x89PNG"
+    if which == "workdir":  # the retrain's blind baseline is evaluated beside the model
+        blind = metrics["blind_baseline"]
+        assert blind["model"] == os.path.join(run.workdir, "retrain", "blind", "captioner.keras")
+        assert blind["splits"]["test"]["CIDEr"] == pytest.approx(retrain_metrics["blind_baseline"]["test"]["CIDEr"])
+        assert blind["splits"]["test"]["diversity"]["distinct_captions"] == 1
+        assert set(blind["splits"]["test"]["content"]) >= {"colour", "entirely_correct"}
+    else:  # an export directory has none
+        assert "blind_baseline" not in metrics
 
 
 @pytest.mark.slow

@@ -1,9 +1,12 @@
-"""retrain_job: trains the genotype's captioner, keeps the best validation CIDEr, writes metrics.json
-(model and trivial baseline on test and test_novel), samples.png, the Keras model and the exports;
+"""retrain_job: trains the genotype's captioner, keeps the epoch of the best validation score, writes
+metrics.json (model, trivial baseline, image-blind baseline and the references' own level on test and
+test_novel: COCO scores, content accuracy, diversity), samples.png, the Keras model and the exports;
 re-running resumes."""
 import dataclasses
 import json
+import math
 import os
+import types
 import warnings
 
 import numpy as np
@@ -11,33 +14,112 @@ import pytest
 
 from capnas_tf.config import RetrainConfig
 from capnas_tf.jobs import RunConfig
-from capnas_tf.retrain import most_frequent_caption, retrain_job
+from capnas_tf.retrain import (BLIND_LOG_PREFIX, most_frequent_caption, resolve_selection_metric, retrain_job,
+                               validation_score_names)
 from tests.retrain_fixtures import TINY_RETRAIN, retrained, tiny_data
 
 COCO_KEYS = {"BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "CIDEr"}
+CONTENT_KEYS = {"count", "colour", "shape", "size", "relation", "entirely_correct", "parsed",
+                "count_precision", "colour_precision", "shape_precision", "size_precision", "relation_precision"}
+DIVERSITY_KEYS = {"images", "distinct_captions", "distinct_caption_ratio", "vocabulary_used", "reference_vocabulary",
+                  "vocabulary_share", "words_outside_references"}
+
+
+def _read_metrics(run) -> dict:
+    with open(os.path.join(run.workdir, "retrain", "metrics.json")) as f:
+        return json.load(f)
 
 
 def test_metrics_json_holds_model_and_baseline_scores_on_test_and_test_novel():
     run = retrained()
-    with open(os.path.join(run.workdir, "retrain", "metrics.json")) as f:
-        metrics = json.load(f)
-    for who in ("model", "baseline"):
+    metrics = _read_metrics(run)
+    for who in ("model", "baseline", "blind_baseline"):
         assert set(metrics[who]) >= {"test", "test_novel"}
         for split in ("test", "test_novel"):
-            assert set(metrics[who][split]) == COCO_KEYS
-            assert all(np.isfinite(v) and v >= 0 for v in metrics[who][split].values())
+            scores = metrics[who][split]
+            assert set(scores) == COCO_KEYS | {"content", "diversity"}
+            assert all(np.isfinite(scores[k]) and scores[k] >= 0 for k in COCO_KEYS)
+            assert set(scores["content"]) == CONTENT_KEYS
+            # recall and the shares are fractions (a precision is NaN where the captions say nothing)
+            assert all(0.0 <= v <= 1.0 for v in scores["content"].values() if not math.isnan(v))
+            assert set(scores["diversity"]) == DIVERSITY_KEYS and scores["diversity"]["images"] == 8
     assert metrics["baseline"]["kind"].startswith("frequent_caption")
     assert metrics["baseline"]["caption"] == most_frequent_caption(run.data)
+    assert metrics["baseline"]["test"]["diversity"]["distinct_captions"] == 1
     assert metrics["num_images"] == {"test": 8, "test_novel": 8}
     assert metrics["best_epoch"] == 1 and len(metrics["history"]) == 1
-    assert metrics["config"]["channels"] == 4
+    assert metrics["config"]["channels"] == 4 and metrics["config"]["blind_baseline"] is True
+    assert metrics["selection_metric"] == run.result.selection_metric == "content/entirely_correct"
+    assert metrics["best_validation_score"] == metrics["history"][0]["val_content/entirely_correct"]
+
+
+def test_the_references_score_full_content_accuracy_against_the_scenes():
+    """The reference level: every human reference scored against the other four (leave one out), in the same
+    score_many call as the model. The content parser reads every reference of capnas_shapes as right."""
+    metrics = _read_metrics(retrained())
+    for split in ("test", "test_novel"):
+        level = metrics["reference_level"][split]
+        assert level["images"] == 8 and level["references_per_image"] == 5 and level["scored_against"] == 4
+        assert all(v == 1.0 for v in level["content"].values() if not math.isnan(v))
+        assert level["content"]["entirely_correct"] == 1.0 and level["content"]["colour"] == 1.0
+        # human captions overlap their peers far more than a 3-step model does
+        assert level["CIDEr"] > 1.0 > metrics["model"][split]["CIDEr"]
+        assert level["diversity"]["distinct_captions"] == 8
+
+
+def test_the_blind_baseline_is_trained_in_its_own_workdir_labelled_and_never_exported():
+    run = retrained()
+    blind = _read_metrics(run)["blind_baseline"]
+    blind_dir = os.path.join(run.workdir, "retrain", "blind")
+    assert blind["kind"].startswith("blind:") and blind["workdir"] == blind_dir
+    assert blind["best_epoch"] == 1 and len(blind["history"]) == 1
+    for name in ("captioner.keras", "history.json", "architecture.json", os.path.join("best", "checkpoint"),
+                 os.path.join("checkpoints", "checkpoint")):
+        assert os.path.isfile(os.path.join(blind_dir, name)), name
+    assert os.listdir(os.path.join(blind_dir, "tensorboard"))
+    assert not {"export", "samples.png", "metrics.json"} & set(os.listdir(blind_dir))
+    # It sees the same constant for every image, so greedy decoding gives one caption for all of them.
+    assert blind["test"]["diversity"]["distinct_captions"] == 1
+    with open(os.path.join(blind_dir, "architecture.json")) as f:
+        assert json.load(f)["encoder"] == "blind"
+    blind_lines = [line for line in run.log if line.startswith(BLIND_LOG_PREFIX)]
+    assert blind_lines[0].startswith(BLIND_LOG_PREFIX + "Retrain: image-blind baseline")
+    assert any(line.startswith(BLIND_LOG_PREFIX + "Epoch 1/1:") for line in blind_lines)
+    assert not any("SavedModel" in line or "ONNX" in line for line in blind_lines)
+    assert any(line.startswith("  test: blind baseline ") for line in run.log)
+
+
+def test_validation_logs_content_accuracy_beside_cider_and_bleu():
+    run = retrained()
+    history = run.result.metrics["history"][0]
+    assert {f"val_{name}" for name in validation_score_names(run.data)} <= set(history)
+    assert {"val_CIDEr", "val_BLEU-4", "val_content/colour", "val_content/entirely_correct"} <= set(history)
+    epoch_line = next(line for line in run.log if line.startswith("Epoch 1/1:"))
+    assert "validation CIDEr" in epoch_line and "colour" in epoch_line and "entirely correct" in epoch_line
+
+
+def test_selection_metric_is_checked_before_anything_is_trained(tmp_path):
+    data = tiny_data(str(tmp_path))
+    with pytest.raises(ValueError, match=r"RetrainConfig.selection_metric .*'METEOR'"):
+        retrain_job(RunConfig(workdir=str(tmp_path)), dataclasses.replace(TINY_RETRAIN, selection_metric="METEOR"),
+                    data, log=lambda _: None)
+    assert not os.path.exists(tmp_path / "retrain")
+    assert resolve_selection_metric(dataclasses.replace(TINY_RETRAIN, selection_metric="content/colour"),
+                                    data) == "content/colour"
+    assert resolve_selection_metric(TINY_RETRAIN, data) == "content/entirely_correct"
+    # A dataset without scenes (COCO): "auto" is CIDEr, and content scores are refused with the reason.
+    coco = types.SimpleNamespace(scenes=lambda split: None, config=types.SimpleNamespace(dataset="coco"))
+    assert resolve_selection_metric(TINY_RETRAIN, coco) == "CIDEr"
+    with pytest.raises(ValueError, match=r"'content/colour'.*need a dataset whose images come with scenes"):
+        resolve_selection_metric(dataclasses.replace(TINY_RETRAIN, selection_metric="content/colour"), coco)
 
 
 def test_retrain_writes_samples_png_keras_model_tensorboard_and_exports():
     run = retrained()
     retrain_dir = os.path.join(run.workdir, "retrain")
     with open(os.path.join(retrain_dir, "samples.png"), "rb") as f:
-        assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+        png = f.read()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 20_000  # 8 images, captions, marks and errors
     assert os.path.isfile(os.path.join(retrain_dir, "captioner.keras"))
     assert os.listdir(os.path.join(retrain_dir, "tensorboard"))
     assert os.path.isfile(os.path.join(retrain_dir, "best", "checkpoint"))
@@ -93,10 +175,22 @@ def test_rerunning_with_more_epochs_resumes_after_the_last_finished_epoch(tmp_pa
     result = retrain_job(RunConfig(workdir=str(tmp_path)), dataclasses.replace(config, epochs=2), data,
                          log=lines.append)
     assert "resuming after epoch 1" in lines[0]
-    assert not any(line.startswith("Epoch 1/") for line in lines)  # epoch 1 is not trained again
+    blind_first = next(line for line in lines if line.startswith(BLIND_LOG_PREFIX))
+    assert "resuming after epoch 1" in blind_first  # the blind baseline resumes from its own checkpoints
+    # epoch 1 is not trained again, neither the model's nor the blind baseline's
+    assert not any(line.removeprefix(BLIND_LOG_PREFIX).startswith("Epoch 1/") for line in lines)
     assert [h["epoch"] for h in result.metrics["history"]] == [1, 2]
+    assert [h["epoch"] for h in result.metrics["blind_baseline"]["history"]] == [1, 2]
     assert result.best_epoch in (1, 2)
-    assert result.best_validation_cider == max(h["val_CIDEr"] for h in result.metrics["history"])
+    # the kept epoch has the best selection score, ties going to the higher CIDEr
+    history = result.metrics["history"]
+    key = f"val_{result.selection_metric}"
+    best = max(history, key=lambda h: (h[key], h["val_CIDEr"]))
+    assert result.best_epoch == best["epoch"] and result.best_validation_score == best[key]
+    # resuming under another selection metric is refused: the kept epoch was chosen on another scale
+    with pytest.raises(ValueError, match=r"best validation content/entirely_correct .*--selection_metric="):
+        retrain_job(RunConfig(workdir=str(tmp_path)), dataclasses.replace(config, epochs=3, selection_metric="CIDEr"),
+                    data, log=lambda _: None)
 
 
 def test_a_workdir_of_another_genotype_with_the_same_variable_shapes_is_refused_untouched(tmp_path):
@@ -107,7 +201,8 @@ def test_a_workdir_of_another_genotype_with_the_same_variable_shapes_is_refused_
     swapped = Genotype.from_dict({**DARTS_V2.to_dict(), "reduce": [
         ("avg_pool_3x3" if op == "max_pool_3x3" else op, i) for op, i in DARTS_V2.reduce]})
     data = tiny_data(str(tmp_path))
-    config = dataclasses.replace(TINY_RETRAIN, steps_per_epoch=1, export_saved_model=False, export_onnx=False)
+    config = dataclasses.replace(TINY_RETRAIN, steps_per_epoch=1, export_saved_model=False, export_onnx=False,
+                                 blind_baseline=False)
     retrain_job(RunConfig(workdir=str(tmp_path)), config, data, log=lambda _: None)
     workdir = tmp_path / "retrain"
     before = {p: p.stat().st_mtime_ns for p in workdir.rglob("*") if p.is_file()}

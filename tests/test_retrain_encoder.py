@@ -33,7 +33,7 @@ def test_named_encoder_replaces_the_genotype_in_the_captioner():
 def test_retrain_job_trains_and_saves_a_gap_encoder_captioner(tmp_path):
     data = tiny_data(str(tmp_path))
     config = dataclasses.replace(TINY_RETRAIN, encoder="gap", steps_per_epoch=2, export_saved_model=False,
-                                 export_onnx=False, baseline="none")
+                                 export_onnx=False, baseline="none", blind_baseline=False)
     lines = []
     result = retrain_job(RunConfig(workdir=str(tmp_path)), config, data, log=lines.append)
     assert lines[0].startswith("Retrain: gap encoder (")
