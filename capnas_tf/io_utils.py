@@ -1,10 +1,49 @@
-"""Writing files so that a crash never leaves a half-written artifact: write a temp file in the same
-directory, then `os.replace` it over the target (atomic on POSIX)."""
+"""Writing files so that a crash never leaves a half-written artifact: write a temp file (or directory)
+in the same directory, then `os.replace` it over the target (atomic on POSIX).
+
+`tempfile.mkstemp` / `mkdtemp` create their results private (0600 / 0700) whatever the umask; the
+temp file or directory is given the permissions a plain `open` / `os.mkdir` would have given it
+(0666 / 0777 less the umask) before it takes the target's name, so that the artifacts (exports, vocab,
+genotype) are readable by a model server running as another user exactly when the user's umask says so.
+"""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import shutil
 import tempfile
+
+
+def current_umask() -> int:
+    """The process's umask, read without changing it where the OS allows (Linux's /proc)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)  # elsewhere the only way to read it is to set it (briefly) and put it back
+    os.umask(mask)
+    return mask
+
+
+def default_file_mode() -> int:
+    """The permissions of a file created by `open(path, "w")`: 0666 less the umask."""
+    return 0o666 & ~current_umask()
+
+
+def default_dir_mode() -> int:
+    """The permissions of a directory created by `os.mkdir(path)`: 0777 less the umask."""
+    return 0o777 & ~current_umask()
+
+
+def make_temp_dir(parent: str, prefix: str = ".tmp-") -> str:
+    """`tempfile.mkdtemp(prefix=prefix, dir=parent)` with the permissions of `os.mkdir`, not 0700."""
+    path = tempfile.mkdtemp(prefix=prefix, dir=parent)
+    os.chmod(path, default_dir_mode())
+    return path
 
 
 def atomic_write_bytes(path: str, data: bytes) -> None:
@@ -13,6 +52,7 @@ def atomic_write_bytes(path: str, data: bytes) -> None:
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=directory)
     try:
         with os.fdopen(fd, "wb") as f:
+            os.fchmod(f.fileno(), default_file_mode())
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
@@ -29,3 +69,33 @@ def atomic_write_text(path: str, text: str) -> None:
 
 def atomic_write_json(path: str, obj) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+
+
+def replace_dir(src: str, target: str) -> None:
+    """Moves directory `src` to `target`; an older `target` is moved aside first and then deleted."""
+    old = None
+    if os.path.exists(target):
+        old = tempfile.mkdtemp(prefix=".old-", dir=os.path.dirname(os.path.abspath(target)))
+        os.replace(target, os.path.join(old, "previous"))
+    os.replace(src, target)
+    if old:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def atomic_directory(path: str, prefix: str = ".tmp-"):
+    """Yields an empty temp directory beside `path` to fill; when the block ends without an error it
+    replaces `path` (with `os.mkdir`'s permissions), otherwise it is deleted and `path` is untouched.
+
+        with atomic_directory("export/saved_model/1") as tmp:
+            tf.saved_model.save(model, tmp)
+    """
+    parent = os.path.dirname(os.path.abspath(path))
+    os.makedirs(parent, exist_ok=True)
+    tmp = make_temp_dir(parent, prefix)
+    try:
+        yield tmp
+        replace_dir(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise

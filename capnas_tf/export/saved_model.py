@@ -15,11 +15,10 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
-import tempfile
 
 import tensorflow as tf
 
+from capnas_tf import io_utils
 from capnas_tf.evaluate import decode_captions
 
 SIGNATURES = ("serving_default", "caption_pixels")
@@ -97,27 +96,12 @@ def export_saved_model(captioner, vocab, base_dir: str, *, image_size: int, vers
     server = CaptionServer(captioner, vocab, image_size, beam_width)
     signatures = {"serving_default": server.caption_images.get_concrete_function(),
                   "caption_pixels": server.caption_pixels.get_concrete_function()}
-    os.makedirs(base_dir, exist_ok=True)
     target = os.path.join(base_dir, str(int(version)))
-    tmp = tempfile.mkdtemp(prefix=f".tmp-{version}-", dir=base_dir)
-    try:
+    # Built in a temp directory beside the target, then renamed over it, with os.mkdir's permissions
+    # (not mkdtemp's 0700) so that a server running as another user can read it.
+    with io_utils.atomic_directory(target, prefix=f".tmp-{version}-") as tmp:
         tf.saved_model.save(server, tmp, signatures=signatures)
-        _replace_dir(tmp, target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return target
-
-
-def _replace_dir(src: str, target: str) -> None:
-    """Moves `src` to `target`; an older `target` is moved aside first and then deleted."""
-    old = None
-    if os.path.exists(target):
-        old = tempfile.mkdtemp(prefix=".old-", dir=os.path.dirname(target))
-        os.replace(target, os.path.join(old, "model"))
-    os.replace(src, target)
-    if old:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 def find_saved_model(path: str) -> str:
