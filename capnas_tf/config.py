@@ -3,6 +3,47 @@
 from __future__ import annotations
 
 import dataclasses
+import math
+import numbers
+
+
+class ConfigError(ValueError):
+    """A config field outside its range. Carries the dataclass (`config`, its class name), the `field`,
+    its `value`, and what was `expected` (a phrase: "> 0", "one of [...]"); `related` lists the other
+    fields of the same config that `expected` names (e.g. "< epochs (4)"), so that an entry point can
+    name the flags behind them (`capnas_tf.flags.describe_config_error`)."""
+
+    def __init__(self, config: str, field: str, value, expected: str, related: tuple = ()):
+        self.config, self.field, self.value, self.expected, self.related = config, field, value, expected, related
+        super().__init__(f"{config}.{field} must be {expected}; received {value!r}.")
+
+
+def _number(value) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+
+
+class _Checker:
+    """`require(field, ok, expected)` and shorthands for the range rules of one config instance."""
+
+    def __init__(self, config):
+        self.config = config
+
+    def require(self, field: str, ok: bool, expected: str, related: tuple = ()) -> None:
+        if not ok:
+            raise ConfigError(type(self.config).__name__, field, getattr(self.config, field), expected, related)
+
+    def at_least(self, minimum, *fields: str, note: str = "") -> None:
+        for field in fields:
+            value = getattr(self.config, field)
+            self.require(field, _number(value) and value >= minimum, f">= {minimum}{note}")
+
+    def positive(self, *fields: str) -> None:
+        for field in fields:
+            value = getattr(self.config, field)
+            self.require(field, _number(value) and value > 0, "> 0")
+
+    def one_of(self, field: str, names) -> None:
+        self.require(field, getattr(self.config, field) in names, f"one of {sorted(names)}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -18,6 +59,27 @@ class SupernetConfig:
     relaxation: str = "softmax"
     max_skip_connect: int | None = 2  # cap on skip_connect in the derived normal cell (DARTS collapse)
     partial_channels: int = 1  # PC-DARTS' K: 1/K of each edge's channels through its candidates (1: off)
+
+    def __post_init__(self):
+        """Range rules of every field (`ConfigError` naming it), checked before anything is built."""
+        from capnas_tf.search_space.ops import OPS
+        from capnas_tf.search_space.relaxations import RELAXATIONS
+
+        check = _Checker(self)
+        check.at_least(1, "channels", "num_cells", "num_nodes", "stem_multiplier")
+        primitives = self.primitives
+        check.require("primitives", not isinstance(primitives, str) and len(tuple(primitives)) > 0
+                      and len(set(primitives)) == len(tuple(primitives)),
+                      "a non-empty sequence of distinct op names")
+        unknown = [p for p in primitives if p not in OPS]
+        check.require("primitives", not unknown, f"names of registered ops {sorted(OPS)}, not {unknown}")
+        check.one_of("relaxation", RELAXATIONS)
+        check.require("max_skip_connect", self.max_skip_connect is None
+                      or (_number(self.max_skip_connect) and self.max_skip_connect >= 0), "None (no cap) or >= 0")
+        # Every edge splits its C·2^r channels into K groups (search_space/mixed_op.py).
+        check.require("partial_channels", _number(self.partial_channels) and self.partial_channels >= 1
+                      and self.channels % self.partial_channels == 0,
+                      f">= 1 and a divisor of channels ({self.channels}) (1: off)", related=("channels",))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,6 +129,57 @@ class SearchConfig:
     reinforce_entropy_weight: float = 1e-4
     reinforce_baseline_decay: float = 0.95
     supernet: SupernetConfig = dataclasses.field(default_factory=SupernetConfig)
+
+    def __post_init__(self):
+        """Range rules of every field (`ConfigError` naming it), checked before any data is read or
+        graph traced. Where 0 is allowed it means: steps_per_epoch one pass over D_tr, warmup_epochs no
+        warm-up, grad_clip no clipping, weight decays none, checkpoint_every checkpoints at the ends of
+        epochs only, eval_images no validation captions, loss_scale the dtype policy's default,
+        reinforce_entropy_weight no entropy bonus, reinforce_baseline_decay a baseline of the last reward."""
+        from capnas_tf.decoders import DECODERS
+        from capnas_tf.encoders import ENCODERS
+        from capnas_tf.search.captioning import STAGE2_LOSSES
+        from capnas_tf.search.hypergradient import HYPERGRADIENTS
+        from capnas_tf.search.precision import POLICIES
+        from capnas_tf.search.strategies import STRATEGIES  # (capnas_tf.search registers the baselines)
+
+        check = _Checker(self)
+        check.one_of("strategy", STRATEGIES)
+        check.one_of("hypergradient", HYPERGRADIENTS)
+        check.one_of("stage2", STAGE2_LOSSES)
+        check.one_of("darts_order", (1, 2))
+        check.at_least(1, "epochs")
+        check.at_least(0, "steps_per_epoch", note=" (0: one pass over D_tr)")
+        check.require("warmup_epochs", _number(self.warmup_epochs) and 0 <= self.warmup_epochs < self.epochs,
+                      f">= 0 and < epochs ({self.epochs}), so that at least one epoch updates A",
+                      related=("epochs",))
+        check.one_of("decoder", DECODERS)
+        check.one_of("student_encoder", ENCODERS)
+        check.one_of("student_decoder", DECODERS)
+        check.positive("eta_e", "eta_f", "eta_w", "weight_lr", "student_lr", "arch_lr", "fd_epsilon")
+        check.at_least(0, "weight_decay", "arch_weight_decay")
+        check.at_least(0, "grad_clip", note=" (0: no clipping)")
+        check.one_of("dtype_policy", POLICIES)
+        scale = self.loss_scale
+        check.require("loss_scale", _number(scale) and (scale == 0 or (scale >= 1 and math.log2(scale).is_integer())),
+                      "0 (the dtype policy's default) or a power of two >= 1, so that scaling is exact")
+        check.at_least(1, "log_every")
+        check.at_least(0, "checkpoint_every", note=" (0: only at the end of each epoch)")
+        check.at_least(0, "eval_images", note=" (0: off)")
+        check.positive("gdas_tau_min")
+        check.require("gdas_tau_max", _number(self.gdas_tau_max) and self.gdas_tau_max >= self.gdas_tau_min,
+                      f">= gdas_tau_min ({self.gdas_tau_min})", related=("gdas_tau_min",))
+        check.at_least(1, "random_ws_candidates", "random_ws_rank_batches", "controller_units")
+        if self.strategy == "random_ws" and self.steps_per_epoch:  # else the search checks it once it knows
+            search_steps = (self.epochs - self.warmup_epochs) * self.steps_per_epoch
+            check.require("random_ws_rank_batches", self.random_ws_rank_batches <= search_steps,
+                          f"<= the {search_steps} search steps after the warm-up ((epochs - warmup_epochs) "
+                          "× steps_per_epoch)", related=("epochs", "warmup_epochs", "steps_per_epoch"))
+        check.positive("controller_lr")
+        check.at_least(0, "reinforce_entropy_weight")
+        check.require("reinforce_baseline_decay",
+                      _number(self.reinforce_baseline_decay) and 0 <= self.reinforce_baseline_decay < 1, "in [0, 1)")
+        check.require("supernet", isinstance(self.supernet, SupernetConfig), "a SupernetConfig")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -4,9 +4,11 @@ Only entry points import this module; library code receives configs.
 """
 from __future__ import annotations
 
+import re
+
 from absl import flags
 
-from capnas_tf.config import SearchConfig, SupernetConfig
+from capnas_tf.config import ConfigError, SearchConfig, SupernetConfig
 
 FLAGS = flags.FLAGS
 
@@ -119,34 +121,54 @@ flags.DEFINE_integer("max_skip_connect", _N.max_skip_connect,
                      "Cap on skip_connect ops in the derived normal cell (DARTS collapse remedy); -1: no cap.")
 
 
+# -- flags → configs ---------------------------------------------------------------------------------
+# For each config built from flags: dataclass field → the flag that sets it, or (flag, conversion of the
+# flag's value). The *_config_from_flags functions read these tables, and `describe_config_error` reads
+# them backwards to name the flag behind a config error; one-to-one within each config.
+SUPERNET_FLAGS = {
+    "channels": "supernet_channels", "num_cells": "supernet_cells", "num_nodes": "supernet_nodes",
+    "primitives": ("primitives", tuple), "relaxation": "relaxation", "partial_channels": "partial_channels",
+    "max_skip_connect": ("max_skip_connect", lambda n: None if n < 0 else n),
+}
+SEARCH_FLAGS = {
+    "strategy": "search_strategy", "hypergradient": "hypergradient", "stage2": "stage2",
+    "darts_order": "darts_order", "epochs": "search_epochs", "steps_per_epoch": "steps_per_epoch",
+    "warmup_epochs": "warmup_epochs", "decoder": "decoder", "student_encoder": "student_encoder",
+    "student_decoder": "student_decoder", "eta_e": "eta_e", "eta_f": "eta_f", "eta_w": "eta_w",
+    "weight_lr": "weight_lr", "student_lr": "student_lr", "weight_decay": "weight_decay", "arch_lr": "arch_lr",
+    "arch_weight_decay": "arch_weight_decay", "grad_clip": "grad_clip", "fd_epsilon": "fd_epsilon",
+    "reuse_unrolled_gradients": "reuse_unrolled_gradients", "dtype_policy": "dtype_policy",
+    "loss_scale": "loss_scale", "xla": "xla", "log_every": "log_every", "checkpoint_every": "checkpoint_every",
+    "eval_images": "search_eval_images", "gdas_tau_max": "gdas_tau_max", "gdas_tau_min": "gdas_tau_min",
+    "random_ws_candidates": "random_ws_candidates", "random_ws_rank_batches": "random_ws_rank_batches",
+    "controller_units": "controller_units", "controller_lr": "controller_lr",
+    "reinforce_entropy_weight": "reinforce_entropy_weight", "reinforce_baseline_decay": "reinforce_baseline_decay",
+}
+DATA_FLAGS = {
+    "dataset": "dataset", "data_dir": "data_dir", "annotations": "annotations", "image_dir": "image_dir",
+    "image_size": "image_size", "max_caption_len": "max_caption_len", "min_word_count": "min_word_count",
+    "batch_size": "batch_size", "seed": "seed", "on_bad_example": "on_bad_example",
+}
+
+
+def _fields_from_flags(table: dict) -> dict:
+    fields = {}
+    for field, spec in table.items():
+        flag, convert = (spec, None) if isinstance(spec, str) else spec
+        value = FLAGS[flag].value
+        fields[field] = convert(value) if convert else value
+    return fields
+
+
 def search_config_from_flags() -> SearchConfig:
-    supernet = SupernetConfig(
-        channels=FLAGS.supernet_channels, num_cells=FLAGS.supernet_cells, num_nodes=FLAGS.supernet_nodes,
-        primitives=tuple(FLAGS.primitives), relaxation=FLAGS.relaxation, partial_channels=FLAGS.partial_channels,
-        max_skip_connect=None if FLAGS.max_skip_connect < 0 else FLAGS.max_skip_connect)
-    return SearchConfig(
-        strategy=FLAGS.search_strategy, hypergradient=FLAGS.hypergradient, stage2=FLAGS.stage2,
-        darts_order=FLAGS.darts_order, epochs=FLAGS.search_epochs, steps_per_epoch=FLAGS.steps_per_epoch,
-        warmup_epochs=FLAGS.warmup_epochs, decoder=FLAGS.decoder, student_encoder=FLAGS.student_encoder,
-        student_decoder=FLAGS.student_decoder, eta_e=FLAGS.eta_e, eta_f=FLAGS.eta_f, eta_w=FLAGS.eta_w,
-        weight_lr=FLAGS.weight_lr, student_lr=FLAGS.student_lr, weight_decay=FLAGS.weight_decay,
-        arch_lr=FLAGS.arch_lr, arch_weight_decay=FLAGS.arch_weight_decay, grad_clip=FLAGS.grad_clip,
-        fd_epsilon=FLAGS.fd_epsilon, reuse_unrolled_gradients=FLAGS.reuse_unrolled_gradients,
-        dtype_policy=FLAGS.dtype_policy, loss_scale=FLAGS.loss_scale, xla=FLAGS.xla, log_every=FLAGS.log_every,
-        checkpoint_every=FLAGS.checkpoint_every, eval_images=FLAGS.search_eval_images, gdas_tau_max=FLAGS.gdas_tau_max, gdas_tau_min=FLAGS.gdas_tau_min,
-        random_ws_candidates=FLAGS.random_ws_candidates, random_ws_rank_batches=FLAGS.random_ws_rank_batches,
-        controller_units=FLAGS.controller_units, controller_lr=FLAGS.controller_lr,
-        reinforce_entropy_weight=FLAGS.reinforce_entropy_weight,
-        reinforce_baseline_decay=FLAGS.reinforce_baseline_decay, supernet=supernet)
+    return SearchConfig(**_fields_from_flags(SEARCH_FLAGS),
+                        supernet=SupernetConfig(**_fields_from_flags(SUPERNET_FLAGS)))
 
 
 def data_config_from_flags():
     from capnas_tf.data.pipeline import DataConfig
 
-    return DataConfig(dataset=FLAGS.dataset, data_dir=FLAGS.data_dir, annotations=FLAGS.annotations,
-                      image_dir=FLAGS.image_dir, image_size=FLAGS.image_size,
-                      max_caption_len=FLAGS.max_caption_len, min_word_count=FLAGS.min_word_count,
-                      batch_size=FLAGS.batch_size, seed=FLAGS.seed, on_bad_example=FLAGS.on_bad_example)
+    return DataConfig(**_fields_from_flags(DATA_FLAGS))
 
 
 def run_config_from_flags():
@@ -196,16 +218,68 @@ flags.DEFINE_string("selection_metric", _R.selection_metric,
                     "with KEY one of count, colour, shape, size, relation, entirely_correct, parsed (scenes only).")
 
 
+RETRAIN_FLAGS = {
+    "encoder": "retrain_encoder", "genotype": "genotype", "channels": "retrain_channels",
+    "num_cells": "retrain_cells", "drop_path_prob": "retrain_drop_path_prob", "decoder": "retrain_decoder",
+    "epochs": "retrain_epochs", "steps_per_epoch": "retrain_steps_per_epoch", "batch_size": "retrain_batch_size",
+    "lr": "retrain_lr", "weight_decay": "retrain_weight_decay", "grad_clip": "retrain_grad_clip",
+    "beam_width": "beam_width", "max_eval_images": "max_eval_images", "final_metrics": ("final_metrics", tuple),
+    "baseline": "baseline", "xla": "retrain_xla", "export_saved_model": "export_saved_model",
+    "export_onnx": "export_onnx", "blind_baseline": "blind_baseline", "selection_metric": "selection_metric",
+}
+
+
 def retrain_config_from_flags() -> RetrainConfig:
     if FLAGS.mode == "pipeline" and FLAGS.retrain_encoder != "darts":
         raise ValueError(f"--retrain_encoder={FLAGS.retrain_encoder} cannot be used with --mode=pipeline, which "
                          "retrains the searched genotype (encoder darts); use --mode=retrain for a fixed encoder.")
-    return RetrainConfig(
-        encoder=FLAGS.retrain_encoder, genotype=FLAGS.genotype, channels=FLAGS.retrain_channels,
-        num_cells=FLAGS.retrain_cells,
-        drop_path_prob=FLAGS.retrain_drop_path_prob, decoder=FLAGS.retrain_decoder, epochs=FLAGS.retrain_epochs,
-        steps_per_epoch=FLAGS.retrain_steps_per_epoch, batch_size=FLAGS.retrain_batch_size, lr=FLAGS.retrain_lr,
-        weight_decay=FLAGS.retrain_weight_decay, grad_clip=FLAGS.retrain_grad_clip, beam_width=FLAGS.beam_width,
-        max_eval_images=FLAGS.max_eval_images, final_metrics=tuple(FLAGS.final_metrics), baseline=FLAGS.baseline,
-        xla=FLAGS.retrain_xla, export_saved_model=FLAGS.export_saved_model, export_onnx=FLAGS.export_onnx,
-        blind_baseline=FLAGS.blind_baseline, selection_metric=FLAGS.selection_metric)
+    return RetrainConfig(**_fields_from_flags(RETRAIN_FLAGS))
+
+
+# -- config errors on the command line ---------------------------------------------------------------
+CONFIG_FLAGS = {"SearchConfig": SEARCH_FLAGS, "SupernetConfig": SUPERNET_FLAGS, "DataConfig": DATA_FLAGS,
+                "RetrainConfig": RETRAIN_FLAGS}
+# (config class name, field) → flag name: the tables above read backwards.
+FLAG_OF_FIELD = {(config, field): spec if isinstance(spec, str) else spec[0]
+                 for config, table in CONFIG_FLAGS.items() for field, spec in table.items()}
+for _config, _table in CONFIG_FLAGS.items():  # one-to-one, or an error could name the wrong flag
+    _flags = [spec if isinstance(spec, str) else spec[0] for spec in _table.values()]
+    assert len(set(_flags)) == len(_flags), f"{_config}: a flag sets two fields"
+del _config, _table, _flags
+
+# "RetrainConfig.lr must be > 0, received -1.0." — the form of the errors that are not `ConfigError`s.
+_FIELD_MESSAGE = re.compile(r"^(?P<config>\w+Config)\.(?P<field>\w+)\b\s*(?P<expected>.*?)"
+                            r"(?:[,;]\s*received .*)?$", re.DOTALL)
+
+
+def describe_config_error(error: ValueError) -> str:
+    """`--flag=value: what was expected` for the error of a config built from flags (a `ConfigError`,
+    or a ValueError whose message starts `SomeConfig.field …`); its message as it is otherwise."""
+    if isinstance(error, ConfigError):
+        config, field, expected = error.config, error.field, f"must be {error.expected}"
+        for other in error.related:  # "< epochs (4)" → "< --search_epochs (4)"
+            if (config, other) in FLAG_OF_FIELD:
+                expected = re.sub(rf"\b{other}\b", f"--{FLAG_OF_FIELD[config, other]}", expected)
+    else:
+        match = _FIELD_MESSAGE.match(str(error))
+        if not match:
+            return str(error)
+        config, field, expected = match["config"], match["field"], match["expected"].rstrip(".")
+    flag = FLAG_OF_FIELD.get((config, field))
+    if flag is None:  # a field no flag sets
+        value = error.value if isinstance(error, ConfigError) else "?"
+        return f"{config}.{field}={value!r}: {expected}"
+    return f"{FLAGS[flag].serialize()}: {expected}"
+
+
+def configs_from_flags() -> dict:
+    """Every config of `capnas_tf.jobs.run`, from the parsed flags; a ValueError (see
+    `describe_config_error`) if any is out of range or the search's precision settings do not go
+    together (`precision.check_precision`, which the search would only run after reading the data).
+    Builds nothing and reads no data."""
+    from capnas_tf.search.precision import check_precision
+
+    configs = dict(run=run_config_from_flags(), data=data_config_from_flags(), search=search_config_from_flags(),
+                   retrain=retrain_config_from_flags())
+    check_precision(configs["search"])
+    return configs

@@ -5,6 +5,7 @@ Turns flags into typed configs and hands them to `capnas_tf.jobs`; nothing else 
 from __future__ import annotations
 
 import os
+import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -19,8 +20,12 @@ def main(argv):
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     if not cflags.FLAGS["verbosity"].present:  # TFDS and checkpointing log every file at INFO
         logging.set_verbosity(logging.WARNING)
-    jobs.run(cflags.FLAGS.mode, run=cflags.run_config_from_flags(), data=cflags.data_config_from_flags(),
-             search=cflags.search_config_from_flags(), retrain=cflags.retrain_config_from_flags())
+    try:  # every setting is checked here, before any data is read or graph traced
+        configs = cflags.configs_from_flags()
+    except ValueError as error:  # a usage error: `--flag=value: what was expected`, no traceback
+        print(cflags.describe_config_error(error), file=sys.stderr)
+        return 2
+    jobs.run(cflags.FLAGS.mode, **configs)
 
 
 if __name__ == "__main__":

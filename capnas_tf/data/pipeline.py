@@ -46,6 +46,7 @@ from typing import Callable
 
 import tensorflow as tf
 
+from capnas_tf.config import ConfigError
 from capnas_tf.data import captions_io, shapes
 from capnas_tf.data.captions_io import BadExamples, CaptionRecord
 from capnas_tf.data.text import Vocabulary
@@ -105,23 +106,24 @@ class DataConfig:
     shapes: shapes.ShapesConfig = dataclasses.field(default_factory=shapes.ShapesConfig)
 
     def __post_init__(self):
+        def fail(field: str, expected: str, related: tuple = ()):
+            raise ConfigError("DataConfig", field, getattr(self, field), expected, related)
+
         if self.dataset not in DATASET_SOURCES:
-            raise ValueError(f"DataConfig.dataset must be one of {sorted(DATASET_SOURCES)}, received {self.dataset!r}.")
-        if self.image_size < 1 or self.max_caption_len < 2 or self.batch_size < 1 or self.min_word_count < 1:
-            raise ValueError(f"DataConfig needs image_size >= 1, max_caption_len >= 2, batch_size >= 1 and "
-                             f"min_word_count >= 1; received {self.image_size}, {self.max_caption_len}, "
-                             f"{self.batch_size}, {self.min_word_count}.")
+            fail("dataset", f"one of {sorted(DATASET_SOURCES)}")
+        for name, minimum in (("image_size", 1), ("max_caption_len", 2), ("batch_size", 1), ("min_word_count", 1)):
+            if getattr(self, name) < minimum:
+                fail(name, f">= {minimum}")
         if self.on_bad_example not in captions_io.ON_BAD_EXAMPLE:
-            raise ValueError(f"DataConfig.on_bad_example must be one of {captions_io.ON_BAD_EXAMPLE}, "
-                             f"received {self.on_bad_example!r}.")
+            fail("on_bad_example", f"one of {captions_io.ON_BAD_EXAMPLE}")
         if self.unlabeled not in UNLABELED_MODES:
-            raise ValueError(f"DataConfig.unlabeled must be one of {UNLABELED_MODES}, received {self.unlabeled!r}.")
+            fail("unlabeled", f"one of {UNLABELED_MODES}")
         for name in ("holdout_fraction", "validation_fraction", "test_fraction"):
             if not 0.0 <= getattr(self, name) < 1.0:
-                raise ValueError(f"DataConfig.{name} must be in [0, 1), received {getattr(self, name)}.")
+                fail(name, "in [0, 1)")
         if self.validation_fraction + self.test_fraction >= 1.0:
-            raise ValueError("DataConfig.validation_fraction + test_fraction must be < 1, received "
-                             f"{self.validation_fraction} + {self.test_fraction}.")
+            fail("test_fraction", f"< 1 - validation_fraction ({self.validation_fraction})",
+                 related=("validation_fraction",))
 
 
 # --- one split of a dataset -----------------------------------------------------------------------

@@ -37,6 +37,9 @@ from capnas_tf.distribute import replicas_in_sync
 from capnas_tf.search.precision import scaled, unscaled
 from capnas_tf.search.stateless import axpy, densify, global_norm, unrolled
 
+# The estimators of ∇_A f below, by the names `SearchConfig.hypergradient` (--hypergradient) takes.
+HYPERGRADIENTS = ("exact", "finite_difference")
+
 Values = list  # list[tf.Tensor]
 
 

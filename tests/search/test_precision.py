@@ -140,12 +140,11 @@ def test_mixed_float16_search_step_runs_and_updates_every_model(tiny_data, float
     ("three_stage", {"hypergradient": "finite_difference"}, "--hypergradient=finite_difference"),
     ("darts", {"hypergradient": "finite_difference", "darts_order": 2}, "--hypergradient=finite_difference"),
     ("gdas", {}, "--search_strategy"),
-    ("three_stage", {"loss_scale": 1000.0}, "--loss_scale"),
+    ("three_stage", {"loss_scale": 1000.0}, "loss_scale"),  # refused by SearchConfig itself
 ])
 def test_refused_combinations_name_the_flags(strategy, overrides, message):
-    config = SearchConfig(strategy=strategy, dtype_policy="mixed_bfloat16", **overrides)
     with pytest.raises(ValueError, match=message):
-        precision.check_precision(config)
+        precision.check_precision(SearchConfig(strategy=strategy, dtype_policy="mixed_bfloat16", **overrides))
 
 
 def test_first_order_darts_and_exact_searches_are_accepted_in_low_precision():
@@ -158,7 +157,7 @@ def test_first_order_darts_and_exact_searches_are_accepted_in_low_precision():
 
 
 def test_unknown_policy_is_refused():
-    with pytest.raises(ValueError, match="--dtype_policy must be one of"):
+    with pytest.raises(ValueError, match="dtype_policy must be one of"):  # SearchConfig's check
         precision.check_precision(SearchConfig(dtype_policy="float16"))
 
 

@@ -58,7 +58,7 @@ def test_random_ws_returns_the_candidate_with_the_lowest_shared_weight_validatio
 
 
 def test_random_ws_checks_its_flags(tiny_models):
-    with pytest.raises(ValueError, match="--random_ws_candidates must be >= 1"):
+    with pytest.raises(ValueError, match="random_ws_candidates must be >= 1"):  # SearchConfig's check
         RandomWSStrategy(tiny_models, dataclasses.replace(TINY_SEARCH, random_ws_candidates=0), max_caption_len=L)
     strategy = RandomWSStrategy(tiny_models, dataclasses.replace(TINY_SEARCH, random_ws_rank_batches=5),
                                 max_caption_len=L)

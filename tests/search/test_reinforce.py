@@ -81,5 +81,5 @@ def test_argmax_genotype_respects_the_skip_connect_cap(tiny_models):
 
 
 def test_reinforce_checks_its_flags(tiny_models):
-    with pytest.raises(ValueError, match="--reinforce_baseline_decay must be in"):
+    with pytest.raises(ValueError, match="reinforce_baseline_decay must be in"):  # SearchConfig's check
         _strategy(tiny_models, reinforce_baseline_decay=1.0)
