@@ -6,6 +6,13 @@ objects, the spatial relation between them ("two small red squares to the left o
 Relations and counts are what an encoder that only global-average-pools its features loses, so a
 searched encoder has to keep spatial information to caption well.
 
+Relations: the generator draws A's relation to B, then puts every object of A strictly on that side
+of a grid line and every object of B on the other; along the other axis placement is free. So the
+drawn relation always holds, but others may hold too (A in the top-left cell, B in the bottom-right:
+A is left of and above B), and the references name only the drawn one. `scene_to_dict` records each
+object's grid cell, from which `shapes_content.true_relations` reads every relation that holds, and
+`shapes_content` judges a stated relation by that geometry.
+
 Splits: `train` (captioned), `unlabeled` (the image set U; captions are generated but the TFDS
 builder drops them), `validation`, `test`, and `test_novel`, whose images each hold at least one
 (colour, shape) pair from `ShapesConfig.held_out_pairs`; those pairs never appear in any other split.
@@ -88,7 +95,7 @@ class ShapesConfig:
     Args:
       image_size: side S of the square images.
       grid_size: objects sit in distinct cells of a `grid_size × grid_size` grid (jittered
-        inside their cell), so they never overlap and relations are unambiguous.
+        inside their cell), so they never overlap and relations are read from grid cells.
       num_train, num_unlabeled, num_validation, num_test, num_test_novel: images per split.
       captions_per_image: reference captions per image (5, like COCO).
       max_objects: at most this many objects per image (≤ grid_size² and ≤ 9).
@@ -136,7 +143,8 @@ class ShapesConfig:
 
 @dataclasses.dataclass(frozen=True)
 class ShapeObject:
-    """One drawn object: attributes and its place in pixels (centre x, centre y, radius)."""
+    """One drawn object: attributes, its place in pixels (centre x, centre y, radius), the index of
+    its group in `Scene.groups` and its grid cell (`row`, `col`), which the whole object lies inside."""
 
     shape: str
     colour: str
@@ -144,6 +152,9 @@ class ShapeObject:
     x: float
     y: float
     radius: float
+    group: int
+    row: int
+    col: int
 
 
 @dataclasses.dataclass(frozen=True)
@@ -158,12 +169,14 @@ class Group:
 
 @dataclasses.dataclass(frozen=True)
 class Scene:
-    """What an image shows: one group, or two groups A and B with `relation` of A to B."""
+    """What an image shows: one group, or two groups A and B with `relation` of A to B (the drawn
+    relation, which always holds; others may hold too), placed on a `grid_size × grid_size` grid."""
 
     groups: tuple[Group, ...]
     relation: str | None
     background: str
     objects: tuple[ShapeObject, ...]
+    grid_size: int
 
 
 @dataclasses.dataclass(frozen=True)
@@ -181,14 +194,19 @@ def scene_to_dict(scene: Scene) -> dict:
 
     Returns:
       `{"groups": [{"count": int, "colour": str, "shape": str, "size": str}, ...], "relation": str
-      | None}` with the groups in scene order (A, then B) and the canonical names of `COLOURS`,
-      `SHAPES`, `SIZES` and `RELATIONS`; `relation` is A's relation to B (None for one group).
-      Placement and background are left out: no caption metric scores them.
+      | None, "objects": [{"group": int, "row": int, "col": int}, ...], "grid_size": int}` with the
+      groups in scene order (A, then B) and the canonical names of `COLOURS`, `SHAPES`, `SIZES` and
+      `RELATIONS`; `relation` is the drawn relation of A to B (None for one group); `objects` gives
+      each object's group (an index into `groups`) and grid cell, in drawing order, so that every
+      relation that holds can be read from the geometry (`shapes_content.true_relations`).
+      Pixel positions and background are left out: no caption metric scores them.
     """
     return {
         "groups": [{"count": int(g.count), "colour": g.colour, "shape": g.shape, "size": g.size}
                    for g in scene.groups],
         "relation": scene.relation,
+        "objects": [{"group": int(o.group), "row": int(o.row), "col": int(o.col)} for o in scene.objects],
+        "grid_size": int(scene.grid_size),
     }
 
 
@@ -257,12 +275,13 @@ def sample_scene(config: ShapesConfig, rng: np.random.Generator, *, novel: bool)
     relation = str(rng.choice(RELATIONS)) if len(groups) == 2 else None
     cells = _place_groups(groups, relation, config.grid_size, rng)
     objects = tuple(
-        _object_in_cell(group, cell, config, rng)
-        for group, group_cells in zip(groups, cells)
+        _object_in_cell(group, g, cell, config, rng)
+        for g, (group, group_cells) in enumerate(zip(groups, cells))
         for cell in group_cells
     )
     background = str(rng.choice(BACKGROUNDS))
-    return Scene(groups=groups, relation=relation, background=background, objects=objects)
+    return Scene(groups=groups, relation=relation, background=background, objects=objects,
+                 grid_size=config.grid_size)
 
 
 def _sample_groups(config: ShapesConfig, rng: np.random.Generator, *, novel: bool) -> tuple[Group, ...]:
@@ -312,14 +331,15 @@ def _place_groups(groups, relation, grid_size, rng) -> list[list[tuple[int, int]
     return [[cells_a[i] for i in pick_a], [cells_b[i] for i in pick_b]]
 
 
-def _object_in_cell(group: Group, cell, config: ShapesConfig, rng) -> ShapeObject:
+def _object_in_cell(group: Group, group_index: int, cell, config: ShapesConfig, rng) -> ShapeObject:
     cell_size = config.image_size / config.grid_size
     radius = cell_size * (0.46 if group.size == "large" else 0.28)
     slack = max(cell_size / 2 - radius, 0.0) * 0.9  # jitter that keeps the object inside its cell
     row, col = cell
     x = (col + 0.5) * cell_size + rng.uniform(-slack, slack)
     y = (row + 0.5) * cell_size + rng.uniform(-slack, slack)
-    return ShapeObject(group.shape, group.colour, group.size, float(x), float(y), float(radius))
+    return ShapeObject(group.shape, group.colour, group.size, float(x), float(y), float(radius),
+                       group=group_index, row=int(row), col=int(col))
 
 
 # --- Rendering --------------------------------------------------------------------------------

@@ -18,12 +18,21 @@ tables of `shapes` (synonyms included). A caption parses into the mentioned grou
 and the relation of the first mentioned group to the second: for "NPb INV NPa" that is B's relation
 to A, and the scorer orients it through its alignment to the scene.
 
+Relations are judged by geometry: a stated relation is correct iff it is true of the scene, i.e. in
+`true_relations` of the two groups it names, read from the grid cells of the scene's objects. The
+generator draws one relation, but others often hold as well (A in the top-left cell, B in the
+bottom-right: A is both left of and above B); a caption stating any of them is right, although the
+references name only the drawn one. Scene dicts without "objects" (written before
+`shapes.scene_to_dict` recorded them) fall back to the drawn relation as the only true one.
+
 Scores per attribute (count, colour, shape, size, relation), each a (correct, total) tally:
   * recall, over what the scene holds: per scene group its count, colour, shape and size, per
-    two-group scene its relation. A group the caption does not mention is wrong in all of them. Size
-    is also correct when the caption omits it where the generator may (`shapes.size_required`).
+    two-group scene its relation, correct iff the caption states a true relation between the two
+    scene groups. A group the caption does not mention is wrong in all of them. Size is also
+    correct when the caption omits it where the generator may (`shapes.size_required`).
   * precision, over what the caption says: per mentioned group its count, colour, shape and, if
-    said, size; the relation if stated. A mention aligned to no scene group is wrong in all of them.
+    said, size; the relation if stated, correct iff true of the two groups the mentions align to.
+    A mention aligned to no scene group is wrong in all of them.
 An unparsed caption says nothing (precision totals 0) and names nothing (every recall tally wrong).
 """
 from __future__ import annotations
@@ -87,10 +96,11 @@ class CaptionScore:
       precision: attribute -> (correct, total) over what the caption says.
       alignment: per mention, the index of its scene group, or None (an extra mention).
       entirely_correct: parsed, mentions exactly the scene's groups, every said attribute right,
-        sizes omitted only where allowed, relation right if the scene has one. Equivalent to
+        sizes omitted only where allowed, relation true if the scene has one. Equivalent to
         `parsed is not None and not errors`; grammatical errors do not count against it.
       errors: human-readable content errors, said value first, e.g. "colour: red, is green",
-        "size: omitted, is small", "relation: left, is right", "missing: three small blue squares",
+        "size: omitted, is small", "relation: left, is false (true: right, above)" (the true
+        relations in `shapes.RELATIONS` order), "missing: three small blue squares",
         "extra: one red circle", "unparsed".
     """
 
@@ -200,18 +210,22 @@ def score_caption(caption: str, scene: Mapping | shapes.Scene) -> CaptionScore:
     """Scores what `caption` says against `scene` (see the module doc for the tallies).
 
     Mentions are aligned to scene groups one to one, by the assignment with the most matching
-    attributes (count, colour, shape, size where said, and the relation oriented through the
-    assignment); ties keep caption order = scene order. With more mentions than scene groups the
+    attributes (count, colour, shape, size where said, and the relation if it is true of the groups
+    the assignment gives the mentions); ties keep caption order = scene order. With more mentions than scene groups the
     surplus mention aligns to nothing; with fewer, a scene group stays unmentioned.
 
     Args:
       caption: a generated caption (raw text).
       scene: `shapes.scene_to_dict(scene)` (e.g. decoded from the TFDS `scene` feature), or a `shapes.Scene`.
+        Without "objects" (older data) only the drawn relation counts as true.
 
     Returns:
       The CaptionScore.
+
+    Raises:
+      ValueError: for a malformed scene (see `true_relations`).
     """
-    groups, scene_relation = _scene_parts(scene)
+    groups, scene_relation, cells = _scene_parts(scene)
     parsed = parse_caption(caption)
     recall = {a: [0, 0] for a in ATTRIBUTES}
     precision = {a: [0, 0] for a in ATTRIBUTES}
@@ -223,7 +237,7 @@ def score_caption(caption: str, scene: Mapping | shapes.Scene) -> CaptionScore:
 
     mentions = parsed.groups
     alignment = max(_alignments(len(mentions), len(groups)),
-                    key=lambda a: _agreement(parsed, a, groups, scene_relation))
+                    key=lambda a: _agreement(parsed, a, groups, scene_relation, cells))
     errors: list[str] = []
     for mention, j in zip(mentions, alignment):
         group = None if j is None else groups[j]
@@ -250,12 +264,13 @@ def score_caption(caption: str, scene: Mapping | shapes.Scene) -> CaptionScore:
         elif mention.size is None and not size_optional:
             errors.append(f"size: omitted, is {group.size}")
     if parsed.relation is not None:
-        true_relation = _oriented_relation(alignment, scene_relation)
-        right = parsed.relation == true_relation
+        true = _aligned_relations(alignment, scene_relation, cells)
+        right = true is not None and parsed.relation in true
         _tally(precision, "relation", right)
         recall["relation"][0] += right  # never right without a scene relation
-        if true_relation is not None and not right:
-            errors.append(f"relation: {parsed.relation}, is {true_relation}")
+        if true is not None and not right:
+            named = ", ".join(r for r in shapes.RELATIONS if r in true) or "none"
+            errors.append(f"relation: {parsed.relation}, is false (true: {named})")
     return CaptionScore(parsed, _frozen(recall), _frozen(precision), alignment, not errors, tuple(errors))
 
 
@@ -302,7 +317,36 @@ def content_accuracy(predictions: Mapping[int, str], scenes: Mapping[int, Mappin
             | {"entirely_correct": _ratio(entirely, n), "parsed": _ratio(parsed, n)})
 
 
-def _scene_parts(scene: Mapping | shapes.Scene) -> tuple[tuple[shapes.Group, ...], str | None]:
+def true_relations(scene: Mapping | shapes.Scene, first_group: int, second_group: int) -> set[str]:
+    """Every relation of `shapes.RELATIONS` that holds from one group of `scene` to the other.
+
+    Read from the grid cells of the objects: "left" iff every object of `first_group` has a smaller
+    column than every object of `second_group`, "right" iff a larger one; "above" and "below" likewise
+    with rows (row 0 at the top). The drawn relation always holds (the generator places the groups on
+    either side of a grid line), others may too. A scene dict without "objects" (older data) knows
+    only the drawn relation: the result is then that relation, oriented from `first_group`.
+
+    Args:
+      scene: `shapes.scene_to_dict(scene)` or a `shapes.Scene` with two groups.
+      first_group, second_group: indices into the scene's groups, 0 and 1 in either order.
+
+    Returns:
+      The relations of `first_group` to `second_group` that hold (possibly several).
+
+    Raises:
+      ValueError: if the group indices are not 0 and 1 of a two-group scene, or the scene is
+        malformed (group count and relation disagree; objects whose group is out of range, whose cells
+        repeat or lie off the grid, or whose number per group differs from the group's count).
+    """
+    groups, relation, cells = _scene_parts(scene)
+    if len(groups) != 2 or {first_group, second_group} != {0, 1}:
+        raise ValueError(f"true_relations needs the groups 0 and 1 of a two-group scene, received "
+                         f"{first_group}, {second_group} of {len(groups)} group(s).")
+    return set(_relations_between(first_group, second_group, relation, cells))
+
+
+def _scene_parts(scene: Mapping | shapes.Scene):
+    """(groups, drawn relation, per group the (row, col) cells of its objects, or None without "objects")."""
     if isinstance(scene, shapes.Scene):
         scene = shapes.scene_to_dict(scene)
     groups = tuple(shapes.Group(count=int(g["count"]), shape=g["shape"], colour=g["colour"], size=g["size"])
@@ -310,7 +354,33 @@ def _scene_parts(scene: Mapping | shapes.Scene) -> tuple[tuple[shapes.Group, ...
     relation = scene.get("relation")
     if not 1 <= len(groups) <= 2 or (relation is not None) != (len(groups) == 2):
         raise ValueError(f"a scene has one group without relation or two groups with one, received {scene!r}.")
-    return groups, relation
+    if scene.get("objects") is None:
+        return groups, relation, None
+    grid_size = scene.get("grid_size")
+    cells: list[list[tuple[int, int]]] = [[] for _ in groups]
+    for obj in scene["objects"]:
+        g, cell = int(obj["group"]), (int(obj["row"]), int(obj["col"]))
+        on_grid = grid_size is None or all(0 <= x < int(grid_size) for x in cell)
+        if not 0 <= g < len(groups) or min(cell) < 0 or not on_grid:
+            raise ValueError(f"a scene object has a group index into groups and a cell on the grid, "
+                             f"received {obj!r} in {scene!r}.")
+        cells[g].append(cell)
+    if [len(c) for c in cells] != [g.count for g in groups] or len({c for cs in cells for c in cs}) != sum(
+            len(c) for c in cells):
+        raise ValueError(f"a scene has one object per counted member of each group, each in its own cell, "
+                         f"received {scene!r}.")
+    return groups, relation, tuple(tuple(c) for c in cells)
+
+
+def _relations_between(first: int, second: int, relation: str | None, cells) -> frozenset[str]:
+    """The relations of group `first` to group `second` that hold (see `true_relations`)."""
+    if cells is None:  # older scene dicts: only the drawn relation of A (0) to B (1) is known
+        return frozenset({relation if (first, second) == (0, 1) else shapes.INVERSE_RELATION[relation]})
+    rows_a, cols_a = zip(*cells[first])
+    rows_b, cols_b = zip(*cells[second])
+    holds = {"left": max(cols_a) < min(cols_b), "right": min(cols_a) > max(cols_b),
+             "above": max(rows_a) < min(rows_b), "below": min(rows_a) > max(rows_b)}
+    return frozenset(r for r in shapes.RELATIONS if holds[r])
 
 
 def _alignments(num_mentions: int, num_groups: int):
@@ -324,7 +394,7 @@ def _alignments(num_mentions: int, num_groups: int):
             yield tuple(alignment)
 
 
-def _agreement(parsed: ParsedCaption, alignment, groups, scene_relation) -> int:
+def _agreement(parsed: ParsedCaption, alignment, groups, scene_relation, cells) -> int:
     """Matching attributes under `alignment`: what the best alignment maximises."""
     matches = 0
     for mention, j in zip(parsed.groups, alignment):
@@ -333,16 +403,17 @@ def _agreement(parsed: ParsedCaption, alignment, groups, scene_relation) -> int:
             matches += sum(getattr(mention, a) == getattr(group, a) for a in _GROUP_ATTRIBUTES)
             matches += mention.size is not None and mention.size == group.size
     if parsed.relation is not None:
-        matches += parsed.relation == _oriented_relation(alignment, scene_relation)
+        true = _aligned_relations(alignment, scene_relation, cells)
+        matches += true is not None and parsed.relation in true
     return matches
 
 
-def _oriented_relation(alignment: Sequence[int | None], scene_relation: str | None) -> str | None:
-    """The true relation of the first mention's group to the second's (None unless both align)."""
+def _aligned_relations(alignment: Sequence[int | None], scene_relation: str | None, cells) -> frozenset[str] | None:
+    """The true relations of the first mention's group to the second's (None unless both align)."""
     if scene_relation is None or len(alignment) != 2 or None in alignment:
         return None
-    # The scene's relation is A's (group 0) to B's; "NPb INV NPa" aligns the other way round.
-    return scene_relation if tuple(alignment) == (0, 1) else shapes.INVERSE_RELATION[scene_relation]
+    # "NPa REL NPb" aligns as (0, 1); "NPb INV NPa" the other way round, (1, 0).
+    return _relations_between(alignment[0], alignment[1], scene_relation, cells)
 
 
 def _describe(group: Mention | shapes.Group) -> str:

@@ -11,8 +11,9 @@ all work offline: nothing is downloaded, the examples are generated.
 Features: `image` uint8 `[S, S, 3]` (PNG-encoded, so lossless), `image_id` int64, `captions`
 a sequence of strings (empty in the `unlabeled` split), and `scene` a string holding
 `json.dumps(shapes.scene_to_dict(scene), sort_keys=True)` (every split, `unlabeled` included: what the
-image shows, for scoring caption content with `shapes_content`). Examples are stored in index order
-(`disable_shuffling`), so `train[:k]` is examples 0 … k−1 of `shapes.generate_split`.
+image shows, its objects' grid cells included, for scoring caption content with `shapes_content`).
+Examples are stored in index order (`disable_shuffling`), so `train[:k]` is examples 0 … k−1 of
+`shapes.generate_split`.
 """
 from __future__ import annotations
 
@@ -76,8 +77,10 @@ def _new_builder_config(shapes_config: shapes.ShapesConfig) -> CapnasShapesConfi
 class CapnasShapes(tfds.core.GeneratorBasedBuilder):
     """`capnas_shapes`: procedural captioned scenes (see `capnas_tf.data.shapes`)."""
 
-    VERSION = tfds.core.Version("1.1.0")
-    RELEASE_NOTES = {"1.0.0": "First release.", "1.1.0": "scene feature: each image's groups and relation as JSON."}
+    VERSION = tfds.core.Version("1.2.0")
+    RELEASE_NOTES = {"1.0.0": "First release.", "1.1.0": "scene feature: each image's groups and relation as JSON.",
+                     "1.2.0": "scene feature: also each object's group and grid cell, and the grid size, so that "
+                              "relations are judged by geometry. Images and captions unchanged."}
     BUILDER_CONFIGS = [_new_builder_config(shapes.ShapesConfig()), _new_builder_config(TINY_SHAPES_CONFIG)]
     DEFAULT_CONFIG_NAME = "default"
 

@@ -1,17 +1,19 @@
 import json
 import math
 
+import numpy as np
 import pytest
 
 from capnas_tf.data import shapes
 from capnas_tf.data.shapes_content import (ATTRIBUTES, Mention, content_accuracy, parse_caption,
-                                           score_caption)
+                                           score_caption, true_relations)
 
 
 def _group(count, colour, shape, size):
     return {"count": count, "colour": colour, "shape": shape, "size": size}
 
 
+# Scene dicts without "objects" (older data): only the drawn relation counts as true.
 # A = two small red circles to the left of B = one large blue square.
 TWO = {"groups": [_group(2, "red", "circle", "small"), _group(1, "blue", "square", "large")], "relation": "left"}
 ONE = {"groups": [_group(3, "green", "triangle", "large")], "relation": None}
@@ -87,9 +89,16 @@ def _every_caption(scene):
         script = rng.choices[:i] + [rng.choices[i] + 1]
 
 
-def _scene(groups, relation, background="noise"):
-    return shapes.Scene(groups=tuple(shapes.Group(count=c, shape=s, colour=col, size=z) for c, col, s, z in groups),
-                        relation=relation, background=background, objects=())
+def _scene(groups, relation, background="noise", cells=None):
+    """A Scene of `groups` placed by the generator's own placement (seeded), or in the given cells per group."""
+    groups = tuple(shapes.Group(count=c, shape=s, colour=col, size=z) for c, col, s, z in groups)
+    config, rng = shapes.ShapesConfig(), np.random.default_rng(0)
+    if cells is None:
+        cells = shapes._place_groups(groups, relation, config.grid_size, rng)
+    objects = tuple(shapes._object_in_cell(group, g, cell, config, rng)
+                    for g, (group, group_cells) in enumerate(zip(groups, cells)) for cell in group_cells)
+    return shapes.Scene(groups=groups, relation=relation, background=background, objects=objects,
+                        grid_size=config.grid_size)
 
 
 @pytest.mark.parametrize("scene, distinct", [
@@ -184,13 +193,13 @@ def test_captions_outside_the_grammar_do_not_parse(caption):
      dict(count=(2, 2), colour=(2, 2), shape=(2, 2), size=(1, 2), relation=(1, 1)), ("size: large, is small",)),
     ("two red circles right of a blue square", TWO,  # swapped relation
      dict(count=(2, 2), colour=(2, 2), shape=(2, 2), size=(2, 2), relation=(0, 1)),
-     dict(count=(2, 2), colour=(2, 2), shape=(2, 2), size=(0, 0), relation=(0, 1)), ("relation: right, is left",)),
+     dict(count=(2, 2), colour=(2, 2), shape=(2, 2), size=(0, 0), relation=(0, 1)), ("relation: right, is false (true: left)",)),
     ("a blue square to the right of two red circles", TWO,  # inverse template, right
      dict(count=(2, 2), colour=(2, 2), shape=(2, 2), size=(2, 2), relation=(1, 1)),
      dict(count=(2, 2), colour=(2, 2), shape=(2, 2), size=(0, 0), relation=(1, 1)), ()),
     ("a blue square left of two red circles", TWO,  # inverse template, wrong
      dict(count=(2, 2), colour=(2, 2), shape=(2, 2), size=(2, 2), relation=(0, 1)),
-     dict(count=(2, 2), colour=(2, 2), shape=(2, 2), size=(0, 0), relation=(0, 1)), ("relation: left, is right",)),
+     dict(count=(2, 2), colour=(2, 2), shape=(2, 2), size=(0, 0), relation=(0, 1)), ("relation: left, is false (true: right)",)),
     ("there are two red circles", TWO,  # group B missing
      dict(count=(1, 2), colour=(1, 2), shape=(1, 2), size=(1, 2), relation=(0, 1)),
      dict(count=(1, 1), colour=(1, 1), shape=(1, 1), size=(0, 0), relation=(0, 0)),
@@ -276,11 +285,145 @@ def test_predictions_without_a_scene_are_named():
 
 
 def test_scene_to_dict_uses_the_canonical_names_and_relation_of_a_to_b():
-    scene = _scene([(2, "purple", "diamond", "small"), (1, "red", "circle", "large")], "below")
+    scene = _scene([(2, "purple", "diamond", "small"), (1, "red", "circle", "large")], "below",
+                   cells=[[(2, 0), (1, 2)], [(0, 1)]])
     assert shapes.scene_to_dict(scene) == {
-        "groups": [_group(2, "purple", "diamond", "small"), _group(1, "red", "circle", "large")], "relation": "below"}
+        "groups": [_group(2, "purple", "diamond", "small"), _group(1, "red", "circle", "large")], "relation": "below",
+        "objects": [{"group": 0, "row": 2, "col": 0}, {"group": 0, "row": 1, "col": 2},
+                    {"group": 1, "row": 0, "col": 1}],
+        "grid_size": 3}
 
 
 def test_malformed_scenes_are_rejected():
     with pytest.raises(ValueError, match="scene"):
         score_caption("a red circle", {"groups": [_group(1, "red", "circle", "small")], "relation": "left"})
+
+
+@pytest.mark.parametrize("objects, message", [
+    ([{"group": 0, "row": 0, "col": 0}], "one object per counted member"),  # A has 2 objects, B 1
+    ([{"group": 0, "row": 0, "col": 0}, {"group": 0, "row": 1, "col": 0}, {"group": 2, "row": 2, "col": 2}],
+     "group index"),
+    ([{"group": 0, "row": 0, "col": 0}, {"group": 0, "row": 1, "col": 0}, {"group": 1, "row": 3, "col": 2}],
+     "on the grid"),
+    ([{"group": 0, "row": 0, "col": 0}, {"group": 0, "row": 0, "col": 0}, {"group": 1, "row": 2, "col": 2}],
+     "its own cell"),
+])
+def test_scenes_with_malformed_objects_are_rejected(objects, message):
+    with pytest.raises(ValueError, match=message):
+        score_caption("two red circles left of a blue square", TWO | {"objects": objects, "grid_size": 3})
+
+
+# --- relations judged by geometry ----------------------------------------------------------------
+
+def _placed(relation, cells_a, cells_b):
+    """TWO (A = two small red circles, B = one large blue square) drawn as `relation`, A and B in the given cells."""
+    objects = [{"group": g, "row": r, "col": c} for g, cells in enumerate((cells_a, cells_b)) for r, c in cells]
+    return TWO | {"relation": relation, "objects": objects, "grid_size": 3}
+
+
+# A in the two top-left cells, B bottom right: A is left of and above B.
+LEFT_AND_ABOVE = _placed("left", [(0, 0), (1, 0)], [(2, 2)])
+
+
+@pytest.mark.parametrize("scene, first, second, expected", [
+    (LEFT_AND_ABOVE, 0, 1, {"left", "above"}),
+    (LEFT_AND_ABOVE, 1, 0, {"right", "below"}),
+    (_placed("left", [(0, 0), (2, 0)], [(1, 2)]), 0, 1, {"left"}),            # B's row lies between A's
+    (_placed("above", [(0, 1), (0, 2)], [(2, 1)]), 0, 1, {"above"}),          # shared column: no left/right
+    (_placed("right", [(0, 2), (1, 2)], [(2, 1)]), 0, 1, {"right", "above"}),
+    (_placed("below", [(2, 0), (2, 1)], [(1, 1)]), 0, 1, {"below"}),          # B's column among A's
+    (_placed("below", [(2, 0), (1, 1)], [(0, 2)]), 0, 1, {"below", "left"}),
+    (TWO, 0, 1, {"left"}),                                                    # no objects: the drawn one only
+    (TWO, 1, 0, {"right"}),
+])
+def test_true_relations_of_a_scene_placed_by_hand(scene, first, second, expected):
+    assert true_relations(scene, first, second) == expected
+
+
+def test_true_relations_needs_the_two_groups_of_a_two_group_scene():
+    for scene, first, second in ((LEFT_AND_ABOVE, 0, 0), (LEFT_AND_ABOVE, 0, 2), (ONE, 0, 1)):
+        with pytest.raises(ValueError, match="true_relations"):
+            true_relations(scene, first, second)
+
+
+def test_the_drawn_relation_is_always_true_and_objects_lie_inside_their_recorded_cell():
+    """Over thousands of sampled scenes (several grid sizes): the drawn relation is among the true
+    relations both ways round, and every object, jitter and radius included, lies inside its cell."""
+    two_group, several_true = 0, 0
+    for grid_size, image_size, max_objects in ((3, 32, 4), (3, 24, 6), (4, 48, 9), (2, 16, 2)):
+        config = shapes.ShapesConfig(image_size=image_size, grid_size=grid_size, max_objects=max_objects)
+        cell_size = image_size / grid_size
+        for index in range(1500):
+            rng = np.random.default_rng(np.random.SeedSequence([grid_size, max_objects, index]))
+            scene = shapes.sample_scene(config, rng, novel=bool(index % 5 == 0))
+            for obj in scene.objects:
+                assert (int(np.floor(obj.x / cell_size)), int(np.floor(obj.y / cell_size))) == (obj.col, obj.row)
+                assert obj.col * cell_size <= obj.x - obj.radius and obj.x + obj.radius <= (obj.col + 1) * cell_size
+                assert obj.row * cell_size <= obj.y - obj.radius and obj.y + obj.radius <= (obj.row + 1) * cell_size
+                assert (obj.shape, obj.colour, obj.size) == (scene.groups[obj.group].shape,
+                                                             scene.groups[obj.group].colour,
+                                                             scene.groups[obj.group].size)
+            if scene.relation is None:
+                continue
+            scene_dict = shapes.scene_to_dict(scene)
+            forward, backward = true_relations(scene_dict, 0, 1), true_relations(scene_dict, 1, 0)
+            assert scene.relation in forward, scene_dict
+            assert backward == {shapes.INVERSE_RELATION[r] for r in forward}
+            two_group += 1
+            several_true += len(forward) > 1
+    assert two_group > 3000
+    assert several_true > 500  # the case the geometry fixes is common
+
+
+def test_a_different_relation_that_is_also_true_scores_correct():
+    for caption in ("two small red circles above a large blue square",   # drawn: left; above is true as well
+                    "a large blue square below two small red circles",   # inverse template
+                    "there are two small red circles left of a large blue square",
+                    "a large blue square to the right of two small red circles"):
+        score = score_caption(caption, LEFT_AND_ABOVE)
+        _perfect(score, LEFT_AND_ABOVE)
+        assert score.alignment in ((0, 1), (1, 0))
+    assert content_accuracy({1: "two red circles above a blue square"}, {1: LEFT_AND_ABOVE})["relation"] == 1.0
+
+
+@pytest.mark.parametrize("caption, errors", [
+    ("two red circles right of a blue square", ("relation: right, is false (true: left, above)",)),
+    ("two red circles below a blue square", ("relation: below, is false (true: left, above)",)),
+    ("a blue square above two red circles", ("relation: above, is false (true: right, below)",)),
+    ("a blue square left of two red circles", ("relation: left, is false (true: right, below)",)),
+])
+def test_a_false_relation_scores_wrong_naming_the_true_ones(caption, errors):
+    score = score_caption(caption, LEFT_AND_ABOVE)
+    assert score.errors == errors and not score.entirely_correct
+    assert score.recall["relation"] == (0, 1) and score.precision["relation"] == (0, 1)
+    for attribute in ("count", "colour", "shape", "size"):
+        assert score.recall[attribute] == (2, 2)
+
+
+def test_without_objects_only_the_drawn_relation_is_true():
+    score = score_caption("two red circles above a blue square", TWO)
+    assert score.errors == ("relation: above, is false (true: left)",)
+    assert score.recall["relation"] == (0, 1)
+
+
+def test_every_true_relation_of_generated_scenes_scores_correct_and_every_false_one_wrong():
+    config = shapes.ShapesConfig(num_train=400)
+    predictions, scenes, wrong = {}, {}, {}
+    for example in shapes.generate_split(config, "train"):
+        scene = shapes.scene_to_dict(example.scene)
+        if scene["relation"] is None:
+            continue
+        np_a, np_b = (f"{shapes.COUNT_WORDS[g['count']][-1]} {g['size']} {g['colour']} "
+                      f"{shapes.SHAPE_WORDS[g['shape']][0][g['count'] != 1]}" for g in scene["groups"])
+        true = true_relations(scene, 0, 1)
+        for relation in shapes.RELATIONS:
+            caption = f"{np_a} {shapes.RELATION_WORDS[relation][0]} {np_b}"
+            key = example.image_id * 10 + shapes.RELATIONS.index(relation)
+            (predictions if relation in true else wrong)[key] = caption
+            scenes[key] = scene
+    two_group = len(scenes) // len(shapes.RELATIONS)
+    assert two_group > 150 and len(predictions) > 1.1 * two_group  # more than one true relation in many scenes
+    right = content_accuracy(predictions, scenes)
+    assert right["relation"] == right["relation_precision"] == right["entirely_correct"] == 1.0
+    false = content_accuracy(wrong, scenes)
+    assert false["relation"] == false["relation_precision"] == false["entirely_correct"] == 0.0
