@@ -50,6 +50,9 @@ class TransformerCaptionDecoder(CaptionDecoder):
       num_heads: H; must divide `model_dim`.
       intermediate_dim: width of each layer's feed-forward block.
       dropout: dropout rate inside the decoder layers.
+      normalize_first: layer norm before each sublayer (pre-LN): post-LN layers of this width diverged
+        at the retrain's learning rate with two layers.
+      global_token: append W_g · pooled to the memory (see `_memory`).
 
     Call arguments:
       features: `(grid [B, h, w, C], pooled [B, C])`; only `grid` is used.
@@ -72,10 +75,12 @@ class TransformerCaptionDecoder(CaptionDecoder):
         max_len: int,
         *,
         model_dim: int = 64,
-        num_layers: int = 1,
-        num_heads: int = 2,
+        num_layers: int = 2,
+        num_heads: int = 4,
         intermediate_dim: int = 128,
         dropout: float = 0.1,
+        normalize_first: bool = True,
+        global_token: bool = True,
         **kwargs,
     ):
         super().__init__(vocab_size, max_len, **kwargs)
@@ -89,11 +94,15 @@ class TransformerCaptionDecoder(CaptionDecoder):
         self.num_heads = int(num_heads)
         self.intermediate_dim = int(intermediate_dim)
         self.dropout = float(dropout)
+        self.normalize_first = bool(normalize_first)
+        self.global_token = bool(global_token)
         policy = self.dtype_policy
         self.memory_projection = keras.layers.Dense(
             self.model_dim, dtype=policy, name="memory_projection"
         )
         self.memory_position = None  # sized by the grid, so created in build()
+        self.global_projection = (keras.layers.Dense(self.model_dim, dtype=policy, name="global_projection")
+                                  if self.global_token else None)
         self.embedding = keras_hub.layers.TokenAndPositionEmbedding(
             vocabulary_size=self.vocab_size,
             sequence_length=self.max_len,
@@ -106,6 +115,7 @@ class TransformerCaptionDecoder(CaptionDecoder):
                 intermediate_dim=self.intermediate_dim,
                 num_heads=self.num_heads,
                 dropout=self.dropout,
+                normalize_first=self.normalize_first,
                 dtype=policy,
                 name=f"transformer_decoder_{i}",
             )
@@ -132,24 +142,32 @@ class TransformerCaptionDecoder(CaptionDecoder):
             sequence_length=h * w, dtype=self.dtype_policy, name="memory_position"
         )
         self.memory_position.build((None, h * w, self.model_dim))
+        if self.global_projection is not None:
+            self.global_projection.build((None, channels))
+        memory_length = h * w + int(self.global_token)
         self.embedding.build((None, self.max_len))
         for layer in self.decoder_layers:
-            layer.build((None, None, self.model_dim), (None, h * w, self.model_dim))
+            layer.build((None, None, self.model_dim), (None, memory_length, self.model_dim))
             _use_exact_layer_norms(layer)
         self.vocab_projection.build((None, None, self.model_dim))
         self.built = True
 
-    def _memory(self, grid):
-        """M = W_m · flatten(grid) + P_m, shape (B, h·w, D)."""
+    def _memory(self, features):
+        """M = W_m · flatten(grid) + P_m, shape (B, h·w, D); with `global_token`, W_g · pooled appended
+        as one more slot (B, h·w + 1, D): softmax attention averages what it reads, so a count of objects
+        is easier to read from the pooled vector, whose per-channel mass grows with the count."""
+        grid, pooled = self._unpack(features)
         channels = grid.shape[-1]
         flat = tf.reshape(grid, [tf.shape(grid)[0], -1, channels])  # (B, h·w, C)
         memory = self.memory_projection(flat)
-        return memory + self.memory_position(memory)
+        memory = memory + self.memory_position(memory)
+        if self.global_projection is None:
+            return memory
+        return tf.concat([memory, self.global_projection(pooled)[:, None]], axis=1)
 
     def call(self, features, tokens, training=False):
-        grid, _ = self._unpack(features)
         self._check_prefix(tokens)
-        memory = self._memory(grid)  # (B, S, D)
+        memory = self._memory(features)  # (B, S, D)
         if is_token_rows(tokens):
             x = embed_token_rows(tokens, self.embedding.token_embedding)  # (B, T, D)
             x = x + self.embedding.position_embedding(x)
@@ -166,8 +184,7 @@ class TransformerCaptionDecoder(CaptionDecoder):
           `{"memory": [B, S, D], "self_attention": (N × [B, 2, max_len, H, D/H]),
           "cross_attention": (N × [B, 2, S, H, D/H])}`.
         """
-        grid, _ = self._unpack(features)
-        memory = self._memory(grid)
+        memory = self._memory(features)
         batch, length = tf.shape(memory)[0], tf.shape(memory)[1]
         dtype = memory.dtype
         head_shape = [self.num_heads, self.head_dim]
@@ -226,6 +243,8 @@ class TransformerCaptionDecoder(CaptionDecoder):
                 "num_heads": self.num_heads,
                 "intermediate_dim": self.intermediate_dim,
                 "dropout": self.dropout,
+                "normalize_first": self.normalize_first,
+                "global_token": self.global_token,
             }
         )
         return config

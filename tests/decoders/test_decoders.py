@@ -77,8 +77,9 @@ def test_parameter_counts_are_pinned():
     attention = 4 * (d * d + d)  # query, key, value, output projections
     layer = 2 * attention + (d * f + f) + (f * d + d) + 3 * 2 * d  # + three layer norms
     embeddings = (c * d + d) + s * d + VOCAB * d + MAX_LEN * d  # memory, grid, tokens, positions
-    transformer = embeddings + cfg["num_layers"] * layer + (d * VOCAB + VOCAB)
-    assert make_decoder("transformer").count_params() == transformer == 2221
+    global_token = c * d + d  # W_g · pooled, one more memory slot
+    transformer = embeddings + global_token + cfg["num_layers"] * layer + (d * VOCAB + VOCAB)
+    assert make_decoder("transformer").count_params() == transformer == 2293
 
 
 @pytest.mark.parametrize("name", DECODER_NAMES)
