@@ -43,9 +43,18 @@ ROWS = (("model", "captioner (recipe)"), ("blind_baseline", "image-blind baselin
 TARGETS = {"colour": 0.95, "count": 0.95, "shape": 0.90, "relation": 0.85, "entirely_correct": 0.60}
 
 
+def decoder_defaults(name: str) -> dict:
+    """The decoder's architecture at its default sizes (RetrainConfig names the decoder, not its sizes)."""
+    from capnas_tf.decoders import get_decoder
+
+    config = get_decoder(name, vocab_size=8, max_len=4).get_config()
+    return {k: v for k, v in config.items() if k not in ("name", "vocab_size", "max_len")}
+
+
 def fingerprint(retrain: RetrainConfig, data: DataConfig, quick: bool) -> str:
     """What determines a record's numbers; records of another fingerprint are not mixed into the table."""
-    return hashlib.sha1(repr((dataclasses.asdict(retrain), dataclasses.asdict(data), quick)).encode()).hexdigest()[:12]
+    key = (dataclasses.asdict(retrain), decoder_defaults(retrain.decoder), dataclasses.asdict(data), quick)
+    return hashlib.sha1(repr(key).encode()).hexdigest()[:12]
 
 
 def scores_of(metrics: dict) -> dict:
@@ -121,7 +130,7 @@ def write_report(path: str, records: list[dict], retrain: RetrainConfig, command
         "captions with every group, attribute and relation right, `distinct_ratio` distinct captions / images.",
         "",
         f"Recipe: encoder {retrain.encoder} ({retrain.genotype}, C={retrain.channels}, {retrain.num_cells} cells), "
-        f"decoder {retrain.decoder}, {retrain.epochs} epochs × {retrain.steps_per_epoch} steps, lr {retrain.lr}, "
+        f"decoder {retrain.decoder} {decoder_defaults(retrain.decoder)}, {retrain.epochs} epochs × {retrain.steps_per_epoch} steps, lr {retrain.lr}, "
         f"checkpoint kept by {records[0]['selection_metric']} on all validation images.",
         f"Wall time per seed (model + blind baseline + scoring): {walls} min; kept epoch per seed: {epochs}.",
         "",

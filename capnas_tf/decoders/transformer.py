@@ -81,6 +81,7 @@ class TransformerCaptionDecoder(CaptionDecoder):
         dropout: float = 0.1,
         normalize_first: bool = True,
         global_token: bool = True,
+        coordinates: bool = True,
         **kwargs,
     ):
         super().__init__(vocab_size, max_len, **kwargs)
@@ -96,6 +97,7 @@ class TransformerCaptionDecoder(CaptionDecoder):
         self.dropout = float(dropout)
         self.normalize_first = bool(normalize_first)
         self.global_token = bool(global_token)
+        self.coordinates = bool(coordinates)
         policy = self.dtype_policy
         self.memory_projection = keras.layers.Dense(
             self.model_dim, dtype=policy, name="memory_projection"
@@ -137,7 +139,7 @@ class TransformerCaptionDecoder(CaptionDecoder):
                 f"h, w, C; received shape {grid_shape}."
             )
         _, h, w, channels = grid_shape
-        self.memory_projection.build((None, h * w, channels))
+        self.memory_projection.build((None, h * w, channels + 2 * int(self.coordinates)))
         self.memory_position = keras_hub.layers.PositionEmbedding(
             sequence_length=h * w, dtype=self.dtype_policy, name="memory_position"
         )
@@ -159,11 +161,22 @@ class TransformerCaptionDecoder(CaptionDecoder):
         grid, pooled = self._unpack(features)
         channels = grid.shape[-1]
         flat = tf.reshape(grid, [tf.shape(grid)[0], -1, channels])  # (B, h·w, C)
+        if self.coordinates:
+            flat = tf.concat([flat, self._grid_coordinates(grid)], axis=-1)  # (B, h·w, C + 2)
         memory = self.memory_projection(flat)
         memory = memory + self.memory_position(memory)
         if self.global_projection is None:
             return memory
         return tf.concat([memory, self.global_projection(pooled)[:, None]], axis=1)
+
+    @staticmethod
+    def _grid_coordinates(grid):
+        """(row, col) of every grid position in [−1, 1], (B, h·w, 2): CoordConv's explicit coordinates, so
+        that an attention read returns the mean position of what it attends to."""
+        _, h, w, _ = grid.shape
+        rows, cols = tf.meshgrid(tf.linspace(-1.0, 1.0, h), tf.linspace(-1.0, 1.0, w), indexing="ij")
+        coords = tf.cast(tf.reshape(tf.stack([rows, cols], axis=-1), [1, h * w, 2]), grid.dtype)
+        return tf.tile(coords, [tf.shape(grid)[0], 1, 1])
 
     def call(self, features, tokens, training=False):
         self._check_prefix(tokens)
@@ -245,6 +258,7 @@ class TransformerCaptionDecoder(CaptionDecoder):
                 "dropout": self.dropout,
                 "normalize_first": self.normalize_first,
                 "global_token": self.global_token,
+                "coordinates": self.coordinates,
             }
         )
         return config
