@@ -137,7 +137,8 @@ def write_report(path: str, records: list[dict], retrain: RetrainConfig, command
     ]
     for split in SPLITS:
         parts += [f"## {split}", "", table(records, split), ""]
-    parts += ["## Targets (test)", "", *target_lines(records), ""]
+    parts += ["## Targets (test)", "", *target_lines(records), "",
+              "How the recipe was chosen, with every variant tried: [recipe_variants.md](recipe_variants.md).", ""]
     io_utils.atomic_write_bytes(path, "\n".join(parts).encode())
 
 
