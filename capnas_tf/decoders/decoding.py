@@ -21,6 +21,14 @@ def _batch_size(features):
     return tf.shape(features[1])[0]
 
 
+def _never_generated(vocab_size, start_id: int, pad_id: int):
+    """(V,) additive mask: −10⁹ on <start> and <pad>, 0 elsewhere. A decoder never learns to emit them, but an
+    untrained or diverging one can, and a <pad> mid-caption would end it silently (and drop that position
+    from the Stage II loss), so they are never chosen; scores stay log p under the model."""
+    ids = tf.range(vocab_size)
+    return tf.where(tf.logical_or(tf.equal(ids, start_id), tf.equal(ids, pad_id)), NEG_INF, 0.0)
+
+
 def _log_softmax32(logits):
     return tf.nn.log_softmax(tf.cast(logits, tf.float32), axis=-1)
 
@@ -82,7 +90,7 @@ def greedy_decode(
     pad_id: int = 0,
     use_cache: bool = True,
 ):
-    """Greedy decoding: ŵ_t = argmax_w p(w | ŵ_<t, I) until <end> or `max_len` tokens.
+    """Greedy decoding: ŵ_t = argmax_w p(w | ŵ_<t, I) over w ∉ {<start>, <pad>}, until <end> or `max_len` tokens.
 
     Args:
       decoder: a caption decoder with `initial_cache` / `decode_step` (or any callable decoder
@@ -106,8 +114,9 @@ def greedy_decode(
     def body(t, token, ids, scores, finished, state):
         logits, state = steps.step(token, t, state)
         log_probs = _log_softmax32(logits)  # (B, V)
-        word = tf.argmax(log_probs, axis=-1, output_type=tf.int32)
-        scores += tf.where(finished, 0.0, tf.reduce_max(log_probs, axis=-1))
+        allowed = log_probs + _never_generated(tf.shape(log_probs)[-1], start_id, pad_id)
+        word = tf.argmax(allowed, axis=-1, output_type=tf.int32)
+        scores += tf.where(finished, 0.0, tf.reduce_max(allowed, axis=-1))
         word = tf.where(finished, pad_id, word)
         ids = _write(ids, t, word)
         finished = tf.logical_or(finished, tf.equal(word, end_id))
@@ -205,6 +214,7 @@ def beam_search(
         V = tf.shape(log_probs)[-1]
         log_probs = tf.reshape(log_probs, tf.stack([batch, K, V]))  # (B, K, V)
         only_pad = tf.where(tf.equal(tf.range(V), pad_id), 0.0, NEG_INF)  # (V,)
+        log_probs = log_probs + _never_generated(V, start_id, pad_id)
         log_probs = tf.where(finished[..., None], only_pad, log_probs)
         candidate_log_lik = log_lik[..., None] + log_probs  # (B, K, V)
         candidate_length = tf.where(finished, lengths, t + 1)  # (B, K)

@@ -63,10 +63,15 @@ def _log_likelihood(decoder, words):
 
 
 def _exhaustive_best(decoder, max_len, alpha):
-    """The sequence (ending at the first <end>, or using every position) with the best s(Y)."""
+    """The sequence (ending at the first <end>, or using every position) with the best s(Y); <start> and
+    <pad> are never generated."""
     best, best_score = None, -math.inf
     for words in itertools.product(range(decoder.vocab_size), repeat=max_len):
         words = list(words)
+        if END in words:
+            words = words[: words.index(END) + 1]
+        if PAD in words or START in words:
+            continue
         if END in words:
             words = words[: words.index(END) + 1]
         log_lik = _log_likelihood(decoder, words)
@@ -253,3 +258,24 @@ def test_decoding_longer_than_the_decoder_positions_is_rejected():
         greedy_decode(decoder, random_features(), max_len=MAX_LEN + 1)
     with pytest.raises(ValueError, match="beam_width must be >= 1"):
         beam_search(decoder, random_features(), beam_width=0, max_len=MAX_LEN)
+
+
+@pytest.mark.parametrize("name", DECODER_NAMES)
+def test_start_and_pad_are_never_generated_even_where_the_decoder_prefers_them(name):
+    """A decoder whose output bias puts <pad> first and <start> second (an untrained or diverging teacher can):
+    greedy and beam captions hold real words until <end>, and the greedy score is log p of those words."""
+    decoder = make_decoder(name)
+    kernel, bias = decoder.vocab_projection.get_weights()
+    bias[PAD], bias[START] = 60.0, 50.0
+    decoder.vocab_projection.set_weights([kernel, bias])
+    features = random_features()
+    greedy_ids, greedy_scores = greedy_decode(decoder, features, max_len=MAX_LEN)
+    beam_ids, _ = beam_search(decoder, features, beam_width=3, max_len=MAX_LEN)
+    for ids in (greedy_ids.numpy(), beam_ids.numpy()):
+        for row in ids:
+            words = row[: list(row).index(END)] if END in row else row
+            assert not np.isin(words, [PAD, START]).any(), row
+    prefix = tf.concat([tf.fill([BATCH, 1], START), greedy_ids[:, :-1]], axis=1)
+    log_probs = tf.nn.log_softmax(decoder(features, prefix), axis=-1).numpy()
+    expected = [sum(log_probs[b, t, w] for t, w in enumerate(row) if w != PAD) for b, row in enumerate(greedy_ids.numpy())]
+    np.testing.assert_allclose(greedy_scores.numpy(), expected, rtol=1e-4)
