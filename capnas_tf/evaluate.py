@@ -335,11 +335,7 @@ def load_model_for_evaluation(model_path: str):
         if candidate.endswith(".keras") and os.path.isfile(candidate):
             import keras
 
-            import capnas_tf.captioner  # noqa: F401  (registers Captioner and, through it, the layers)
-            import capnas_tf.decoders  # noqa: F401
-            import capnas_tf.encoders  # noqa: F401  (fixed encoders: RetrainConfig.encoder="conv", "gap", …)
-            import capnas_tf.search_space  # noqa: F401
-
+            # Every class it may hold is registered: `import capnas_tf` (this module's package) did it.
             return keras.saving.load_model(candidate, compile=False), candidate
     from capnas_tf.export.saved_model import find_saved_model
 
@@ -358,6 +354,10 @@ def main(argv):
     from capnas_tf.data.text import Vocabulary
 
     FLAGS = absl_flags.FLAGS
+    if not FLAGS["verbosity"].present:  # TFDS logs every file it reads at INFO (as capnas_tf.train)
+        from absl import logging
+
+        logging.set_verbosity(logging.WARNING)
     data_config = capnas_flags.data_config_from_flags()
     if FLAGS.capnas_shapes_config == "tiny":
         import dataclasses
@@ -431,6 +431,11 @@ def _define_cli_flags():
     absl_flags.DEFINE_enum("capnas_shapes_config", "default", ["default", "tiny"],
                            "capnas_shapes generation: the default ShapesConfig or the tests' TINY_SHAPES_CONFIG.")
     absl_flags.DEFINE_string("output_dir", None, "Where metrics.json and samples.png go (default <model>/evaluation).")
+    # --help: these, the decoding and scoring flags of capnas_tf.flags, and its data section.
+    own = ("model", "vocab", "eval_splits", "capnas_shapes_config", "output_dir")
+    data = _training_flags.HELP_SECTIONS["data"]
+    _training_flags.use_sectioned_help({"evaluate": own + ("beam_width", "max_eval_images", "final_metrics"),
+                                        "data": data.flags})
 
 
 if __name__ == "__main__":

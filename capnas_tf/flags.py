@@ -1,16 +1,37 @@
 """absl flags of `python -m capnas_tf.train`, and their translation into the typed configs.
 
-Only entry points import this module; library code receives configs.
+Only entry points import this module; library code receives configs. The flags are defined in sections
+(run, data, search, retrain, export; `HELP_SECTIONS`), which is how `--help` lists them
+(`use_sectioned_help`); `--helpfull` adds the flags of every library.
 """
 from __future__ import annotations
 
 import re
+import sys
+from typing import Mapping, NamedTuple, Sequence
 
-from absl import flags
+from absl import app, flags
 
 from capnas_tf.config import ConfigError, SearchConfig, SupernetConfig
 
 FLAGS = flags.FLAGS
+
+
+class HelpSection(NamedTuple):
+    heading: str
+    flags: tuple[str, ...]
+
+
+# name → the heading and flags of a section of this module, in the order they are defined.
+HELP_SECTIONS: dict[str, HelpSection] = {}
+
+
+def _end_section(name: str, heading: str) -> None:
+    """Files the flags this module defined since the previous section under `name`."""
+    filed = {flag for section in HELP_SECTIONS.values() for flag in section.flags}
+    HELP_SECTIONS[name] = HelpSection(heading, tuple(
+        f.name for f in FLAGS.get_flags_for_module(__name__) if f.name not in filed))
+
 
 # -- run ---------------------------------------------------------------------------------------------
 flags.DEFINE_enum("mode", "search", ["search", "retrain", "pipeline"],
@@ -22,6 +43,7 @@ flags.DEFINE_integer("seed", 0, "Global random seed (data order, initialisation,
 flags.DEFINE_bool("deterministic", False, "Enable TensorFlow's deterministic ops (reproducible, slower).")
 flags.DEFINE_enum("strategy", "default", ["default", "mirrored", "multi_worker", "tpu"],
                   "tf.distribute strategy; `mirrored` uses every visible GPU (or CPU).")
+_end_section("run", "run (every --mode)")
 
 # -- data --------------------------------------------------------------------------------------------
 flags.DEFINE_enum("dataset", "capnas_shapes", ["capnas_shapes", "coco", "karpathy", "coco_captions_tfds"],
@@ -38,6 +60,7 @@ flags.DEFINE_integer("min_word_count", 5, "Words seen fewer times in the trainin
 flags.DEFINE_integer("batch_size", 32, "Global batch size of every stream (split over replicas).")
 flags.DEFINE_enum("on_bad_example", "error", ["error", "skip"],
                   "A corrupt image or empty caption: stop with an error naming it, or skip and count it.")
+_end_section("data", "data (every --mode)")
 
 # -- search ------------------------------------------------------------------------------------------
 _S, _N = SearchConfig(), SupernetConfig()
@@ -119,6 +142,7 @@ flags.DEFINE_enum("relaxation", _N.relaxation, ["softmax"], "Relaxation of A int
                   "their own one-hot paths.")
 flags.DEFINE_integer("max_skip_connect", _N.max_skip_connect,
                      "Cap on skip_connect ops in the derived normal cell (DARTS collapse remedy); -1: no cap.")
+_end_section("search", "search (--mode=search | pipeline)")
 
 
 # -- flags → configs ---------------------------------------------------------------------------------
@@ -206,8 +230,6 @@ flags.DEFINE_list("final_metrics", list(_R.final_metrics), "Scorer groups of the
 flags.DEFINE_enum("baseline", _R.baseline, ["frequent_caption", "none"],
                   "Trivial baseline reported in metrics.json: always the most frequent training caption.")
 flags.DEFINE_bool("retrain_xla", _R.xla, "Compile the retraining step with XLA (measure on CPU first).")
-flags.DEFINE_bool("export_saved_model", _R.export_saved_model, "Write <workdir>/export/saved_model/1/ (TF Serving).")
-flags.DEFINE_bool("export_onnx", _R.export_onnx, "Write <workdir>/export/captioner.onnx and vocab.txt.")
 flags.DEFINE_bool("blind_baseline", _R.blind_baseline,
                   "Also retrain the image-blind baseline: the same decoder, recipe and captions with the image "
                   "replaced by a constant (encoder blind), in <workdir>/retrain/blind/, reported in metrics.json as "
@@ -216,6 +238,12 @@ flags.DEFINE_string("selection_metric", _R.selection_metric,
                     "Validation score whose best epoch is kept (ties: higher CIDEr). auto: content/entirely_correct "
                     "on datasets with scenes (capnas_shapes), else CIDEr; or CIDEr, BLEU-1..BLEU-4, or content/KEY "
                     "with KEY one of count, colour, shape, size, relation, entirely_correct, parsed (scenes only).")
+_end_section("retrain", "retrain and evaluation (--mode=retrain | pipeline)")
+
+# -- export (of the retrained captioner) -------------------------------------------------------------
+flags.DEFINE_bool("export_saved_model", _R.export_saved_model, "Write <workdir>/export/saved_model/1/ (TF Serving).")
+flags.DEFINE_bool("export_onnx", _R.export_onnx, "Write <workdir>/export/captioner.onnx and vocab.txt.")
+_end_section("export", "export of the retrained captioner (--mode=retrain | pipeline)")
 
 
 RETRAIN_FLAGS = {
@@ -283,3 +311,42 @@ def configs_from_flags() -> dict:
                    retrain=retrain_config_from_flags())
     check_precision(configs["search"])
     return configs
+
+
+# -- --help ------------------------------------------------------------------------------------------
+def sectioned_help(sections: Mapping[str, Sequence[str]]) -> str:
+    """absl's listing of the flags of each section under its heading ({heading: flag names})."""
+    parts = []
+    for heading, names in sections.items():
+        for name in names:  # key flags of a pseudo-module named like the heading: absl renders them
+            FLAGS.register_key_flag_for_module(heading, FLAGS[name])
+        parts.append(FLAGS.module_help(heading))
+    return "\n".join(parts)
+
+
+def use_sectioned_help(sections: Mapping[str, Sequence[str]] | None = None) -> None:
+    """Makes `--help` (`-?`, `--helpshort`) print the entry point's docstring and `sectioned_help(sections)`
+    (default: every `HELP_SECTIONS`) instead of absl's list of the main module's own flags. `--helpfull`
+    still lists every flag of every module. Call before `app.run`."""
+    if sections is None:
+        sections = {section.heading: section.flags for section in HELP_SECTIONS.values()}
+
+    def show_help():
+        doc = sys.modules["__main__"].__doc__ or f"\nUSAGE: {sys.argv[0]} [flags]\n"
+        sys.stdout.write(f"{doc}\nflags:\n{sectioned_help(sections)}\n\nTry --helpfull to get a list of all flags.\n")
+        sys.exit(1)  # as absl's --help
+
+    class SectionedHelpFlag(app.HelpFlag):
+        def parse(self, argument):
+            if self._parse(argument):
+                show_help()
+
+    class SectionedHelpshortFlag(SectionedHelpFlag):
+        NAME, SHORT_NAME = "helpshort", None
+
+    app.define_help_flags()  # absl's, so that app.run does not define them again
+    for name in ("help", "?", "helpshort"):
+        if name in FLAGS:
+            delattr(FLAGS, name)
+    for flag in (SectionedHelpFlag(), SectionedHelpshortFlag()):
+        flags.DEFINE_flag(flag, module_name="absl.app")

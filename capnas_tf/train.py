@@ -4,15 +4,13 @@ Turns flags into typed configs and hands them to `capnas_tf.jobs`; nothing else 
 """
 from __future__ import annotations
 
-import os
 import sys
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# TensorFlow's start-up lines are quietened by the package's import (capnas_tf._startup), before this runs.
+from absl import app, logging
 
-from absl import app, logging  # noqa: E402
-
-from capnas_tf import flags as cflags  # noqa: E402  (defines the flags)
-from capnas_tf import jobs  # noqa: E402
+from capnas_tf import flags as cflags  # (defines the flags)
+from capnas_tf import jobs
 
 
 def main(argv):
@@ -29,4 +27,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    cflags.use_sectioned_help()  # --help: the flags above by section; --helpfull: every library's too
     app.run(main)
