@@ -34,9 +34,25 @@ def onnx_model_proto(captioner, *, image_size: int):
         ids, scores = greedy_decode(captioner.decoder, features, max_len=captioner.decoder.max_len)
         return {"token_ids": tf.identity(ids, name="token_ids"), "scores": tf.identity(scores, name="scores")}
 
+    _drop_eager_table_initializers()
     model, _ = tf2onnx.convert.from_function(caption, input_signature=signature, opset=ONNX_OPSET,
                                              custom_op_handlers=ONNX_CUSTOM_OP_HANDLERS)
     return model
+
+
+def _drop_eager_table_initializers() -> None:
+    """Removes the `None`s from the default graph's "table_initializer" collection.
+
+    A lookup table created eagerly (the `Vocabulary`'s two) files the result of its initialising op,
+    which is None in eager mode, in the global default graph's collection (`ops.add_to_collection` uses
+    that graph even when executing eagerly). Every tf.function traced afterwards starts with a copy of
+    that collection, and tf2onnx freezes `caption` with `convert_variables_to_constants_v2`, which exports
+    the traced graph's meta graph and warns for the Nones: "Issue encountered when serializing
+    table_initializer … 'NoneType' object has no attribute 'name'". They stand for nothing (an eager
+    table is initialised when created), so they are dropped before tracing.
+    """
+    initializers = tf.compat.v1.get_default_graph().get_collection_ref(tf.compat.v1.GraphKeys.TABLE_INITIALIZERS)
+    initializers[:] = [op for op in initializers if op is not None]
 
 
 def export_onnx(captioner, vocab, export_dir: str, *, image_size: int) -> str:
