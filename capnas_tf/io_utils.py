@@ -5,12 +5,16 @@ in the same directory, then `os.replace` it over the target (atomic on POSIX).
 temp file or directory is given the permissions a plain `open` / `os.mkdir` would have given it
 (0666 / 0777 less the umask) before it takes the target's name, so that the artifacts (exports, vocab,
 genotype) are readable by a model server running as another user exactly when the user's umask says so.
+
+Temp names carry the writer's pid (`.tmp-…pid<N>-…`, `.old-pid<N>-…`): `remove_stale_temps` deletes those
+a killed process left behind, and never those of a live writer.
 """
 from __future__ import annotations
 
 import contextlib
 import json
 import os
+import re
 import shutil
 import tempfile
 
@@ -39,9 +43,57 @@ def default_dir_mode() -> int:
     return 0o777 & ~current_umask()
 
 
+def _tagged(prefix: str) -> str:
+    """`prefix` + this process's pid tag: `.tmp-` → `.tmp-pid1234-`."""
+    return f"{prefix}pid{os.getpid()}-"
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether process `pid` runs on this host (one of another user counts)."""
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+_TEMP_NAME = re.compile(r"^\.(tmp|old)-")
+_TEMP_PID = re.compile(r"pid(\d+)-")
+
+
+def remove_stale_temps(directory: str) -> list[str]:
+    """Deletes the temp files and directories (`.tmp-*`, `.old-*`) in `directory` that a killed write left:
+    those whose pid tag names no live process, and untagged ones (written before temps were tagged).
+    Returns the paths removed."""
+    removed = []
+    try:
+        names = os.listdir(directory)
+    except FileNotFoundError:
+        return removed
+    for name in names:
+        if not _TEMP_NAME.match(name):
+            continue
+        tag = _TEMP_PID.search(name)
+        if tag and pid_alive(int(tag.group(1))):
+            continue
+        path = os.path.join(directory, name)
+        if os.path.isdir(path) and not os.path.islink(path):
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(path)
+        removed.append(path)
+    return removed
+
+
 def make_temp_dir(parent: str, prefix: str = ".tmp-") -> str:
-    """`tempfile.mkdtemp(prefix=prefix, dir=parent)` with the permissions of `os.mkdir`, not 0700."""
-    path = tempfile.mkdtemp(prefix=prefix, dir=parent)
+    """`tempfile.mkdtemp(prefix=prefix, dir=parent)` with the permissions of `os.mkdir`, not 0700; the name
+    carries this process's pid (`remove_stale_temps`)."""
+    path = tempfile.mkdtemp(prefix=_tagged(prefix), dir=parent)
     os.chmod(path, default_dir_mode())
     return path
 
@@ -49,7 +101,7 @@ def make_temp_dir(parent: str, prefix: str = ".tmp-") -> str:
 def atomic_write_bytes(path: str, data: bytes) -> None:
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=directory)
+    fd, tmp = tempfile.mkstemp(prefix=_tagged(".tmp-"), dir=directory)
     try:
         with os.fdopen(fd, "wb") as f:
             os.fchmod(f.fileno(), default_file_mode())
@@ -75,7 +127,7 @@ def replace_dir(src: str, target: str) -> None:
     """Moves directory `src` to `target`; an older `target` is moved aside first and then deleted."""
     old = None
     if os.path.exists(target):
-        old = tempfile.mkdtemp(prefix=".old-", dir=os.path.dirname(os.path.abspath(target)))
+        old = tempfile.mkdtemp(prefix=_tagged(".old-"), dir=os.path.dirname(os.path.abspath(target)))
         os.replace(target, os.path.join(old, "previous"))
     os.replace(src, target)
     if old:
@@ -99,3 +151,35 @@ def atomic_directory(path: str, prefix: str = ".tmp-"):
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+@contextlib.contextmanager
+def atomic_file(path: str):
+    """Yields a temp file name beside `path` (same suffix, so writers that check it accept it) to write;
+    when the block ends without an error it replaces `path` (with `open`'s permissions), otherwise it is
+    deleted and `path` is untouched.
+
+        with atomic_file("retrain/captioner.keras") as tmp:
+            model.save(tmp)
+    """
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    suffix = os.path.splitext(path)[1]
+    fd, tmp = tempfile.mkstemp(prefix=_tagged(".tmp-"), suffix=suffix, dir=directory)
+    os.close(fd)
+    try:
+        yield tmp
+        os.chmod(tmp, default_file_mode())
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(tmp)
+        raise
+
+
+def save_keras_atomically(model, path: str) -> None:
+    """`model.save(path)` (a `.keras` file) through a temp file beside it and `os.replace`."""
+    with atomic_file(path) as tmp:
+        model.save(tmp, overwrite=True)

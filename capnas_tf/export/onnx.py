@@ -69,6 +69,7 @@ def export_onnx(captioner, vocab, export_dir: str, *, image_size: int) -> str:
     """
     model = onnx_model_proto(captioner, image_size=image_size)
     path = os.path.join(export_dir, ONNX_FILE)
+    io_utils.remove_stale_temps(export_dir)  # temp files of a killed export
     io_utils.atomic_write_bytes(path, model.SerializeToString())
     vocab.save(os.path.join(export_dir, VOCAB_FILE))
     return path

@@ -83,7 +83,8 @@ class CaptionServer(tf.Module):
 
 def export_saved_model(captioner, vocab, base_dir: str, *, image_size: int, version: int = 1,
                        beam_width: int = 1) -> str:
-    """Writes `<base_dir>/<version>/` atomically (temp dir, then rename) and returns its path.
+    """Writes `<base_dir>/<version>/` atomically (temp dir, then rename) and returns its path. The temp
+    directories that killed exports left in `<base_dir>` are deleted first (`io_utils.remove_stale_temps`).
 
     Args:
       captioner: a built `Captioner`.
@@ -97,6 +98,8 @@ def export_saved_model(captioner, vocab, base_dir: str, *, image_size: int, vers
     signatures = {"serving_default": server.caption_images.get_concrete_function(),
                   "caption_pixels": server.caption_pixels.get_concrete_function()}
     target = os.path.join(base_dir, str(int(version)))
+    # The temp and moved-aside directories of an export that was killed half-way (one per killed run).
+    io_utils.remove_stale_temps(base_dir)
     # Built in a temp directory beside the target, then renamed over it, with os.mkdir's permissions
     # (not mkdtemp's 0700) so that a server running as another user can read it.
     with io_utils.atomic_directory(target, prefix=f".tmp-{version}-") as tmp:

@@ -106,3 +106,29 @@ def test_caption_cli_prints_one_caption_per_image(tmp_path):
     lines = [line for line in out.splitlines() if "\t" in line]
     expected, _ = decode_captions(run.result.captioner, images[:2])
     assert lines == [f"{p}\t{run.data.vocab.decode(row)}" for p, row in zip(paths, expected.numpy())]
+
+
+def test_an_export_deletes_the_temp_directories_of_killed_exports(tmp_path, monkeypatch):
+    """A killed export leaves `saved_model/.tmp-1-pid<N>-…` (or, between its two renames, `.old-…`); the next
+    export removes those of dead processes. (The server is stubbed: what is saved does not matter here.)"""
+    import tensorflow as tf
+
+    from capnas_tf.export import saved_model
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    base = tmp_path / "export" / "saved_model"
+    for name in (f".tmp-1-pid{dead.pid}-abc", ".tmp-1-untagged", f".old-pid{dead.pid}-def"):
+        (base / name).mkdir(parents=True)
+        (base / name / "saved_model.pb").write_text("partial")
+
+    class Server(tf.Module):
+        def __init__(self, *args):
+            super().__init__()
+            self.caption_images = self.caption_pixels = tf.function(lambda: tf.constant(1.0))
+
+    monkeypatch.setattr(saved_model, "CaptionServer", Server)
+    monkeypatch.setattr(tf.saved_model, "save",
+                        lambda obj, path, signatures: open(os.path.join(path, "saved_model.pb"), "w").close())
+    target = saved_model.export_saved_model(None, None, str(base), image_size=16)
+    assert target == str(base / "1") and os.listdir(base) == ["1"]
