@@ -32,7 +32,7 @@ import tensorflow as tf
 
 from capnas_tf import evaluate, io_utils
 from capnas_tf.captioner import Captioner
-from capnas_tf.checkpointing import model_state, restore_checkpoint
+from capnas_tf.checkpointing import CheckpointKeeper, FiniteCheck, model_state, named_variables
 from capnas_tf.config import RetrainConfig
 from capnas_tf.data.text import normalize_caption
 from capnas_tf.decoders import get_decoder
@@ -213,9 +213,17 @@ def _selection_value(value: float) -> float:
     return value if math.isfinite(value) else -math.inf
 
 
+class NonFiniteStateError(FloatingPointError):
+    """A variable of the retrain's state (weights, BatchNorm statistics, optimizer slots) holds NaN or Inf
+    after an epoch; nothing of that epoch is written."""
+
+
 class _RetrainState:
     """The checkpointed state: model (every variable, see `model_state`), optimizer, finished epochs, and
-    the kept epoch: its validation score of the selection metric and its CIDEr (the tie-break)."""
+    the kept epoch: its validation score of the selection metric and its CIDEr (the tie-break).
+
+    `checkpoints/` and `best/` keep two each, so a resume falls back past a truncated or corrupt newest one;
+    nothing non-finite is ever saved (`check_finite`)."""
 
     def __init__(self, workdir: str, captioner: Captioner, optimizer):
         self.epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
@@ -225,18 +233,40 @@ class _RetrainState:
         checkpoint = tf.train.Checkpoint(model=model_state(captioner), optimizer=optimizer, epoch=self.epoch,
                                          best_validation_score=self.best_score,
                                          best_validation_tiebreak=self.best_tiebreak, best_epoch=self.best_epoch)
-        self.latest = tf.train.CheckpointManager(checkpoint, os.path.join(workdir, "checkpoints"), max_to_keep=1)
-        self.best = tf.train.CheckpointManager(checkpoint, os.path.join(workdir, "best"), max_to_keep=1)
+        # The kept scores are -inf until an epoch is kept: only the model's and optimizer's values are checked.
+        self.finite = FiniteCheck(named_variables({"model": captioner, "optimizer": optimizer}))
+        self.encoder_prefix = f"{captioner.name}/{captioner.encoder.name}/"
+        self.latest = CheckpointKeeper(checkpoint, os.path.join(workdir, "checkpoints"), max_to_keep=2,
+                                       finite=self.finite)
+        self.best = CheckpointKeeper(checkpoint, os.path.join(workdir, "best"), max_to_keep=2, finite=self.finite)
         self.checkpoint = checkpoint
 
     def resume(self) -> int:
-        if self.latest.latest_checkpoint:
-            restore_checkpoint(self.checkpoint, self.latest.latest_checkpoint)
-        return int(self.epoch.numpy())
+        """Restores the newest usable checkpoint of `checkpoints/` and returns its epoch (0: none). A kept
+        epoch of `best/` past it (written after the checkpoint the resume fell back to) is left out."""
+        self.latest.restore_latest()
+        epoch = int(self.epoch.numpy())
+        self.best.forget_after(epoch)
+        return epoch
 
     def restore_best(self) -> None:
-        if self.best.latest_checkpoint:
-            restore_checkpoint(self.checkpoint, self.best.latest_checkpoint)
+        self.best.restore_latest()
+
+    def check_finite(self, epoch: int) -> None:
+        """Raises `NonFiniteStateError` naming the first variable holding NaN or Inf after `epoch`."""
+        bad = self.finite.first_non_finite()
+        if bad is None:
+            return
+        item, name = bad
+        part = ("optimizer" if item == "optimizer"
+                else "encoder" if name.startswith(self.encoder_prefix) else "decoder")
+        latest = self.latest.latest_checkpoint
+        kept = (f"the latest checkpoint stays {latest} and a re-run resumes from it" if latest
+                else "no checkpoint was written and a re-run starts over")
+        raise NonFiniteStateError(
+            f"retrain: {part} variable {name} is not finite (NaN or Inf) after epoch {epoch}; the training "
+            f"diverged (lower --retrain_lr, or set --retrain_grad_clip). Nothing of epoch {epoch} was written: {kept}; "
+            "best/ is untouched.")
 
     def improves(self, score: float, tiebreak: float) -> bool:
         """Whether an epoch of these scores beats the kept one (the first epoch always does)."""
@@ -304,12 +334,14 @@ def _train_and_select(captioner: Captioner, config: RetrainConfig, data, workdir
     step_fn = make_train_step(captioner, optimizer, jit_compile=config.xla)
     writer = tf.summary.create_file_writer(os.path.join(workdir, "tensorboard"))
     batches = data.train_dataset(batch_size, repeat=True)
-    history = _read_history(workdir)
+    # epochs past the resumed checkpoint (it may be an older one than the newest: `CheckpointKeeper`) are redone
+    history = [h for h in _read_history(workdir) if h["epoch"] <= first_epoch]
     for epoch in range(first_epoch, config.epochs):
         if config.drop_path_prob > 0:
             captioner.encoder.set_drop_path_prob(config.drop_path_prob * epoch / config.epochs)
         loss = _train_epoch(step_fn, batches, steps, epoch=epoch, log=log, log_every=config.log_every,
                             writer=writer, global_step=epoch * steps)
+        state.check_finite(epoch + 1)  # before anything of this epoch is written
         scores = validation_scores(captioner, data, config)
         with writer.as_default(step=(epoch + 1) * steps):
             for name, value in scores.items():
@@ -324,7 +356,8 @@ def _train_and_select(captioner: Captioner, config: RetrainConfig, data, workdir
         log(_epoch_line(epoch + 1, config, loss, scores, selection_metric, improved))
     writer.flush()
     state.restore_best()
-    captioner.save(os.path.join(workdir, "captioner.keras"))
+    io_utils.remove_stale_temps(workdir)  # of a save killed half-way
+    io_utils.save_keras_atomically(captioner, os.path.join(workdir, "captioner.keras"))
     best_epoch = int(state.best_epoch.numpy())
     best_score = next((h[f"val_{selection_metric}"] for h in history if h["epoch"] == best_epoch), math.nan)
     return _Trained(captioner, workdir, history, best_epoch, float(best_score))

@@ -17,7 +17,8 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from capnas_tf.checkpointing import model_state, restore_checkpoint
+from capnas_tf.checkpointing import (CheckpointKeeper, FiniteCheck, learning_rate_variables, model_state,
+                                    named_variables)
 from capnas_tf.config import SearchConfig
 from capnas_tf.distribute import check_jit_compile
 from capnas_tf.io_utils import atomic_write_text
@@ -31,6 +32,26 @@ STAGE_NAMES = {"stage1": "Stage I", "stage2": "Stage II", "stage3": "Stage III",
 class NonFiniteLossError(RuntimeError):
     """A loss or gradient norm became NaN or Inf; the run stops without writing anything over the
     last good checkpoint and genotype."""
+
+
+class NonFiniteStateError(NonFiniteLossError, FloatingPointError):
+    """A variable of the search's state (E, F, W, A, an optimizer's slots, BatchNorm statistics) holds
+    NaN or Inf after an update; nothing is written, the last good checkpoint stays the latest."""
+
+
+# The parts of the checkpointed state, by `SearchStrategy.checkpoint_items` name.
+SEARCH_PARTS = {"encoder": "supernet E", "decoder": "decoder F", "student": "student W",
+                "weight_optimizer": "optimizer of E, F", "arch_optimizer": "optimizer of A",
+                "student_optimizer": "optimizer of W", "controller": "controller",
+                "controller_optimizer": "optimizer of the controller"}
+
+
+def search_part(item: str, name: str) -> str:
+    """Which model a checkpointed variable belongs to, from its checkpoint item and path: A lives in the
+    supernet encoder as its `alpha_normal` / `alpha_reduce` variables."""
+    if item == "encoder" and name.rsplit("/", 1)[-1].startswith("alpha_"):
+        return "architecture A"
+    return SEARCH_PARTS.get(item, item)
 
 
 @dataclasses.dataclass
@@ -106,20 +127,40 @@ class SearchRun:
         self.step_var = tf.Variable(0, dtype=tf.int64, trainable=False, name="search_step")
         # A Keras model given to a tf.train.Checkpoint as it is loses the variables of sublayers kept
         # in lists (see `model_state`), so any model a strategy lists goes in as all its variables.
+        strategy_items = strategy.checkpoint_items()
         items = {name: model_state(obj) if isinstance(obj, keras.layers.Layer) else obj
-                 for name, obj in strategy.checkpoint_items().items()}
+                 for name, obj in strategy_items.items()}
         self.checkpoint = tf.train.Checkpoint(step=self.step_var, **items)
-        self.manager = tf.train.CheckpointManager(self.checkpoint, os.path.join(workdir, "checkpoints"),
-                                                  max_to_keep=2)
+        self.finite = FiniteCheck(named_variables(strategy_items))
+        # Two kept: a resume falls back to the older one if the newest cannot be read. The learning rates
+        # are this run's, not the checkpoint's: a re-run after a divergence at a lower --weight_lr uses it.
+        self.manager = CheckpointKeeper(self.checkpoint, os.path.join(workdir, "checkpoints"), max_to_keep=2,
+                                        finite=self.finite, configured=learning_rate_variables(strategy_items))
         self.writer = tf.summary.create_file_writer(os.path.join(workdir, "tensorboard"))
         self.genotype_path = os.path.join(workdir, "genotype.json")
         self.history_path = os.path.join(workdir, "alpha_history.jsonl")
 
     def restore(self) -> int:
-        if self.manager.latest_checkpoint:
-            restore_checkpoint(self.checkpoint, self.manager.latest_checkpoint)
-            logging.info("Resumed from %s at step %d", self.manager.latest_checkpoint, int(self.step_var))
+        """Restores the newest checkpoint that reads back whole and finite; returns its step (0: none)."""
+        path = self.manager.restore_latest()
+        if path:
+            logging.info("Resumed from %s at step %d", path, int(self.step_var))
         return int(self.step_var)
+
+    def check_state(self, step: int) -> None:
+        """Raises `NonFiniteStateError` if any variable of the checkpointed state is NaN or Inf after `step`;
+        called before anything (checkpoint, genotype.json) is written."""
+        bad = self.finite.first_non_finite()
+        if bad is None:
+            return
+        item, name = bad
+        latest = self.manager.latest_checkpoint
+        kept = (f"the latest checkpoint stays {latest}, and a re-run resumes from it" if latest
+                else "no checkpoint was written, and a re-run starts over")
+        raise NonFiniteStateError(
+            f"{search_part(item, name)}: variable {name} is not finite (NaN or Inf) after step {step}; the "
+            f"update diverged (lower --weight_lr / --student_lr / --arch_lr, or set --grad_clip). The run stops "
+            f"here: nothing was written, {kept}; genotype.json is untouched.")
 
     def alphas(self):
         return [a.numpy() for a in self.strategy.A_values()]
@@ -139,6 +180,7 @@ class SearchRun:
         the genotype (if `validation_score` is given), and a checkpoint."""
         from capnas_tf.search_space import plots
 
+        self.check_state(step)
         genotype = self.genotype()
         genotype.save(self.genotype_path)
         if validation_score is not None:
@@ -168,6 +210,7 @@ class SearchRun:
         self.save_checkpoint(step)
 
     def save_checkpoint(self, step: int) -> None:
+        self.check_state(step)
         self.step_var.assign(step)
         self.manager.save(checkpoint_number=step)
 
@@ -212,6 +255,7 @@ def run_search(strategy: SearchStrategy, streams: tf.data.Dataset, workdir: str,
             run.save_checkpoint(done)
     if start >= total:
         log(f"Search already complete in {workdir} ({total} steps); re-deriving the genotype.")
+    run.check_state(max(start, total))
     genotype = run.genotype()
     genotype.save(run.genotype_path)
     return SearchResult(genotype=genotype, genotype_path=run.genotype_path, steps=total,

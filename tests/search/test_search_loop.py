@@ -10,7 +10,7 @@ import tensorflow as tf
 
 from capnas_tf.config import SearchConfig, SupernetConfig
 from capnas_tf.jobs import RunConfig, search_job, search_streams
-from capnas_tf.search.loop import NonFiniteLossError, SearchRun, run_search
+from capnas_tf.search.loop import NonFiniteLossError, NonFiniteStateError, SearchRun, run_search
 from capnas_tf.search.models import build_search_models
 from capnas_tf.search.strategies import ThreeStageStrategy, get_strategy
 from capnas_tf.search_space.genotype import Genotype
@@ -81,7 +81,12 @@ def test_checkpoint_restores_every_variable_of_the_search(tiny_data, tmp_path):
     expected, restored = _search_state(original), _search_state(resumed)
     assert len(restored) == len(expected)
     for a, b in zip(expected, restored):
+        if a.path.endswith("/learning_rate"):  # a setting, not state: the resumed run's own (its config's)
+            assert b.numpy() != a.numpy()
+            continue
         np.testing.assert_array_equal(b.numpy(), a.numpy(), err_msg=f"{a.path} was not restored")
+    rates = sorted(float(v.numpy()) for v in _search_state(resumed) if v.path.endswith("/learning_rate"))
+    np.testing.assert_allclose(rates, sorted([TINY_SEARCH.weight_lr, TINY_SEARCH.student_lr, TINY_SEARCH.arch_lr]))
 
 
 def test_skipped_streams_continue_with_the_batches_of_an_uninterrupted_run(tiny_data):
@@ -162,3 +167,75 @@ def test_nan_loss_stops_the_run_and_keeps_the_last_good_outputs(tiny_data, tmp_p
     genotype_after_epoch_1 = Genotype.load(str(tmp_path / "genotype.json"))
     assert tf.train.latest_checkpoint(str(tmp_path / "checkpoints")).endswith("-3")
     assert genotype_after_epoch_1.normal  # still a whole, valid genotype
+
+
+def _weight_only_search(data, workdir, config, log):
+    """`run_search` of `config` with weight-only steps (see the test above): a fresh strategy per call, as a
+    re-run builds it."""
+    models = build_search_models(config, vocab_size=len(data.vocab), max_caption_len=L, image_size=16)
+    strategy = get_strategy("three_stage")(models, config, max_caption_len=L)
+    weight_only_step = strategy.step
+    strategy.step = lambda batches, update_architecture: weight_only_step(batches, update_architecture=False)
+    return run_search(strategy, search_streams(data, 4), str(workdir), config=config, steps_per_epoch=2,
+                      primitives=models.encoder.primitives, num_nodes=models.encoder.num_nodes, log=log)
+
+
+def _checkpoint_values(directory) -> dict:
+    reader = tf.train.load_checkpoint(str(directory))
+    return {name: reader.get_tensor(name) for name in reader.get_variable_to_shape_map()
+            if name != "_CHECKPOINTABLE_OBJECT_GRAPH"}
+
+
+def test_a_diverged_search_writes_nothing_and_a_saner_rerun_resumes_from_the_last_good_checkpoint(tiny_data, tmp_path):
+    """weight_lr=1e8 (the operator's probe): the step after the first huge update still has a finite loss
+    (~1e9) but leaves BatchNorm moving variances at Inf. The state is checked before the epoch's genotype
+    and checkpoint are written, so the run stops naming the variable, and the checkpoint of the epoch
+    before stays the latest: a re-run at a sane learning rate resumes from it and finishes."""
+    config = dataclasses.replace(TINY_SEARCH, checkpoint_every=0)  # a checkpoint per epoch (2 steps)
+
+    def stop_after_step_3(line):
+        if "step 3/" in line:
+            raise KeyboardInterrupt  # killed in epoch 2: the checkpoint of step 2 is the last one
+    with pytest.raises(KeyboardInterrupt):
+        _weight_only_search(tiny_data, tmp_path, config, stop_after_step_3)
+    good_genotype = (tmp_path / "genotype.json").read_text()
+    good = _checkpoint_values(tmp_path / "checkpoints")
+
+    lines = []
+    with pytest.raises(NonFiniteStateError,
+                       match=r"supernet E: variable \S+/moving_variance is not finite \(NaN or Inf\) after step 4;"
+                             r".* the latest checkpoint stays \S+ckpt-2, and a re-run resumes from it"):
+        _weight_only_search(tiny_data, tmp_path, dataclasses.replace(config, weight_lr=1e8), lines.append)
+    assert any("stage1/train_loss=" in line and "e+0" in line for line in lines), lines  # diverging, still finite
+    assert tf.train.latest_checkpoint(str(tmp_path / "checkpoints")).endswith("-2")
+    assert (tmp_path / "genotype.json").read_text() == good_genotype
+    kept = _checkpoint_values(tmp_path / "checkpoints")
+    assert kept.keys() == good.keys() and all(np.array_equal(kept[k], good[k]) for k in good)
+
+    lines = []
+    _weight_only_search(tiny_data, tmp_path, config, lines.append)
+    assert [line.split(" epoch")[0].split("] ")[1] for line in lines if line.startswith("[")] == ["step 3/4",
+                                                                                                  "step 4/4"]
+    final = _checkpoint_values(tmp_path / "checkpoints")
+    assert tf.train.latest_checkpoint(str(tmp_path / "checkpoints")).endswith("-4")
+    assert all(np.isfinite(v).all() for v in final.values() if np.issubdtype(v.dtype, np.floating))
+
+
+def test_a_truncated_latest_search_checkpoint_falls_back_to_the_one_before(tiny_data, tmp_path, caplog):
+    strategy = _search_strategy(len(tiny_data.vocab))
+    kwargs = dict(primitives=TINY_SEARCH.supernet.primitives, num_nodes=TINY_SEARCH.supernet.num_nodes,
+                  max_skip_connect=None)
+    run = SearchRun(str(tmp_path), strategy, **kwargs)
+    run.save_checkpoint(2)
+    run.save_checkpoint(4)
+    (data_file,) = (tmp_path / "checkpoints").glob("ckpt-4.data-*")
+    with open(data_file, "r+b") as f:
+        f.truncate(data_file.stat().st_size // 2)  # a crash while writing it
+    warnings = []
+    resumed = SearchRun(str(tmp_path), _search_strategy(len(tiny_data.vocab)), **kwargs)
+    resumed.manager.warn = warnings.append
+    assert resumed.restore() == 2
+    assert any(str(data_file) in w and "cannot be read" in w for w in warnings), warnings
+    assert tf.train.latest_checkpoint(str(tmp_path / "checkpoints")).endswith("-2")
+    resumed.save_checkpoint(4)  # the next save replaces it
+    assert SearchRun(str(tmp_path), _search_strategy(len(tiny_data.vocab)), **kwargs).restore() == 4
