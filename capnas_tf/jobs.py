@@ -6,13 +6,16 @@
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import json
 import os
 
 import tensorflow as tf
 
 from capnas_tf.config import SearchConfig
 from capnas_tf.distribute import get_distribution_strategy
+from capnas_tf.locking import WorkdirLockedError, workdir_lock  # noqa: F401  (WorkdirLockedError: for callers)
 from capnas_tf.search.loop import SearchResult, run_search
 from capnas_tf.search.models import build_search_models, set_global_seed
 from capnas_tf.search.strategies import get_strategy
@@ -67,9 +70,36 @@ def load_data(run: RunConfig, data_config, log=print):
     return data
 
 
+def holds_workdir_lock(run: RunConfig) -> bool:
+    """Whether this process takes the workdir's lock: always, except for the workers of a multi-worker job
+    other than the chief (they share the chief's workdir; TF_CONFIG says which task this is)."""
+    if run.distribution != "multi_worker":
+        return True
+    try:
+        tf_config = json.loads(os.environ.get("TF_CONFIG", "{}"))
+    except ValueError:
+        return True
+    task, cluster = tf_config.get("task", {}), tf_config.get("cluster", {})
+    if task.get("type") == "chief":
+        return True
+    return "chief" not in cluster and task.get("type") == "worker" and int(task.get("index", 0)) == 0
+
+
 def run(mode: str, *, run: RunConfig, data, search: SearchConfig, retrain=None, log=print) -> dict:
     """Runs `mode` and prints the artifacts it wrote. In `pipeline` mode the retrain uses the genotype
-    the search derived, whatever `retrain.genotype` says."""
+    the search derived, whatever `retrain.genotype` says.
+
+    The workdir is this run's alone while it runs (`<workdir>/.lock`, `capnas_tf.locking`).
+
+    Raises:
+      WorkdirLockedError: another run holds the workdir (before anything is read or written).
+    """
+    lock = workdir_lock(run.workdir) if holds_workdir_lock(run) else contextlib.nullcontext()
+    with lock:
+        return _run(mode, run=run, data=data, search=search, retrain=retrain, log=log)
+
+
+def _run(mode: str, *, run: RunConfig, data, search: SearchConfig, retrain=None, log=print) -> dict:
     os.makedirs(run.workdir, exist_ok=True)
     caption_data = load_data(run, data, log)
     artifacts = {"vocabulary": os.path.join(run.workdir, "vocab.txt")}

@@ -23,7 +23,11 @@ def main(argv):
     except ValueError as error:  # a usage error: `--flag=value: what was expected`, no traceback
         print(cflags.describe_config_error(error), file=sys.stderr)
         return 2
-    jobs.run(cflags.FLAGS.mode, **configs)
+    try:
+        jobs.run(cflags.FLAGS.mode, **configs)
+    except jobs.WorkdirLockedError as error:  # another run on this workdir: refused, nothing touched
+        print(f"Error: {error}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":
