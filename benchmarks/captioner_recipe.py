@@ -116,10 +116,11 @@ def target_lines(records: list[dict]) -> list[str]:
     return out
 
 
-def write_report(path: str, records: list[dict], retrain: RetrainConfig, command: str) -> None:
+def write_report(path: str, records: list[dict], retrain: RetrainConfig, command: str, note: str = "") -> None:
     seeds = ", ".join(str(r["seed"]) for r in records)
     walls = ", ".join(f"{r['wall_s'] / 60:.1f}" for r in records)
     epochs = ", ".join(f"{r['best_epoch']}/{r['epochs']}" for r in records)
+    sizes = ", ".join(f"{k}={v}" for k, v in decoder_defaults(retrain.decoder).items() if k not in ("trainable", "dtype"))
     parts = [
         "# The captioner recipe: does it see?",
         "",
@@ -130,9 +131,10 @@ def write_report(path: str, records: list[dict], retrain: RetrainConfig, command
         "captions with every group, attribute and relation right, `distinct_ratio` distinct captions / images.",
         "",
         f"Recipe: encoder {retrain.encoder} ({retrain.genotype}, C={retrain.channels}, {retrain.num_cells} cells), "
-        f"decoder {retrain.decoder} {decoder_defaults(retrain.decoder)}, {retrain.epochs} epochs × {retrain.steps_per_epoch} steps, lr {retrain.lr}, "
+        f"decoder {retrain.decoder} ({sizes}), {retrain.epochs} epochs × {retrain.steps_per_epoch} steps, lr {retrain.lr}, "
         f"checkpoint kept by {records[0]['selection_metric']} on all validation images.",
         f"Wall time per seed (model + blind baseline + scoring): {walls} min; kept epoch per seed: {epochs}.",
+        *([note] if note else []),
         "",
     ]
     for split in SPLITS:
@@ -150,6 +152,7 @@ def parse_args(argv=None):
     parser.add_argument("--workdir", default="runs/bench_captioner_recipe")
     parser.add_argument("--records", default="docs/captioner_recipe")
     parser.add_argument("--report", default="docs/captioner_recipe.md")
+    parser.add_argument("--note", default="", help="a sentence for the report, e.g. what else ran on the machine")
     return parser.parse_args(argv)
 
 
@@ -178,8 +181,10 @@ def main(argv=None) -> int:
     for seed in seeds:
         with open(os.path.join(records_dir, f"seed{seed}.json")) as f:
             records.append(json.load(f))
-    command = "python benchmarks/captioner_recipe.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    write_report(args.report, records, retrain, command.strip())
+    command = "python benchmarks/captioner_recipe.py"
+    command += " --quick" * args.quick + (f" --seeds {' '.join(map(str, args.seeds))}" if args.seeds != [0, 1, 2] else "")
+    command += f" --genotype={args.genotype}" if args.genotype != RetrainConfig().genotype else ""
+    write_report(args.report, records, retrain, command, args.note)
     print(f"Wrote {args.report}")
     return 0
 

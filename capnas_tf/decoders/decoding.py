@@ -21,7 +21,7 @@ def _batch_size(features):
     return tf.shape(features[1])[0]
 
 
-def _never_generated(vocab_size, start_id: int, pad_id: int):
+def never_generated(vocab_size, start_id: int = 1, pad_id: int = 0):
     """(V,) additive mask: −10⁹ on <start> and <pad>, 0 elsewhere. A decoder never learns to emit them, but an
     untrained or diverging one can, and a <pad> mid-caption would end it silently (and drop that position
     from the Stage II loss), so they are never chosen; scores stay log p under the model."""
@@ -114,7 +114,7 @@ def greedy_decode(
     def body(t, token, ids, scores, finished, state):
         logits, state = steps.step(token, t, state)
         log_probs = _log_softmax32(logits)  # (B, V)
-        allowed = log_probs + _never_generated(tf.shape(log_probs)[-1], start_id, pad_id)
+        allowed = log_probs + never_generated(tf.shape(log_probs)[-1], start_id, pad_id)
         word = tf.argmax(allowed, axis=-1, output_type=tf.int32)
         scores += tf.where(finished, 0.0, tf.reduce_max(allowed, axis=-1))
         word = tf.where(finished, pad_id, word)
@@ -214,7 +214,7 @@ def beam_search(
         V = tf.shape(log_probs)[-1]
         log_probs = tf.reshape(log_probs, tf.stack([batch, K, V]))  # (B, K, V)
         only_pad = tf.where(tf.equal(tf.range(V), pad_id), 0.0, NEG_INF)  # (V,)
-        log_probs = log_probs + _never_generated(V, start_id, pad_id)
+        log_probs = log_probs + never_generated(V, start_id, pad_id)
         log_probs = tf.where(finished[..., None], only_pad, log_probs)
         candidate_log_lik = log_lik[..., None] + log_probs  # (B, K, V)
         candidate_length = tf.where(finished, lengths, t + 1)  # (B, K)

@@ -29,7 +29,7 @@ from typing import Callable
 import keras
 import tensorflow as tf
 
-from capnas_tf.decoders.decoding import greedy_decode
+from capnas_tf.decoders.decoding import greedy_decode, never_generated
 from capnas_tf.decoders.losses import float_logits, soft_token_nll_sum, token_mask, token_nll_sum
 from capnas_tf.distribute import all_reduce_sum
 from capnas_tf.search.hypergradient import ThreeStageProblem
@@ -69,10 +69,13 @@ def soft_pseudo_caption_loss(student_logits_fn: Callable, teacher_logits: tf.Ten
 
 def straight_through_pseudo_caption_loss(student_logits_fn: Callable, teacher_logits: tf.Tensor,
                                          tokens: tf.Tensor) -> tf.Tensor:
-    """W on straight-through one-hot rows y = onehot(argmax p) + p − sg(p), as input and as target."""
+    """W on straight-through one-hot rows y = onehot(argmax p) + p − sg(p), as input and as target (argmax
+    over the words greedy decoding may choose)."""
     targets = tokens[:, 1:]
     p = tf.nn.softmax(float_logits(teacher_logits))
-    hard = tf.one_hot(tf.argmax(p, axis=-1, output_type=tf.int32), tf.shape(p)[-1], dtype=p.dtype)
+    # The same choice as the teacher's greedy decode, which never picks <start> or <pad>.
+    allowed = p + tf.cast(never_generated(tf.shape(p)[-1]), p.dtype)
+    hard = tf.one_hot(tf.argmax(allowed, axis=-1, output_type=tf.int32), tf.shape(p)[-1], dtype=p.dtype)
     rows = hard + p - tf.stop_gradient(p)  # [B, T, V]: forward hard, backward soft
     # The decoder input at t is the token predicted at t − 1; position 0 is <start>.
     start = tf.one_hot(tokens[:, :1], tf.shape(p)[-1], dtype=p.dtype)
