@@ -6,7 +6,7 @@ once from the same batches already in memory.
     python benchmarks/input_pipeline.py            # quickstart's search space, 2 rounds of 30 steps
     python benchmarks/input_pipeline.py --steps=10 --rounds=1 --output=''
 
-Target (issue 8): pipeline-fed time ≤ 1.1 × in-memory time. The step function is the search loop's own
+Target: pipeline-fed time ≤ 1.1 × in-memory time. The step function is the search loop's own
 (`loop.make_step_function`), traced and warmed up before anything is timed. Each round times N
 pipeline-fed steps, then the same N batches again from memory, so that the load of the (shared)
 machine drifts as little as possible between the two; the ratio is Σ pipeline / Σ memory over rounds.
@@ -57,11 +57,12 @@ def main(argv=None):
     from capnas_tf.data.pipeline import DataConfig, load_caption_data
     from capnas_tf.jobs import search_streams
     from capnas_tf.search.loop import make_step_function
-    from capnas_tf.search.models import build_search_models, set_global_seed
+    from capnas_tf.distribute import configure_runtime
+    from capnas_tf.search.models import build_search_models
     from capnas_tf.search.strategies import ThreeStageStrategy
 
     machine = bench.machine_line()
-    set_global_seed(0, deterministic=False)
+    configure_runtime(0, deterministic=False)
     data = load_caption_data(DataConfig(image_size=args.image_size, batch_size=args.batch_size,
                                         data_dir=args.data_dir), tempfile.mkdtemp(prefix="input_pipeline_"))
     config = SearchConfig(hypergradient=args.hypergradient, supernet=SupernetConfig(

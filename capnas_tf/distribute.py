@@ -1,7 +1,38 @@
-"""Choosing a tf.distribute strategy by name (`--strategy`)."""
+"""The TensorFlow runtime of a run: its seeds and determinism, and its tf.distribute strategy by name
+(`--strategy`). Both are set before the run's first TensorFlow op."""
 from __future__ import annotations
 
+import keras
 import tensorflow as tf
+
+
+def configure_runtime(seed: int, deterministic: bool) -> str | None:
+    """Seeds Python, NumPy, TensorFlow and Keras with `seed`; with `deterministic`, makes a run's results
+    bit-identical from one process to the next.
+
+    Deterministic kernels alone (`enable_op_determinism`) are not enough: with several inter-op threads,
+    two fresh runs of the three-stage search differ in the last bits of the hypergradient (and, through
+    Adam's normalisation of tiny gradients, in the third digit of A) — results depend on the order in
+    which independent ops run. One inter-op thread fixes that order. The thread pools can only be sized
+    before TensorFlow runs its first op, so this is called first by `jobs.run`.
+
+    Returns:
+      None, or a warning to log when the inter-op thread pool was already started with more than one thread
+      (library use after other TensorFlow work): the run is then deterministic per process only.
+    """
+    keras.utils.set_random_seed(seed)
+    if not deterministic:
+        return None
+    tf.config.experimental.enable_op_determinism()
+    try:
+        tf.config.threading.set_inter_op_parallelism_threads(1)
+    except RuntimeError:  # "Inter op parallelism cannot be modified after initialization."
+        threads = tf.config.threading.get_inter_op_parallelism_threads()
+        if threads != 1:
+            return ("--deterministic: TensorFlow was already running with "
+                    f"{threads or 'automatic'} inter-op threads; results may differ in the last bits "
+                    "between processes (start the run in a fresh process for bit-identical results).")
+    return None
 
 
 def _default():

@@ -14,10 +14,10 @@ import os
 import tensorflow as tf
 
 from capnas_tf.config import SearchConfig
-from capnas_tf.distribute import get_distribution_strategy
+from capnas_tf.distribute import configure_runtime, get_distribution_strategy
 from capnas_tf.locking import WorkdirLockedError, workdir_lock  # noqa: F401  (WorkdirLockedError: for callers)
 from capnas_tf.search.loop import SearchResult, run_search
-from capnas_tf.search.models import build_search_models, set_global_seed
+from capnas_tf.search.models import build_search_models
 from capnas_tf.search.strategies import get_strategy
 
 
@@ -40,7 +40,9 @@ def search_streams(data, batch_size: int) -> tf.data.Dataset:
 
 def search_job(run: RunConfig, search: SearchConfig, data, *, batch_size: int, log=print) -> SearchResult:
     """Runs (or resumes) a search in `<run.workdir>/search`; returns the genotype it derived."""
-    set_global_seed(run.seed, run.deterministic)
+    warning = configure_runtime(run.seed, run.deterministic)
+    if warning:
+        log(f"Warning: {warning}")
     dist = get_distribution_strategy(run.distribution)
     steps_per_epoch = search.steps_per_epoch or max(1, data.num_train_examples // batch_size)
     with dist.scope():
@@ -94,6 +96,7 @@ def run(mode: str, *, run: RunConfig, data, search: SearchConfig, retrain=None, 
     Raises:
       WorkdirLockedError: another run holds the workdir (before anything is read or written).
     """
+    configure_runtime(run.seed, run.deterministic)  # before TensorFlow's first op (thread pools, seeds)
     lock = workdir_lock(run.workdir) if holds_workdir_lock(run) else contextlib.nullcontext()
     with lock:
         return _run(mode, run=run, data=data, search=search, retrain=retrain, log=log)

@@ -36,6 +36,7 @@ from capnas_tf.checkpointing import CheckpointKeeper, FiniteCheck, model_state, 
 from capnas_tf.config import RetrainConfig
 from capnas_tf.data.text import normalize_caption
 from capnas_tf.decoders import get_decoder
+from capnas_tf.distribute import configure_runtime
 from capnas_tf.encoders import ENCODERS
 from capnas_tf.search.captioning import caption_loss
 from capnas_tf.search_space.genotype import resolve_genotype
@@ -390,7 +391,9 @@ def retrain_job(run, config: RetrainConfig, data, *, log=print) -> RetrainResult
     workdir = os.path.join(run.workdir, "retrain")
     batch_size = config.batch_size or data.config.batch_size
     steps = config.steps_per_epoch or max(1, data.num_train_examples // batch_size)
-    keras.utils.set_random_seed(run.seed)
+    warning = configure_runtime(run.seed, run.deterministic)
+    if warning:
+        log(f"Warning: {warning}")
     captioner = build_captioner(config, vocab_size=len(data.vocab), max_caption_len=data.max_caption_len,
                                 image_size=data.image_size)
     encoder_name = (f"{config.genotype} (C={config.channels}, {config.num_cells} cells, " if config.encoder == "darts"
@@ -501,7 +504,8 @@ def export_captioner(captioner: Captioner, vocab, workdir: str, config: RetrainC
         from capnas_tf.export.saved_model import export_saved_model
 
         exports["saved_model"] = export_saved_model(captioner, vocab, os.path.join(workdir, "export", "saved_model"),
-                                                    image_size=image_size, beam_width=config.beam_width)
+                                                    image_size=image_size, beam_width=config.beam_width,
+                                                    max_pixels=config.export_max_pixels)
         log(f"SavedModel → {exports['saved_model']}")
     if config.export_onnx:
         from capnas_tf.export.onnx import export_onnx

@@ -15,7 +15,6 @@ import time
 import keras
 import numpy as np
 import tensorflow as tf
-from absl import logging
 
 from capnas_tf.checkpointing import (CheckpointKeeper, FiniteCheck, learning_rate_variables, model_state,
                                     named_variables)
@@ -140,11 +139,11 @@ class SearchRun:
         self.genotype_path = os.path.join(workdir, "genotype.json")
         self.history_path = os.path.join(workdir, "alpha_history.jsonl")
 
-    def restore(self) -> int:
+    def restore(self, log=print) -> int:
         """Restores the newest checkpoint that reads back whole and finite; returns its step (0: none)."""
         path = self.manager.restore_latest()
         if path:
-            logging.info("Resumed from %s at step %d", path, int(self.step_var))
+            log(f"Resuming from {path} at step {int(self.step_var)}")
         return int(self.step_var)
 
     def check_state(self, step: int) -> None:
@@ -231,7 +230,7 @@ def run_search(strategy: SearchStrategy, streams: tf.data.Dataset, workdir: str,
     dist = dist or tf.distribute.get_strategy()
     run = SearchRun(workdir, strategy, primitives=primitives, num_nodes=num_nodes,
                     max_skip_connect=config.supernet.max_skip_connect)
-    start = run.restore()
+    start = run.restore(log)
     total = config.epochs * steps_per_epoch
     warmup_steps = config.warmup_epochs * steps_per_epoch
     strategy.begin_search(total_steps=total, warmup_steps=warmup_steps)

@@ -2,7 +2,6 @@
 Stage II student W — all built (variables created) so that the strategies can snapshot their values."""
 from __future__ import annotations
 
-import keras
 import tensorflow as tf
 
 from capnas_tf.captioner import Captioner
@@ -51,8 +50,3 @@ def _build_search_models(config: SearchConfig, *, vocab_size: int, max_caption_l
 
     return SearchModels(encoder=encoder, decoder=decoder, student=student, relax=relax)
 
-
-def set_global_seed(seed: int, deterministic: bool) -> None:
-    keras.utils.set_random_seed(seed)
-    if deterministic:
-        tf.config.experimental.enable_op_determinism()

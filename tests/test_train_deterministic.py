@@ -1,0 +1,67 @@
+"""`python -m capnas_tf.train --deterministic`: two fresh processes end with bit-identical A and genotype,
+and a run killed after a checkpoint and resumed ends where the uninterrupted run does."""
+import os
+import signal
+import subprocess
+import sys
+import time
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": REPO}
+
+# The exact three-stage hypergradient (the estimator whose results drifted between runs), on a supernet
+# with BatchNorm, ReLU and max-pooling, 2 epochs × 4 steps, a checkpoint every 2 steps.
+SEARCH_FLAGS = ["--mode=search", "--dataset=capnas_shapes", "--image_size=16", "--batch_size=8",
+                "--search_strategy=three_stage", "--hypergradient=exact", "--stage2=soft", "--search_epochs=2",
+                "--warmup_epochs=0", "--steps_per_epoch=4", "--checkpoint_every=2", "--supernet_channels=4",
+                "--supernet_cells=2", "--supernet_nodes=2",
+                "--primitives=none,skip_connect,max_pool_3x3,sep_conv_3x3", "--log_every=2",
+                "--search_eval_images=0", "--deterministic"]
+
+
+def _command(workdir, data_dir):
+    return [sys.executable, "-m", "capnas_tf.train", f"--workdir={workdir}", f"--data_dir={data_dir}",
+            *SEARCH_FLAGS]
+
+
+def _outputs(workdir):
+    search = os.path.join(workdir, "search")
+    with open(os.path.join(search, "alpha_history.jsonl"), "rb") as history, \
+            open(os.path.join(search, "genotype.json"), "rb") as genotype:
+        return history.read(), genotype.read()
+
+
+def _kill_after_first_checkpoint(process, workdir, timeout=300):
+    """SIGKILLs `process` once its first checkpoint is on disk; returns whether it was killed mid-run."""
+    index = os.path.join(workdir, "search", "checkpoints", "ckpt-2.index")
+    deadline = time.monotonic() + timeout
+    while process.poll() is None and time.monotonic() < deadline:
+        if os.path.exists(index):
+            process.send_signal(signal.SIGKILL)
+            break
+        time.sleep(0.05)
+    process.wait(timeout=60)
+    return process.returncode == -signal.SIGKILL
+
+
+def test_deterministic_search_is_bit_identical_across_processes_and_resumes(tmp_path):
+    data_dir = tmp_path / "tfds"
+    uninterrupted, interrupted = tmp_path / "uninterrupted", tmp_path / "interrupted"
+    # The TFDS build happens once, before the two runs race for it.
+    first = subprocess.run(_command(uninterrupted, data_dir), env=ENV, cwd=REPO, capture_output=True,
+                           text=True, timeout=600)
+    assert first.returncode == 0, first.stderr[-3000:]
+
+    killed_run = subprocess.Popen(_command(interrupted, data_dir), env=ENV, cwd=REPO,
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    assert _kill_after_first_checkpoint(killed_run, interrupted), "the run ended before it could be killed"
+    resumed = subprocess.run(_command(interrupted, data_dir), env=ENV, cwd=REPO, capture_output=True,
+                             text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "Resuming from" in resumed.stdout + resumed.stderr
+
+    history, genotype = _outputs(uninterrupted)
+    resumed_history, resumed_genotype = _outputs(interrupted)
+    assert history.count(b"\n") == 2  # A after epoch 1 and epoch 2
+    assert resumed_history == history  # every value of A, to the last bit
+    assert resumed_genotype == genotype
