@@ -217,7 +217,7 @@ def main(argv=None):
     print("\n" + table + "\n\n" + "\n".join(verdicts))
     body = (f"Command: `{command.strip()}` — {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, "
             f"{time.time() - started:.0f} s in all.\n\n{header}.\n{machine}.\n"
-            f"Reference: PyTorch DARTS on a 2-core, 2-thread machine of this kind (figures given in issue 8); "
+            f"Reference: PyTorch DARTS on a 2-core, 2-thread machine of this kind (its published step times); "
             f"its second order is the finite-difference one. Peak = the process's resident-set high-water mark "
             f"during the timed steps above the built models (graphs included); tensors = the TensorFlow "
             f"allocator's peak bytes in use (weights, optimizer slots, activations), as a GPU would report.\n\n{table}\n\n" + "\n".join(verdicts) + "\n")

@@ -8,7 +8,7 @@
 
 First the default `capnas_shapes` (the `DataConfig()` the main job uses: 32×32, 2000 training images × 5
 captions, L = 16, min word count 5) is generated into a fresh temporary TFDS data_dir, and the generation
-is timed (issue 2 asks for under a minute on 2 cores). Then, per seed, one captioner per encoder is
+is timed (the aim: under a minute on 2 cores). Then, per seed, one captioner per encoder is
 trained by `capnas_tf.retrain.retrain_job` with everything but `RetrainConfig.encoder` identical: the
 LSTM decoder F, AdamW with cosine decay, steps, batch size, seed (initialisation and data order) and
 model selection by validation CIDEr after each epoch. The encoders:

@@ -304,7 +304,7 @@ def render_markdown(rows: list[dict], records: list[dict], *, budget: Budget, mo
                  "benchmark's answer)" if mode == "quick" else "full mode"
     out = [f"# Search efficacy on capnas_shapes — {title_mode}", ""]
     out += ["Does a search strategy find a better encoder than an architecture drawn at random from the same "
-            "space, when every genotype is retrained with the same budget? (Issue 7; Li & Talwalkar 2019, "
+            "space, when every genotype is retrained with the same budget? (Li & Talwalkar 2019, "
             "Yu et al. 2020.) Produced by `benchmarks/search_efficacy.py`; every number in the tables is measured.", ""]
     out += ["```", command, "```", ""]
     out += [f"- **Mode**: {mode}. **Seeds**: {seeds} (0 … {seeds - 1}). **Random architectures**: K = "
@@ -684,7 +684,7 @@ def main(argv=None) -> int:
     if unknown:
         raise SystemExit(f"--strategies: {unknown} not registered in capnas_tf.search.strategies.STRATEGIES "
                          f"{registered}.")
-    expected = ("three_stage", "darts", "gdas", "random_ws", "reinforce")  # issue 7's list
+    expected = ("three_stage", "darts", "gdas", "random_ws", "reinforce")  # the strategies the benchmark compares
     missing = [s for s in expected if s not in registered]
     command = "python " + " ".join(["benchmarks/search_efficacy.py"]
                                    + run_arguments(sys.argv[1:] if argv is None else list(argv)))
@@ -695,7 +695,7 @@ def main(argv=None) -> int:
     todo = pending_runs(runs, records, retry_failed=args.retry_failed)
     print(f"search_efficacy ({mode}): {len(runs)} runs planned, {len(runs) - len(todo)} already recorded in "
           f"{workdir}/results, {len(todo)} to run{' (not now: --report_only)' if args.report_only else ''}. "
-          f"Issue 7 strategies not registered: {missing or 'none'}.", flush=True)
+          f"Compared strategies not registered: {missing or 'none'}.", flush=True)
     if args.only_run:
         return run_one(args.only_run, runs, budget, workdir)
     if args.report_only:

@@ -208,9 +208,11 @@ class RetrainConfig:
       final_metrics: scorer groups of the final test metrics (METEOR starts a JVM: ~15 s per call).
       baseline: the trivial baseline reported next to the model: "frequent_caption" (always the most
         frequent training caption) or "none".
-      xla: compile the training step with XLA (often slower on CPU; see TF_PITFALLS.md).
+      xla: compile the training step with XLA (often slower on the CPU: docs/performance.md, "XLA on the CPU").
       export_saved_model, export_onnx: write `<workdir>/export/saved_model/1/` and
         `<workdir>/export/captioner.onnx` from the best checkpoint.
+      export_max_pixels: the SavedModel's `serving_default` refuses an image whose header declares more
+        pixels (width × height) than this, before decoding it ("error: too large" in its `status`).
       log_every: steps between progress lines and TensorBoard scalars.
       blind_baseline: also retrain the image-blind baseline: the same decoder by the same recipe on the
         same captions, its image replaced by a constant (encoder "blind"), in `<workdir>/retrain/blind/`,
@@ -240,6 +242,7 @@ class RetrainConfig:
     xla: bool = False
     export_saved_model: bool = True
     export_onnx: bool = True
+    export_max_pixels: int = 4096 * 4096
     log_every: int = 50
     blind_baseline: bool = True
     selection_metric: str = "auto"
@@ -260,3 +263,7 @@ class RetrainConfig:
             raise ValueError(f"RetrainConfig.baseline must be 'frequent_caption' or 'none', received {self.baseline!r}.")
         if self.lr <= 0:
             raise ValueError(f"RetrainConfig.lr must be > 0, received {self.lr!r}.")
+        if isinstance(self.export_max_pixels, bool) or not isinstance(self.export_max_pixels, int) \
+                or self.export_max_pixels <= 0:
+            raise ValueError(f"RetrainConfig.export_max_pixels must be an integer > 0, "
+                             f"received {self.export_max_pixels!r}.")

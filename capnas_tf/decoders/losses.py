@@ -3,7 +3,7 @@
 Both losses are −Σ_v p_v · log softmax(z)_v averaged over the non-masked positions. The fused
 `tf.nn.softmax_cross_entropy_with_logits` (and Keras' CategoricalCrossentropy, which calls it) is
 avoided on purpose: its registered gradient drops the mixed derivative ∂²L/∂p∂z, so a hypergradient
-that flows through soft targets p would silently be zero (docs/design.md, TF_PITFALLS §1).
+that flows through soft targets p would silently be zero (docs/design.md; BUILD_NOTES.md, "Second-order pitfalls").
 
 The token sums (`token_nll_sum`, `soft_token_nll_sum`) are the one home of the cross-entropy: the
 means here divide them by the local token count, the search's losses (`search/captioning.py`) by the

@@ -55,7 +55,7 @@ def second_order_batch_norm(enabled: bool = True):
     `enabled=False` makes it a no-op, for callers that decide per estimator.
     Both are exact to second order there, but the fused kernel's second derivative re-derives its
     closed-form gradient under a fresh tape, which made the default config's exact three-stage step
-    1.26× slower (6.02 s against 4.76 s, session 6), while first-order steps run 1.3× faster with it.
+    about 1.3× slower, while first-order steps run about 1.3× faster with it (docs/performance.md).
 
     Read when a step is traced (a Python setting baked into the graph). A process-wide counter rather
     than a thread-local, because tf.distribute traces each replica in a thread of its own: a replica

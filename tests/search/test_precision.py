@@ -110,7 +110,7 @@ def test_mixed_bfloat16_hypergradient_agrees_with_float32(tiny_data, float32_ref
 
 def test_mixed_float16_hypergradient_gets_the_loss_scale(tiny_data, float32_reference):
     """The hypergradient here is ~1e-6 per entry, so float16 cotangents underflow without scaling.
-    Measured (session 8, PRECISION_SUPERNET): S = 1 cosine 0.735; S = 2^5 0.9997 (1.046×); S = 2^10 (default)
+    Measured (PRECISION_SUPERNET): S = 1 cosine 0.735; S = 2^5 0.9997 (1.046×); S = 2^10 (default)
     0.9995 (1.032×); S = 2^15 0.9995 (1.034×). Stated tolerance at the default: cosine > 0.998, norm within 5 %."""
     cosine, ratio = _agreement(tiny_data, float32_reference, "mixed_float16")
     assert precision.loss_scale(SearchConfig(dtype_policy="mixed_float16")) == precision.FLOAT16_LOSS_SCALE

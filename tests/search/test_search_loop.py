@@ -64,7 +64,7 @@ def _search_state(strategy: ThreeStageStrategy) -> list:
 
 
 def test_checkpoint_restores_every_variable_of_the_search(tiny_data, tmp_path):
-    """Issue 5's cause: a Keras 3 model given to tf.train.Checkpoint as it is leaves out sublayers kept in
+    """Why resume needs `model_state`: a Keras 3 model given to tf.train.Checkpoint as it is leaves out sublayers kept in
     lists, so the BN statistics of the supernet's cells were never saved and a resumed run drifted."""
     original = _search_strategy(len(tiny_data.vocab))
     rng = np.random.default_rng(0)

@@ -1,5 +1,5 @@
 """The search step is traced once: an epoch of captions of different real lengths (padded to L by the
-pipeline) must not retrace the loop's step functions (issue 8: a retrace of the nested-tape step costs
+pipeline) must not retrace the loop's step functions (a retrace of the nested-tape step costs
 minutes on a CPU)."""
 import dataclasses
 
