@@ -46,20 +46,61 @@ flags.DEFINE_enum("strategy", "default", ["default", "mirrored", "multi_worker",
 _end_section("run", "run (every --mode)")
 
 # -- data --------------------------------------------------------------------------------------------
+class _FractionsParser(flags.ListParser):
+    """Comma-separated numbers ("0.8,0.1,0.1") → a list of floats; their range is DataConfig's to check."""
+
+    def parse(self, argument):
+        items = super().parse(argument)
+        try:
+            return [float(item) for item in items]
+        except (TypeError, ValueError):
+            raise ValueError(f"expected comma-separated numbers such as 0.8,0.1,0.1, received {argument!r}") from None
+
+    def flag_type(self):
+        return "comma separated list of numbers"
+
+
 flags.DEFINE_enum("dataset", "capnas_shapes", ["capnas_shapes", "coco", "karpathy", "coco_captions_tfds"],
                   "Caption dataset: the bundled synthetic capnas_shapes, COCO-format annotations + images, "
                   "a Karpathy-split JSON + images, or TFDS coco_captions (downloads).")
 flags.DEFINE_string("data_dir", None, "TFDS data_dir (default: TFDS's own, ~/tensorflow_datasets).")
-flags.DEFINE_string("annotations", None, "COCO-format caption annotation JSON (--dataset=coco) or Karpathy "
-                    "split JSON such as dataset_coco.json (--dataset=karpathy).")
-flags.DEFINE_string("image_dir", None, "Folder of the images named by --annotations.")
+flags.DEFINE_string("annotations", None, "--dataset=coco: the COCO-format caption JSON of the training images "
+                    "(validation and test are cut from it by --split_fractions unless --val_annotations / "
+                    "--test_annotations give them); its images without captions are the unlabeled images U "
+                    "(--unlabeled_source=auto). --dataset=karpathy: the Karpathy-split JSON (dataset_coco.json, "
+                    "dataset_flickr8k.json, …), whose splits are used as they are.")
+flags.DEFINE_string("val_annotations", None, "--dataset=coco: COCO-format caption JSON of the validation images "
+                    "(images in --image_dir); default: a share of --annotations (--split_fractions).")
+flags.DEFINE_string("test_annotations", None, "--dataset=coco: COCO-format caption JSON of the test images; "
+                    "default: a share of --annotations (--split_fractions).")
+flags.DEFINE_string("image_dir", None, "Folder of the images named by the annotation files (--dataset=coco | "
+                    "karpathy); a file name may not be absolute or lead out of it.")
+flags.DEFINE(_FractionsParser(), "split_fractions", None,
+             "--dataset=coco: train,validation,test shares of the captioned images of --annotations, e.g. "
+             "0.8,0.1,0.1: three numbers >= 0 that sum to 1, train > 0, and 0 for a split given by its own "
+             "file (--val_annotations, --test_annotations). Each image goes to one split by a fixed hash of "
+             "its id. Default: 0.1 to each split without its own file, the rest to train.",
+             serializer=flags.CsvListSerializer(","))
+flags.DEFINE_enum("unlabeled_source", "auto", ["auto", "train", "holdout", "folder"],
+                  "Where the unlabeled images U of Stage II come from. auto: the dataset's own images without "
+                  "captions (capnas_shapes' unlabeled split; the images of --annotations that have no caption), "
+                  "else as train. train: the training images with their captions dropped. holdout: "
+                  "--unlabeled_fraction of the training images, moved out of training, captions dropped. "
+                  "folder: every image file under --unlabeled_dir (.jpg, .jpeg, .png, .gif, .bmp).")
+flags.DEFINE_float("unlabeled_fraction", 0.2, "--unlabeled_source=holdout: the share of the training images "
+                   "held out as U, in (0, 1), chosen by a fixed hash of the image id.")
+flags.DEFINE_string("unlabeled_dir", None, "--unlabeled_source=folder: the folder of images without captions.")
 flags.DEFINE_integer("image_size", 32, "Images are resized to image_size × image_size.")
 flags.DEFINE_integer("max_caption_len", 16, "Caption length L in tokens, <start> and <end> included; "
                      "longer captions are truncated, shorter ones padded.")
 flags.DEFINE_integer("min_word_count", 5, "Words seen fewer times in the training captions become <unk>.")
 flags.DEFINE_integer("batch_size", 32, "Global batch size of every stream (split over replicas).")
 flags.DEFINE_enum("on_bad_example", "error", ["error", "skip"],
-                  "A corrupt image or empty caption: stop with an error naming it, or skip and count it.")
+                  "A bad example (a missing, corrupt or unsupported image; an image entry without an integer id "
+                  "or whose file name leads out of --image_dir; an empty, non-text or invalid-Unicode caption): "
+                  "stop with an error naming its file and entry, or skip it, log it and count it.")
+flags.DEFINE_bool("validate_images", True, "Before training, decode every image once with the decoder training "
+                  "uses, so that a bad image is named (or skipped) up front rather than failing inside tf.data.")
 _end_section("data", "data (every --mode)")
 
 # -- search ------------------------------------------------------------------------------------------
@@ -170,6 +211,10 @@ SEARCH_FLAGS = {
 }
 DATA_FLAGS = {
     "dataset": "dataset", "data_dir": "data_dir", "annotations": "annotations", "image_dir": "image_dir",
+    "val_annotations": "val_annotations", "test_annotations": "test_annotations",
+    "split_fractions": ("split_fractions", lambda v: None if v is None else tuple(v)),
+    "unlabeled_source": "unlabeled_source", "unlabeled_fraction": "unlabeled_fraction",
+    "unlabeled_dir": "unlabeled_dir", "validate_images": "validate_images",
     "image_size": "image_size", "max_caption_len": "max_caption_len", "min_word_count": "min_word_count",
     "batch_size": "batch_size", "seed": "seed", "on_bad_example": "on_bad_example",
 }
@@ -297,7 +342,7 @@ def describe_config_error(error: ValueError) -> str:
     if flag is None:  # a field no flag sets
         value = error.value if isinstance(error, ConfigError) else "?"
         return f"{config}.{field}={value!r}: {expected}"
-    return f"{FLAGS[flag].serialize()}: {expected}"
+    return f"{FLAGS[flag].serialize() or f'--{flag} (not set)'}: {expected}"
 
 
 def configs_from_flags() -> dict:

@@ -1,21 +1,29 @@
 """Reading captioned image collections into plain records, with bad inputs caught up front.
 
-Three sources:
+Sources:
   * COCO-format caption annotations (`{"images": [{"id", "file_name"}], "annotations":
     [{"image_id", "caption"}]}`) plus a folder of images: `read_coco_captions`. Images listed
     without any annotation come back with no captions (usable as unlabeled images).
   * Karpathy-split JSON (`dataset_coco.json`, `dataset_flickr8k.json`, `dataset_flickr30k.json`:
     `{"images": [{"filename", "filepath"?, "split", "sentences": [{"raw", "tokens"}], "imgid",
     "cocoid"?}]}`) plus the image root: `read_karpathy_split`.
+  * A folder of images without captions: `read_image_folder`.
   * TFDS `coco_captions` (COCO 2014 with the Karpathy splits; downloads ~20 GB on first use):
     `load_tfds_coco_captions` / `read_tfds_coco_captions`.
 
+Images are decoded by one function, `decode_image_rgb`, both when they are checked here and when
+the tf.data pipeline trains on them: BMP files (whose 1-bit, palette, 16-bit and compressed variants
+`tf.io.decode_image` rejects or misreads as grey palette indices) are decoded by Pillow and converted
+to RGB; JPEG, PNG and GIF by `tf.io.decode_image(channels=3)`, as the exported SavedModel decodes
+them. Grey, palette, 16-bit, CMYK and RGBA images all come out as their RGB colours (alpha dropped).
+
 Bad inputs are found here, in Python, before any tf.data pipeline runs, so that the message names
-the file and the problem. A missing or malformed annotation file always raises. A bad example
-(an annotation naming a missing image, an unreadable/truncated/unsupported image, an empty or
-punctuation-only caption) raises `BadExampleError` under `on_bad_example="error"` and is dropped
-and counted under `"skip"` (see `BadExamples`). Grey, palette and RGBA images are fine: the
-pipeline decodes every image to 3 channels (alpha is dropped, grey is replicated).
+the file and the problem. A missing or malformed annotation file (or one in the other format)
+always raises. A bad example — an image entry without an integer id, a file name that is absolute
+or leads out of the image folder, an annotation naming an unknown image, a missing, truncated,
+corrupt or unsupported image, a caption that is not text, not valid Unicode, or empty after removing
+punctuation — raises `BadExampleError` naming the file and entry under `on_bad_example="error"`, and
+is dropped, logged and counted under `"skip"` (see `BadExamples`).
 """
 from __future__ import annotations
 
@@ -24,18 +32,23 @@ import dataclasses
 import io
 import json
 import logging
+import math
 import os
-from typing import Any, Iterable
+import re
+from typing import Any, Iterable, Sequence
+
+import numpy as np
 
 from capnas_tf.data.text import caption_words
 
 logger = logging.getLogger(__name__)
 
-# What `tf.io.decode_image` decodes, and the PIL modes it turns into RGB with channels=3.
+# What the training decoder reads (`decode_image_rgb`), and the file names `read_image_folder` lists.
 DECODABLE_FORMATS = ("JPEG", "PNG", "GIF", "BMP")
-SUPPORTED_MODES = ("RGB", "RGBA", "L", "LA", "P", "PA", "I;16", "I;16B", "1")
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp")
 KARPATHY_SPLITS = ("train", "val", "test", "restval")
 ON_BAD_EXAMPLE = ("error", "skip")
+_MAX_ID = 2**63 - 1
 
 
 class BadExampleError(ValueError):
@@ -43,7 +56,7 @@ class BadExampleError(ValueError):
 
 
 class BadAnnotationFileError(ValueError):
-    """An annotation file is unreadable or lacks the fields of its format."""
+    """An annotation file is unreadable, lacks the fields of its format, or is in the other format."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,7 +75,7 @@ class CaptionRecord:
 
 
 class BadExamples:
-    """The `on_bad_example` policy: raise `BadExampleError`, or drop the example and count it.
+    """The `on_bad_example` policy: raise `BadExampleError`, or drop the example, log it and count it.
 
     Args:
       on_bad_example: "error" or "skip".
@@ -78,7 +91,7 @@ class BadExamples:
         """Raises, or counts one skip of `kind` ("missing_image", "bad_image", "empty_caption", …)."""
         message = f"{where}: {problem}"
         if self.on_bad_example == "error":
-            raise BadExampleError(message + " (set on_bad_example='skip' to drop and count such examples)")
+            raise BadExampleError(message + " (--on_bad_example=skip drops such examples, logs and counts them)")
         self.counts[kind] += 1
         logger.warning("Skipping bad example: %s", message)
 
@@ -87,33 +100,149 @@ class BadExamples:
         return sum(self.counts.values())
 
 
-# --- images ---------------------------------------------------------------------------------------
+# --- images: the one decoder ------------------------------------------------------------------------
+
+def _is_bmp(head: bytes) -> bool:
+    return head[:2] == b"BM"
+
+
+def pillow_rgb(data: bytes) -> np.ndarray:
+    """uint8 `[h, w, 3]` of an encoded image, decoded by Pillow (the BMP branch of `decode_image_rgb`).
+
+    Palette and 1-bit images become their palette colours, grey is replicated, alpha is dropped
+    (not composited, as `tf.io.decode_image` does), 16-bit values keep their high byte (as libpng).
+    """
+    import warnings  # noqa: PLC0415
+
+    from PIL import Image  # noqa: PLC0415
+
+    with Image.open(io.BytesIO(data)) as image:
+        image.load()
+        if image.mode.startswith("I;16") or image.mode == "I":
+            grey = (np.asarray(image).astype(np.int64) >> 8).clip(0, 255).astype(np.uint8)
+            return np.repeat(grey[..., None], 3, axis=-1)
+        with warnings.catch_warnings():  # "palette images with transparency …": alpha is dropped anyway
+            warnings.simplefilter("ignore")
+            rgb = np.asarray(image.convert("RGB"), dtype=np.uint8)
+    if rgb.ndim != 3 or rgb.shape[0] < 1 or rgb.shape[1] < 1:
+        raise ValueError(f"image has shape {rgb.shape}")
+    return rgb
+
+
+def _pillow_rgb_op(data: bytes, where: bytes) -> np.ndarray:
+    try:
+        return pillow_rgb(data)
+    except Exception as error:  # noqa: BLE001 (Pillow raises many types for corrupt data)
+        raise ValueError(f"{where.decode('utf-8', 'replace')}: image cannot be decoded "
+                         f"({type(error).__name__}: {error})") from error
+
+
+def decode_image_rgb(encoded, where=""):
+    """uint8 `[h, w, 3]` of an encoded image (a scalar string tensor); graph code.
+
+    The decoder of training and of the up-front check alike: BMP through Pillow (`pillow_rgb`, in a
+    `tf.numpy_function` whose errors name `where`), everything else through
+    `tf.io.decode_image(channels=3, expand_animations=False)` (GIF: the first frame).
+    """
+    import tensorflow as tf  # noqa: PLC0415
+
+    encoded = tf.convert_to_tensor(encoded, tf.string)
+    where = tf.convert_to_tensor(where, tf.string)
+
+    def with_pillow():
+        image = tf.numpy_function(_pillow_rgb_op, [encoded, where], tf.uint8, stateful=False)
+        return tf.ensure_shape(image, [None, None, 3])
+
+    def with_tensorflow():
+        image = tf.io.decode_image(encoded, channels=3, dtype=tf.uint8, expand_animations=False)
+        return tf.ensure_shape(image, [None, None, 3])
+
+    return tf.cond(tf.equal(tf.strings.substr(encoded, 0, 2), b"BM"), with_pillow, with_tensorflow)
+
+
+def image_problems(sources: Sequence[str | bytes]) -> dict[int, str]:
+    """`{index: why it cannot be used}` for the image files (paths) or encoded images (bytes) that fail.
+
+    Each image is decoded exactly as training decodes it (`decode_image_rgb`): BMPs by `pillow_rgb`
+    here, the rest by one parallel tf.data pass of `tf.io.decode_image`. Missing files, truncated or
+    corrupt data and formats the decoder does not read are all caught here rather than inside tf.data.
+    """
+    problems: dict[int, str] = {}
+    by_tensorflow = []
+    for i, source in enumerate(sources):
+        if isinstance(source, str) and not os.path.isfile(source):
+            problems[i] = "image file does not exist"
+            continue
+        try:
+            data = _read(source, 2)
+        except OSError as error:
+            problems[i] = f"image file cannot be read ({error})"
+            continue
+        if _is_bmp(data):
+            try:
+                pillow_rgb(_read(source))
+            except Exception as error:  # noqa: BLE001
+                problems[i] = f"image cannot be decoded ({type(error).__name__}: {error})"
+        else:
+            by_tensorflow.append(i)
+    for of_type in (str, bytes):  # one tf.data pass for the paths, one for the encoded images
+        indices = [i for i in by_tensorflow if isinstance(sources[i], of_type)]
+        if indices:
+            for j in _tensorflow_failures([sources[i] for i in indices]):
+                problems[indices[j]] = _decode_failure(sources[indices[j]])
+    return dict(sorted(problems.items()))
+
 
 def image_problem(source: str | bytes) -> str | None:
-    """Why an image file (path) or encoded image (bytes) cannot be used, or None if it can.
+    """Why one image file (path) or encoded image (bytes) cannot be used, or None (see `image_problems`)."""
+    return image_problems([source]).get(0)
 
-    Decodes it fully with Pillow (JPEG in reduced-size draft mode, which still reads every byte
-    of the compressed stream), so missing files, truncated or corrupt data and formats that
-    `tf.io.decode_image` cannot read are all caught here rather than inside tf.data.
-    """
-    from PIL import Image  # noqa: PLC0415 (Pillow is only needed when validating)
 
-    if isinstance(source, str) and not os.path.isfile(source):
-        return "image file does not exist"
+def _read(source: str | bytes, size: int = -1) -> bytes:
+    if isinstance(source, bytes):
+        return source if size < 0 else source[:size]
+    with open(source, "rb") as f:
+        return f.read(size)
+
+
+def _tensorflow_failures(sources: list[str | bytes]) -> list[int]:
+    """Indices of the sources that `decode_image_rgb` fails on (or decodes to an empty image)."""
+    import tensorflow as tf  # noqa: PLC0415
+
+    from_files = isinstance(sources[0], str)
+
+    def attempt(index, source):
+        image = decode_image_rgb(tf.io.read_file(source) if from_files else source, source if from_files else "")
+        return index, tf.reduce_min(tf.shape(image)[:2])  # (depends on the image: the decode is not pruned)
+
+    dataset = tf.data.Dataset.from_tensor_slices((tf.range(len(sources), dtype=tf.int64),
+                                                  tf.constant(sources, tf.string)))
+    dataset = dataset.map(attempt, num_parallel_calls=tf.data.AUTOTUNE, deterministic=False)
+    decoded = {int(i) for i, size in dataset.ignore_errors(log_warning=False).as_numpy_iterator() if size > 0}
+    return [i for i in range(len(sources)) if i not in decoded]
+
+
+def _decode_failure(source: str | bytes) -> str:
+    """The message for an image `decode_image_rgb` fails on: TensorFlow's reason, and Pillow's view of it."""
+    import tensorflow as tf  # noqa: PLC0415
+    from PIL import Image  # noqa: PLC0415
+
+    try:
+        encoded = tf.io.read_file(source) if isinstance(source, str) else tf.constant(source)
+        image = decode_image_rgb(encoded)
+        reason = f"decoded to an empty image of shape {tuple(image.shape)}"
+    except tf.errors.OpError as error:
+        reason = re.sub(r"\{\{[^}]*\}\}\s*|\s*\[Op:\w+\]", "", error.message).strip().splitlines()[0]
     try:
         with Image.open(source if isinstance(source, str) else io.BytesIO(source)) as image:
             if image.format not in DECODABLE_FORMATS:
-                return f"image format {image.format} is not one of {DECODABLE_FORMATS} (what tf.io.decode_image reads)"
-            if image.mode not in SUPPORTED_MODES:
-                return f"image colour mode {image.mode} is not supported (expected one of {SUPPORTED_MODES})"
-            if image.format == "JPEG":
-                image.draft("RGB", (64, 64))
+                return (f"image format {image.format} is not one of {', '.join(DECODABLE_FORMATS)} "
+                        f"(what the training decoder reads)")
             image.load()
-            if image.width < 1 or image.height < 1:
-                return f"image has size {image.width}x{image.height}"
-    except Exception as error:  # noqa: BLE001 (Pillow raises many types for corrupt data)
-        return f"image cannot be decoded ({type(error).__name__}: {error})"
-    return None
+            pillow = f"{image.format} {image.width}x{image.height} {image.mode}, which Pillow decodes"
+    except Exception as error:  # noqa: BLE001
+        pillow = f"{type(error).__name__}: {error}"
+    return f"image cannot be decoded (TensorFlow: {reason}; Pillow: {pillow})"
 
 
 # --- captions -------------------------------------------------------------------------------------
@@ -124,11 +253,82 @@ def clean_captions(captions: Iterable[str], where: str, bad: BadExamples) -> tup
     for caption in captions:
         if not isinstance(caption, str):
             bad.report(where, f"caption {caption!r} is not a string", kind="bad_caption")
+        elif not _is_unicode(caption):
+            bad.report(where, f"caption {caption!r} is not valid Unicode text (it holds a lone surrogate "
+                       "code point, e.g. a \\ud800 escape in the JSON)", kind="bad_caption")
         elif not caption_words(caption):
             bad.report(where, f"caption {caption!r} is empty after removing punctuation", kind="empty_caption")
         else:
             kept.append(caption.strip())
     return tuple(kept)
+
+
+def _is_unicode(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+# --- image entries of an annotation file ------------------------------------------------------------
+
+@dataclasses.dataclass
+class _Entry:
+    """One image of an annotation file, before its image and captions are checked."""
+
+    image_id: int
+    path: str
+    captions: list
+    had_captions: bool
+    where: str
+    split: str | None = None
+
+
+def _image_id(value: Any) -> int | None:
+    """The non-negative int64 image id written as `value` (int, integral float, or decimal string), or None."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, float) and math.isfinite(value) and value.is_integer():
+        value = int(value)
+    elif isinstance(value, str) and re.fullmatch(r"[0-9]+", value.strip()):
+        value = int(value.strip())
+    if isinstance(value, int) and 0 <= value <= _MAX_ID:
+        return value
+    return None
+
+
+def _path_in(folder: str, name: Any) -> tuple[str | None, str | None]:
+    """(the path of image `name` inside `folder`, None), or (None, why not): `name` must be a relative
+    path that stays inside `folder` (judged on the names, so symbolic links inside it are followed)."""
+    if not isinstance(name, str) or not name.strip():
+        return None, f"file name {name!r} is not a file name"
+    if os.path.isabs(name):
+        return None, f"file name {name!r} is an absolute path; file names must be relative to the image folder {folder}"
+    relative = os.path.normpath(name)
+    if relative == os.pardir or relative.startswith(os.pardir + os.sep):
+        return None, f"file name {name!r} leads outside the image folder {folder}"
+    return os.path.join(folder, relative), None
+
+
+def _finish(entries: list[_Entry], *, validate_images: bool, bad: BadExamples) -> list[CaptionRecord]:
+    """The usable records of `entries` (in order); each unusable image or caption is reported."""
+    if validate_images:
+        problems = image_problems([e.path for e in entries])
+    else:
+        problems = {i: "image file does not exist" for i, e in enumerate(entries) if not os.path.isfile(e.path)}
+    records = []
+    for i, entry in enumerate(entries):
+        if i in problems:
+            bad.report(entry.where, problems[i],
+                       kind="missing_image" if "does not exist" in problems[i] else "bad_image")
+            continue
+        kept = clean_captions(entry.captions, entry.where, bad)
+        if entry.had_captions and not kept:
+            bad.report(entry.where, "no usable caption left", kind="no_caption")
+            continue
+        records.append(CaptionRecord(image_id=entry.image_id, captions=kept, image_path=entry.path, split=entry.split))
+    return records
 
 
 # --- COCO format ----------------------------------------------------------------------------------
@@ -139,8 +339,8 @@ def read_coco_captions(annotation_file: str, image_dir: str, *, validate_images:
 
     Args:
       annotation_file: JSON with `images` (`id`, `file_name`) and `annotations` (`image_id`, `caption`).
-      image_dir: folder that `file_name` is relative to.
-      validate_images: decode every image once with Pillow to catch bad files now.
+      image_dir: folder that `file_name` is relative to (a name may not lead outside it).
+      validate_images: decode every image once with the training decoder to catch bad files now.
       bad: the bad-example policy (default: raise).
 
     Returns:
@@ -148,35 +348,45 @@ def read_coco_captions(annotation_file: str, image_dir: str, *, validate_images:
     """
     bad = bad or BadExamples()
     data = _load_json(annotation_file, "COCO caption annotation file")
+    _expect_format(data, "coco", annotation_file)
     images = _require_list(data, "images", annotation_file)
     annotations = _require_list(data, "annotations", annotation_file)
-    files: dict[int, str] = {}
+    files: dict[int, tuple[str, str]] = {}
     for i, entry in enumerate(images):
         where = f"{annotation_file}: images[{i}]"
         if not isinstance(entry, dict) or "id" not in entry or "file_name" not in entry:
             bad.report(where, "an image entry needs 'id' and 'file_name'", kind="bad_annotation")
             continue
-        if entry["id"] in files:
-            raise BadAnnotationFileError(f"{where}: image id {entry['id']} is listed twice.")
-        files[int(entry["id"])] = entry["file_name"]
+        image_id = _image_id(entry["id"])
+        if image_id is None:
+            bad.report(where, f"image id {entry['id']!r} is not a non-negative integer", kind="bad_annotation")
+            continue
+        if image_id in files:
+            raise BadAnnotationFileError(f"{where}: image id {image_id} is listed twice.")
+        path, problem = _path_in(image_dir, entry["file_name"])
+        if problem:
+            bad.report(where, problem, kind="bad_path")
+            continue
+        files[image_id] = (path, where)
     captions: dict[int, list[str]] = collections.defaultdict(list)
     for i, annotation in enumerate(annotations):
         where = f"{annotation_file}: annotations[{i}]"
         if not isinstance(annotation, dict) or "image_id" not in annotation or "caption" not in annotation:
             bad.report(where, "an annotation needs 'image_id' and 'caption'", kind="bad_annotation")
             continue
-        if annotation["image_id"] not in files:
-            bad.report(where, f"image_id {annotation['image_id']} is not in 'images'", kind="missing_image")
+        image_id = _image_id(annotation["image_id"])
+        if image_id is None:
+            bad.report(where, f"image_id {annotation['image_id']!r} is not a non-negative integer",
+                       kind="bad_annotation")
             continue
-        captions[int(annotation["image_id"])].append(annotation["caption"])
-    records = []
-    for image_id in sorted(files):
-        path = os.path.join(image_dir, files[image_id])
-        record = _checked_record(image_id, path, captions.get(image_id, []), had_captions=image_id in captions,
-                                 where=f"{annotation_file}: image {image_id} ({path})",
-                                 validate_images=validate_images, bad=bad)
-        if record is not None:
-            records.append(record)
+        if image_id not in files:
+            bad.report(where, f"image_id {image_id} is not in 'images'", kind="missing_image")
+            continue
+        captions[image_id].append(annotation["caption"])
+    entries = [_Entry(image_id, path, captions.get(image_id, []), had_captions=image_id in captions,
+                      where=f"{where}: image {image_id} ({path})")
+               for image_id, (path, where) in sorted(files.items())]
+    records = _finish(entries, validate_images=validate_images, bad=bad)
     _log_skips(annotation_file, bad)
     return records
 
@@ -190,9 +400,9 @@ def read_karpathy_split(json_file: str, image_root: str, *, splits: Iterable[str
     Args:
       json_file: the split file.
       image_root: images are at `image_root/filepath/filename` (`filepath` is present for COCO,
-        e.g. "val2014", absent for Flickr).
+        e.g. "val2014", absent for Flickr); the path may not lead outside `image_root`.
       splits: keep only these Karpathy splits (train, val, test, restval); default all.
-      validate_images: decode every kept image once with Pillow to catch bad files now.
+      validate_images: decode every kept image once with the training decoder to catch bad files now.
       bad: the bad-example policy (default: raise).
 
     Returns:
@@ -205,8 +415,9 @@ def read_karpathy_split(json_file: str, image_root: str, *, splits: Iterable[str
     if unknown:
         raise ValueError(f"splits must be among {KARPATHY_SPLITS}, received {sorted(unknown)}.")
     data = _load_json(json_file, "Karpathy split file")
+    _expect_format(data, "karpathy", json_file)
     images = _require_list(data, "images", json_file)
-    records, seen_ids = [], {}
+    entries, seen_ids = [], {}
     for i, entry in enumerate(images):
         where = f"{json_file}: images[{i}]"
         if not isinstance(entry, dict) or not {"filename", "split", "sentences"} <= entry.keys():
@@ -217,28 +428,56 @@ def read_karpathy_split(json_file: str, image_root: str, *, splits: Iterable[str
             continue
         if entry["split"] not in wanted:
             continue
-        image_id = entry.get("cocoid", entry.get("imgid", i))
+        raw_id = entry.get("cocoid", entry.get("imgid", i))
+        image_id = _image_id(raw_id)
+        if image_id is None:
+            bad.report(where, f"image id {raw_id!r} is not a non-negative integer", kind="bad_annotation")
+            continue
         if image_id in seen_ids:
             raise BadAnnotationFileError(f"{where}: image id {image_id} repeats images[{seen_ids[image_id]}].")
         seen_ids[image_id] = i
-        path = os.path.join(image_root, entry.get("filepath", ""), entry["filename"])
-        sentences = [_karpathy_sentence(s) for s in entry["sentences"]]
-        record = _checked_record(int(image_id), path, sentences, had_captions=True,
-                                 where=f"{json_file}: image {image_id} ({path})",
-                                 validate_images=validate_images, bad=bad, split=entry["split"])
-        if record is not None:
-            records.append(record)
+        filepath = entry.get("filepath", "")
+        name = os.path.join(filepath, entry["filename"]) if isinstance(filepath, str) and isinstance(
+            entry["filename"], str) else entry["filename"]
+        path, problem = _path_in(image_root, name)
+        if problem:
+            bad.report(where, problem, kind="bad_path")
+            continue
+        if not isinstance(entry["sentences"], list):
+            bad.report(where, "'sentences' is not a list", kind="bad_annotation")
+            continue
+        entries.append(_Entry(image_id, path, [_karpathy_sentence(s) for s in entry["sentences"]],
+                              had_captions=True, where=f"{where}: image {image_id} ({path})", split=entry["split"]))
+    records = _finish(entries, validate_images=validate_images, bad=bad)
     _log_skips(json_file, bad)
     return records
 
 
 def _karpathy_sentence(sentence: Any) -> Any:
     if isinstance(sentence, dict):
-        if "raw" in sentence:
+        if isinstance(sentence.get("raw"), str):
             return sentence["raw"]
-        if "tokens" in sentence:
-            return " ".join(sentence["tokens"])
+        tokens = sentence.get("tokens")
+        if isinstance(tokens, list) and all(isinstance(t, str) for t in tokens):
+            return " ".join(tokens)
     return sentence  # not a string: clean_captions reports it
+
+
+# --- a folder of images without captions ------------------------------------------------------------
+
+def read_image_folder(folder: str, *, validate_images: bool = True,
+                      bad: BadExamples | None = None) -> list[CaptionRecord]:
+    """The image files under `folder` (recursively; names ending in `IMAGE_EXTENSIONS`, any case) as
+    caption-less records, sorted by path; image_id is the position in that order."""
+    bad = bad or BadExamples()
+    if not os.path.isdir(folder):
+        raise FileNotFoundError(f"image folder {folder!r} does not exist.")
+    paths = sorted(os.path.join(root, name) for root, _, names in os.walk(folder, followlinks=True)
+                   for name in names if name.lower().endswith(IMAGE_EXTENSIONS) and not name.startswith("."))
+    entries = [_Entry(i, path, [], had_captions=False, where=path) for i, path in enumerate(paths)]
+    records = _finish(entries, validate_images=validate_images, bad=bad)
+    _log_skips(folder, bad)
+    return records
 
 
 # --- TFDS coco_captions ---------------------------------------------------------------------------
@@ -290,19 +529,38 @@ def read_tfds_coco_captions(split: str, *, data_dir: str | None = None, download
 
 # --- helpers --------------------------------------------------------------------------------------
 
-def _checked_record(image_id: int, path: str, captions: list, *, had_captions: bool, where: str,
-                    validate_images: bool, bad: BadExamples, split: str | None = None) -> CaptionRecord | None:
-    """The record, or None after reporting why it is unusable."""
-    problem = image_problem(path) if validate_images else (
-        None if os.path.isfile(path) else "image file does not exist")
-    if problem is not None:
-        bad.report(where, problem, kind="missing_image" if "does not exist" in problem else "bad_image")
+def annotation_format(data: Any) -> str | None:
+    """What a parsed annotation file looks like: "coco" (COCO-format captions), "karpathy" (a
+    Karpathy-split file), "coco_objects" (COCO instances / keypoints, no captions), or None."""
+    if not isinstance(data, dict):
         return None
-    kept = clean_captions(captions, where, bad)
-    if had_captions and not kept:
-        bad.report(where, "no usable caption left", kind="no_caption")
-        return None
-    return CaptionRecord(image_id=image_id, captions=kept, image_path=path, split=split)
+    images, annotations = data.get("images"), data.get("annotations")
+    first_image = images[0] if isinstance(images, list) and images and isinstance(images[0], dict) else {}
+    first_annotation = (annotations[0] if isinstance(annotations, list) and annotations
+                        and isinstance(annotations[0], dict) else {})
+    if "caption" in first_annotation:
+        return "coco"
+    if {"bbox", "segmentation", "keypoints", "category_id"} & first_annotation.keys():
+        return "coco_objects"
+    if "sentences" in first_image or ("split" in first_image and "filename" in first_image):
+        return "karpathy"
+    if isinstance(annotations, list) and "file_name" in first_image:
+        return "coco"
+    return None
+
+
+_FORMAT_NAMES = {
+    "coco": "COCO-format caption annotations ('annotations' with 'image_id' and 'caption'; read with --dataset=coco)",
+    "karpathy": "a Karpathy-split file (images with 'filename', 'split' and 'sentences'; read with --dataset=karpathy)",
+    "coco_objects": "COCO object annotations (instances or keypoints: 'bbox', 'category_id'), which hold no "
+                    "captions (the captions are in captions_*.json)",
+}
+
+
+def _expect_format(data: Any, expected: str, path: str) -> None:
+    found = annotation_format(data)
+    if found is not None and found != expected:
+        raise BadAnnotationFileError(f"{path!r} looks like {_FORMAT_NAMES[found]}, not {_FORMAT_NAMES[expected]}.")
 
 
 def _load_json(path: str, what: str) -> Any:
@@ -325,4 +583,4 @@ def _require_list(data: Any, key: str, path: str) -> list:
 
 def _log_skips(source: str, bad: BadExamples) -> None:
     if bad.total:
-        logger.warning("%s: skipped %d bad example(s): %s", source, bad.total, dict(bad.counts))
+        logger.warning("%s: skipped %d bad example(s) so far: %s", source, bad.total, dict(bad.counts))

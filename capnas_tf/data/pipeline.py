@@ -21,18 +21,23 @@ converts to float32 in [0, 1] per batch, and prefetches.
 Datasets are picked by name from `DATASET_SOURCES`:
   * `capnas_shapes`: the TFDS builder of `shapes_tfds`, generated at `image_size` into `data_dir`;
     its `unlabeled` split is U and `test_novel` is an extra evaluation split.
-  * `coco`: one COCO-format annotation file (`annotations`) + `image_dir`. Captioned images are
-    split into train / validation / test by a fixed hash of their image_id
-    (`validation_fraction`, `test_fraction`); images listed without captions are U.
+  * `coco`: COCO-format annotation files + `image_dir`. `annotations` holds the training images;
+    validation and test come from `val_annotations` / `test_annotations` where given, else they are
+    cut from `annotations` by a fixed hash of the image_id (`split_fractions`, default 0.1 to each
+    split without a file of its own). Images listed in `annotations` without captions are U.
   * `karpathy`: a Karpathy-split JSON (`annotations`) + image root (`image_dir`); train + restval
     are D_tr, val is D_val, test is test.
   * `coco_captions_tfds`: TFDS `coco_captions` (Karpathy splits; downloads only with `download=True`).
 
-Unlabeled images U where a dataset has none of its own (`DataConfig.unlabeled`):
-  "auto" (default) uses them if the dataset has them, else "train"; "train" uses the training
-  images with their captions dropped (the same images as D_tr: the method's stage II still sees
-  only pseudo-captions on them); "holdout" moves a fixed hash-chosen `holdout_fraction` of the
-  training images out of D_tr into U, so U is disjoint from D_tr.
+Unlabeled images U (`DataConfig.unlabeled_source`):
+  "auto" (default) uses the dataset's own images without captions if it has them, else "train";
+  "train" uses the training images with their captions dropped (the same images as D_tr: the
+  method's stage II still sees only pseudo-captions on them); "holdout" moves a fixed hash-chosen
+  `unlabeled_fraction` of the training images out of D_tr into U, so U is disjoint from D_tr;
+  "folder" reads every image file under `unlabeled_dir`.
+
+`load_caption_data` logs one line per split: its images, its captions, and where they came from
+(`CaptionData.split_summary()`).
 """
 from __future__ import annotations
 
@@ -40,6 +45,8 @@ import dataclasses
 import hashlib
 import json
 import logging
+import math
+import numbers
 import os
 import zlib
 from typing import Callable
@@ -53,19 +60,31 @@ from capnas_tf.data.text import Vocabulary
 
 logger = logging.getLogger(__name__)
 
-UNLABELED_MODES = ("auto", "train", "holdout")
+UNLABELED_SOURCES = ("auto", "train", "holdout", "folder")
+FILE_DATASETS = ("coco", "karpathy")  # the datasets read from annotation files + an image folder
 _TRAINING_STREAMS = ("train", "unlabeled", "validation")
+_SPLIT_FILES = {"validation": "val_annotations", "test": "test_annotations"}
 
 
 @dataclasses.dataclass(frozen=True)
 class DataConfig:
     """Which caption data to read and how to turn it into batches.
 
+    Every rule below is checked at construction (`ConfigError` naming the field; the command line
+    names its flag through `capnas_tf.flags.DATA_FLAGS`), files and folders included.
+
     Args:
       dataset: a name in `DATASET_SOURCES`: capnas_shapes | coco | karpathy | coco_captions_tfds.
       data_dir: TFDS data_dir (capnas_shapes, coco_captions_tfds); None: TFDS's default.
-      annotations: COCO-format caption JSON (coco) or Karpathy-split JSON (karpathy).
-      image_dir: the folder that the annotation file's image names are relative to.
+      annotations: an existing file, required by coco and karpathy and set for no other dataset:
+        the COCO-format caption JSON of the training images (coco), or the Karpathy-split JSON.
+      val_annotations, test_annotations: coco only: existing COCO-format files of the validation and
+        test images, other than `annotations`. A split without one is cut from `annotations`.
+      image_dir: an existing folder (coco, karpathy only) that the files' image names are relative to.
+      split_fractions: coco only: (train, validation, test) shares of the captioned images of
+        `annotations`, by a fixed hash of the image_id; three numbers >= 0 summing to 1, train > 0,
+        and 0 for a split with a file of its own. None: 0.1 to each split without a file, the rest
+        to train ((0.8, 0.1, 0.1) for one file).
       image_size: S; images are resized to S × S (capnas_shapes is generated at S).
       max_caption_len: L, caption length in tokens including <start> and <end>.
       min_word_count: words seen fewer times in the training captions become <unk>.
@@ -75,11 +94,11 @@ class DataConfig:
       shuffle_buffer: shuffle buffer of (image, caption) pairs.
       cache: "memory", "none", or a file path prefix for `Dataset.cache(filename)` (one file set per
         split and configuration: `<prefix>-<dataset>-<split>-<digest>`).
-      on_bad_example: "error" raises `BadExampleError` naming the file; "skip" drops and counts.
-      validate_images: decode every image once with Pillow before training (catches corrupt files).
-      unlabeled: where U comes from when the dataset has no unlabeled images (see module doc).
-      holdout_fraction: share of training images moved to U when `unlabeled="holdout"`.
-      validation_fraction, test_fraction: hash split of a single COCO-format file.
+      on_bad_example: "error" raises `BadExampleError` naming the file; "skip" drops, logs and counts.
+      validate_images: decode every image once, with the training decoder, before training.
+      unlabeled_source: where U comes from: auto | train | holdout | folder (see module doc).
+      unlabeled_fraction: share of training images moved to U by "holdout", in (0, 1).
+      unlabeled_dir: the existing folder of U's images for "folder" (set for no other source).
       download: allow TFDS to download `coco_captions`.
       shapes: generation parameters of capnas_shapes (its image_size is replaced by `image_size`).
     """
@@ -87,7 +106,10 @@ class DataConfig:
     dataset: str = "capnas_shapes"
     data_dir: str | None = None
     annotations: str | None = None
+    val_annotations: str | None = None
+    test_annotations: str | None = None
     image_dir: str | None = None
+    split_fractions: tuple[float, float, float] | None = None
     image_size: int = 32
     max_caption_len: int = 16
     min_word_count: int = 5
@@ -98,10 +120,9 @@ class DataConfig:
     cache: str = "memory"
     on_bad_example: str = "error"
     validate_images: bool = True
-    unlabeled: str = "auto"
-    holdout_fraction: float = 0.2
-    validation_fraction: float = 0.1
-    test_fraction: float = 0.1
+    unlabeled_source: str = "auto"
+    unlabeled_fraction: float = 0.2
+    unlabeled_dir: str | None = None
     download: bool = False
     shapes: shapes.ShapesConfig = dataclasses.field(default_factory=shapes.ShapesConfig)
 
@@ -112,18 +133,89 @@ class DataConfig:
         if self.dataset not in DATASET_SOURCES:
             fail("dataset", f"one of {sorted(DATASET_SOURCES)}")
         for name, minimum in (("image_size", 1), ("max_caption_len", 2), ("batch_size", 1), ("min_word_count", 1)):
-            if getattr(self, name) < minimum:
+            if not _integer(getattr(self, name)) or getattr(self, name) < minimum:
                 fail(name, f">= {minimum}")
         if self.on_bad_example not in captions_io.ON_BAD_EXAMPLE:
-            fail("on_bad_example", f"one of {captions_io.ON_BAD_EXAMPLE}")
-        if self.unlabeled not in UNLABELED_MODES:
-            fail("unlabeled", f"one of {UNLABELED_MODES}")
-        for name in ("holdout_fraction", "validation_fraction", "test_fraction"):
-            if not 0.0 <= getattr(self, name) < 1.0:
-                fail(name, "in [0, 1)")
-        if self.validation_fraction + self.test_fraction >= 1.0:
-            fail("test_fraction", f"< 1 - validation_fraction ({self.validation_fraction})",
-                 related=("validation_fraction",))
+            fail("on_bad_example", f"one of {list(captions_io.ON_BAD_EXAMPLE)}")
+        self._check_files(fail)
+        self._check_split_fractions(fail)
+        if self.unlabeled_source not in UNLABELED_SOURCES:
+            fail("unlabeled_source", f"one of {list(UNLABELED_SOURCES)}")
+        if not (_real(self.unlabeled_fraction) and 0.0 < self.unlabeled_fraction < 1.0):
+            fail("unlabeled_fraction", "in (0, 1)")
+        if self.unlabeled_source == "folder":
+            if not self.unlabeled_dir:
+                fail("unlabeled_dir", "set (a folder of images without captions) for unlabeled_source=folder",
+                     related=("unlabeled_source",))
+            if not os.path.isdir(self.unlabeled_dir):
+                fail("unlabeled_dir", "an existing folder")
+        elif self.unlabeled_dir is not None:
+            fail("unlabeled_dir", f"unset for unlabeled_source={self.unlabeled_source}: only "
+                 "unlabeled_source=folder reads it", related=("unlabeled_source",))
+
+    def _check_files(self, fail) -> None:
+        """The annotation files and image folder: set exactly where the dataset reads them, and there."""
+        reads_files = self.dataset in FILE_DATASETS
+        for field in ("annotations", "image_dir"):
+            value = getattr(self, field)
+            if reads_files and not value:
+                what = ("the annotation file (COCO-format captions of the training images, or a Karpathy-split "
+                        "JSON)" if field == "annotations" else "the folder of the images the annotations name")
+                fail(field, f"set for dataset={self.dataset}: {what}", related=("dataset",))
+            if not reads_files and value is not None:
+                fail(field, f"unset for dataset={self.dataset}: only coco and karpathy read it", related=("dataset",))
+        if reads_files and not os.path.isfile(self.annotations):
+            fail("annotations", "an existing file")
+        if reads_files and not os.path.isdir(self.image_dir):
+            fail("image_dir", "an existing folder")
+        for field in _SPLIT_FILES.values():
+            value = getattr(self, field)
+            if value is None:
+                continue
+            if self.dataset != "coco":
+                fail(field, f"unset for dataset={self.dataset}: only coco reads it (a Karpathy-split file "
+                     "holds every split)", related=("dataset",))
+            if not os.path.isfile(value):
+                fail(field, "an existing file")
+            if os.path.samefile(value, self.annotations):
+                fail(field, "another file than annotations (the training images)", related=("annotations",))
+        if (self.val_annotations and self.test_annotations
+                and os.path.samefile(self.val_annotations, self.test_annotations)):
+            fail("test_annotations", "another file than val_annotations", related=("val_annotations",))
+
+    def _check_split_fractions(self, fail) -> None:
+        value = self.split_fractions
+        if value is None:
+            return
+        if self.dataset != "coco":
+            fail("split_fractions", f"unset for dataset={self.dataset}: only coco splits a file",
+                 related=("dataset",))
+        numbers = tuple(value) if isinstance(value, (tuple, list)) else ()
+        if len(numbers) != 3 or not all(_real(f) and f >= 0 for f in numbers):
+            fail("split_fractions", "three numbers >= 0 (train, validation, test)")
+        if abs(sum(numbers) - 1.0) > 1e-6:
+            fail("split_fractions", f"three numbers summing to 1 (these sum to {sum(numbers):g})")
+        if numbers[0] <= 0:
+            fail("split_fractions", "three numbers whose first (the training share) is > 0")
+        for share, (split, field) in zip(numbers[1:], _SPLIT_FILES.items()):
+            if share > 0 and getattr(self, field):
+                fail("split_fractions", f"0 for {split}, which comes from its own file (given by {field})",
+                     related=(field,))
+
+    def resolved_split_fractions(self) -> tuple[float, float, float]:
+        """(train, validation, test) shares of the captioned images of `annotations` (coco)."""
+        if self.split_fractions is not None:
+            return tuple(float(f) for f in self.split_fractions)
+        shares = [0.0 if getattr(self, field) else 0.1 for field in _SPLIT_FILES.values()]
+        return (1.0 - sum(shares), *shares)
+
+
+def _real(value) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _integer(value) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
 # --- one split of a dataset -----------------------------------------------------------------------
@@ -135,7 +227,8 @@ class SplitSource:
     `elements()` yields, in the order of `image_ids`, `{"image": uint8 [S, S, 3], "image_id":
     int64, "captions": string [n]}`; `captions[i]` are the references of `image_ids[i]`, and
     `scenes[i]` (datasets that know what their images show, like capnas_shapes; None elsewhere) is
-    `shapes.scene_to_dict` of its scene.
+    `shapes.scene_to_dict` of its scene. `origin` says where the split came from (a file, a share of
+    one, a folder), for the log.
     """
 
     name: str
@@ -143,8 +236,9 @@ class SplitSource:
     captions: tuple[tuple[str, ...], ...]
     elements: Callable[[], tf.data.Dataset]
     scenes: tuple[dict, ...] | None = None
+    origin: str = ""
 
-    def subset(self, keep_ids: set[int], name: str | None = None) -> "SplitSource":
+    def subset(self, keep_ids: set[int], name: str | None = None, origin: str | None = None) -> "SplitSource":
         """The images of this split whose id is in `keep_ids` (order kept)."""
         keep = [i for i, image_id in enumerate(self.image_ids) if image_id in keep_ids]
         ids = tuple(self.image_ids[i] for i in keep)
@@ -155,10 +249,12 @@ class SplitSource:
             return parent().filter(lambda ex: kept.lookup(ex["image_id"]) > 0)
 
         scenes = None if self.scenes is None else tuple(self.scenes[i] for i in keep)
-        return SplitSource(name or self.name, ids, tuple(self.captions[i] for i in keep), elements, scenes)
+        return SplitSource(name or self.name, ids, tuple(self.captions[i] for i in keep), elements, scenes,
+                           self.origin if origin is None else origin)
 
-    def without_captions(self, name: str) -> "SplitSource":
-        return dataclasses.replace(self, name=name, captions=tuple(() for _ in self.image_ids))
+    def without_captions(self, name: str, origin: str | None = None) -> "SplitSource":
+        return dataclasses.replace(self, name=name, captions=tuple(() for _ in self.image_ids),
+                                   origin=self.origin if origin is None else origin)
 
 
 def _id_set_table(ids) -> tf.lookup.StaticHashTable:
@@ -176,12 +272,13 @@ def _resize_uint8(image: tf.Tensor, size: int) -> tf.Tensor:
 
 
 def records_split(name: str, records: list[CaptionRecord], image_size: int, *,
-                  skip_undecodable: bool = False) -> SplitSource:
+                  skip_undecodable: bool = False, origin: str = "") -> SplitSource:
     """A split read from image files (or encoded bytes) named by `records`.
 
-    Images are decoded to RGB with `tf.io.decode_image(channels=3)`: grey is replicated, alpha is
-    dropped, GIFs give their first frame. With `skip_undecodable` (on_bad_example="skip" without
-    up-front validation) an image that still fails to decode is dropped by `ignore_errors`.
+    Images are decoded to RGB by `captions_io.decode_image_rgb`, the decoder the up-front check ran:
+    grey is replicated, palettes give their colours, alpha is dropped, GIFs give their first frame.
+    With `skip_undecodable` (on_bad_example="skip" without up-front validation) an image that still
+    fails to decode is dropped by `ignore_errors`.
     """
     ids = tuple(r.image_id for r in records)
     captions = tuple(r.captions for r in records)
@@ -189,30 +286,31 @@ def records_split(name: str, records: list[CaptionRecord], image_size: int, *,
     sources = [r.image_bytes if use_bytes else r.image_path for r in records]
     if any(s is None for s in sources):
         raise ValueError(f"split {name!r}: every record needs an image_path (or every one image_bytes).")
+    wheres = [f"image {r.image_id}" if use_bytes else r.image_path for r in records]
 
     def elements() -> tf.data.Dataset:
         dataset = tf.data.Dataset.from_tensor_slices({
             "source": tf.constant(sources, tf.string),
+            "where": tf.constant(wheres, tf.string),
             "image_id": tf.constant(ids, tf.int64),
             "captions": tf.ragged.constant([list(c) for c in captions], dtype=tf.string, ragged_rank=1),
         })
 
         def decode(ex):
             encoded = ex["source"] if use_bytes else tf.io.read_file(ex["source"])
-            image = tf.io.decode_image(encoded, channels=3, dtype=tf.uint8, expand_animations=False)
-            image = tf.ensure_shape(image, [None, None, 3])
+            image = captions_io.decode_image_rgb(encoded, ex["where"])
             return {"image": _resize_uint8(image, image_size), "image_id": ex["image_id"],
                     "captions": ex["captions"]}
 
         dataset = dataset.map(decode, num_parallel_calls=tf.data.AUTOTUNE)
         return dataset.ignore_errors(log_warning=True) if skip_undecodable else dataset
 
-    return SplitSource(name, ids, captions, elements)
+    return SplitSource(name, ids, captions, elements, origin=origin)
 
 
 def tfds_split(name: str, builder, tfds_split_name: str, image_size: int, *,
                standardize: Callable[[dict], dict] = lambda ex: ex, bad: BadExamples | None = None,
-               seed: int = 0) -> SplitSource:
+               seed: int = 0, origin: str = "") -> SplitSource:
     """A split of a prepared TFDS builder whose elements standardise to {image, image_id, captions}.
 
     Captions are read once in Python (images skipped), cleaned like file-based captions, and
@@ -253,7 +351,8 @@ def tfds_split(name: str, builder, tfds_split_name: str, image_size: int, *,
 
         return tf.data.Dataset.zip(images, cleaned).map(join, num_parallel_calls=tf.data.AUTOTUNE)
 
-    return SplitSource(name, tuple(ids), tuple(captions), elements, tuple(scenes) if has_scenes else None)
+    return SplitSource(name, tuple(ids), tuple(captions), elements, tuple(scenes) if has_scenes else None,
+                       origin or f"TFDS {builder.info.full_name} split {tfds_split_name}")
 
 
 # --- dataset sources (a registry by name) -----------------------------------------------------------
@@ -272,35 +371,66 @@ def _hash_unit(image_id: int, salt: str) -> float:
     return zlib.crc32(f"{salt}:{image_id}".encode()) / 2**32
 
 
+def _percent(share: float) -> str:
+    return f"{100 * share:.4g}%"
+
+
 def _coco_source(config: DataConfig, bad: BadExamples) -> dict[str, SplitSource]:
-    _require_paths(config)
-    records = captions_io.read_coco_captions(config.annotations, config.image_dir,
-                                             validate_images=config.validate_images, bad=bad)
-    captioned = [r for r in records if r.captions]
-    parts: dict[str, list[CaptionRecord]] = {"train": [], "validation": [], "test": []}
-    for record in captioned:
-        u = _hash_unit(record.image_id, "split")
-        split = ("validation" if u < config.validation_fraction
-                 else "test" if u < config.validation_fraction + config.test_fraction else "train")
-        parts[split].append(record)
-    unlabeled = [r for r in records if not r.captions]
-    if unlabeled:
-        parts["unlabeled"] = unlabeled
-    skip = config.on_bad_example == "skip" and not config.validate_images
-    return {name: records_split(name, rs, config.image_size, skip_undecodable=skip) for name, rs in parts.items()}
+    def read(path: str) -> list[CaptionRecord]:
+        return captions_io.read_coco_captions(path, config.image_dir, validate_images=config.validate_images, bad=bad)
+
+    train_share, val_share, test_share = config.resolved_split_fractions()
+    records = read(config.annotations)
+    cut: dict[str, list[CaptionRecord]] = {"train": [], "validation": [], "test": []}
+    for record in records:
+        if record.captions:
+            u = _hash_unit(record.image_id, "split")
+            cut["validation" if u < val_share else "test" if u < val_share + test_share else "train"].append(record)
+    fractions = ",".join(f"{f:g}" for f in (train_share, val_share, test_share))
+    shares = {"train": train_share, "validation": val_share, "test": test_share}
+
+    def share_of_annotations(split: str) -> str:
+        if shares[split] == 1.0:
+            return f"{config.annotations} (--annotations)"
+        return (f"{config.annotations} (--annotations): {_percent(shares[split])} of its captioned images, "
+                f"by a hash of the image id (--split_fractions={fractions})")
+
+    parts = {"train": (cut["train"], share_of_annotations("train"))}
+    train_paths = {r.image_path for r in records}
+    for split, field in _SPLIT_FILES.items():
+        path = getattr(config, field)
+        if not path:
+            parts[split] = (cut[split], share_of_annotations(split))
+            continue
+        own = read(path)
+        captioned = [r for r in own if r.captions]
+        if len(captioned) < len(own):
+            logger.warning("%s (--%s): %d image(s) without captions are not used", path, field,
+                           len(own) - len(captioned))
+        shared = sum(r.image_path in train_paths for r in captioned)
+        if shared:
+            logger.warning("%s (--%s): %d of its images are also in %s (--annotations): their %s scores are "
+                           "not on held-out images", path, field, shared, config.annotations, split)
+        parts[split] = (captioned, f"{path} (--{field})")
+    uncaptioned = [r for r in records if not r.captions]
+    if uncaptioned:
+        parts["unlabeled"] = (uncaptioned, f"{config.annotations} (--annotations): its images without captions")
+    return {name: records_split(name, rs, config.image_size, skip_undecodable=_skip_undecodable(config),
+                                origin=origin) for name, (rs, origin) in parts.items()}
+
+
+def _skip_undecodable(config: DataConfig) -> bool:
+    return config.on_bad_example == "skip" and not config.validate_images
 
 
 def _karpathy_source(config: DataConfig, bad: BadExamples) -> dict[str, SplitSource]:
-    _require_paths(config)
     records = captions_io.read_karpathy_split(config.annotations, config.image_dir,
                                               validate_images=config.validate_images, bad=bad)
-    parts = {
-        "train": [r for r in records if r.split in ("train", "restval")],
-        "validation": [r for r in records if r.split == "val"],
-        "test": [r for r in records if r.split == "test"],
-    }
-    skip = config.on_bad_example == "skip" and not config.validate_images
-    return {name: records_split(name, rs, config.image_size, skip_undecodable=skip) for name, rs in parts.items()}
+    parts = {"train": ("train", "restval"), "validation": ("val",), "test": ("test",)}
+    return {name: records_split(name, [r for r in records if r.split in karpathy], config.image_size,
+                                skip_undecodable=_skip_undecodable(config),
+                                origin=f"{config.annotations} (--annotations): Karpathy split {'+'.join(karpathy)}")
+            for name, karpathy in parts.items()}
 
 
 def _coco_captions_tfds_source(config: DataConfig, bad: BadExamples) -> dict[str, SplitSource]:
@@ -312,12 +442,6 @@ def _coco_captions_tfds_source(config: DataConfig, bad: BadExamples) -> dict[str
     return {split: tfds_split(split, builder, tfds_name, config.image_size, bad=bad, seed=config.seed,
                               standardize=captions_io.standardize_tfds_coco_captions)
             for split, tfds_name in captions_io.TFDS_COCO_CAPTIONS_SPLITS.items()}
-
-
-def _require_paths(config: DataConfig) -> None:
-    for field in ("annotations", "image_dir"):
-        if not getattr(config, field):
-            raise ValueError(f"DataConfig.{field} is required for dataset={config.dataset!r}.")
 
 
 DATASET_SOURCES: dict[str, Callable[[DataConfig, BadExamples], dict[str, SplitSource]]] = {
@@ -333,21 +457,34 @@ def register_dataset(name: str, source: Callable[[DataConfig, BadExamples], dict
     DATASET_SOURCES[name] = source
 
 
-def _with_unlabeled(splits: dict[str, SplitSource], config: DataConfig) -> dict[str, SplitSource]:
-    """Makes sure `splits["unlabeled"]` exists, per `config.unlabeled` (see module doc)."""
+def _with_unlabeled(splits: dict[str, SplitSource], config: DataConfig, bad: BadExamples) -> dict[str, SplitSource]:
+    """Makes sure `splits["unlabeled"]` exists, per `config.unlabeled_source` (see module doc)."""
     splits = dict(splits)
-    mode = config.unlabeled
-    if mode == "auto":
+    source = config.unlabeled_source
+    if source == "auto":
         if "unlabeled" in splits:
             return splits
-        mode = "train"
+        source = "train"
     train = splits["train"]
-    if mode == "train":
-        splits["unlabeled"] = train.without_captions("unlabeled")
-    else:  # holdout
-        held = {i for i in train.image_ids if _hash_unit(i, "unlabeled") < config.holdout_fraction}
-        splits["unlabeled"] = train.subset(held, "unlabeled").without_captions("unlabeled")
-        splits["train"] = train.subset(set(train.image_ids) - held)
+    if source == "train":
+        splits["unlabeled"] = train.without_captions(
+            "unlabeled", f"the training images, captions dropped (--unlabeled_source={config.unlabeled_source})")
+    elif source == "holdout":
+        held = {i for i in train.image_ids if _hash_unit(i, "unlabeled") < config.unlabeled_fraction}
+        splits["unlabeled"] = train.subset(held, "unlabeled").without_captions(
+            "unlabeled", f"{_percent(config.unlabeled_fraction)} of the training images by a hash of the image "
+            f"id, captions dropped and moved out of train (--unlabeled_source=holdout, "
+            f"--unlabeled_fraction={config.unlabeled_fraction:g})")
+        splits["train"] = train.subset(set(train.image_ids) - held,
+                                       origin=f"{train.origin}, less the images held out for unlabeled")
+    else:  # folder
+        records = captions_io.read_image_folder(config.unlabeled_dir, validate_images=config.validate_images, bad=bad)
+        if not records:
+            raise ValueError(f"--unlabeled_dir={config.unlabeled_dir}: no usable image files "
+                             f"({', '.join(captions_io.IMAGE_EXTENSIONS)}) in it.")
+        splits["unlabeled"] = records_split("unlabeled", records, config.image_size,
+                                            skip_undecodable=_skip_undecodable(config),
+                                            origin=f"{config.unlabeled_dir} (--unlabeled_source=folder)")
     return splits
 
 
@@ -404,6 +541,14 @@ class CaptionData:
         """`{image_id: [raw caption, …]}` of `split` (cleaned of empty captions, otherwise as written)."""
         source = self._split(split)
         return {image_id: list(caps) for image_id, caps in zip(source.image_ids, source.captions)}
+
+    def split_summary(self) -> list[str]:
+        """One line per split: its images, its captions, and where it came from."""
+        lines = []
+        for name, source in self._splits.items():
+            line = f"{name}: {len(source.image_ids)} images, {sum(len(c) for c in source.captions)} captions"
+            lines.append(f"{line}, from {source.origin}" if source.origin else line)
+        return lines
 
     def scenes(self, split: str) -> dict[int, dict] | None:
         """`{image_id: scene}` of `split` (`shapes.scene_to_dict` form), or None if the dataset has no scenes."""
@@ -558,8 +703,8 @@ def _images_to_float(batch: dict) -> dict:
     return batch
 
 
-def load_caption_data(config: DataConfig, workdir: str | None = None, *,
-                      vocab: Vocabulary | None = None) -> CaptionData:
+def load_caption_data(config: DataConfig, workdir: str | None = None, *, vocab: Vocabulary | None = None,
+                      log: Callable[[str], None] | None = None) -> CaptionData:
     """Reads (and checks) the dataset of `config` and builds its vocabulary.
 
     Args:
@@ -568,26 +713,32 @@ def load_caption_data(config: DataConfig, workdir: str | None = None, *,
         exists (a resumed run) it must hold the same vocabulary, else ValueError: a checkpoint's
         embedding rows would no longer match its words.
       vocab: use this vocabulary instead of building one (e.g. the search run's, for retraining).
+      log: where the line per split goes (`CaptionData.split_summary`); default: this module's logger
+        at INFO.
 
     Returns:
       The CaptionData. Bad examples skipped under on_bad_example="skip" are logged and counted
       in `CaptionData.skipped`.
     """
     bad = BadExamples(config.on_bad_example)
-    splits = _with_unlabeled(DATASET_SOURCES[config.dataset](config, bad), config)
+    splits = _with_unlabeled(DATASET_SOURCES[config.dataset](config, bad), config, bad)
     if not splits["train"].image_ids:  # other empty splits fail only when their stream is asked for
-        raise ValueError(f"dataset {config.dataset!r} has no usable 'train' images.")
+        raise ValueError(f"--dataset={config.dataset}: no usable training images (from "
+                         f"{splits['train'].origin or 'its train split'}).")
     if vocab is None:
         vocab = Vocabulary.build((c for caps in splits["train"].captions for c in caps),
                                  min_count=config.min_word_count, max_len=config.max_caption_len)
     elif vocab.max_len != config.max_caption_len:
-        raise ValueError(f"vocab.max_len={vocab.max_len} differs from DataConfig.max_caption_len="
-                         f"{config.max_caption_len}.")
+        raise ValueError(f"--max_caption_len={config.max_caption_len} differs from the length L={vocab.max_len} "
+                         "of the vocabulary given.")
     if workdir is not None:
         _save_vocab(vocab, os.path.join(workdir, "vocab.txt"))
     if bad.total:
-        logger.warning("%s: skipped %d bad example(s): %s", config.dataset, bad.total, dict(bad.counts))
-    return CaptionData(config, splits, vocab, dict(bad.counts))
+        logger.warning("%s: skipped %d bad example(s) in all: %s", config.dataset, bad.total, dict(bad.counts))
+    data = CaptionData(config, splits, vocab, dict(bad.counts))
+    for line in data.split_summary():
+        (log or logger.info)(f"Data split {line}")
+    return data
 
 
 def _save_vocab(vocab: Vocabulary, path: str) -> None:

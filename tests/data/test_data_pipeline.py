@@ -150,7 +150,7 @@ def test_image_size_regenerates_capnas_shapes_at_that_size(tfds_dir):
 
 
 def test_unlabeled_holdout_is_disjoint_from_training_images(tfds_dir):
-    data = load_caption_data(shapes_config(tfds_dir, unlabeled="holdout", holdout_fraction=0.3))
+    data = load_caption_data(shapes_config(tfds_dir, unlabeled_source="holdout", unlabeled_fraction=0.3))
     train_ids, unlabeled_ids = set(data.references("train")), set(data.references("unlabeled"))
     assert unlabeled_ids and not train_ids & unlabeled_ids
     assert len(train_ids | unlabeled_ids) == TINY_SHAPES.num_train
@@ -174,7 +174,7 @@ def test_not_enough_examples_for_one_batch_is_an_error(shapes_data):
 
 @pytest.mark.parametrize("kwargs, message", [
     ({"dataset": "imagenet"}, "dataset"), ({"on_bad_example": "ignore"}, "on_bad_example"),
-    ({"unlabeled": "none"}, "unlabeled"), ({"validation_fraction": 0.6, "test_fraction": 0.5}, "fraction"),
+    ({"unlabeled_source": "none"}, "unlabeled_source"),
 ])
 def test_invalid_data_config_is_rejected(kwargs, message):
     with pytest.raises(ValueError, match=message):
@@ -187,7 +187,7 @@ def test_coco_format_pipeline_decodes_real_jpegs_and_splits_by_hash(tmp_path):
     annotations, image_dir = write_coco(str(tmp_path), num_images=30, captions_per_image=2, uncaptioned=4)
     data = load_caption_data(DataConfig(dataset="coco", annotations=annotations, image_dir=image_dir,
                                         image_size=8, min_word_count=1, batch_size=2,
-                                        validation_fraction=0.2, test_fraction=0.2))
+                                        split_fractions=(0.6, 0.2, 0.2)))
     ids = {split: set(data.references(split)) for split in ("train", "validation", "test", "unlabeled")}
     assert sum(len(v) for v in ids.values()) == 30 and len(ids["unlabeled"]) == 4
     assert all(ids[a].isdisjoint(ids[b]) for a in ids for b in ids if a < b)
@@ -205,7 +205,7 @@ def test_decoded_pixels_match_pillow(tmp_path):
     annotations, image_dir = write_coco(str(tmp_path), num_images=6, captions_per_image=1)
     write_image(os.path.join(image_dir, "img_000.jpg"), size=8, seed=1, fmt="PNG")  # 8x12, lossless
     data = load_caption_data(DataConfig(dataset="coco", annotations=annotations, image_dir=image_dir, image_size=8,
-                                        min_word_count=1, validation_fraction=0.0, test_fraction=0.0))
+                                        min_word_count=1, split_fractions=(1, 0, 0)))
     records = {r.image_id: r for r in captions_io.read_coco_captions(annotations, image_dir)}
     pil = np.asarray(Image.open(records[100].image_path).convert("RGB"))
     first = _take(data.eval_dataset("train", 1), 1)[0]
@@ -219,7 +219,7 @@ def test_rgba_and_grey_images_become_three_channels(tmp_path):
     write_image(os.path.join(image_dir, "img_000.jpg"), mode="RGBA", fmt="PNG")
     write_image(os.path.join(image_dir, "img_001.jpg"), mode="L")
     data = load_caption_data(DataConfig(dataset="coco", annotations=annotations, image_dir=image_dir, image_size=8,
-                                        min_word_count=1, validation_fraction=0.0, test_fraction=0.0))
+                                        min_word_count=1, split_fractions=(1, 0, 0)))
     images = np.concatenate([b["image"] for b in data.eval_dataset("train", 2)])
     assert images.shape == (4, 8, 8, 3)
     grey = images[1]
@@ -258,14 +258,13 @@ def test_skip_without_validation_drops_undecodable_images_inside_tf_data(tmp_pat
         f.write(b"garbage")
     data = load_caption_data(DataConfig(dataset="coco", annotations=annotations, image_dir=image_dir, image_size=8,
                                         min_word_count=1, on_bad_example="skip", validate_images=False,
-                                        validation_fraction=0.0, test_fraction=0.0))
+                                        split_fractions=(1, 0, 0)))
     ids = np.concatenate([b["image_id"] for b in data.eval_dataset("train", 1, pad_remainder=False)])
     assert ids.tolist() == [100, 101, 103, 104]
 
 
 def test_missing_paths_for_file_datasets_are_named(tmp_path):
     with pytest.raises(ValueError, match="annotations"):
-        load_caption_data(DataConfig(dataset="coco"))
-    with pytest.raises(FileNotFoundError, match="missing.json"):
-        load_caption_data(DataConfig(dataset="karpathy", annotations=str(tmp_path / "missing.json"),
-                                     image_dir=str(tmp_path)))
+        DataConfig(dataset="coco")
+    with pytest.raises(ValueError, match="annotations.*existing file"):
+        DataConfig(dataset="karpathy", annotations=str(tmp_path / "missing.json"), image_dir=str(tmp_path))

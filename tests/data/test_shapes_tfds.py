@@ -45,7 +45,7 @@ def test_every_split_stores_its_scenes_and_caption_data_returns_them(tfds_dir, t
     assert str(tfds.builder("capnas_shapes/tiny", data_dir=tfds_dir).info.version) == "1.2.0"
 
     config = DataConfig(dataset="capnas_shapes", data_dir=tfds_dir, image_size=16, min_word_count=1, batch_size=4,
-                        shapes=TINY_SHAPES, unlabeled="holdout")
+                        shapes=TINY_SHAPES, unlabeled_source="holdout")
     data = load_caption_data(config)
     for split in data.splits:
         scenes = data.scenes(split)
@@ -62,7 +62,7 @@ def test_every_split_stores_its_scenes_and_caption_data_returns_them(tfds_dir, t
 
     annotations, image_dir = write_coco(str(tmp_path), num_images=6)
     coco = load_caption_data(DataConfig(dataset="coco", annotations=annotations, image_dir=image_dir,
-                                        min_word_count=1, validation_fraction=0.3, test_fraction=0.3))
+                                        min_word_count=1, split_fractions=(0.4, 0.3, 0.3)))
     assert all(coco.scenes(split) is None for split in coco.splits)
 
 
