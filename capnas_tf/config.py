@@ -93,9 +93,12 @@ class SearchConfig:
     epochs: int = 4
     steps_per_epoch: int = 0  # 0: one pass over D_tr
     warmup_epochs: int = 1
-    decoder: str = "lstm"
+    # F and W attend over the encoder's grid (the retrain recipe's decoder): with the LSTM (Show and Tell),
+    # F and W learn the caption templates but not the image within a search's budget, and A's hypergradient
+    # has nothing about the image to follow (docs/recipe_variants.md).
+    decoder: str = "transformer"
     student_encoder: str = "conv"
-    student_decoder: str = "lstm"
+    student_decoder: str = "transformer"
     eta_e: float = 0.1  # η_e, η_f, η_w: virtual step sizes of the unrolled steps
     eta_f: float = 0.1
     eta_w: float = 0.1

@@ -288,6 +288,9 @@ _end_section("retrain", "retrain and evaluation (--mode=retrain | pipeline)")
 # -- export (of the retrained captioner) -------------------------------------------------------------
 flags.DEFINE_bool("export_saved_model", _R.export_saved_model, "Write <workdir>/export/saved_model/1/ (TF Serving).")
 flags.DEFINE_bool("export_onnx", _R.export_onnx, "Write <workdir>/export/captioner.onnx and vocab.txt.")
+flags.DEFINE_integer("export_max_pixels", _R.export_max_pixels,
+                     "The SavedModel refuses images whose header declares more pixels (width × height), "
+                     "before decoding them.")
 _end_section("export", "export of the retrained captioner (--mode=retrain | pipeline)")
 
 
@@ -298,7 +301,8 @@ RETRAIN_FLAGS = {
     "lr": "retrain_lr", "weight_decay": "retrain_weight_decay", "grad_clip": "retrain_grad_clip",
     "beam_width": "beam_width", "max_eval_images": "max_eval_images", "final_metrics": ("final_metrics", tuple),
     "baseline": "baseline", "xla": "retrain_xla", "export_saved_model": "export_saved_model",
-    "export_onnx": "export_onnx", "blind_baseline": "blind_baseline", "selection_metric": "selection_metric",
+    "export_onnx": "export_onnx", "export_max_pixels": "export_max_pixels", "blind_baseline": "blind_baseline",
+    "selection_metric": "selection_metric",
 }
 
 

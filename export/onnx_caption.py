@@ -5,13 +5,20 @@
 
 The vocabulary defaults to `vocab.txt` next to the model. Each image is converted to RGB, resized to
 the model's input side (bilinear, antialiased, like training) and scaled to [0, 1]; the graph runs
-the whole greedy decoding loop and returns token ids, turned into words here. Prints the execution
-provider the session actually uses (CUDA when onnxruntime offers it, else CPU), then
-`<path>\t<caption>` per image.
+the whole greedy decoding loop and returns token ids, turned into words here.
+
+stdout holds only the captions, `<path>\t<caption>` per captioned image, in order. stderr gets
+`provider: <the execution provider the session runs on>` (CUDA where onnxruntime-gpu can really start
+it, else CPU, with the reason) and `error: <path>: <why>` for each file that is not captioned: not an
+image Pillow can read, truncated or corrupt, or larger than --max_pixels (width × height read from the
+header, before anything is decoded). The other files are captioned all the same.
+Exit status: 0 all captioned, 1 some captioned and some not, 2 none captioned (or a usage error).
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import os
 import sys
 
@@ -20,6 +27,7 @@ import onnxruntime as ort
 from PIL import Image, UnidentifiedImageError
 
 PAD_ID, START_ID, END_ID = 0, 1, 2
+MAX_PIXELS = 4096 * 4096  # the SavedModel export's default limit (RetrainConfig.export_max_pixels)
 
 
 def load_vocab(path: str) -> list[str]:
@@ -30,9 +38,37 @@ def load_vocab(path: str) -> list[str]:
     return text[:-1].split("\n")
 
 
-def make_session(model_path: str) -> ort.InferenceSession:
-    wanted = ["CUDAExecutionProvider"] if "CUDAExecutionProvider" in ort.get_available_providers() else []
-    return ort.InferenceSession(model_path, providers=wanted + ["CPUExecutionProvider"])
+def make_session(model_path: str) -> tuple[ort.InferenceSession, str]:
+    """(session, note): a CUDA session where onnxruntime-gpu can start one, else a CPU session and why not.
+
+    onnxruntime lists CUDAExecutionProvider whenever the onnxruntime-gpu wheel is installed, with or
+    without a GPU and the CUDA 12 / cuDNN 9 libraries. So the CUDA session is tried, with the CUDA
+    libraries of the nvidia-*-cu12 wheels preloaded where `ort.preload_dlls` exists (1.21+), and the
+    provider the session really got decides. onnxruntime's own lines about a failed attempt are kept
+    out of the output: its logger is set to fatal-only meanwhile, and what its Python side prints (to
+    stdout: "EP Error … Falling back …") is swallowed.
+    """
+    options = ort.SessionOptions()
+    options.log_severity_level = 3  # errors only
+    ort.set_default_logger_severity(3)
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        return ort.InferenceSession(model_path, sess_options=options, providers=["CPUExecutionProvider"]), ""
+    ort.set_default_logger_severity(4)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            if hasattr(ort, "preload_dlls"):
+                ort.preload_dlls()
+            session = ort.InferenceSession(model_path, sess_options=options,
+                                           providers=["CUDAExecutionProvider", "CPUExecutionProvider"])
+        if session.get_providers()[0] == "CUDAExecutionProvider":
+            return session, ""
+        return session, "CUDAExecutionProvider did not start (no GPU, or CUDA 12 / cuDNN 9 libraries missing)"
+    except Exception as err:  # onnxruntime raises plain RuntimeErrors / its own Fail classes
+        reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        session = ort.InferenceSession(model_path, sess_options=options, providers=["CPUExecutionProvider"])
+        return session, f"CUDAExecutionProvider did not start: {reason}"
+    finally:
+        ort.set_default_logger_severity(3)
 
 
 def input_side(session: ort.InferenceSession) -> int:
@@ -42,13 +78,30 @@ def input_side(session: ort.InferenceSession) -> int:
     return shape[1]
 
 
-def load_image(path: str, side: int) -> np.ndarray:
-    """float32 [S, S, 3] in [0, 1]; a clear error for a file that is not an image."""
+class ImageRejected(ValueError):
+    """A file that is not captioned; its message is `<path>: <why>`."""
+
+
+def load_image(path: str, side: int, max_pixels: int = MAX_PIXELS) -> np.ndarray:
+    """float32 [S, S, 3] in [0, 1]; `ImageRejected` (`<path>: <why>`) for a file that cannot be captioned.
+
+    The size is read from the header (`Image.open` decodes nothing) and checked against `max_pixels`
+    before the pixels are loaded.
+    """
     try:
         with Image.open(path) as image:
+            width, height = image.size
+            if width * height > max_pixels:
+                raise ImageRejected(f"{path}: too large: {width}x{height} pixels, over the limit of {max_pixels}")
             image = image.convert("RGB").resize((side, side), Image.BILINEAR)
-    except (UnidentifiedImageError, OSError) as err:
-        raise ValueError(f"{path}: not a readable image ({err})") from err
+    except Image.DecompressionBombError as err:
+        raise ImageRejected(f"{path}: too large: {err}") from err
+    except UnidentifiedImageError as err:
+        raise ImageRejected(f"{path}: not an image Pillow can read") from err
+    except ImageRejected:
+        raise
+    except (OSError, SyntaxError, EOFError, ValueError) as err:  # missing file, truncated or corrupt data
+        raise ImageRejected(f"{path}: unreadable image ({type(err).__name__}: {err})") from err
     return np.asarray(image, np.float32) / 255.0
 
 
@@ -82,19 +135,33 @@ def main(argv=None) -> int:
     parser.add_argument("images", nargs="+", help="image files (JPEG, PNG, …)")
     parser.add_argument("--model", default="captioner.onnx", help="the exported captioner.onnx")
     parser.add_argument("--vocab", default=None, help="vocab.txt (default: next to --model)")
+    parser.add_argument("--max_pixels", type=int, default=MAX_PIXELS,
+                        help="refuse images whose header declares more pixels (width × height)")
+    parser.add_argument("--batch_size", type=int, default=32, help="images per onnxruntime run")
     args = parser.parse_args(argv)
+    if args.max_pixels <= 0 or args.batch_size <= 0:
+        parser.error("--max_pixels and --batch_size must be > 0")
+    Image.MAX_IMAGE_PIXELS = None  # the limit is --max_pixels, checked in load_image with the file's size
     vocab = load_vocab(args.vocab or os.path.join(os.path.dirname(os.path.abspath(args.model)), "vocab.txt"))
-    session = make_session(args.model)
-    print(f"provider: {session.get_providers()[0]}")
+    session, note = make_session(args.model)
+    print(f"provider: {session.get_providers()[0]}" + (f" ({note})" if note else ""), file=sys.stderr)
     side = input_side(session)
-    try:
-        batch = np.stack([load_image(p, side) for p in args.images])
-    except ValueError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    for path, text in zip(args.images, caption(session, vocab, batch)):
-        print(f"{path}\t{text}")
-    return 0
+    captioned = failed = 0
+    for start in range(0, len(args.images), args.batch_size):
+        paths, images = [], []
+        for path in args.images[start:start + args.batch_size]:
+            try:
+                images.append(load_image(path, side, args.max_pixels))
+                paths.append(path)
+            except ImageRejected as err:
+                print(f"error: {err}", file=sys.stderr)
+                failed += 1
+        if images:
+            for path, text in zip(paths, caption(session, vocab, np.stack(images))):
+                print(f"{path}\t{text}")
+            captioned += len(images)
+        sys.stdout.flush()
+    return 0 if not failed else 1 if captioned else 2
 
 
 if __name__ == "__main__":

@@ -1,86 +1,82 @@
-"""The SavedModel export: loads and serves in a fresh process that imports only tensorflow, survives a
-non-image request, lists both signatures, matches the Keras captioner, and backs `capnas_tf.caption`."""
-import io
-import json
+"""The SavedModel export: loads and serves in a fresh process that imports only tensorflow, captions each item
+of a batch on its own (bad items get an error status, the others their captions, an empty batch empty
+outputs), refuses images over the pixel limit from their headers, lists both signatures, matches the Keras
+captioner, and backs `capnas_tf.caption`."""
 import os
 import shutil
 import subprocess
 import sys
-import textwrap
 
 import numpy as np
-from PIL import Image
 
 from capnas_tf.evaluate import decode_captions
+from tests.export.serving_fixtures import ENV, REPO, encoded, fresh_report, png_bomb
 from tests.retrain_fixtures import retrained, sample_test_images
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+MIXED_STATUS = ["ok", "error: not a JPEG, PNG, GIF, BMP or WebP image", "error: undecodable image data",
+                "error: too large: 14000x14000 pixels, over the limit of 16777216",
+                "error: too large: 20000x20000 pixels, over the limit of 16777216",
+                "ok", "error: not a JPEG, PNG, GIF, BMP or WebP image", "ok", "ok", "ok",
+                "error: bad image header (no width or height)", "error: undecodable image data"]
 
 
-def _encoded(pixels: np.ndarray, fmt: str, mode: str = "RGB", size: tuple | None = None) -> bytes:
-    image = Image.fromarray((pixels * 255).round().astype(np.uint8)).convert(mode)
-    if size:
-        image = image.resize(size)
-    buffer = io.BytesIO()
-    image.save(buffer, format=fmt)
-    return buffer.getvalue()
-
-
-FRESH_PROCESS = textwrap.dedent("""
-    import json, sys
-    import numpy as np
-    import tensorflow as tf
-    args = json.load(open(sys.argv[1]))
-    model = tf.saved_model.load(args["model"])
-    serve = model.signatures["serving_default"]
-    report = {"signatures": sorted(model.signatures)}
-    files = [open(p, "rb").read() for p in args["files"]]
-    out = serve(images=tf.constant(files))
-    report["captions"] = [c.decode() for c in out["captions"].numpy()]
-    report["ids"] = out["token_ids"].numpy().tolist()
-    report["dtypes"] = {k: v.dtype.name for k, v in out.items()}
-    try:
-        serve(images=tf.constant([b"this is not an image"]))
-        report["bad"] = "served"
-    except tf.errors.InvalidArgumentError as err:
-        report["bad"] = err.message
-    report["after_bad"] = [c.decode() for c in serve(images=tf.constant(files[:1]))["captions"].numpy()]
-    pixels = tf.constant(np.load(args["pixels"]))
-    report["pixel_ids"] = model.signatures["caption_pixels"](images=pixels)["token_ids"].numpy().tolist()
-    report["modules"] = sorted({m.split(".")[0] for m in sys.modules} & {"capnas_tf", "tensorflow_text", "keras_hub"})
-    json.dump(report, open(sys.argv[2], "w"))
-""")
-
-
-def test_saved_model_serves_in_a_fresh_tensorflow_only_process(tmp_path):
+def test_saved_model_serves_in_a_fresh_tensorflow_only_process():
     run = retrained()
-    images, ids = sample_test_images(run.data, count=4)
-    files = []
-    for k, (fmt, mode, size) in enumerate([("PNG", "RGB", None), ("JPEG", "RGB", (40, 30)),
-                                           ("PNG", "L", None), ("PNG", "RGBA", (24, 24))]):
-        path = tmp_path / f"image{k}.{fmt.lower()}"
-        path.write_bytes(_encoded(images[k], fmt, mode, size))
-        files.append(str(path))
-    np.save(tmp_path / "pixels.npy", images)
-    args = {"model": run.result.exports["saved_model"], "files": files, "pixels": str(tmp_path / "pixels.npy")}
-    (tmp_path / "args.json").write_text(json.dumps(args))
-    (tmp_path / "serve.py").write_text(FRESH_PROCESS)
-    subprocess.run([sys.executable, str(tmp_path / "serve.py"), str(tmp_path / "args.json"),
-                    str(tmp_path / "report.json")], check=True, env=ENV, cwd=str(tmp_path), timeout=300)
-    report = json.loads((tmp_path / "report.json").read_text())
+    images, _ = sample_test_images(run.data, count=4)
+    report = fresh_report()
 
     assert report["signatures"] == ["caption_pixels", "serving_default"]
     assert report["modules"] == []  # nothing but TensorFlow was needed
-    assert report["dtypes"] == {"captions": "string", "token_ids": "int32", "scores": "float32"}
-    assert len(report["captions"]) == 4
-    assert "Unknown image file format" in report["bad"]
-    assert report["after_bad"] == report["captions"][:1]
+    assert report["inputs"] == {"images": ["string", [None]]}
+    assert report["outputs"] == {"captions": "string", "token_ids": "int32", "scores": "float32", "status": "string"}
+    formats = report["batches"]["formats"]
+    assert formats["status"] == ["ok"] * 4 and all(formats["captions"])
     expected, _ = decode_captions(run.result.captioner, images)
     np.testing.assert_array_equal(report["pixel_ids"], expected.numpy())
     # A lossless PNG at the model's size is exactly the pixel input: same tokens through both signatures.
-    assert report["ids"][0] == report["pixel_ids"][0]
-    assert report["captions"][0] == run.data.vocab.decode(expected.numpy()[0])
+    assert formats["token_ids"][0] == report["pixel_ids"][0]
+    assert formats["captions"][0] == run.data.vocab.decode(expected.numpy()[0])
+
+
+def test_each_item_of_a_batch_is_captioned_on_its_own_and_bad_items_get_an_error_status():
+    """Text, empty bytes, a truncated PNG, a PNG without IHDR, a JPEG cut before its SOF, and two images whose
+    headers declare 196 M and 400 M pixels, in one batch with good PNG, JPEG, GIF, BMP and WebP images."""
+    report = fresh_report()
+    mixed = report["batches"]["mixed"]
+    assert mixed["status"] == MIXED_STATUS
+    for k, status in enumerate(mixed["status"]):
+        alone = mixed["alone"][k]
+        assert alone["status"] == [status]  # the same verdict without the rest of the batch
+        if status == "ok":
+            assert mixed["captions"][k] and mixed["captions"][k] == alone["captions"][0]
+            assert mixed["token_ids"][k] == alone["token_ids"][0]
+            np.testing.assert_allclose(mixed["scores"][k], alone["scores"][0], rtol=1e-5, atol=1e-5)
+        else:
+            assert mixed["captions"][k] == "" and set(mixed["token_ids"][k]) == {0} and mixed["scores"][k] == 0
+    # The first and the good PNG of the "formats" batch are the same file: same caption in any batch.
+    assert mixed["captions"][0] == report["batches"]["formats"]["captions"][0]
+
+
+def test_an_empty_batch_gives_empty_outputs():
+    empty = fresh_report()["batches"]["empty"]
+    assert {k: v for k, v in empty.items() if k != "alone"} == {
+        "captions": [], "token_ids": [], "scores": [], "status": []}
+
+
+def test_the_pixel_bomb_png_is_a_real_png_of_14000_squared_pixels_in_about_23_kb():
+    """The refused PNG is not a fake header: Pillow reads it as 14000 × 14000, 1-bit, and its data inflates
+    to the full image (decoded here row by row only in zlib, not as pixels)."""
+    import io
+    import zlib
+
+    from PIL import Image
+
+    data = png_bomb()
+    assert 15_000 < len(data) < 40_000
+    with Image.open(io.BytesIO(data)) as image:
+        assert image.size == (14000, 14000) and image.mode == "1"
+    idat = data[data.index(b"IDAT") + 4:data.index(b"IEND") - 8]
+    assert len(zlib.decompress(idat)) == 14000 * (1 + 14000 // 8)
 
 
 def test_saved_model_cli_lists_both_signatures():
@@ -99,7 +95,7 @@ def test_caption_cli_prints_one_caption_per_image(tmp_path):
     paths = []
     for k in range(2):
         path = tmp_path / f"x{k}.png"
-        path.write_bytes(_encoded(images[k], "PNG"))
+        path.write_bytes(encoded(images[k], "PNG"))
         paths.append(str(path))
     out = subprocess.run([sys.executable, "-m", "capnas_tf.caption", f"--model={run.workdir}", *paths],
                          check=True, capture_output=True, text=True, env=ENV, cwd=REPO, timeout=300).stdout
