@@ -63,7 +63,7 @@ def test_an_empty_batch_gives_empty_outputs():
         "captions": [], "token_ids": [], "scores": [], "status": []}
 
 
-def test_the_pixel_bomb_png_is_a_real_png_of_14000_squared_pixels_in_about_23_kb():
+def test_the_pixel_bomb_png_is_a_real_png_of_14000_squared_pixels_in_about_23_kb(monkeypatch):
     """The refused PNG is not a fake header: Pillow reads it as 14000 × 14000, 1-bit, and its data inflates
     to the full image (decoded here row by row only in zlib, not as pixels)."""
     import io
@@ -71,6 +71,7 @@ def test_the_pixel_bomb_png_is_a_real_png_of_14000_squared_pixels_in_about_23_kb
 
     from PIL import Image
 
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", None)  # Pillow's own guard would refuse to open it
     data = png_bomb()
     assert 15_000 < len(data) < 40_000
     with Image.open(io.BytesIO(data)) as image:
