@@ -232,7 +232,8 @@ def _decode_failure(source: str | bytes) -> str:
         image = decode_image_rgb(encoded)
         reason = f"decoded to an empty image of shape {tuple(image.shape)}"
     except tf.errors.OpError as error:
-        reason = re.sub(r"\{\{[^}]*\}\}\s*|\s*\[Op:\w+\]", "", error.message).strip().splitlines()[0]
+        reason = re.sub(r"\{\{[^}]*\}\}\s*|\s*\[Op:\w+\]", "", error.message.strip().splitlines()[0])
+        reason = re.sub(r"\s*name:\s*$", "", reason)
     try:
         with Image.open(source if isinstance(source, str) else io.BytesIO(source)) as image:
             if image.format not in DECODABLE_FORMATS:

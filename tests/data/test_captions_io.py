@@ -187,3 +187,133 @@ def test_image_problem_flags_unsupported_formats(tmp_path):
 def test_bad_examples_policy_validates_its_mode():
     with pytest.raises(ValueError, match="on_bad_example"):
         BadExamples("ignore")
+
+
+# --- entries that name no usable image or caption -----------------------------------------------------
+
+@pytest.mark.parametrize("bad_id", ["abc", 1.5, True, None, -3, [7], 2**64])
+def test_image_id_that_is_not_an_integer_is_named_or_skipped(tmp_path, bad_id):
+    annotations, image_dir = write_coco(str(tmp_path), num_images=3)
+    _rewrite(annotations, lambda d: d["images"][1].update(id=bad_id))
+    with pytest.raises(BadExampleError, match=r"captions.json: images\[1\]: image id .* is not a non-negative integer"):
+        captions_io.read_coco_captions(annotations, image_dir)
+    bad = BadExamples("skip")
+    records = captions_io.read_coco_captions(annotations, image_dir, bad=bad)
+    assert [r.image_id for r in records] == [100, 102]
+    assert bad.counts == {"bad_annotation": 1, "missing_image": 3}  # and its 3 captions name an unknown image
+
+
+def test_integral_ids_written_as_strings_or_floats_are_read(tmp_path):
+    annotations, image_dir = write_coco(str(tmp_path), num_images=2, captions_per_image=1)
+    _rewrite(annotations, lambda d: (d["images"][0].update(id="100"), d["annotations"][0].update(image_id=100.0)))
+    assert [len(r.captions) for r in captions_io.read_coco_captions(annotations, image_dir)] == [1, 1]
+
+
+def test_annotation_whose_image_id_is_not_an_integer(tmp_path):
+    annotations, image_dir = write_coco(str(tmp_path), num_images=2)
+    _rewrite(annotations, lambda d: d["annotations"][2].update(image_id={"id": 100}))
+    with pytest.raises(BadExampleError, match=r"annotations\[2\]: image_id .* is not a non-negative integer"):
+        captions_io.read_coco_captions(annotations, image_dir)
+    bad = BadExamples("skip")
+    assert len(captions_io.read_coco_captions(annotations, image_dir, bad=bad)) == 2
+    assert bad.counts == {"bad_annotation": 1}
+
+
+def test_karpathy_id_that_is_not_an_integer(tmp_path):
+    path, root = write_karpathy(str(tmp_path), splits=("train", "train", "val"))
+    _rewrite(path, lambda d: d["images"][0].update(cocoid="COCO_0000"))
+    with pytest.raises(BadExampleError, match=r"dataset_coco.json: images\[0\]: image id 'COCO_0000'"):
+        captions_io.read_karpathy_split(path, root)
+    bad = BadExamples("skip")
+    assert [r.image_id for r in captions_io.read_karpathy_split(path, root, bad=bad)] == [1001, 1002]
+    assert bad.counts == {"bad_annotation": 1}
+
+
+def test_caption_with_a_lone_surrogate_is_named_or_skipped(tmp_path):
+    annotations, image_dir = write_coco(str(tmp_path), num_images=2, captions_per_image=2)
+    with open(annotations) as f:
+        text = f.read()
+    data = json.loads(text)
+    data["annotations"][3]["caption"] = "a dog PLACEHOLDER on grass"
+    text = json.dumps(data).replace("PLACEHOLDER", "\\ud800")  # the JSON escape of a lone surrogate
+    with open(annotations, "w") as f:
+        f.write(text)
+    with pytest.raises(BadExampleError, match=r"image 101 .*not valid Unicode"):
+        captions_io.read_coco_captions(annotations, image_dir)
+    bad = BadExamples("skip")
+    records = captions_io.read_coco_captions(annotations, image_dir, bad=bad)
+    assert [len(r.captions) for r in records] == [2, 1] and bad.counts == {"bad_caption": 1}
+    assert all(c.encode("utf-8") for r in records for c in r.captions)
+
+
+@pytest.mark.parametrize("name", ["/etc/passwd", "../outside.jpg", "sub/../../outside.jpg", "", 42])
+def test_file_name_that_leads_out_of_the_image_folder_is_named_or_skipped(tmp_path, name):
+    annotations, image_dir = write_coco(str(tmp_path), num_images=3)
+    write_image(str(tmp_path / "outside.jpg"))  # exists, next to the image folder
+    _rewrite(annotations, lambda d: d["images"][2].update(file_name=name))
+    with pytest.raises(BadExampleError, match=r"captions.json: images\[2\]: file name"):
+        captions_io.read_coco_captions(annotations, image_dir)
+    bad = BadExamples("skip")
+    records = captions_io.read_coco_captions(annotations, image_dir, bad=bad)
+    assert [r.image_id for r in records] == [100, 101] and bad.counts["bad_path"] == 1
+    assert all(os.path.realpath(r.image_path).startswith(os.path.realpath(image_dir)) for r in records)
+
+
+def test_karpathy_filepath_that_leads_out_of_the_image_root(tmp_path):
+    path, root = write_karpathy(str(tmp_path / "data"), splits=("train", "train"))
+    _rewrite(path, lambda d: d["images"][1].update(filepath="../.."))
+    with pytest.raises(BadExampleError, match=r"images\[1\]: file name '../../COCO_0001.jpg' leads outside"):
+        captions_io.read_karpathy_split(path, root)
+    bad = BadExamples("skip")
+    assert len(captions_io.read_karpathy_split(path, root, bad=bad)) == 1 and bad.counts == {"bad_path": 1}
+
+
+def test_file_name_with_a_dot_dot_that_stays_inside_is_fine(tmp_path):
+    annotations, image_dir = write_coco(str(tmp_path), num_images=2)
+    _rewrite(annotations, lambda d: d["images"][0].update(file_name="sub/../img_000.jpg"))
+    records = captions_io.read_coco_captions(annotations, image_dir)
+    assert records[0].image_path == os.path.join(image_dir, "img_000.jpg")
+
+
+# --- the wrong format -----------------------------------------------------------------------------------
+
+def test_karpathy_file_read_as_coco_says_what_it_looks_like(tmp_path):
+    path, root = write_karpathy(str(tmp_path), splits=("train",))
+    with pytest.raises(BadAnnotationFileError, match="looks like a Karpathy-split file.*--dataset=karpathy"):
+        captions_io.read_coco_captions(path, root)
+
+
+def test_coco_file_read_as_karpathy_says_what_it_looks_like(tmp_path):
+    annotations, image_dir = write_coco(str(tmp_path), num_images=1)
+    with pytest.raises(BadAnnotationFileError, match="looks like COCO-format caption annotations.*--dataset=coco"):
+        captions_io.read_karpathy_split(annotations, image_dir)
+
+
+def test_coco_object_annotations_are_not_captions(tmp_path):
+    path = tmp_path / "instances_train2017.json"
+    path.write_text(json.dumps({"images": [{"id": 1, "file_name": "a.jpg"}],
+                                "annotations": [{"image_id": 1, "bbox": [0, 0, 1, 1], "category_id": 3}]}))
+    with pytest.raises(BadAnnotationFileError, match="object annotations.*captions_"):
+        captions_io.read_coco_captions(str(path), str(tmp_path))
+
+
+def test_bad_example_error_names_the_flag_that_skips(tmp_path):
+    annotations, image_dir = write_coco(str(tmp_path), num_images=2)
+    os.remove(os.path.join(image_dir, "img_000.jpg"))
+    with pytest.raises(BadExampleError, match="--on_bad_example=skip") as info:
+        captions_io.read_coco_captions(annotations, image_dir)
+    assert "on_bad_example='skip'" not in str(info.value)
+
+
+def test_image_folder_lists_image_files_recursively(tmp_path):
+    write_image(str(tmp_path / "b" / "x.PNG"), fmt="PNG")
+    write_image(str(tmp_path / "a.jpg"))
+    (tmp_path / "notes.txt").write_text("not an image")
+    (tmp_path / "broken.jpg").write_bytes(b"garbage")
+    with pytest.raises(BadExampleError, match="broken.jpg"):
+        captions_io.read_image_folder(str(tmp_path))
+    bad = BadExamples("skip")
+    records = captions_io.read_image_folder(str(tmp_path), bad=bad)
+    assert [os.path.relpath(r.image_path, tmp_path) for r in records] == ["a.jpg", os.path.join("b", "x.PNG")]
+    assert [r.image_id for r in records] == [0, 1] and all(r.captions == () for r in records)
+    assert bad.counts == {"bad_image": 1}
