@@ -1,6 +1,6 @@
-"""The three-stage objective on real caption decoders: the exact hypergradient is the derivative of the
-whole unrolled objective f(A) = L(W'(E'(A), F'(A), A); D_val), checked in float64 along random
-directions, for both Stage II losses."""
+"""The three-stage objective on real caption decoders (the LSTM and the search's default transformer, for F
+and W): the exact hypergradient is the derivative of the whole unrolled objective
+f(A) = L(W'(E'(A), F'(A), A); D_val), checked in float64 along random directions, for both Stage II losses."""
 import keras
 import numpy as np
 import pytest
@@ -8,6 +8,7 @@ import tensorflow as tf
 
 from capnas_tf.captioner import Captioner
 from capnas_tf.decoders.show_and_tell import ShowAndTellDecoder
+from capnas_tf.decoders.transformer import TransformerCaptionDecoder
 from capnas_tf.search import hypergradient as hg
 from capnas_tf.search.captioning import SearchModels, caption_loss, make_three_stage_problem
 from capnas_tf.search.stateless import bind, values_of
@@ -40,10 +41,17 @@ def toy_batches(seed=0):
             "val": {"image": images(3), "tokens": tf.constant(tokens[::-1].copy())}}
 
 
-def build_models():
+def tiny_decoder(kind):
+    if kind == "transformer":  # pre-LN, global token, coordinates: the search's default F and W, in miniature
+        return TransformerCaptionDecoder(V, L - 1, model_dim=4, num_layers=1, num_heads=2, intermediate_dim=6,
+                                         dropout=0.0)
+    return ShowAndTellDecoder(V, L - 1, embedding_dim=5, units=6, dropout=0.0)
+
+
+def build_models(kind="lstm"):
     keras.utils.set_random_seed(1)
-    encoder, decoder = ToyMixedEncoder(), ShowAndTellDecoder(V, L - 1, embedding_dim=5, units=6, dropout=0.0)
-    student = Captioner(ToyConvEncoder(), ShowAndTellDecoder(V, L - 1, embedding_dim=5, units=6, dropout=0.0))
+    encoder, decoder = ToyMixedEncoder(), tiny_decoder(kind)
+    student = Captioner(ToyConvEncoder(), tiny_decoder(kind))
     images = tf.zeros((1, 8, 8, 3), tf.float64)
     decoder(encoder(images), tf.ones((1, L - 1), tf.int32))
     student(images, tf.ones((1, L - 1), tf.int32))
@@ -51,8 +59,9 @@ def build_models():
     return SearchModels(encoder, decoder, student, relax)
 
 
-def test_exact_hypergradient_is_directional_derivative_of_unrolled_objective(float64):
-    models = build_models()
+@pytest.mark.parametrize("decoder", ["lstm", "transformer"])
+def test_exact_hypergradient_is_directional_derivative_of_unrolled_objective(float64, decoder):
+    models = build_models(decoder)
     problem = make_three_stage_problem(models, toy_batches(), stage2="soft", max_caption_len=L)
     A, E, F, W = (values_of(v) for v in (models.A, models.E, models.F, models.W))
     eta = hg.InnerLearningRates(0.5, 0.5, 0.5)

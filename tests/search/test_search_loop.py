@@ -17,8 +17,11 @@ from capnas_tf.search_space.genotype import Genotype
 from tests.search.conftest import TINY_CAPTION_LEN
 
 L = TINY_CAPTION_LEN
+# The loop's mechanics (outputs, resume, divergence) on the quicker LSTM F and W; the default transformer's
+# hypergradient is checked in test_captioning.py, and a whole default search in tests/test_train_deterministic.py.
 TINY_SEARCH = SearchConfig(
     epochs=2, steps_per_epoch=2, warmup_epochs=1, log_every=1, checkpoint_every=1, arch_lr=0.05,
+    decoder="lstm", student_decoder="lstm",
     supernet=SupernetConfig(channels=4, num_cells=3, num_nodes=2,
                             primitives=("none", "skip_connect", "avg_pool_3x3", "sep_conv_3x3")))
 
