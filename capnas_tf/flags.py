@@ -49,15 +49,16 @@ _end_section("run", "run (every --mode)")
 class _FractionsParser(flags.ListParser):
     """Comma-separated numbers ("0.8,0.1,0.1") → a list of floats; their range is DataConfig's to check."""
 
+    def __init__(self):
+        super().__init__()
+        self.syntactic_help = "comma-separated numbers"
+
     def parse(self, argument):
         items = super().parse(argument)
         try:
             return [float(item) for item in items]
         except (TypeError, ValueError):
             raise ValueError(f"expected comma-separated numbers such as 0.8,0.1,0.1, received {argument!r}") from None
-
-    def flag_type(self):
-        return "comma separated list of numbers"
 
 
 flags.DEFINE_enum("dataset", "capnas_shapes", ["capnas_shapes", "coco", "karpathy", "coco_captions_tfds"],

@@ -375,9 +375,18 @@ def _percent(share: float) -> str:
     return f"{100 * share:.4g}%"
 
 
+def _naming_flag(flag: str, read: Callable[[], list[CaptionRecord]]) -> list[CaptionRecord]:
+    """`read()`, whose error about a whole annotation file is prefixed with the flag that named it."""
+    try:
+        return read()
+    except captions_io.BadAnnotationFileError as error:
+        raise captions_io.BadAnnotationFileError(f"--{flag}: {error}") from error
+
+
 def _coco_source(config: DataConfig, bad: BadExamples) -> dict[str, SplitSource]:
-    def read(path: str) -> list[CaptionRecord]:
-        return captions_io.read_coco_captions(path, config.image_dir, validate_images=config.validate_images, bad=bad)
+    def read(path: str, flag: str = "annotations") -> list[CaptionRecord]:
+        return _naming_flag(flag, lambda: captions_io.read_coco_captions(
+            path, config.image_dir, validate_images=config.validate_images, bad=bad))
 
     train_share, val_share, test_share = config.resolved_split_fractions()
     records = read(config.annotations)
@@ -402,7 +411,7 @@ def _coco_source(config: DataConfig, bad: BadExamples) -> dict[str, SplitSource]
         if not path:
             parts[split] = (cut[split], share_of_annotations(split))
             continue
-        own = read(path)
+        own = read(path, field)
         captioned = [r for r in own if r.captions]
         if len(captioned) < len(own):
             logger.warning("%s (--%s): %d image(s) without captions are not used", path, field,
@@ -424,8 +433,8 @@ def _skip_undecodable(config: DataConfig) -> bool:
 
 
 def _karpathy_source(config: DataConfig, bad: BadExamples) -> dict[str, SplitSource]:
-    records = captions_io.read_karpathy_split(config.annotations, config.image_dir,
-                                              validate_images=config.validate_images, bad=bad)
+    records = _naming_flag("annotations", lambda: captions_io.read_karpathy_split(
+        config.annotations, config.image_dir, validate_images=config.validate_images, bad=bad))
     parts = {"train": ("train", "restval"), "validation": ("val",), "test": ("test",)}
     return {name: records_split(name, [r for r in records if r.split in karpathy], config.image_size,
                                 skip_undecodable=_skip_undecodable(config),

@@ -147,3 +147,14 @@ def test_an_empty_unlabeled_folder_names_the_flag(tmp_path):
     with pytest.raises(ValueError, match="--unlabeled_dir=.*empty: no usable image files"):
         load_caption_data(_config(annotations=annotations, image_dir=image_dir, split_fractions=(1, 0, 0),
                                   unlabeled_source="folder", unlabeled_dir=str(tmp_path / "empty")))
+
+
+def test_a_karpathy_file_given_as_the_coco_validation_file_names_its_flag_and_format(tmp_path):
+    from data_files import write_karpathy
+
+    from capnas_tf.data.captions_io import BadAnnotationFileError
+
+    annotations, image_dir = write_coco(str(tmp_path), num_images=3, captions_per_image=1)
+    karpathy, _ = write_karpathy(str(tmp_path / "k"), splits=("val",))
+    with pytest.raises(BadAnnotationFileError, match="^--val_annotations: .*looks like a Karpathy-split file"):
+        load_caption_data(_config(annotations=annotations, image_dir=image_dir, val_annotations=karpathy))
