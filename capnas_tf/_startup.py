@@ -39,6 +39,9 @@ PACKAGE = "capnas_tf"
 _LOG_LINE = rb"^(?:([IWEF])\d{4} \d\d:\d\d:\d+\.\d+ +\d+ |\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d+: ([IWEF]) )\S+:\d+\] "
 _BELOW_ERROR = re.compile(_LOG_LINE.replace(rb"[IWEF]", rb"[IW]"))
 _CUINIT_FAILED = re.compile(_LOG_LINE.replace(rb"[IWEF]", rb"E") + rb"failed call to cuInit")
+# An error line that is a notice: on a CPU without AVX-512, oneDNN falls back to Eigen for int64 ops (same
+# results), and says so as an error the first time a step runs.
+_ONEDNN_INT64 = re.compile(_LOG_LINE.replace(rb"[IWEF]", rb"E") + rb"oneDNN supports DT_INT64 only on platforms")
 _START_UP_LINES = (
     re.compile(rb"^WARNING: All log messages before absl::InitializeLog\(\) is called are written to STDERR$"),
     # The second line of cpu_feature_guard's INFO line.
@@ -77,11 +80,32 @@ def is_start_up_noise(line: bytes, *, cuinit: bool) -> bool:
             or (cuinit and bool(_CUINIT_FAILED.match(line))))
 
 
+def is_runtime_noise(line: bytes) -> bool:
+    """Whether `quiet_runtime` drops `line`: oneDNN's int64 fallback notice, logged as an error."""
+    return bool(_ONEDNN_INT64.match(line))
+
+
+@contextlib.contextmanager
+def quiet_runtime():
+    """Around a whole job of an entry point: stderr without `is_runtime_noise` lines, where
+    `quiet_tensorflow_startup` quietened the start-up (not where the user set `TF_CPP_MIN_LOG_LEVEL`)."""
+    if not _quietened:
+        yield
+        return
+    with filtered_stderr(is_runtime_noise):
+        yield
+
+
+_quietened = False  # set by quiet_tensorflow_startup when it chose the log level
+
+
 def quiet_tensorflow_startup() -> None:
     """Imports TensorFlow with its start-up lines dropped (see the module docstring). Does nothing where
     `TF_CPP_MIN_LOG_LEVEL` is set (the user chose what to see) or TensorFlow is already imported."""
+    global _quietened
     if "TF_CPP_MIN_LOG_LEVEL" in os.environ or "tensorflow" in sys.modules:
         return
+    _quietened = True
     os.environ["TF_CPP_MIN_LOG_LEVEL"] = "2"
     cuinit = not nvidia_driver_present()
     with filtered_stderr(lambda line: is_start_up_noise(line, cuinit=cuinit)):

@@ -11,6 +11,7 @@ from absl import app, logging
 
 from capnas_tf import flags as cflags  # (defines the flags)
 from capnas_tf import jobs
+from capnas_tf._startup import quiet_runtime
 
 
 def main(argv):
@@ -24,7 +25,8 @@ def main(argv):
         print(cflags.describe_config_error(error), file=sys.stderr)
         return 2
     try:
-        jobs.run(cflags.FLAGS.mode, **configs)
+        with quiet_runtime():
+            jobs.run(cflags.FLAGS.mode, **configs)
     except jobs.WorkdirLockedError as error:  # another run on this workdir: refused, nothing touched
         print(f"Error: {error}", file=sys.stderr)
         return 1

@@ -168,6 +168,16 @@ def test_start_up_noise_is_tensorflows_info_and_warning_lines_and_cuinit_only_wi
         assert not startup.is_start_up_noise(line, cuinit=True), line
 
 
+def test_runtime_noise_is_onednns_int64_fallback_notice_only():
+    startup = _startup_module()
+    assert startup.is_runtime_noise(b"E0000 00:00:1796554122.395145   32519 util.cc:131] oneDNN supports DT_INT64 "
+                                    b"only on platforms with AVX-512. Falling back to the default Eigen-based "
+                                    b"implementation if present.")
+    for line in (b"E0000 00:00:1796547543.717070    6111 cuda_dnn.cc:8579] Unable to register cuDNN factory",
+                 b"oneDNN supports DT_INT64 only on platforms with AVX-512", b"Traceback (most recent call last):"):
+        assert not startup.is_runtime_noise(line), line
+
+
 def test_filtered_stderr_passes_every_other_line_in_order():
     result = _python(f"""
         import importlib.util, os, sys

@@ -58,7 +58,8 @@ def test_deterministic_search_is_bit_identical_across_processes_and_resumes(tmp_
     resumed = subprocess.run(_command(interrupted, data_dir), env=ENV, cwd=REPO, capture_output=True,
                              text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert "Resuming from" in resumed.stdout + resumed.stderr
+    assert "Resuming from" in resumed.stdout
+    assert "oneDNN supports DT_INT64" not in first.stderr + resumed.stderr  # a notice, not an error to show
 
     history, genotype = _outputs(uninterrupted)
     resumed_history, resumed_genotype = _outputs(interrupted)

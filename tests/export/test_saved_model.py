@@ -90,7 +90,7 @@ def test_saved_model_cli_lists_both_signatures():
         assert f"outputs['{name}']" in out
 
 
-def test_caption_cli_prints_one_caption_per_image(tmp_path):
+def test_caption_cli_prints_one_caption_per_image_and_names_the_bad_files(tmp_path):
     run = retrained()
     images, _ = sample_test_images(run.data, count=2)
     paths = []
@@ -98,11 +98,19 @@ def test_caption_cli_prints_one_caption_per_image(tmp_path):
         path = tmp_path / f"x{k}.png"
         path.write_bytes(encoded(images[k], "PNG"))
         paths.append(str(path))
-    out = subprocess.run([sys.executable, "-m", "capnas_tf.caption", f"--model={run.workdir}", *paths],
-                         check=True, capture_output=True, text=True, env=ENV, cwd=REPO, timeout=300).stdout
-    lines = [line for line in out.splitlines() if "\t" in line]
+    not_an_image, missing = tmp_path / "notes.png", tmp_path / "missing.png"
+    not_an_image.write_text("not an image")
+    command = [sys.executable, "-m", "capnas_tf.caption", f"--model={run.workdir}"]
+    mixed = subprocess.run([*command, paths[0], str(not_an_image), str(missing), paths[1]], capture_output=True,
+                           text=True, env=ENV, cwd=REPO, timeout=300)
+    assert mixed.returncode == 1, mixed.stderr[-2000:]  # some captioned, some not
     expected, _ = decode_captions(run.result.captioner, images[:2])
-    assert lines == [f"{p}\t{run.data.vocab.decode(row)}" for p, row in zip(paths, expected.numpy())]
+    assert mixed.stdout.splitlines() == [f"{p}\t{run.data.vocab.decode(row)}" for p, row in zip(paths, expected.numpy())]
+    errors = [line for line in mixed.stderr.splitlines() if line.startswith("error: ")]
+    assert [line.split(": ")[1] for line in errors] == [str(not_an_image), str(missing)], mixed.stderr
+    assert "cannot read the file" in errors[1]
+    none = subprocess.run([*command, str(missing)], capture_output=True, text=True, env=ENV, cwd=REPO, timeout=300)
+    assert none.returncode == 2 and none.stdout == ""
 
 
 def test_an_export_deletes_the_temp_directories_of_killed_exports(tmp_path, monkeypatch):
