@@ -12,6 +12,11 @@ from absl import app, logging
 from capnas_tf import flags as cflags  # (defines the flags)
 from capnas_tf import jobs
 from capnas_tf._startup import quiet_runtime
+from capnas_tf.checkpointing import UnreadableCheckpointError
+from capnas_tf.data.captions_io import BadAnnotationFileError, BadExampleError
+from capnas_tf.retrain import NonFiniteStateError as RetrainNonFiniteStateError
+from capnas_tf.search.loop import NonFiniteLossError
+from capnas_tf.search_space.genotype import GenotypeError
 
 
 def main(argv):
@@ -27,9 +32,17 @@ def main(argv):
     try:
         with quiet_runtime():
             jobs.run(cflags.FLAGS.mode, **configs)
-    except jobs.WorkdirLockedError as error:  # another run on this workdir: refused, nothing touched
+    except OPERATOR_ERRORS as error:  # each names what to fix; a traceback would bury it
         print(f"Error: {error}", file=sys.stderr)
         return 1
+
+
+# Errors whose message tells the operator what went wrong and what is kept: another run holds the
+# workdir; a bad example or annotation file (named, with the flag that skips it); a bad --genotype; a
+# checkpoint that cannot be read; a run stopped on a non-finite loss or state (the last good checkpoint
+# stays the latest).
+OPERATOR_ERRORS = (jobs.WorkdirLockedError, BadExampleError, BadAnnotationFileError, GenotypeError,
+                   UnreadableCheckpointError, NonFiniteLossError, RetrainNonFiniteStateError)
 
 
 if __name__ == "__main__":

@@ -35,6 +35,7 @@ REFUSED = [
     # SearchConfig: names among the registries'
     (SearchConfig, dict(strategy="evolution"), "strategy"),
     (SearchConfig, dict(hypergradient="neumann"), "hypergradient"),
+    (SearchConfig, dict(hypergradient_terms="two"), "hypergradient_terms"),
     (SearchConfig, dict(stage2="hard"), "stage2"),
     (SearchConfig, dict(darts_order=0), "darts_order"),
     (SearchConfig, dict(darts_order=3), "darts_order"),
@@ -209,3 +210,17 @@ def test_bad_flag_exits_before_reading_data_without_a_traceback(tmp_path):
     assert "Traceback" not in output, output
     assert not workdir.exists() and not (tmp_path / "tfds").exists()  # no data generated, nothing written
     assert elapsed < 120, elapsed  # the time to import TensorFlow, not to generate a dataset
+
+
+def test_a_bad_annotation_file_stops_the_cli_naming_it_without_a_traceback(tmp_path):
+    """Errors found while the data loads name the file (and the flag); the CLI prints them, not a traceback."""
+    annotations, images = tmp_path / "captions.json", tmp_path / "images"
+    annotations.write_text('{"images": [], "annotations": [')  # cut off mid-file
+    images.mkdir()
+    proc = subprocess.run([sys.executable, "-m", "capnas_tf.train", "--mode=search", "--dataset=coco",
+                           f"--annotations={annotations}", f"--image_dir={images}", f"--workdir={tmp_path / 'run'}"],
+                          cwd=REPO, capture_output=True, text=True, timeout=300,
+                          env={k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"})
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    assert proc.stderr.startswith("Error: --annotations: ") and str(annotations) in proc.stderr, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr
