@@ -88,6 +88,9 @@ class SearchConfig:
 
     strategy: str = "three_stage"
     hypergradient: str = "exact"  # exact | finite_difference
+    # full: the exact gradient of the unrolled objective; paper: the published E', F' terms only
+    # (capnas_tf/search/hypergradient.py)
+    hypergradient_terms: str = "full"
     stage2: str = "soft"  # soft | straight_through
     darts_order: int = 2
     epochs: int = 4
@@ -99,6 +102,9 @@ class SearchConfig:
     decoder: str = "transformer"
     student_encoder: str = "conv"
     student_decoder: str = "transformer"
+    # Dropout inside F and W (None: each decoder's default). Over several replicas each replica draws its own
+    # masks, so a step equals the one-device step on the same global batch only without dropout (0).
+    decoder_dropout: float | None = None
     eta_e: float = 0.1  # η_e, η_f, η_w: virtual step sizes of the unrolled steps
     eta_f: float = 0.1
     eta_w: float = 0.1
@@ -142,13 +148,14 @@ class SearchConfig:
         from capnas_tf.decoders import DECODERS
         from capnas_tf.encoders import ENCODERS
         from capnas_tf.search.captioning import STAGE2_LOSSES
-        from capnas_tf.search.hypergradient import HYPERGRADIENTS
+        from capnas_tf.search.hypergradient import HYPERGRADIENT_TERMS, HYPERGRADIENTS
         from capnas_tf.search.precision import POLICIES
         from capnas_tf.search.strategies import STRATEGIES  # (capnas_tf.search registers the baselines)
 
         check = _Checker(self)
         check.one_of("strategy", STRATEGIES)
         check.one_of("hypergradient", HYPERGRADIENTS)
+        check.one_of("hypergradient_terms", HYPERGRADIENT_TERMS)
         check.one_of("stage2", STAGE2_LOSSES)
         check.one_of("darts_order", (1, 2))
         check.at_least(1, "epochs")
@@ -159,6 +166,9 @@ class SearchConfig:
         check.one_of("decoder", DECODERS)
         check.one_of("student_encoder", ENCODERS)
         check.one_of("student_decoder", DECODERS)
+        check.require("decoder_dropout", self.decoder_dropout is None
+                      or (_number(self.decoder_dropout) and 0 <= self.decoder_dropout < 1),
+                      "None (each decoder's default) or in [0, 1)")
         check.positive("eta_e", "eta_f", "eta_w", "weight_lr", "student_lr", "arch_lr", "fd_epsilon")
         check.at_least(0, "weight_decay", "arch_weight_decay")
         check.at_least(0, "grad_clip", note=" (0: no clipping)")

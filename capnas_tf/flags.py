@@ -113,6 +113,10 @@ flags.DEFINE_enum("search_strategy", _S.strategy, ["three_stage", "darts", "gdas
 flags.DEFINE_enum("hypergradient", _S.hypergradient, ["exact", "finite_difference"],
                   "exact: nested GradientTapes through both unrolled steps; finite_difference: central "
                   "differences for the Hessian-vector products (first-order memory).")
+flags.DEFINE_enum("hypergradient_terms", _S.hypergradient_terms, ["full", "paper"],
+                  "three_stage: full: the exact gradient of the unrolled objective f(A) = L(W'; D_val); paper: "
+                  "the published two-term estimator (the paths through E' and F' only), which drops the direct "
+                  "Stage II term −η_w ∇²_{A,W} L_u · v of the teacher's own A (capnas_tf/search/hypergradient.py).")
 flags.DEFINE_enum("stage2", _S.stage2, ["soft", "straight_through"],
                   "How the Stage II loss stays differentiable in E', F' (see capnas_tf/search/captioning.py).")
 flags.DEFINE_integer("darts_order", _S.darts_order, "DARTS baseline: 1 (first order) or 2 (second order).")
@@ -197,7 +201,8 @@ SUPERNET_FLAGS = {
     "max_skip_connect": ("max_skip_connect", lambda n: None if n < 0 else n),
 }
 SEARCH_FLAGS = {
-    "strategy": "search_strategy", "hypergradient": "hypergradient", "stage2": "stage2",
+    "strategy": "search_strategy", "hypergradient": "hypergradient", "hypergradient_terms": "hypergradient_terms",
+    "stage2": "stage2",
     "darts_order": "darts_order", "epochs": "search_epochs", "steps_per_epoch": "steps_per_epoch",
     "warmup_epochs": "warmup_epochs", "decoder": "decoder", "student_encoder": "student_encoder",
     "student_decoder": "student_decoder", "eta_e": "eta_e", "eta_f": "eta_f", "eta_w": "eta_w",

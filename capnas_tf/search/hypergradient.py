@@ -19,8 +19,16 @@ v = ∇_{W'} L_val and L_u = L(W, U, E', F'),
 
 The last term exists because the teacher that captions U is the supernet itself, evaluated with
 architecture A; the paper's formula leaves it out (it is zero when L_u sees A only through E', F').
-Both estimators here include it, so that `exact` is the true gradient of f and `finite_difference`
-estimates the same quantity.
+L_val = L(W'; D_val) does not read A, so there is no direct term ∇_A L_val, and the teacher's captions
+are discrete (no gradient through them in either variant).
+
+Which terms an estimator returns is `SearchConfig.hypergradient_terms` (--hypergradient_terms):
+  "full"   all three: the true gradient of f (`exact`) or an estimate of it (`finite_difference`).
+  "paper"  the published two-term estimator: the E' and F' paths only, i.e. the first two terms;
+           the direct Stage II term −η_w ∇²_{A,W} L_u · v is dropped. It is the gradient of f with A
+           held fixed (at its current value) in L_u, so that A reaches W' only through E'(A), F'(A).
+Both estimators provide both variants, so that `exact` and `finite_difference` estimate the same
+quantity.
 
 Everything in this module is a pure function of explicit tensors: the losses come in as callables of
 values, so the same code runs on the captioning models (see `captioning.py`) and on small analytic
@@ -39,6 +47,8 @@ from capnas_tf.search.stateless import axpy, densify, global_norm, unrolled
 
 # The estimators of ∇_A f below, by the names `SearchConfig.hypergradient` (--hypergradient) takes.
 HYPERGRADIENTS = ("exact", "finite_difference")
+# Which terms of ∇_A f they return (`SearchConfig.hypergradient_terms`; the module's docstring).
+HYPERGRADIENT_TERMS = ("full", "paper")
 
 Values = list  # list[tf.Tensor]
 
@@ -123,9 +133,18 @@ def _gradients(loss_fn: Callable, wrt: Sequence[Values], reduce: Callable, scale
     return loss, out
 
 
+def _check_terms(terms: str) -> None:
+    if terms not in HYPERGRADIENT_TERMS:
+        raise ValueError(f"hypergradient terms must be one of {list(HYPERGRADIENT_TERMS)}, received {terms!r}.")
+
+
 def unroll(problem: ThreeStageProblem, A: Values, E: Values, F: Values, W: Values,
-           eta: InnerLearningRates) -> UnrolledState:
-    """E', F', W' and f(A) = L(W'; D_val), differentiable in A when run under a tape watching A."""
+           eta: InnerLearningRates, terms: str = "full") -> UnrolledState:
+    """E', F', W' and f(A) = L(W'; D_val), differentiable in A when run under a tape watching A.
+
+    terms="paper": L_u reads A through a stop_gradient, so that a tape on A sees only the paths
+    A → E', F' → W' (the values are the same as with "full")."""
+    _check_terms(terms)
     # Stage I. This tape's gradient is itself recorded by any outer tape on A, which is what makes
     # ∇²_{A,E} L_tr appear in the exact hypergradient.
     S = problem.loss_scale
@@ -145,7 +164,7 @@ def unroll(problem: ThreeStageProblem, A: Values, E: Values, F: Values, W: Value
     with tf.name_scope("stage2"):
         with tf.GradientTape() as tape_W:
             tape_W.watch(W)
-            L_u = problem.pseudo_caption_loss(W, E1, F1, A, tokens)
+            L_u = problem.pseudo_caption_loss(W, E1, F1, A if terms == "full" else stop(A), tokens)
             S_L_u = scaled(L_u, S)
         gW = unscaled(problem.reduce_gradients(densify(tape_W.gradient(S_L_u, W), W)), S)
         W1 = unrolled(W, gW, eta.eta_w)  # W' = W − η_w ∇_W L(W, U, E', F')
@@ -157,17 +176,18 @@ def unroll(problem: ThreeStageProblem, A: Values, E: Values, F: Values, W: Value
 
 
 def exact_hypergradient(problem: ThreeStageProblem, A: Values, E: Values, F: Values, W: Values,
-                        eta: InnerLearningRates) -> Hypergradient:
+                        eta: InnerLearningRates, terms: str = "full") -> Hypergradient:
     """∇_A f(A) by reverse mode through both unrolled steps (nested tapes).
 
     Tape levels: the outer tape differentiates f with respect to A; inside `unroll`, one tape takes
     ∇_{E,F} L_tr and one takes ∇_W L_u. The outer tape records those gradient computations, so the
     mixed second derivatives ∇²_{A,E} L_tr, ∇²_{E',W} L_u, … are formed exactly, never materialised.
+    terms="paper": the E', F' terms only (A stopped in L_u; the module's docstring), exactly.
     """
     S = problem.loss_scale
     with tf.GradientTape() as tape_A:
         tape_A.watch(A)
-        state = unroll(problem, A, E, F, W, eta)
+        state = unroll(problem, A, E, F, W, eta, terms)
         S_f = scaled(state.val_loss, S)  # S·f, recorded by tape_A (as every S·L by its own tape)
     # Under tf.distribute each replica's tape holds its own part of L_val, but the gradient TF registers
     # for an all-reduce is again an all-reduce (at every order: tests/search/test_distributed.py), so
@@ -232,7 +252,7 @@ def _perturbation_scale(epsilon: float, vector: Values) -> tf.Tensor:
 
 def finite_difference_hypergradient(problem: ThreeStageProblem, A: Values, E: Values, F: Values,
                                     W: Values, eta: InnerLearningRates,
-                                    epsilon: float = 0.01) -> Hypergradient:
+                                    epsilon: float = 0.01, terms: str = "full") -> Hypergradient:
     """∇_A f(A) with both Hessian-vector products by central differences (no second-order tape).
 
     With v = ∇_{W'} L_val(W') and ε_w = ε/‖v‖, W± = W ± ε_w v:
@@ -242,7 +262,10 @@ def finite_difference_hypergradient(problem: ThreeStageProblem, A: Values, E: Va
     Both Hessians are taken at the points the virtual steps start from (W and E, F), as the chain rule
     requires. Perturbing E and F jointly costs one pair of gradients instead of two. Memory stays
     that of a first-order step.
+    terms="paper": without u_A (the direct Stage II term; the module's docstring), whose gradient the
+    Stage II differences then do not take.
     """
+    _check_terms(terms)
     reduce, S = problem.reduce_gradients, problem.loss_scale
     L_tr, (gE, gF) = _gradients(lambda: problem.train_loss(E, F, A), [E, F], reduce, S, "stage1")
     E1, F1 = unrolled(E, gE, eta.eta_e), unrolled(F, gF, eta.eta_f)
@@ -254,13 +277,16 @@ def finite_difference_hypergradient(problem: ThreeStageProblem, A: Values, E: Va
 
     eps_w = _perturbation_scale(epsilon, v)
 
-    def stage2_grads(sign, E1, F1, A, W):  # ∇_{E',F',A} L_u(W ± ε_w v), flat
-        W_pm = axpy(sign * eps_w, v, W)
-        _, (gE1, gF1, gA) = _gradients(lambda: problem.pseudo_caption_loss(W_pm, E1, F1, A, tokens),
-                                       [E1, F1, A], reduce, S, "gradient")
-        return gE1 + gF1 + gA
+    direct = terms == "full"  # whether u_A is wanted
+    wrt_A = A if direct else []
 
-    diff = central_difference(stage2_grads, [E1, F1, A, W], E1 + F1 + A, "fd_stage2")
+    def stage2_grads(sign, E1, F1, A, W):  # ∇_{E',F'(,A)} L_u(W ± ε_w v), flat
+        W_pm = axpy(sign * eps_w, v, W)
+        _, grads = _gradients(lambda: problem.pseudo_caption_loss(W_pm, E1, F1, A, tokens),
+                              [E1, F1, A] if direct else [E1, F1], reduce, S, "gradient")
+        return [g for group in grads for g in group]
+
+    diff = central_difference(stage2_grads, [E1, F1, A, W], E1 + F1 + wrt_A, "fd_stage2")
     scale = -eta.eta_w / (2.0 * eps_w)
     u = [scale * d for d in diff]
     uE, uF, uA = u[: len(E1)], u[len(E1) : len(E1) + len(F1)], u[len(E1) + len(F1) :]
@@ -274,7 +300,10 @@ def finite_difference_hypergradient(problem: ThreeStageProblem, A: Values, E: Va
         return _gradients(lambda: problem.train_loss(E_pm, F_pm, A), [A], reduce, S, "gradient")[1][0]
 
     diff_A = central_difference(stage1_grad_A, [E, F, A], A, "fd_stage1")
-    grad_A = [ua - d / (2.0 * eps_d) for ua, d in zip(uA, diff_A)]
+    if direct:
+        grad_A = [ua - d / (2.0 * eps_d) for ua, d in zip(uA, diff_A)]
+    else:
+        grad_A = [-d / (2.0 * eps_d) for d in diff_A]
     return Hypergradient(grad_A, UnrolledState(E1, F1, W1, tokens, L_tr, L_u, L_val, gE + gF, gW))
 
 

@@ -167,10 +167,11 @@ class ThreeStageStrategy(SearchStrategy):
         self.student_optimizer = keras.optimizers.AdamW(config.student_lr, weight_decay=config.weight_decay)
         self.student_optimizer.build(models.W)
         self.eta = hg.InnerLearningRates(config.eta_e, config.eta_f, config.eta_w)
+        terms = config.hypergradient_terms
         estimators = {
-            "exact": hg.exact_hypergradient,
+            "exact": lambda *a: hg.exact_hypergradient(*a, terms=terms),
             "finite_difference": lambda *a: hg.finite_difference_hypergradient(
-                *a, epsilon=config.fd_epsilon),
+                *a, epsilon=config.fd_epsilon, terms=terms),
         }
         if config.hypergradient not in estimators:
             raise ValueError(f"--hypergradient must be one of {sorted(estimators)}, "
@@ -195,7 +196,9 @@ class ThreeStageStrategy(SearchStrategy):
 
     def describe(self) -> str:
         reuse = ", weight steps reuse the unrolled gradients" if self.config.reuse_unrolled_gradients else ""
-        return f"three_stage ({self.config.hypergradient} hypergradient, stage2={self.config.stage2}{reuse})"
+        terms = ", paper's terms" if self.config.hypergradient_terms == "paper" else ""
+        return (f"three_stage ({self.config.hypergradient} hypergradient{terms}, stage2={self.config.stage2}"
+                f"{reuse})")
 
     def architecture_step(self, batches: dict) -> dict:
         return self.apply_hypergradient(self.hypergradient(batches))

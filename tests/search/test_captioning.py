@@ -77,6 +77,34 @@ def test_exact_hypergradient_is_directional_derivative_of_unrolled_objective(flo
         np.testing.assert_allclose(analytic, numeric, rtol=1e-5)
 
 
+def test_paper_terms_are_the_directional_derivative_with_the_teachers_architecture_held_fixed(float64):
+    """terms="paper" on the captioning models: the derivative of f with the teacher (L_u and its captions)
+    evaluated at the current A, so that A acts through E', F' only; and not the full gradient, since the
+    teacher is the supernet at A (the direct Stage II term is not zero)."""
+    import dataclasses
+
+    models = build_models()
+    problem = make_three_stage_problem(models, toy_batches(), stage2="soft", max_caption_len=L)
+    A, E, F, W = (values_of(v) for v in (models.A, models.E, models.F, models.W))
+    eta = hg.InnerLearningRates(0.5, 0.5, 0.5)
+    paper = hg.exact_hypergradient(problem, A, E, F, W, eta, terms="paper").grad_A
+    full = hg.exact_hypergradient(problem, A, E, F, W, eta).grad_A
+    fixed = dataclasses.replace(
+        problem, pseudo_captions=lambda E1, F1, A_: problem.pseudo_captions(E1, F1, A),
+        pseudo_caption_loss=lambda W_, E1, F1, A_, t: problem.pseudo_caption_loss(W_, E1, F1, A, t))
+    f = lambda A_: float(hg.unroll(fixed, A_, E, F, W, eta).val_loss)  # noqa: E731
+    rng = np.random.default_rng(0)
+    for _ in range(2):
+        d = [tf.constant(rng.normal(size=a.shape)) for a in A]
+        h = 1e-3  # the E', F' terms are small here (~1e-7): a smaller h leaves f's rounding in the quotient
+        numeric = (f([a + h * x for a, x in zip(A, d)]) - f([a - h * x for a, x in zip(A, d)])) / (2 * h)
+        analytic = float(sum(tf.reduce_sum(g * x) for g, x in zip(paper, d)))
+        assert abs(analytic) > 1e-7
+        np.testing.assert_allclose(analytic, numeric, rtol=1e-5)
+    difference = max(float(tf.reduce_max(tf.abs(g - p))) for g, p in zip(full, paper))
+    assert difference > 1e-3 * max(float(tf.reduce_max(tf.abs(g))) for g in full)
+
+
 def test_finite_difference_hypergradient_agrees_with_exact_on_captioning_models(float64):
     models = build_models()
     problem = make_three_stage_problem(models, toy_batches(), stage2="soft", max_caption_len=L)

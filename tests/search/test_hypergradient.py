@@ -214,3 +214,71 @@ def test_darts_finite_difference_traces_its_central_difference_once():
                                                      method="finite_difference")[0])
     loops = _while_loops(traced.get_concrete_function().graph)
     assert [op.name.split("/")[0] for op in loops] == ["darts_pair"]
+
+
+# --- the paper's two-term estimator (terms="paper") ------------------------------------------------
+def _with_fixed_teacher_architecture(problem, A_fixed):
+    """The same problem with L_u reading the constant A_fixed instead of A: f(A) of this problem is
+    L_val(W'(E'(A), F'(A), A_fixed)), in which A reaches W' only through E' and F'."""
+    return ThreeStageProblem(
+        train_loss=problem.train_loss, pseudo_captions=problem.pseudo_captions,
+        pseudo_caption_loss=lambda W, E1, F1, A, t: problem.pseudo_caption_loss(W, E1, F1, A_fixed, t),
+        val_loss=problem.val_loss)
+
+
+def _direct_stage_two_term(problem):
+    """−η_w ∇²_{A,W} L_u · v at E', F' held fixed, v = ∇_{W'} L_val(W'): the term "paper" drops."""
+    state = unroll(problem, A0, E0, F0, W0, ETA)
+    with tf.GradientTape() as tape:
+        tape.watch(state.W1)
+        val = problem.val_loss(state.W1)
+    v = tape.gradient(val, state.W1)
+    E1, F1 = [tf.stop_gradient(x) for x in state.E1], [tf.stop_gradient(x) for x in state.F1]
+    with tf.GradientTape() as outer:
+        outer.watch(A0)
+        with tf.GradientTape() as inner:
+            inner.watch(W0)
+            L_u = problem.pseudo_caption_loss(W0, E1, F1, A0, state.tokens)
+        gW = inner.gradient(L_u, W0)
+        g_dot_v = tf.add_n([tf.reduce_sum(g * x) for g, x in zip(gW, v)])
+    return [-ETA.eta_w * g for g in outer.gradient(g_dot_v, A0)]
+
+
+@pytest.mark.parametrize("direct_a_term", [True, False])
+def test_paper_terms_are_the_gradient_of_the_objective_with_the_teachers_architecture_held_fixed(direct_a_term):
+    problem = toy_problem(direct_a_term)
+    paper = exact_hypergradient(problem, A0, E0, F0, W0, ETA, terms="paper").grad_A
+    numeric = central_difference_of_objective(_with_fixed_teacher_architecture(problem, A0), h=1e-5)
+    for g, n in zip(paper, numeric):
+        assert np.abs(g.numpy()).max() > 1e-4
+        np.testing.assert_allclose(g.numpy(), n, rtol=1e-6, atol=1e-10)
+
+
+@pytest.mark.parametrize("direct_a_term", [True, False])
+def test_full_minus_paper_terms_is_the_direct_stage_two_term(direct_a_term):
+    problem = toy_problem(direct_a_term)
+    full = exact_hypergradient(problem, A0, E0, F0, W0, ETA, terms="full").grad_A
+    paper = exact_hypergradient(problem, A0, E0, F0, W0, ETA, terms="paper").grad_A
+    dropped = _direct_stage_two_term(problem)
+    assert max(np.abs(d.numpy()).max() for d in dropped) > 1e-4  # the two variants differ on this problem
+    for f, p, d in zip(full, paper, dropped):
+        np.testing.assert_allclose(f.numpy() - p.numpy(), d.numpy(), rtol=1e-10, atol=1e-14)
+
+
+@pytest.mark.parametrize("direct_a_term", [True, False])
+def test_finite_difference_paper_terms_agree_with_exact_paper_terms(direct_a_term):
+    problem = toy_problem(direct_a_term)
+    exact = np.concatenate([g.numpy() for g in
+                            exact_hypergradient(problem, A0, E0, F0, W0, ETA, terms="paper").grad_A])
+    fd = np.concatenate([g.numpy() for g in finite_difference_hypergradient(
+        problem, A0, E0, F0, W0, ETA, epsilon=1e-4, terms="paper").grad_A])
+    cosine = exact @ fd / (np.linalg.norm(exact) * np.linalg.norm(fd))
+    assert cosine > 0.99
+    np.testing.assert_allclose(fd, exact, rtol=1e-3, atol=1e-7)
+
+
+def test_unknown_hypergradient_terms_are_refused():
+    problem = toy_problem()
+    for estimator in (exact_hypergradient, finite_difference_hypergradient):
+        with pytest.raises(ValueError, match="paper"):
+            estimator(problem, A0, E0, F0, W0, ETA, terms="two")
