@@ -13,6 +13,7 @@ both returning `captions` string [N], `token_ids` int32 [N, T] (`w1 … <end> <p
   error: bad image header (no width or height)        (a zero side, a PNG without IHDR)
   error: too large: <W>x<H> pixels, over the limit of <max_pixels>
   error: undecodable image data                       (a corrupt or truncated file)
+  error: BMP of fewer than 24 bits per pixel          (palette, 1-bit or 16-bit: send PNG)
 
 Every item is captioned on its own: an item in error gets `captions` "", `token_ids` all 0 (<pad>) and
 `scores` 0, the other items of the batch their captions as if sent alone, and an empty batch gives
@@ -51,9 +52,10 @@ def _to_model_pixels(images: tf.Tensor, size: int) -> tf.Tensor:
 
 
 MAX_PIXELS = 4096 * 4096  # default of `max_pixels` (RetrainConfig.export_max_pixels)
-OK, UNKNOWN_FORMAT, BAD_HEADER, TOO_LARGE, UNDECODABLE = range(5)  # status codes, in-graph
+OK, UNKNOWN_FORMAT, BAD_HEADER, TOO_LARGE, UNDECODABLE, LOW_DEPTH_BMP = range(6)  # status codes, in-graph
 _MESSAGES = ("ok", "error: not a JPEG, PNG, GIF, BMP or WebP image", "error: bad image header (no width or height)",
-             "error: too large", "error: undecodable image data")
+             "error: too large", "error: undecodable image data",
+             "error: BMP of fewer than 24 bits per pixel (palette, 1-bit or 16-bit): send it as PNG")
 _HEAD = 32  # leading bytes that hold the dimensions of every format read here (JPEG aside)
 
 
@@ -67,6 +69,22 @@ def _unsigned(head: tf.Tensor, offset: int, size: int, big_endian: bool) -> tf.T
     return tf.reduce_sum(digits * tf.constant(weights[::-1] if big_endian else weights, tf.int64))
 
 
+def _head_bytes(encoded: tf.Tensor) -> tf.Tensor:
+    """The first `_HEAD` bytes of one encoded image as int64 [32], zero-padded (shorter strings: no raise)."""
+    first = tf.strings.substr(encoded, 0, _HEAD)
+    padded = tf.strings.substr(tf.strings.join([first, tf.constant(b"\0" * _HEAD)]), 0, _HEAD)
+    return tf.cast(tf.io.decode_raw(padded, tf.uint8), tf.int64)
+
+
+def low_depth_bmp(encoded: tf.Tensor) -> tf.Tensor:
+    """Whether one encoded image is a BMP of fewer than 24 bits per pixel (info header, offset 28).
+    TensorFlow's BMP decoder fails on 1-bit ones and reads 8-bit palette indices as grey levels, so
+    these are refused rather than captioned from the wrong pixels (the training pipeline converts them
+    with Pillow, which a SavedModel cannot call)."""
+    head = _head_bytes(encoded)
+    return _matches(head, 0, b"BM") & (_unsigned(head, 28, 2, False) < 24)
+
+
 def image_header(encoded: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
     """(`known` bool, `width` int64, `height` int64) of one encoded image, from its header alone.
 
@@ -75,9 +93,7 @@ def image_header(encoded: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
     bytes, JPEG by `tf.io.extract_jpeg_shape` (libjpeg reading up to the SOF marker), which raises on a
     JPEG without one; the caller runs this where errors are contained.
     """
-    first = tf.strings.substr(encoded, 0, _HEAD)  # shorter strings stay short: no raise
-    padded = tf.strings.substr(tf.strings.join([first, tf.constant(b"\0" * _HEAD)]), 0, _HEAD)
-    head = tf.cast(tf.io.decode_raw(padded, tf.uint8), tf.int64)  # [32]
+    head = _head_bytes(encoded)
     u = functools.partial(_unsigned, head)
     zero = tf.constant(0, tf.int64)
 
@@ -120,7 +136,8 @@ def _checked_pixels(encoded: tf.Tensor, size: int, max_pixels: int):
     too_large = tf.cast(width, tf.float64) * tf.cast(height, tf.float64) > float(max_pixels)
     code = tf.case([(tf.logical_not(known), lambda: tf.constant(UNKNOWN_FORMAT)),
                     ((width <= 0) | (height <= 0), lambda: tf.constant(BAD_HEADER)),
-                    (too_large, lambda: tf.constant(TOO_LARGE))],
+                    (too_large, lambda: tf.constant(TOO_LARGE)),
+                    (low_depth_bmp(encoded), lambda: tf.constant(LOW_DEPTH_BMP))],
                    default=lambda: tf.constant(OK))
 
     def decode():

@@ -145,7 +145,9 @@ def fresh_batches() -> dict[str, list[bytes]]:
              encoded(images[2], "BMP"),                                    # 8 ok
              encoded(images[3], "WEBP", lossless=True),                    # 9 ok
              b"\x89PNG\r\n\x1a\n" + b"\0" * 30,                            # 10 bad header (no IHDR)
-             encoded(images[1], "JPEG")[:100]]                             # 11 JPEG without SOF: undecodable
+             encoded(images[1], "JPEG")[:100],                             # 11 JPEG without SOF: undecodable
+             encoded(images[2], "BMP", "P"),                               # 12 palette BMP: refused
+             encoded(images[2], "BMP", "1")]                               # 13 1-bit BMP: refused
     return {"formats": formats, "mixed": mixed, "empty": [], "request": request_images()}
 
 

@@ -17,7 +17,8 @@ MIXED_STATUS = ["ok", "error: not a JPEG, PNG, GIF, BMP or WebP image", "error: 
                 "error: too large: 14000x14000 pixels, over the limit of 16777216",
                 "error: too large: 20000x20000 pixels, over the limit of 16777216",
                 "ok", "error: not a JPEG, PNG, GIF, BMP or WebP image", "ok", "ok", "ok",
-                "error: bad image header (no width or height)", "error: undecodable image data"]
+                "error: bad image header (no width or height)", "error: undecodable image data",
+                *["error: BMP of fewer than 24 bits per pixel (palette, 1-bit or 16-bit): send it as PNG"] * 2]
 
 
 def test_saved_model_serves_in_a_fresh_tensorflow_only_process():
@@ -39,8 +40,9 @@ def test_saved_model_serves_in_a_fresh_tensorflow_only_process():
 
 
 def test_each_item_of_a_batch_is_captioned_on_its_own_and_bad_items_get_an_error_status():
-    """Text, empty bytes, a truncated PNG, a PNG without IHDR, a JPEG cut before its SOF, and two images whose
-    headers declare 196 M and 400 M pixels, in one batch with good PNG, JPEG, GIF, BMP and WebP images."""
+    """Text, empty bytes, a truncated PNG, a PNG without IHDR, a JPEG cut before its SOF, two images whose
+    headers declare 196 M and 400 M pixels, and a palette and a 1-bit BMP (which TensorFlow's decoder would
+    misread or fail on), in one batch with good PNG, JPEG, GIF, BMP and WebP images."""
     report = fresh_report()
     mixed = report["batches"]["mixed"]
     assert mixed["status"] == MIXED_STATUS
