@@ -54,7 +54,7 @@ def measure(args) -> dict:
     from capnas_tf.search import hypergradient as hg
     from capnas_tf.search.precision import dtype_policy
     from capnas_tf.search.stateless import bind, values_of
-    from capnas_tf.search.strategies import apply_global_gradients
+    from capnas_tf.search.strategies import CoupledWeightDecayAdam, apply_global_gradients
     from capnas_tf.search_space.ops import second_order_batch_norm
     from capnas_tf.search_space.supernet import SupernetEncoder
 
@@ -69,7 +69,7 @@ def measure(args) -> dict:
     weights = encoder.trainable_variables + head.trainable_variables  # w
     A = encoder.arch_variables
     weight_optimizer = keras.optimizers.SGD(0.025, momentum=0.9, weight_decay=3e-4)
-    arch_optimizer = keras.optimizers.AdamW(3e-4, beta_1=0.5, beta_2=0.999, weight_decay=1e-3)
+    arch_optimizer = CoupledWeightDecayAdam(3e-4, l2=1e-3, beta_1=0.5, beta_2=0.999)  # DARTS': L2 on ∇A
     weight_optimizer.build(weights)
     arch_optimizer.build(A)
 

@@ -112,7 +112,11 @@ class SearchConfig:
     student_lr: float = 2e-3
     weight_decay: float = 3e-4
     arch_lr: float = 3e-3  # η_a
-    arch_weight_decay: float = 1e-3
+    arch_weight_decay: float = 1e-3  # λ
+    # coupled: Adam on ∇A + λA (DARTS: torch.optim.Adam's weight_decay); decoupled: AdamW's A ← A − η_a λ A
+    arch_weight_decay_mode: str = "coupled"
+    # global-norm clip of ∇A before its step (0: off, as in DARTS; Adam's step is already bounded by η_a)
+    arch_grad_clip: float = 0.0
     grad_clip: float = 5.0
     fd_epsilon: float = 0.01
     # Weight steps reuse the unrolled step's gradients (three_stage; darts order 2): see the flag's help.
@@ -142,15 +146,19 @@ class SearchConfig:
     def __post_init__(self):
         """Range rules of every field (`ConfigError` naming it), checked before any data is read or
         graph traced. Where 0 is allowed it means: steps_per_epoch one pass over D_tr, warmup_epochs no
-        warm-up, grad_clip no clipping, weight decays none, checkpoint_every checkpoints at the ends of
-        epochs only, eval_images no validation captions, loss_scale the dtype policy's default,
-        reinforce_entropy_weight no entropy bonus, reinforce_baseline_decay a baseline of the last reward."""
+        warm-up, grad_clip and arch_grad_clip no clipping, weight decays none, checkpoint_every checkpoints
+        at the ends of epochs only, eval_images no validation captions, loss_scale the dtype policy's
+        default, reinforce_entropy_weight no entropy bonus, reinforce_baseline_decay a baseline of the last
+        reward."""
         from capnas_tf.decoders import DECODERS
         from capnas_tf.encoders import ENCODERS
         from capnas_tf.search.captioning import STAGE2_LOSSES
         from capnas_tf.search.hypergradient import HYPERGRADIENT_TERMS, HYPERGRADIENTS
         from capnas_tf.search.precision import POLICIES
-        from capnas_tf.search.strategies import STRATEGIES  # (capnas_tf.search registers the baselines)
+        from capnas_tf.search.strategies import (  # (capnas_tf.search registers the baselines)
+            ARCH_WEIGHT_DECAY_MODES,
+            STRATEGIES,
+        )
 
         check = _Checker(self)
         check.one_of("strategy", STRATEGIES)
@@ -171,7 +179,8 @@ class SearchConfig:
                       "None (each decoder's default) or in [0, 1)")
         check.positive("eta_e", "eta_f", "eta_w", "weight_lr", "student_lr", "arch_lr", "fd_epsilon")
         check.at_least(0, "weight_decay", "arch_weight_decay")
-        check.at_least(0, "grad_clip", note=" (0: no clipping)")
+        check.one_of("arch_weight_decay_mode", ARCH_WEIGHT_DECAY_MODES)
+        check.at_least(0, "grad_clip", "arch_grad_clip", note=" (0: no clipping)")
         check.one_of("dtype_policy", POLICIES)
         scale = self.loss_scale
         check.require("loss_scale", _number(scale) and (scale == 0 or (scale >= 1 and math.log2(scale).is_integer())),

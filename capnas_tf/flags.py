@@ -133,7 +133,12 @@ flags.DEFINE_float("weight_lr", _S.weight_lr, "AdamW learning rate of E and F.")
 flags.DEFINE_float("student_lr", _S.student_lr, "AdamW learning rate of W.")
 flags.DEFINE_float("weight_decay", _S.weight_decay, "Decoupled weight decay of E, F, W.")
 flags.DEFINE_float("arch_lr", _S.arch_lr, "η_a: Adam learning rate of A.")
-flags.DEFINE_float("arch_weight_decay", _S.arch_weight_decay, "Decoupled weight decay of A.")
+flags.DEFINE_float("arch_weight_decay", _S.arch_weight_decay, "λ: weight decay of A (see --arch_weight_decay_mode).")
+flags.DEFINE_enum("arch_weight_decay_mode", _S.arch_weight_decay_mode, ["coupled", "decoupled"],
+                  "coupled: Adam on ∇A + λA, L2 added to A's gradient before Adam (DARTS: torch.optim.Adam's "
+                  "weight_decay); decoupled: AdamW, A ← A − η_a λ A beside the Adam step.")
+flags.DEFINE_float("arch_grad_clip", _S.arch_grad_clip, "Clip ∇A to this global norm before A's step, before λA "
+                   "is added (0: off, as in DARTS).")
 flags.DEFINE_float("grad_clip", _S.grad_clip, "Clip the weight gradients to this global norm (0: off).")
 flags.DEFINE_float("fd_epsilon", _S.fd_epsilon, "ε of the finite differences; the step is ε/‖v‖.")
 flags.DEFINE_bool(
@@ -207,7 +212,8 @@ SEARCH_FLAGS = {
     "warmup_epochs": "warmup_epochs", "decoder": "decoder", "student_encoder": "student_encoder",
     "student_decoder": "student_decoder", "eta_e": "eta_e", "eta_f": "eta_f", "eta_w": "eta_w",
     "weight_lr": "weight_lr", "student_lr": "student_lr", "weight_decay": "weight_decay", "arch_lr": "arch_lr",
-    "arch_weight_decay": "arch_weight_decay", "grad_clip": "grad_clip", "fd_epsilon": "fd_epsilon",
+    "arch_weight_decay": "arch_weight_decay", "arch_weight_decay_mode": "arch_weight_decay_mode",
+    "arch_grad_clip": "arch_grad_clip", "grad_clip": "grad_clip", "fd_epsilon": "fd_epsilon",
     "reuse_unrolled_gradients": "reuse_unrolled_gradients", "dtype_policy": "dtype_policy",
     "loss_scale": "loss_scale", "xla": "xla", "log_every": "log_every", "checkpoint_every": "checkpoint_every",
     "eval_images": "search_eval_images", "gdas_tau_max": "gdas_tau_max", "gdas_tau_min": "gdas_tau_min",

@@ -20,7 +20,7 @@ from capnas_tf.distribute import all_reduce_sum
 from capnas_tf.search.captioning import SearchModels
 from capnas_tf.search.paths import ARCH, SampledPathStrategy, path_loss
 from capnas_tf.search.stateless import densify
-from capnas_tf.search.strategies import apply_global_gradients, register_strategy
+from capnas_tf.search.strategies import register_strategy
 from capnas_tf.search_space.relaxations import gumbel_temperature, relax_architecture
 
 
@@ -60,5 +60,5 @@ class GdasStrategy(SampledPathStrategy):
 
     def architecture_step(self, batches: dict) -> dict:
         loss, grad_A, _ = self.architecture_gradient(batches["val"])
-        norm = apply_global_gradients(self.arch_optimizer, grad_A, self.models.A)
+        norm = self.apply_architecture_gradients(grad_A)
         return {"gdas/val_loss": loss, "gdas/tau": self.temperature(), "arch/grad_norm": norm}

@@ -66,8 +66,38 @@ def _gradients_of(loss_fn: Callable, variables: list, loss_scale: float = 1.0):
     return loss, precision.unscaled(grads, loss_scale)
 
 
+# How the weight decay λ of A enters its optimizer (`SearchConfig.arch_weight_decay_mode`).
+ARCH_WEIGHT_DECAY_MODES = ("coupled", "decoupled")
+
+
+class CoupledWeightDecayAdam(keras.optimizers.Adam):
+    """Adam on ∇A + λA: the L2 term is added to the gradient before the moment estimates, as
+    torch.optim.Adam's `weight_decay` does (DARTS' optimizer of A). Unlike AdamW's decoupled decay
+    (A ← A − η_a λ A beside the Adam step), λA is then normalised by Adam's √v like the gradient.
+
+    λ is added after any clipping of the gradient (which `apply_global_gradients` does before the
+    optimizer sees it), so that the clip bounds the hypergradient, not the regulariser."""
+
+    def __init__(self, learning_rate=0.001, l2: float = 0.0, **kwargs):
+        super().__init__(learning_rate, **kwargs)
+        self.l2 = l2
+
+    def update_step(self, gradient, variable, learning_rate):
+        gradient = tf.cast(gradient, variable.dtype)
+        if self.l2:  # λ = 0: plain Adam, without the extra ops
+            # λ straight to the variable's dtype (tf.cast of a Python float rounds it to float32 first)
+            gradient = gradient + tf.constant(self.l2, variable.dtype) * variable
+        super().update_step(gradient, variable, learning_rate)
+
+    def get_config(self):
+        return dict(super().get_config(), l2=self.l2)
+
+
 def _arch_optimizer(config: SearchConfig) -> keras.optimizers.Optimizer:
-    # DARTS: Adam with β1 = 0.5 and decoupled weight decay on A.
+    """DARTS' optimizer of A: Adam with β = (0.5, 0.999) and weight decay λ = arch_weight_decay, as L2 on
+    the gradient ("coupled", torch.optim.Adam's weight_decay, DARTS' own) or decoupled (AdamW)."""
+    if config.arch_weight_decay_mode == "coupled":
+        return CoupledWeightDecayAdam(config.arch_lr, l2=config.arch_weight_decay, beta_1=0.5, beta_2=0.999)
     return keras.optimizers.AdamW(config.arch_lr, beta_1=0.5, beta_2=0.999,
                                   weight_decay=config.arch_weight_decay)
 
@@ -148,6 +178,11 @@ class SearchStrategy:
             metrics.update(self.weight_step(batches))
         return metrics
 
+    def apply_architecture_gradients(self, grads: list) -> tf.Tensor:
+        """A ← one step of its optimizer on already-reduced ∇A, clipped to `arch_grad_clip` by global
+        norm (0: not clipped); returns ‖∇A‖ before clipping."""
+        return apply_global_gradients(self.arch_optimizer, grads, self.models.A, self.config.arch_grad_clip)
+
     @_scoped("supernet_update")
     def apply_supernet_gradients(self, loss: tf.Tensor, grads: list) -> dict:
         """E, F ← one optimizer step on already-reduced gradients ∇_{E,F} L_tr (E's part, then F's)."""
@@ -205,7 +240,7 @@ class ThreeStageStrategy(SearchStrategy):
 
     @_scoped("architecture_update")
     def apply_hypergradient(self, result: hg.Hypergradient) -> dict:
-        norm = apply_global_gradients(self.arch_optimizer, result.grad_A, self.models.A)
+        norm = self.apply_architecture_gradients(result.grad_A)
         s = result.state
         return {"stage1/virtual_train_loss": s.train_loss, "stage2/virtual_loss": s.pseudo_caption_loss,
                 "stage3/val_loss": s.val_loss, "arch/hypergradient_norm": norm}
@@ -287,7 +322,7 @@ class DartsStrategy(SearchStrategy):
 
     @_scoped("architecture_update")
     def apply_hypergradient(self, result: hg.DartsHypergradient) -> dict:
-        norm = apply_global_gradients(self.arch_optimizer, result.grad_A, self.models.A)
+        norm = self.apply_architecture_gradients(result.grad_A)
         return {"darts/val_loss": result.val_loss, "arch/hypergradient_norm": norm}
 
     def architecture_step(self, batches: dict) -> dict:
