@@ -1,6 +1,20 @@
 """The TensorFlow runtime of a run: its seeds and determinism, and its tf.distribute strategy by name
-(`--strategy`). Both are set before the run's first TensorFlow op."""
+(`--strategy`). Both are set before the run's first TensorFlow op (`jobs.run`: `configure_runtime`, then
+`get_distribution_strategy`, then anything else).
+
+Multi-worker runs (`--strategy=multi_worker`, TensorFlow's MultiWorkerMirroredStrategy; the cluster comes
+from TF_CONFIG) follow TensorFlow's documented pattern: every worker runs the same program on its share of
+each global batch (`distribute_dataset`), and every worker saves its checkpoints (saving may run collective
+ops), but only the chief (`is_chief`) writes the workdir; the others write to a temporary directory that is
+removed at the end (`worker_workdir`).
+"""
 from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import tempfile
 
 import keras
 import tensorflow as tf
@@ -44,7 +58,9 @@ def _mirrored():
 
 
 def _multi_worker():
-    # Reads the cluster from TF_CONFIG, as every multi-worker TensorFlow job does.
+    # Reads the cluster from TF_CONFIG, as every multi-worker TensorFlow job does. A worker that dies is
+    # noticed by the coordination service's heartbeats: the collectives of the others are aborted with
+    # UnavailableError (`collective_error_message`), instead of waiting forever.
     return tf.distribute.MultiWorkerMirroredStrategy()
 
 
@@ -93,3 +109,110 @@ def check_jit_compile(dist: tf.distribute.Strategy, jit_compile: bool) -> None:
         f"--xla (jit_compile=True) is not supported over {dist.num_replicas_in_sync} replicas "
         f"({type(dist).__name__}): XLA compiles the step for one device, and the replicas' variables live on "
         "others. Use --noxla with this --strategy, or --xla with --strategy=default.")
+
+
+# --- multi-worker: the chief, the workdir, the input --------------------------------------------------
+
+def _chief_task(task_type: str | None, task_id: int | None, jobs) -> bool:
+    """TensorFlow's rule: the "chief" task if the cluster has one, else worker 0; a process outside any
+    cluster (no TF_CONFIG) is its own chief."""
+    if not task_type:
+        return True
+    if task_type == "chief":
+        return True
+    return "chief" not in jobs and task_type == "worker" and int(task_id or 0) == 0
+
+
+def is_chief(dist: tf.distribute.Strategy | None = None) -> bool:
+    """Whether this process writes the workdir: always, except for the workers of a multi-worker strategy
+    other than the chief. Without `dist`, decided from TF_CONFIG (before a strategy exists)."""
+    if dist is None:
+        try:
+            tf_config = json.loads(os.environ.get("TF_CONFIG") or "{}")
+        except ValueError:
+            return True
+        task = tf_config.get("task", {})
+        return _chief_task(task.get("type"), task.get("index"), tf_config.get("cluster", {}))
+    resolver = getattr(dist, "cluster_resolver", None)
+    if resolver is None:
+        return True
+    return _chief_task(resolver.task_type, resolver.task_id, resolver.cluster_spec().jobs)
+
+
+def num_workers(dist: tf.distribute.Strategy) -> int:
+    resolver = getattr(dist, "cluster_resolver", None)
+    if resolver is None:
+        return 1
+    spec = resolver.cluster_spec()
+    return max(1, sum(spec.num_tasks(job) for job in ("chief", "worker") if job in spec.jobs))
+
+
+# What a non-chief worker copies from the chief's workdir into its own before it starts: the state a resume
+# reads (checkpoints, retrain/*.json), not the outputs only the chief's copy is for.
+_NOT_RESUME_STATE = ("tensorboard", "export", ".lock", "vocab.txt", "*.png", "*.keras", ".tmp-*")
+
+
+@contextlib.contextmanager
+def worker_workdir(workdir: str, dist: tf.distribute.Strategy):
+    """The directory this process writes: `workdir` on the chief; on every other worker a new temporary
+    directory (removed on exit), into which the chief's resume state (checkpoints, the retrain's records)
+    is copied first, so that every worker resumes from the chief's last checkpoint. The workdir must be
+    one every worker reads (a shared filesystem) for a resume; on a fresh run it need not exist there."""
+    if is_chief(dist):
+        yield workdir
+        return
+    resolver = dist.cluster_resolver
+    path = tempfile.mkdtemp(prefix=f"capnas_{resolver.task_type}{resolver.task_id}_")
+    try:
+        if os.path.isdir(workdir):
+            shutil.copytree(workdir, path, ignore=shutil.ignore_patterns(*_NOT_RESUME_STATE), dirs_exist_ok=True)
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def check_workers_agree(dist: tf.distribute.Strategy, value: int, what: str) -> None:
+    """Raises ValueError unless every worker holds the same `value` (e.g. the step each resumed from);
+    one all-gather, to be called by every worker. A no-op on one worker."""
+    if num_workers(dist) == 1:
+        return
+    local = tf.constant([value], tf.int64)
+    values = sorted(set(dist.gather(dist.run(lambda: local), axis=0).numpy().tolist()))
+    if values != [value]:
+        raise ValueError(
+            f"The workers do not agree on {what}: this one has {value}, the workers together {values}. A "
+            "multi-worker run resumes from the chief's workdir: it must be on a filesystem "
+            "every worker reads, under the same --workdir path.")
+
+
+def distribute_dataset(dist: tf.distribute.Strategy, dataset: tf.data.Dataset):
+    """`dataset` (of global batches) split over the replicas of every worker: sharded by DATA (each worker
+    reads the whole stream and keeps its replicas' parts of each batch), since the streams come from one
+    file, TFDS or memory, which FILE sharding cannot split."""
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+    return dist.experimental_distribute_dataset(dataset.with_options(options))
+
+
+def check_global_batch(dist: tf.distribute.Strategy, batch_size: int, flag: str = "--batch_size") -> None:
+    """The global batch is split evenly over all replicas of all workers."""
+    replicas = dist.num_replicas_in_sync
+    if batch_size % replicas:
+        raise ValueError(f"{flag}={batch_size} is the global batch and must be divisible by the "
+                         f"{replicas} replicas of --strategy ({type(dist).__name__}).")
+
+
+def collective_error_message(error: BaseException) -> str | None:
+    """A one-line explanation when `error` is a multi-worker run losing a peer (its collectives aborted);
+    None for any other error."""
+    if not isinstance(error, (tf.errors.UnavailableError, tf.errors.DeadlineExceededError,
+                              tf.errors.CancelledError, tf.errors.AbortedError, tf.errors.InternalError)):
+        return None
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    # "Collective ops is aborted by: …", and the tasks it names on the lines after it
+    at = next((i for i, line in enumerate(lines) if "aborted by" in line), 0)
+    named = [line for line in lines[at + 1:at + 9] if line.startswith("/job:")]
+    first = " ".join([lines[at] if lines else ""] + named)[:400]
+    return (f"a worker of this multi-worker run stopped or cannot be reached, so this one stops too "
+            f"({type(error).__name__}: {first}). Restart every worker with the same flags: the run resumes from the "
+            "chief's last checkpoint.")

@@ -126,6 +126,9 @@ flags.DEFINE_integer("warmup_epochs", _S.warmup_epochs, "Epochs of weight traini
 flags.DEFINE_string("decoder", _S.decoder, "Decoder F of the searched captioner (lstm | transformer).")
 flags.DEFINE_string("student_encoder", _S.student_encoder, "Encoder of the Stage II student W.")
 flags.DEFINE_string("student_decoder", _S.student_decoder, "Decoder of the Stage II student W.")
+flags.DEFINE_float("decoder_dropout", _S.decoder_dropout, "Dropout rate inside F and W (default: each decoder's "
+                   "own). Over several replicas each draws its own masks: 0 makes a distributed step equal the "
+                   "one-device step on the same global batch.")
 flags.DEFINE_float("eta_e", _S.eta_e, "η_e: step size of the virtual step E' = E − η_e ∇_E L_tr.")
 flags.DEFINE_float("eta_f", _S.eta_f, "η_f: step size of the virtual step F' = F − η_f ∇_F L_tr.")
 flags.DEFINE_float("eta_w", _S.eta_w, "η_w: step size of the virtual step W' = W − η_w ∇_W L(W, U, E', F').")
@@ -210,7 +213,8 @@ SEARCH_FLAGS = {
     "stage2": "stage2",
     "darts_order": "darts_order", "epochs": "search_epochs", "steps_per_epoch": "steps_per_epoch",
     "warmup_epochs": "warmup_epochs", "decoder": "decoder", "student_encoder": "student_encoder",
-    "student_decoder": "student_decoder", "eta_e": "eta_e", "eta_f": "eta_f", "eta_w": "eta_w",
+    "student_decoder": "student_decoder", "decoder_dropout": "decoder_dropout",
+    "eta_e": "eta_e", "eta_f": "eta_f", "eta_w": "eta_w",
     "weight_lr": "weight_lr", "student_lr": "student_lr", "weight_decay": "weight_decay", "arch_lr": "arch_lr",
     "arch_weight_decay": "arch_weight_decay", "arch_weight_decay_mode": "arch_weight_decay_mode",
     "arch_grad_clip": "arch_grad_clip", "grad_clip": "grad_clip", "fd_epsilon": "fd_epsilon",

@@ -8,17 +8,22 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import os
 
 import tensorflow as tf
 
 from capnas_tf.config import SearchConfig
-from capnas_tf.distribute import configure_runtime, get_distribution_strategy
+from capnas_tf.distribute import (check_global_batch, collective_error_message, configure_runtime,
+                                  get_distribution_strategy, is_chief, num_workers, worker_workdir)
 from capnas_tf.locking import WorkdirLockedError, workdir_lock  # noqa: F401  (WorkdirLockedError: for callers)
 from capnas_tf.search.loop import SearchResult, run_search
 from capnas_tf.search.models import build_search_models
 from capnas_tf.search.strategies import get_strategy
+
+
+class WorkerLostError(RuntimeError):
+    """A multi-worker run lost a worker (killed, crashed, unreachable): the collectives of the others were
+    aborted. Restarting every worker resumes from the chief's last checkpoint."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,12 +43,20 @@ def search_streams(data, batch_size: int) -> tf.data.Dataset:
     }).prefetch(tf.data.AUTOTUNE)
 
 
-def search_job(run: RunConfig, search: SearchConfig, data, *, batch_size: int, log=print) -> SearchResult:
-    """Runs (or resumes) a search in `<run.workdir>/search`; returns the genotype it derived."""
+def search_job(run: RunConfig, search: SearchConfig, data, *, batch_size: int, dist=None,
+               log=print) -> SearchResult:
+    """Runs (or resumes) a search in `<run.workdir>/search`; returns the genotype it derived.
+
+    Args:
+      dist: the tf.distribute strategy, created before any other TensorFlow op (`run` does); default:
+        `get_distribution_strategy(run.distribution)`, which works for the single-process strategies only.
+      batch_size: the global batch, split over all replicas.
+    """
     warning = configure_runtime(run.seed, run.deterministic)
     if warning:
         log(f"Warning: {warning}")
-    dist = get_distribution_strategy(run.distribution)
+    dist = dist or get_distribution_strategy(run.distribution)
+    check_global_batch(dist, batch_size)
     steps_per_epoch = search.steps_per_epoch or max(1, data.num_train_examples // batch_size)
     with dist.scope():
         models = build_search_models(search, vocab_size=len(data.vocab), max_caption_len=data.max_caption_len,
@@ -72,19 +85,11 @@ def load_data(run: RunConfig, data_config, log=print):
     return data
 
 
-def holds_workdir_lock(run: RunConfig) -> bool:
+def holds_workdir_lock(run: RunConfig, dist=None) -> bool:
     """Whether this process takes the workdir's lock: always, except for the workers of a multi-worker job
-    other than the chief (they share the chief's workdir; TF_CONFIG says which task this is)."""
-    if run.distribution != "multi_worker":
-        return True
-    try:
-        tf_config = json.loads(os.environ.get("TF_CONFIG", "{}"))
-    except ValueError:
-        return True
-    task, cluster = tf_config.get("task", {}), tf_config.get("cluster", {})
-    if task.get("type") == "chief":
-        return True
-    return "chief" not in cluster and task.get("type") == "worker" and int(task.get("index", 0)) == 0
+    other than the chief (they write a temporary directory of their own: `distribute.worker_workdir`).
+    Decided by `dist`'s cluster, or without it from TF_CONFIG (`distribute.is_chief`)."""
+    return run.distribution != "multi_worker" or is_chief(dist)
 
 
 def run(mode: str, *, run: RunConfig, data, search: SearchConfig, retrain=None, log=print) -> dict:
@@ -93,21 +98,37 @@ def run(mode: str, *, run: RunConfig, data, search: SearchConfig, retrain=None, 
 
     The workdir is this run's alone while it runs (`<workdir>/.lock`, `capnas_tf.locking`).
 
+    Under `--strategy=multi_worker` every worker runs this with the same flags; only the chief writes
+    `run.workdir` (and takes its lock), the others write a temporary directory removed at the end
+    (`distribute.worker_workdir`).
+
     Raises:
       WorkdirLockedError: another run holds the workdir (before anything is read or written).
     """
     configure_runtime(run.seed, run.deterministic)  # before TensorFlow's first op (thread pools, seeds)
-    lock = workdir_lock(run.workdir) if holds_workdir_lock(run) else contextlib.nullcontext()
-    with lock:
-        return _run(mode, run=run, data=data, search=search, retrain=retrain, log=log)
+    # Then the strategy: a multi-worker one configures the collective ops, which must precede any other op.
+    dist = get_distribution_strategy(run.distribution)
+    lock = workdir_lock(run.workdir) if holds_workdir_lock(run, dist) else contextlib.nullcontext()
+    with lock, worker_workdir(run.workdir, dist) as workdir:
+        if workdir != run.workdir:
+            log(f"Worker {dist.cluster_resolver.task_type} {dist.cluster_resolver.task_id}: the chief writes "
+                f"{run.workdir}; this worker writes {workdir} (removed at the end)")
+        try:
+            return _run(mode, run=dataclasses.replace(run, workdir=workdir), data=data, search=search,
+                        retrain=retrain, dist=dist, log=log)
+        except tf.errors.OpError as error:
+            message = collective_error_message(error) if num_workers(dist) > 1 else None
+            if message is None:
+                raise
+            raise WorkerLostError(message) from error
 
 
-def _run(mode: str, *, run: RunConfig, data, search: SearchConfig, retrain=None, log=print) -> dict:
+def _run(mode: str, *, run: RunConfig, data, search: SearchConfig, retrain=None, dist, log=print) -> dict:
     os.makedirs(run.workdir, exist_ok=True)
     caption_data = load_data(run, data, log)
     artifacts = {"vocabulary": os.path.join(run.workdir, "vocab.txt")}
     if mode in ("search", "pipeline"):
-        result = search_job(run, search, caption_data, batch_size=data.batch_size, log=log)
+        result = search_job(run, search, caption_data, batch_size=data.batch_size, dist=dist, log=log)
         artifacts.update(genotype=result.genotype_path,
                          genotype_diagram=os.path.join(os.path.dirname(result.genotype_path), "genotype.png"),
                          alpha_heatmap=os.path.join(os.path.dirname(result.genotype_path), "alpha_heatmap.png"),
@@ -120,7 +141,7 @@ def _run(mode: str, *, run: RunConfig, data, search: SearchConfig, retrain=None,
         retrain = retrain or RetrainConfig()
         if mode == "pipeline":
             retrain = dataclasses.replace(retrain, genotype=artifacts["genotype"])
-        result = retrain_job(run, retrain, caption_data, log=log)
+        result = retrain_job(run, retrain, caption_data, dist=dist, log=log)
         artifacts.update(metrics=result.metrics_path, sample_captions=result.samples_path, **result.exports)
         log(f"Retrained captioner: best validation {result.selection_metric} {result.best_validation_score:.3f} "
             f"(epoch {result.best_epoch}); test metrics in {result.metrics_path}")

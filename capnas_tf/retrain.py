@@ -36,7 +36,8 @@ from capnas_tf.checkpointing import CheckpointKeeper, FiniteCheck, model_state, 
 from capnas_tf.config import RetrainConfig
 from capnas_tf.data.text import normalize_caption
 from capnas_tf.decoders import get_decoder
-from capnas_tf.distribute import configure_runtime
+from capnas_tf.distribute import (check_global_batch, check_jit_compile, check_workers_agree, configure_runtime,
+                                  distribute_dataset, get_distribution_strategy)
 from capnas_tf.encoders import ENCODERS
 from capnas_tf.search.captioning import caption_loss
 from capnas_tf.search_space.genotype import resolve_genotype
@@ -85,11 +86,17 @@ def build_optimizer(config: RetrainConfig, total_steps: int) -> keras.optimizers
                                   global_clipnorm=config.grad_clip or None)
 
 
-def make_train_step(captioner: Captioner, optimizer, *, jit_compile: bool = False):
-    """A compiled step: teacher-forced masked token NLL of tokens[:, 1:], one AdamW update."""
+def make_train_step(captioner: Captioner, optimizer, *, jit_compile: bool = False,
+                    dist: tf.distribute.Strategy | None = None):
+    """A compiled step: teacher-forced masked token NLL of tokens[:, 1:], one AdamW update.
 
-    @tf.function(jit_compile=jit_compile)
-    def train_step(images, tokens):
+    Under `dist` (the strategy the captioner and optimizer were built in), `images` and `tokens` are
+    distributed values: each replica's loss is its part of the global mean (`caption_loss`), the optimizer
+    sums the replicas' gradients, and the step returns the global mean loss."""
+    dist = dist or tf.distribute.get_strategy()
+    check_jit_compile(dist, jit_compile)
+
+    def replica_step(images, tokens):
         with tf.GradientTape() as tape:
             logits = captioner(images, tokens[:, :-1], training=True)  # (B, L − 1, V)
             loss = caption_loss(logits, tokens)
@@ -97,6 +104,10 @@ def make_train_step(captioner: Captioner, optimizer, *, jit_compile: bool = Fals
         grads = tape.gradient(loss, variables)
         optimizer.apply_gradients(zip(grads, variables))
         return loss
+
+    @tf.function(jit_compile=jit_compile)
+    def train_step(images, tokens):
+        return dist.reduce(tf.distribute.ReduceOp.SUM, dist.run(replica_step, args=(images, tokens)), axis=None)
 
     return train_step
 
@@ -281,9 +292,10 @@ class _RetrainState:
         self.best.save(checkpoint_number=epoch)
 
 
-def _train_epoch(step_fn, batches, steps: int, *, epoch: int, log, log_every: int, writer, global_step: int) -> float:
+def _train_epoch(step_fn, batches, steps: int, *, epoch: int, log, log_every: int, writer, global_step: int,
+                 dist: tf.distribute.Strategy) -> float:
     losses, start = [], time.perf_counter()
-    for i, batch in enumerate(batches.take(steps)):
+    for i, batch in enumerate(distribute_dataset(dist, batches.take(steps))):
         loss = float(step_fn(batch["image"], batch["tokens"]))
         if not math.isfinite(loss):
             raise FloatingPointError(f"retrain: non-finite loss {loss} at epoch {epoch + 1}, step {i + 1}.")
@@ -318,21 +330,26 @@ def _epoch_line(epoch: int, config: RetrainConfig, loss: float, scores: dict, se
 
 
 def _train_and_select(captioner: Captioner, config: RetrainConfig, data, workdir: str, *, arch: dict,
-                      description: str, batch_size: int, steps: int, selection_metric: str, log) -> _Trained:
+                      description: str, batch_size: int, steps: int, selection_metric: str, log,
+                      dist: tf.distribute.Strategy) -> _Trained:
     """The training loop of every retrain (the model's and the blind baseline's): trains `captioner` (or
     resumes it from `<workdir>/checkpoints`) for the epochs `config.epochs` asks, validates after each
     epoch (log, TensorBoard, `history.json`), keeps the epoch of the best `selection_metric` in
-    `<workdir>/best`, restores it and saves it as `<workdir>/captioner.keras`. Exports nothing."""
-    optimizer = build_optimizer(config, config.epochs * steps)
-    optimizer.build(captioner.trainable_variables)
+    `<workdir>/best`, restores it and saves it as `<workdir>/captioner.keras`. Exports nothing.
+    `captioner` was built under `dist.scope()`; every worker of a multi-worker run validates the whole
+    validation split (the same scores everywhere)."""
+    with dist.scope():
+        optimizer = build_optimizer(config, config.epochs * steps)
+        optimizer.build(captioner.trainable_variables)
     check_architecture(workdir, arch)
     check_selection_metric(workdir, selection_metric)
     state = _RetrainState(workdir, captioner, optimizer)
     first_epoch = state.resume()
+    check_workers_agree(dist, first_epoch, "the epoch the retrain resumes after")
     log(f"Retrain: {description}; {config.epochs} epochs × {steps} steps, batch {batch_size}; checkpoint kept by "
         f"validation {selection_metric}" + (f"; resuming after epoch {first_epoch}" if first_epoch else "")
         + f" → {workdir}")
-    step_fn = make_train_step(captioner, optimizer, jit_compile=config.xla)
+    step_fn = make_train_step(captioner, optimizer, jit_compile=config.xla, dist=dist)
     writer = tf.summary.create_file_writer(os.path.join(workdir, "tensorboard"))
     batches = data.train_dataset(batch_size, repeat=True)
     # epochs past the resumed checkpoint (it may be an older one than the newest: `CheckpointKeeper`) are redone
@@ -341,7 +358,7 @@ def _train_and_select(captioner: Captioner, config: RetrainConfig, data, workdir
         if config.drop_path_prob > 0:
             captioner.encoder.set_drop_path_prob(config.drop_path_prob * epoch / config.epochs)
         loss = _train_epoch(step_fn, batches, steps, epoch=epoch, log=log, log_every=config.log_every,
-                            writer=writer, global_step=epoch * steps)
+                            writer=writer, global_step=epoch * steps, dist=dist)
         state.check_finite(epoch + 1)  # before anything of this epoch is written
         scores = validation_scores(captioner, data, config)
         with writer.as_default(step=(epoch + 1) * steps):
@@ -371,7 +388,7 @@ def _prefixed(log, prefix: str):
 BLIND_LOG_PREFIX = "[blind baseline] "
 
 
-def retrain_job(run, config: RetrainConfig, data, *, log=print) -> RetrainResult:
+def retrain_job(run, config: RetrainConfig, data, *, dist=None, log=print) -> RetrainResult:
     """Retrains (or resumes) the captioner of `config.genotype` in `<run.workdir>/retrain`, and with
     `config.blind_baseline` the image-blind baseline in `<run.workdir>/retrain/blind`.
 
@@ -379,6 +396,9 @@ def retrain_job(run, config: RetrainConfig, data, *, log=print) -> RetrainResult
       run: `jobs.RunConfig` (workdir, seed).
       config: the RetrainConfig.
       data: a `CaptionData` (D_tr for training, `validation` for model selection, `test`/`test_novel`).
+      dist: the tf.distribute strategy, created before any other TensorFlow op (`jobs.run` does); default:
+        `get_distribution_strategy(run.distribution)`, which works for the single-process strategies only.
+        The batch (`config.batch_size` or the data's) is the global one, split over all replicas.
       log: progress printer; the blind baseline's lines start with "[blind baseline] ".
 
     Returns:
@@ -394,18 +414,23 @@ def retrain_job(run, config: RetrainConfig, data, *, log=print) -> RetrainResult
     warning = configure_runtime(run.seed, run.deterministic)
     if warning:
         log(f"Warning: {warning}")
-    captioner = build_captioner(config, vocab_size=len(data.vocab), max_caption_len=data.max_caption_len,
-                                image_size=data.image_size)
+    dist = dist or get_distribution_strategy(run.distribution)
+    check_global_batch(dist, batch_size, "--retrain_batch_size (or --batch_size)")
+    with dist.scope():
+        captioner = build_captioner(config, vocab_size=len(data.vocab), max_caption_len=data.max_caption_len,
+                                    image_size=data.image_size)
     encoder_name = (f"{config.genotype} (C={config.channels}, {config.num_cells} cells, " if config.encoder == "darts"
                     else f"{config.encoder} encoder (")
     description = (f"{encoder_name}{captioner.encoder.count_params():,} encoder params) + {config.decoder} decoder "
                    f"({captioner.decoder.count_params():,} params)")
     model = _train_and_select(captioner, config, data, workdir, arch=architecture_of(config), description=description,
-                              batch_size=batch_size, steps=steps, selection_metric=selection_metric, log=log)
+                              batch_size=batch_size, steps=steps, selection_metric=selection_metric, log=log,
+                              dist=dist)
     blind = None
     if config.blind_baseline and config.encoder != "blind":
         blind = _train_blind_baseline(run, config, data, captioner, batch_size=batch_size, steps=steps,
-                                      selection_metric=selection_metric, log=_prefixed(log, BLIND_LOG_PREFIX))
+                                      selection_metric=selection_metric, log=_prefixed(log, BLIND_LOG_PREFIX),
+                                      dist=dist)
     metrics, test_captions = _final_metrics(model, blind, data, config, selection_metric, log)
     metrics_path = os.path.join(workdir, "metrics.json")
     io_utils.atomic_write_json(metrics_path, metrics)
@@ -417,7 +442,7 @@ def retrain_job(run, config: RetrainConfig, data, *, log=print) -> RetrainResult
 
 
 def _train_blind_baseline(run, config: RetrainConfig, data, captioner: Captioner, *, batch_size: int, steps: int,
-                          selection_metric: str, log) -> _Trained:
+                          selection_metric: str, log, dist: tf.distribute.Strategy) -> _Trained:
     """The image-blind baseline: `config`'s decoder and recipe (seed included), its encoder replaced by a
     `BlindEncoder` of the model encoder's output shape, trained by `_train_and_select` in `retrain/blind`."""
     from capnas_tf.encoders import BlindEncoder
@@ -426,14 +451,15 @@ def _train_blind_baseline(run, config: RetrainConfig, data, captioner: Captioner
     grid_shape = tuple(int(d) for d in grid.shape[1:])
     blind_config = dataclasses.replace(config, encoder="blind", drop_path_prob=0.0)
     keras.utils.set_random_seed(run.seed)
-    blind = build_captioner(blind_config, vocab_size=len(data.vocab), max_caption_len=data.max_caption_len,
-                            image_size=data.image_size, encoder=BlindEncoder(grid_shape=grid_shape, name="encoder"))
+    with dist.scope():
+        blind = build_captioner(blind_config, vocab_size=len(data.vocab), max_caption_len=data.max_caption_len,
+                                image_size=data.image_size, encoder=BlindEncoder(grid_shape=grid_shape, name="encoder"))
     description = (f"image-blind baseline: constant zero features {list(grid_shape)} (no encoder weights) + "
                    f"{config.decoder} decoder ({blind.decoder.count_params():,} params)")
     arch = {**architecture_of(blind_config), "grid_shape": list(grid_shape)}
     return _train_and_select(blind, blind_config, data, os.path.join(run.workdir, "retrain", "blind"), arch=arch,
                              description=description, batch_size=batch_size, steps=steps,
-                             selection_metric=selection_metric, log=log)
+                             selection_metric=selection_metric, log=log, dist=dist)
 
 
 def _read_history(workdir: str) -> list:

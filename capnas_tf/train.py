@@ -40,9 +40,9 @@ def main(argv):
 # Errors whose message tells the operator what went wrong and what is kept: another run holds the
 # workdir; a bad example or annotation file (named, with the flag that skips it); a bad --genotype; a
 # checkpoint that cannot be read; a run stopped on a non-finite loss or state (the last good checkpoint
-# stays the latest).
+# stays the latest); a multi-worker run that lost a worker.
 OPERATOR_ERRORS = (jobs.WorkdirLockedError, BadExampleError, BadAnnotationFileError, GenotypeError,
-                   UnreadableCheckpointError, NonFiniteLossError, RetrainNonFiniteStateError)
+                   UnreadableCheckpointError, NonFiniteLossError, RetrainNonFiniteStateError, jobs.WorkerLostError)
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ import tensorflow as tf
 from capnas_tf.checkpointing import (CheckpointKeeper, FiniteCheck, learning_rate_variables, model_state,
                                     named_variables)
 from capnas_tf.config import SearchConfig
-from capnas_tf.distribute import check_jit_compile
+from capnas_tf.distribute import check_jit_compile, check_workers_agree, distribute_dataset
 from capnas_tf.io_utils import atomic_write_text
 from capnas_tf.search.captioning import SearchModels
 from capnas_tf.search.strategies import SearchStrategy, get_strategy
@@ -231,12 +231,13 @@ def run_search(strategy: SearchStrategy, streams: tf.data.Dataset, workdir: str,
     run = SearchRun(workdir, strategy, primitives=primitives, num_nodes=num_nodes,
                     max_skip_connect=config.supernet.max_skip_connect)
     start = run.restore(log)
+    check_workers_agree(dist, start, "the step the search resumes from")
     total = config.epochs * steps_per_epoch
     warmup_steps = config.warmup_epochs * steps_per_epoch
     strategy.begin_search(total_steps=total, warmup_steps=warmup_steps)
     search_step = make_step_function(strategy, dist, update_architecture=True, jit_compile=config.xla)
     warmup_step = make_step_function(strategy, dist, update_architecture=False, jit_compile=config.xla)
-    batches = iter(dist.experimental_distribute_dataset(streams.skip(start)))
+    batches = iter(distribute_dataset(dist, streams.skip(start)))
 
     metrics, t0, timed_from = {}, time.perf_counter(), start
     for step in range(start, total):

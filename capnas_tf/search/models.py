@@ -33,9 +33,11 @@ def _build_search_models(config: SearchConfig, *, vocab_size: int, max_caption_l
     encoder = SupernetEncoder(channels=net.channels, num_cells=net.num_cells, num_nodes=net.num_nodes,
                               stem_multiplier=net.stem_multiplier, primitives=net.primitives, seed=seed,
                               partial_channels=net.partial_channels, name="supernet")
-    decoder = get_decoder(config.decoder, vocab_size=vocab_size, max_len=max_caption_len - 1)
+    dropout = {} if config.decoder_dropout is None else {"dropout": config.decoder_dropout}
+    decoder = get_decoder(config.decoder, vocab_size=vocab_size, max_len=max_caption_len - 1, **dropout)
     student = Captioner(get_encoder(config.student_encoder),
-                        get_decoder(config.student_decoder, vocab_size=vocab_size, max_len=max_caption_len - 1),
+                        get_decoder(config.student_decoder, vocab_size=vocab_size, max_len=max_caption_len - 1,
+                                    **dropout),
                         name="student")
     encoder.build((None, image_size, image_size, 3))  # shape propagation: much faster than a call
     images = tf.zeros([1, image_size, image_size, 3])

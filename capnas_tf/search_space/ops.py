@@ -45,6 +45,12 @@ if not callable(getattr(keras.layers.BatchNormalization, "_moments", None)):  # 
                       f"({keras.__version__}) needs a new exact-Hessian BatchNorm.")
 
 
+def _cross_replica_context():
+    """The replica context of a replica among several (inside `Strategy.run`), else None."""
+    ctx = tf.distribute.get_replica_context()
+    return ctx if ctx is not None and ctx.num_replicas_in_sync > 1 else None
+
+
 _second_order_passes = 0  # > 0 while some pass that a tape differentiates twice is being traced
 
 
@@ -94,6 +100,12 @@ class ExactBatchNormalization(keras.layers.BatchNormalization):
     to second order — all the hypergradient takes — but not to third. float64 (the gradient checks) has
     no fused kernel and takes `_moments` below, exact to any order, as does every pass traced inside
     `second_order_batch_norm()`, where it is faster.
+
+    Under tf.distribute with several replicas (MirroredStrategy, MultiWorkerMirroredStrategy), the
+    batch statistics are those of the global batch: each replica's sums are all-reduced (two passes, as
+    on one device), so a step on a global batch split over replicas equals the step on one device, and
+    its derivatives of any order stay exact (the all-reduce's gradient is an all-reduce). The fused
+    kernel, which sees one replica's shard only, is not used there.
     """
 
     fused = True  # an instance may set False to take the `_moments` path (tests compare the two)
@@ -104,7 +116,8 @@ class ExactBatchNormalization(keras.layers.BatchNormalization):
         return super().call(inputs, training=training, mask=mask)
 
     def _fused_applies(self, inputs) -> bool:
-        return (self.fused and not _second_order_passes and not self.renorm and not self.synchronized
+        return (self.fused and not _second_order_passes and _cross_replica_context() is None
+                and not self.renorm and not self.synchronized
                 and len(inputs.shape) == 4 and self.axis in (-1, 3)
                 and inputs.dtype in (tf.float32, tf.float16, tf.bfloat16))
 
@@ -132,8 +145,19 @@ class ExactBatchNormalization(keras.layers.BatchNormalization):
     def _moments(self, inputs, mask):
         if mask is not None or self.synchronized:
             raise ValueError("ExactBatchNormalization: masks and synchronized=True are not supported.")
-        mean = tf.reduce_mean(inputs, axis=self._reduction_axes, keepdims=True)
-        variance = tf.reduce_mean(tf.square(inputs - mean), axis=self._reduction_axes, keepdims=True)
+        ctx = _cross_replica_context()
+        if ctx is None:
+            mean = tf.reduce_mean(inputs, axis=self._reduction_axes, keepdims=True)
+            variance = tf.reduce_mean(tf.square(inputs - mean), axis=self._reduction_axes, keepdims=True)
+        else:  # the global batch's statistics: Σx and the count, then Σ(x − μ)², over all replicas
+            axes = self._reduction_axes
+            count = tf.cast(tf.reduce_prod(tf.gather(tf.shape(inputs), axes)), inputs.dtype)
+            total, count = ctx.all_reduce(tf.distribute.ReduceOp.SUM,
+                                          [tf.reduce_sum(inputs, axis=axes, keepdims=True), count])
+            mean = total / count
+            squares = ctx.all_reduce(tf.distribute.ReduceOp.SUM,
+                                     tf.reduce_sum(tf.square(inputs - mean), axis=axes, keepdims=True))
+            variance = squares / count
         return tf.squeeze(mean, self._reduction_axes), tf.squeeze(variance, self._reduction_axes)
 
 
