@@ -42,6 +42,8 @@ REFUSED = [
     (SearchConfig, dict(decoder="gru"), "decoder"),
     (SearchConfig, dict(student_encoder="vit"), "student_encoder"),
     (SearchConfig, dict(student_decoder="gru"), "student_decoder"),
+    (SearchConfig, dict(decoder_dropout=1.0), "decoder_dropout"),
+    (SearchConfig, dict(decoder_dropout=-0.1), "decoder_dropout"),
     (SearchConfig, dict(dtype_policy="float16"), "dtype_policy"),
     # lengths
     (SearchConfig, dict(epochs=0), "epochs"),
@@ -109,6 +111,7 @@ ACCEPTED = [
     (SearchConfig, dict(epochs=1, warmup_epochs=0, darts_order=1, loss_scale=1.0)),
     (SearchConfig, dict(loss_scale=1024.0, dtype_policy="mixed_float16")),
     (SearchConfig, dict(gdas_tau_min=0.5, gdas_tau_max=0.5)),
+    (SearchConfig, dict(decoder_dropout=0.0)),
     (SearchConfig, dict(strategy="random_ws", epochs=2, warmup_epochs=1, steps_per_epoch=2, random_ws_rank_batches=2)),
     (SearchConfig, dict(strategy="random_ws", steps_per_epoch=0, random_ws_rank_batches=1000)),  # checked at run time
 ]
