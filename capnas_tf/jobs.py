@@ -79,7 +79,7 @@ def search_job(run: RunConfig, search: SearchConfig, data, *, batch_size: int, d
 def load_data(run: RunConfig, data_config, log=print):
     from capnas_tf.data.pipeline import load_caption_data
 
-    data = load_caption_data(data_config, run.workdir)
+    data = load_caption_data(data_config, run.workdir, log=log)
     log(f"Data: {data_config.dataset}, {data.num_train_images} training images "
         f"({data.num_train_examples} captions), vocabulary of {len(data.vocab)} → {run.workdir}/vocab.txt")
     return data
