@@ -150,7 +150,8 @@ flags.DEFINE_bool(
     "computed (∇_{E,F} L_tr at the A before its update; for three_stage also ∇_W L against the virtual "
     "teacher E', F'), i.e. simultaneous instead of alternating updates. Saves a supernet forward and "
     "backward (and for three_stage a greedy decode and the student's step) per search step; changes the "
-    "numerics slightly. Off: the paper's alternation.")
+    "numerics slightly. BatchNorm statistics and dropout seeds advance with the passes whose gradients are "
+    "reused (Stage I's for E, F; Stage II's for W). Off: the paper's alternation.")
 flags.DEFINE_enum("dtype_policy", _S.dtype_policy, ["float32", "mixed_bfloat16", "mixed_float16"],
                   "Keras dtype policy of the search's models (variables stay float32). mixed_bfloat16 halves "
                   "activation memory and needs no loss scale; mixed_float16 (GPUs) scales every tape's loss "

@@ -4,15 +4,73 @@ The hypergradient needs models evaluated at unrolled weights E' = E − η∇E w
 `bind` maps each model's variables to tensors for the duration of a `with` block, using Keras 3's
 `StatelessScope` (the mechanism behind `Model.stateless_call`). Inside the block any method of the
 model — its call, or a greedy-decoding loop — reads the given tensors, differentiably, and no
-variable is modified (BatchNorm's moving statistics updates are collected and dropped).
+variable is modified: the state updates of the block (BatchNorm's moving statistics, the dropout
+layers' seed-generator states) are dropped, unless `collect_state_updates` is recording them.
 """
 from __future__ import annotations
 
 import contextlib
+import threading
 from typing import Sequence
 
 import keras
 import tensorflow as tf
+
+_recorders = threading.local()  # .active: the innermost `StateUpdates` being recorded, or None
+
+
+class StateUpdates:
+    """The values Keras variables were assigned inside `bind` blocks: for each variable, its value at
+    the end of the first block that assigned it. `assign()` writes them to the variables.
+
+    First block wins, so that a step whose weight updates reuse the unrolled gradients keeps the state
+    of the pass those gradients came from: the hypergradient's first pass of the supernet is Stage I
+    (L_tr at E, F, the D_tr batch), its first of the student the Stage II loss (at W). The later
+    passes of the same models are evaluations at virtual weights (E', F', W ± εv, …).
+
+    Values traced inside a loop or function body of the graph being built (the finite differences'
+    ± pairs, a decoding loop) are skipped: their tensors cannot leave the body, and those passes come
+    after the first ones.
+    """
+
+    def __init__(self):
+        self._graph = None if tf.executing_eagerly() else tf.compat.v1.get_default_graph()
+        self._values = {}  # id(variable) → (variable, value)
+
+    def record(self, scope: keras.StatelessScope, variables) -> None:
+        for variable in variables:
+            value = scope.get_current_value(variable)
+            if id(variable) in self._values or (self._graph is not None and value.graph is not self._graph):
+                continue
+            self._values[id(variable)] = (variable, value)
+
+    def assign(self) -> None:
+        for variable, value in self._values.values():
+            variable.assign(value)
+
+
+@contextlib.contextmanager
+def collect_state_updates():
+    """Within the block, every `bind` records its state updates into the `StateUpdates` it yields;
+    the caller assigns them (`.assign()`) when it wants them to take effect."""
+    updates, outer = StateUpdates(), getattr(_recorders, "active", None)
+    _recorders.active = updates
+    try:
+        yield updates
+    finally:
+        _recorders.active = outer
+
+
+class _RecordingScope(keras.StatelessScope):
+    """A StatelessScope that remembers which variables were assigned in it (Keras keeps only ids)."""
+
+    def __init__(self, state_mapping):
+        super().__init__(state_mapping=state_mapping)
+        self.assigned = {}
+
+    def add_update(self, update):
+        super().add_update(update)
+        self.assigned[id(update[0])] = update[0]
 
 
 def values_of(variables: Sequence[keras.Variable]) -> list[tf.Tensor]:
@@ -33,8 +91,11 @@ def bind(*pairs: tuple[Sequence[keras.Variable], Sequence[tf.Tensor]]):
                 f"bind: expected {len(variables)} values (one per variable), received {len(values)}."
             )
         mapping.extend(zip(variables, values))
-    with keras.StatelessScope(state_mapping=mapping):
+    recorder = getattr(_recorders, "active", None)
+    with _RecordingScope(mapping) as scope:
         yield
+    if recorder is not None:
+        recorder.record(scope, scope.assigned.values())
 
 
 def unrolled(values: Sequence[tf.Tensor], grads: Sequence, lr) -> list[tf.Tensor]:

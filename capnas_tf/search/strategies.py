@@ -28,7 +28,7 @@ from capnas_tf.search.captioning import (
     supernet_logits,
     teacher_greedy_captions,
 )
-from capnas_tf.search.stateless import bind, densify, global_norm, values_of
+from capnas_tf.search.stateless import bind, collect_state_updates, densify, global_norm, values_of
 from capnas_tf.search_space.ops import second_order_batch_norm
 
 
@@ -255,7 +255,11 @@ class ThreeStageStrategy(SearchStrategy):
         rather than from the teacher after its optimizer step."""
         if not (update_architecture and self.config.reuse_unrolled_gradients):
             return super().step(batches, update_architecture=update_architecture)
-        result = self.hypergradient(batches)
+        # No pass of this step runs on the variables themselves, so the state the weight steps would have
+        # updated (BatchNorm's moving statistics, dropout's seed generators) is taken from the passes whose
+        # gradients they reuse: Stage I's for E, F, Stage II's for W (`StateUpdates`).
+        with collect_state_updates() as state_updates:
+            result = self.hypergradient(batches)
         metrics = self.apply_hypergradient(result)
         s = result.state
         metrics.update(self.apply_supernet_gradients(s.train_loss, s.train_grads))
@@ -263,6 +267,7 @@ class ThreeStageStrategy(SearchStrategy):
             norm = apply_global_gradients(self.student_optimizer, s.student_grads, self.models.W,
                                           self.config.grad_clip)
         metrics.update({"stage2/student_loss": s.pseudo_caption_loss, "stage2/grad_norm": norm})
+        state_updates.assign()
         return metrics
 
     @_scoped("student_weight_step")
@@ -335,9 +340,11 @@ class DartsStrategy(SearchStrategy):
         alternation (which recomputes ∇_w L_train at the updated A)."""
         if not (update_architecture and self.reuses_unrolled_gradient):
             return super().step(batches, update_architecture=update_architecture)
-        result = self.hypergradient(batches)
+        with collect_state_updates() as state_updates:  # the L_train pass's, as ThreeStageStrategy.step
+            result = self.hypergradient(batches)
         metrics = self.apply_hypergradient(result)
         metrics.update(self.apply_supernet_gradients(result.train_loss, result.train_grads))
+        state_updates.assign()
         return metrics
 
 

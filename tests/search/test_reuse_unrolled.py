@@ -106,3 +106,49 @@ def test_first_order_darts_has_no_unrolled_gradient_to_reuse_and_alternates(tiny
     DartsStrategy(alternating, config, max_caption_len=L).step(batches, update_architecture=True)
     assert_values_equal(values_of(reuse.E) + values_of(reuse.A), values_of(alternating.E) + values_of(alternating.A),
                         "order 1 ignores the option")
+
+
+def _state(model):
+    """(seed-generator states, BatchNorm moving means and variances) of a model, as arrays."""
+    seeds = [v for v in model.variables if "seed_generator_state" in v.path]
+    moving = [v for v in model.variables if v.path.endswith(("moving_mean", "moving_variance"))]
+    return [np.array(v.numpy()) for v in seeds], [np.array(v.numpy()) for v in moving]
+
+
+def _changed(before, after):
+    """Whether any of the arrays changed (an LSTM's own seed generators stay unused at dropout 0)."""
+    return any(np.any(b != a) for b, a in zip(before, after))
+
+
+@pytest.mark.parametrize("strategy_cls, config, traced", [
+    (ThreeStageStrategy, SearchConfig(hypergradient="exact"), False),
+    (ThreeStageStrategy, SearchConfig(hypergradient="finite_difference"), True),  # ± pairs in loop bodies
+    (DartsStrategy, SearchConfig(strategy="darts", darts_order=2, hypergradient="exact"), False),
+], ids=["three_stage-exact", "three_stage-finite_difference-traced", "darts-exact"])
+def test_reuse_steps_advance_dropout_seeds_and_batch_norm_statistics(tiny_data, batches, strategy_cls, config,
+                                                                      traced):
+    """With every pass of a reuse step inside a StatelessScope, the state the skipped weight steps would have
+    updated is taken from the unrolled passes: each step draws new dropout masks (the seed generators of F,
+    and of W for three_stage, advance every step) and BatchNorm's moving statistics of E (and W's encoder)
+    move."""
+    from capnas_tf.search.models import build_search_models
+    from tests.search.test_search_loop import TINY_SEARCH
+
+    config = dataclasses.replace(TINY_SEARCH, strategy=config.strategy, hypergradient=config.hypergradient,
+                                 darts_order=config.darts_order, reuse_unrolled_gradients=True)
+    models = build_search_models(config, vocab_size=len(tiny_data.vocab), max_caption_len=L, image_size=16)
+    strategy = strategy_cls(models, config, max_caption_len=L)
+    step = lambda: strategy.step(batches, update_architecture=True)  # noqa: E731
+    if traced:
+        step = tf.function(step, autograph=False)
+    watched = [models.encoder, models.decoder] + ([models.student] if strategy.uses_student else [])
+    states = [[_state(m) for m in watched]]
+    for _ in range(2):
+        step()
+        states.append([_state(m) for m in watched])
+    for before, after in zip(states, states[1:]):
+        for model, (seeds0, moving0), (seeds1, moving1) in zip(watched, before, after):
+            if model is not models.encoder:  # the supernet has no dropout
+                assert _changed(seeds0, seeds1), f"{model.name}: dropout seeds did not advance"
+            if model is not models.decoder:  # the LSTM decoders have no BatchNorm
+                assert _changed(moving0, moving1), f"{model.name}: BatchNorm statistics did not update"
