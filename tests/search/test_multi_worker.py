@@ -4,7 +4,8 @@
   - A after the steps equals a single-process run's on the same global batch (`--strategy=default`);
   - only the chief writes the workdir; the other worker's temporary directory is gone at the end;
   - killing a worker mid-run stops the other with a one-line error within a bounded time, and re-running
-    both resumes from the chief's last checkpoint to the A of the uninterrupted run (`slow`).
+    both resumes from the chief's last checkpoint to the A of the uninterrupted run (`slow`);
+  - `--mode=pipeline` retrains and exports under the strategy, the chief alone writing (`slow`).
 
 Decoder dropout is off (`--decoder_dropout=0`): each replica draws its own masks, so with dropout no
 split of a batch reproduces the single-process step. DARTS first order: the second-order estimators'
@@ -47,7 +48,7 @@ def _command(workdir, data_dir, strategy: str) -> list:
             f"--strategy={strategy}", *FLAGS]
 
 
-def _start_workers(workdir, data_dir, root, attempt: str) -> tuple[list, list]:
+def _start_workers(workdir, data_dir, root, attempt: str, extra=()) -> tuple[list, list]:
     """Two workers of one cluster on free local ports, both given the same --workdir; each with a TMPDIR
     of its own (where a non-chief worker puts its temporary workdir). Returns (processes, log paths)."""
     ports = [_free_port(), _free_port()]
@@ -60,8 +61,8 @@ def _start_workers(workdir, data_dir, root, attempt: str) -> tuple[list, list]:
         log = root / f"{attempt}-worker{index}.log"
         with open(log, "w") as out:
             processes.append(subprocess.Popen(
-                _command(workdir, data_dir, "multi_worker"), cwd=REPO, stdout=out, stderr=subprocess.STDOUT,
-                env={**ENV, "TF_CONFIG": json.dumps(tf_config), "TMPDIR": str(tmp)}))
+                [*_command(workdir, data_dir, "multi_worker"), *extra], cwd=REPO, stdout=out,
+                stderr=subprocess.STDOUT, env={**ENV, "TF_CONFIG": json.dumps(tf_config), "TMPDIR": str(tmp)}))
         logs.append(log)
     return processes, logs
 
@@ -172,3 +173,22 @@ def test_a_killed_worker_stops_the_other_and_a_rerun_resumes_from_the_chiefs_che
     # Both runs with --deterministic: the resumed A is the uninterrupted run's, to the last bit.
     assert _history(workdir) == _history(runs["workdir"])
     assert _files(root / "resumed-tmp0") == [] and _files(root / "resumed-tmp1") == []
+
+
+@pytest.mark.slow  # a search and two tiny retrains with exports, on two workers: ~2 minutes on 2 cores
+def test_a_two_worker_pipeline_retrains_and_exports_from_the_chief_only(runs):
+    root, workdir = runs["root"], runs["root"] / "pipeline"
+    retrain = ["--mode=pipeline", "--retrain_epochs=2", "--retrain_steps_per_epoch=2", "--retrain_batch_size=8",
+               "--retrain_channels=4", "--retrain_cells=2", "--max_eval_images=16", "--final_metrics=BLEU,CIDEr",
+               "--noblind_baseline"]
+    processes, logs = _start_workers(workdir, runs["data_dir"], root, "pipeline", extra=retrain)
+    _wait(processes, logs)
+    assert set(os.listdir(workdir)) == {"search", "retrain", "export", "vocab.txt"}
+    with open(workdir / "retrain" / "metrics.json") as f:
+        metrics = json.load(f)
+    assert metrics["best_epoch"] in (1, 2) and [h["epoch"] for h in metrics["history"]] == [1, 2]
+    assert os.path.isfile(workdir / "retrain" / "captioner.keras")
+    assert os.path.isfile(workdir / "export" / "saved_model" / "1" / "saved_model.pb")
+    assert os.path.isfile(workdir / "export" / "captioner.onnx")
+    assert "2 replica(s)" in logs[0].read_text()
+    assert _files(root / "pipeline-tmp0") == [] and _files(root / "pipeline-tmp1") == []
