@@ -14,6 +14,7 @@ MirroredStrategy over /cpu:0 and /cpu:1 with the batch split in two — and prin
   three_stage/finite_difference, three_stage/exact_straight_through (the other Stage II loss)
   darts/exact, darts/finite_difference   the second-order DARTS hypergradient on captions
   step/*                  one whole search step (A, then E, F, W): the metrics it reports and A after it
+  batch_norm/*            the search space's BatchNorm in training mode (statistics of the global batch)
 """
 from __future__ import annotations
 
@@ -195,6 +196,58 @@ def search_quantities(single_models, replicated_models, dist, batches) -> dict:
     return out
 
 
+def batch_norm_quantities(dist) -> dict:
+    """name -> (single-device value, per-replica values) of the search space's BatchNorm in training mode on
+    one global batch, each replica holding half of it: the output and the input gradient (gathered over the
+    replicas), the gradients of γ and β (all-reduced), a second derivative (∂/∂γ of ‖∂L/∂x‖²), and the
+    moving statistics after the step. Over replicas the batch statistics are all-reduced, so all equal the
+    one-device values."""
+    from capnas_tf.search_space.ops import batch_norm
+
+    rng = np.random.default_rng(1)
+    batch = {"x": tf.constant(rng.normal(1.0, 2.0, size=[BATCH, 4, 4, 3]).astype(np.float32)),
+             "w": tf.constant(rng.normal(size=[BATCH, 4, 4, 3]).astype(np.float32))}
+
+    def layer():
+        bn = batch_norm(True, "float32")
+        bn.build(batch["x"].shape)
+        bn.gamma.assign([0.5, 1.0, 2.0])
+        return bn
+
+    def values(bn, x, w, gather, reduce):
+        with tf.GradientTape() as outer:
+            with tf.GradientTape() as inner:
+                inner.watch(x)
+                y = bn(x, training=True)
+                loss = tf.reduce_sum(tf.sin(y) * w)  # this replica's part of the global loss
+            grad_x, grad_gamma, grad_beta = inner.gradient(loss, [x, bn.gamma, bn.beta])
+            curvature = tf.reduce_sum(tf.square(grad_x))  # this replica's part
+        second = outer.gradient(curvature, bn.gamma)
+        return {"output": gather(y), "grad_x": gather(grad_x), "grad_gamma": reduce(grad_gamma),
+                "grad_beta": reduce(grad_beta), "second": reduce(second),
+                "moving_mean": tf.convert_to_tensor(bn.moving_mean),
+                "moving_variance": tf.convert_to_tensor(bn.moving_variance)}
+
+    layer_single = layer()
+    expected = tf.function(lambda b: values(layer_single, b["x"], b["w"], lambda t: t, lambda t: t))(batch)
+    with dist.scope():
+        layer_replicated = layer()
+
+    def gather(t):  # the replicas' rows in order (all_gather has no eager mode): each padded, then summed
+        ctx = tf.distribute.get_replica_context()
+        r, n = ctx.replica_id_in_sync_group, ctx.num_replicas_in_sync
+        rows = tf.shape(t)[0]
+        padding = tf.concat([[[r * rows, (n - 1 - r) * rows]], tf.zeros([len(t.shape) - 1, 2], tf.int32)], 0)
+        return all_reduce_sum([tf.pad(t, padding)])[0]
+
+    def replica(b):
+        return values(layer_replicated, b["x"], b["w"], gather, lambda t: all_reduce_sum([t])[0])
+
+    got = dist.run(tf.function(replica), args=(split_over_replicas(dist, batch),))
+    return {f"batch_norm/{name}": (to_json(expected[name]),
+                                   replica_values(dist, got[name])) for name in expected}
+
+
 def main(argv: list[str]) -> None:
     if "--eager" in argv:
         # Every tf.function below (the loop's step included) then runs op by op: the same code and the
@@ -214,6 +267,9 @@ def main(argv: list[str]) -> None:
         replicated_models = toy_search_models(VOCAB, L)
     for name, (s_value, r_values) in search_quantities(single_models, replicated_models, dist,
                                                        synthetic_batches()).items():
+        results[name] = {"single": s_value, "replicas": r_values}
+
+    for name, (s_value, r_values) in batch_norm_quantities(dist).items():
         results[name] = {"single": s_value, "replicas": r_values}
 
     with dist.scope():

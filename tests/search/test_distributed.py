@@ -31,7 +31,9 @@ def _assert_replicas_equal_single_device(results: dict) -> None:
                       "three_stage/exact", "three_stage/finite_difference",
                       "three_stage/exact_straight_through", "darts/exact",
                       "darts/finite_difference", "step/arch/hypergradient_norm", "step/stage1/grad_norm",
-                      "step/stage2/grad_norm", "step/stage3/val_loss", "step/A_after"}
+                      "step/stage2/grad_norm", "step/stage3/val_loss", "step/A_after",
+                      "batch_norm/output", "batch_norm/grad_x", "batch_norm/grad_gamma", "batch_norm/second",
+                      "batch_norm/moving_mean", "batch_norm/moving_variance"}
     assert expected_names <= set(results), sorted(expected_names - set(results))
     for name, value in results.items():
         single = [np.asarray(t, np.float64) for t in tf.nest.flatten(value["single"])]
@@ -51,8 +53,9 @@ def test_mirrored_hypergradient_equals_single_device_on_the_same_global_batch():
     """Under MirroredStrategy over two logical CPUs, with the global batch split between them, every
     replica's ∇_A (exact and finite-difference three-stage, soft and straight-through Stage II,
     second-order DARTS) and one whole search
-    step's metrics and updated A equal the single-device ones (BN-free toy models: with BN each replica
-    would normalise by its own shard). Run op by op (`--eager`) to keep the default suite fast; the
+    step's metrics and updated A equal the single-device ones (BN-free toy models); so do the search space's
+    BatchNorm's output, gradients, a second derivative and moving statistics, its batch statistics
+    all-reduced over the replicas. Run op by op (`--eager`) to keep the default suite fast; the
     traced variant below runs the same check inside tf.function, as the search loop does."""
     results = _run_mirrored_worker("--eager", timeout=600)
     _assert_replicas_equal_single_device(results["comparisons"])
