@@ -29,8 +29,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 from capnas_tf import io_utils  # noqa: E402
 from capnas_tf.config import RetrainConfig  # noqa: E402
-from capnas_tf.data.pipeline import DataConfig, load_caption_data  # noqa: E402
-from capnas_tf.jobs import RunConfig  # noqa: E402
+from capnas_tf.config import DataConfig  # noqa: E402
+from capnas_tf.data.pipeline import load_caption_data  # noqa: E402
+from capnas_tf.config import RunConfig  # noqa: E402
 from capnas_tf.retrain import retrain_job  # noqa: E402
 
 SPLITS = ("test", "test_novel")

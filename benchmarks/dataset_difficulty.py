@@ -37,11 +37,12 @@ import time
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
-from capnas_tf import evaluate  # noqa: E402
+from capnas_tf import evaluation  # noqa: E402
 from capnas_tf.config import RetrainConfig  # noqa: E402
 from capnas_tf.data import shapes_tfds  # noqa: E402
-from capnas_tf.data.pipeline import DataConfig, load_caption_data  # noqa: E402
-from capnas_tf.jobs import RunConfig  # noqa: E402
+from capnas_tf.config import DataConfig  # noqa: E402
+from capnas_tf.data.pipeline import load_caption_data  # noqa: E402
+from capnas_tf.config import RunConfig  # noqa: E402
 from capnas_tf.retrain import retrain_job  # noqa: E402
 
 SPLITS = ("test", "test_novel")
@@ -80,7 +81,7 @@ def run_one(encoder: str, seed: int, retrain: RetrainConfig, data_config: DataCo
     wall, cpu = time.perf_counter(), cpu_seconds()
     result = retrain_job(RunConfig(workdir=run_dir, seed=seed), config, data, log=log)
     wall, cpu = time.perf_counter() - wall, cpu_seconds() - cpu
-    captions = evaluate.caption_dataset(result.captioner, data.eval_dataset("test"), data.vocab)
+    captions = evaluation.caption_dataset(result.captioner, data.eval_dataset("test"), data.vocab)
     references = data.references("test")
     return {"encoder": encoder, "seed": seed, "model": result.metrics["model"],
             "baseline": {s: result.metrics["baseline"][s] for s in SPLITS},

@@ -44,7 +44,7 @@ def load_runtimes(workdir: str | None, image_size: int):
     import capnas_tf.captioner  # noqa: F401
     import capnas_tf.decoders  # noqa: F401
     import capnas_tf.search_space  # noqa: F401
-    from capnas_tf.evaluate import decode_captions
+    from capnas_tf.decoders.decoding import decode_captions
     from capnas_tf.export.saved_model import find_saved_model
 
     if workdir is None:
@@ -76,8 +76,9 @@ def load_runtimes(workdir: str | None, image_size: int):
 
 def benchmark_images(workdir: str | None, image_size: int, count: int) -> np.ndarray:
     if workdir is not None:
-        from capnas_tf.data.pipeline import DataConfig, load_caption_data
-        from capnas_tf.evaluate import first_images
+        from capnas_tf.config import DataConfig
+        from capnas_tf.data.pipeline import load_caption_data
+        from capnas_tf.evaluation import first_images
 
         data = load_caption_data(DataConfig(image_size=image_size))
         return first_images(data, "test", count)[0].astype(np.float32)

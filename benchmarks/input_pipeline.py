@@ -54,7 +54,8 @@ def main(argv=None):
     import tensorflow as tf
 
     from capnas_tf.config import SearchConfig, SupernetConfig
-    from capnas_tf.data.pipeline import DataConfig, load_caption_data
+    from capnas_tf.config import DataConfig
+    from capnas_tf.data.pipeline import load_caption_data
     from capnas_tf.jobs import search_streams
     from capnas_tf.search.loop import make_step_function
     from capnas_tf.distribute import configure_runtime

@@ -15,13 +15,14 @@ trains and evaluates on constant images. The table of variants tried is in docs/
 import argparse, time, json, collections, sys
 import numpy as np
 import keras, tensorflow as tf
-from capnas_tf.data.pipeline import DataConfig, load_caption_data
+from capnas_tf.config import DataConfig, RetrainConfig
+from capnas_tf.data.pipeline import load_caption_data
 from capnas_tf.data import shapes
-from capnas_tf.config import RetrainConfig
-from capnas_tf import retrain, evaluate
+from capnas_tf import evaluation, retrain
 from capnas_tf.decoders import get_decoder
 from capnas_tf.captioner import Captioner
 from capnas_tf.encoders import get_encoder
+from capnas_tf.metrics import score_split
 
 p = argparse.ArgumentParser()
 p.add_argument("--encoder", default="darts")
@@ -49,7 +50,7 @@ cap = Captioner(enc, dec)
 cap(tf.zeros([1, a.image_size, a.image_size, 3]), tf.ones([1, data.max_caption_len - 1], tf.int32))
 print("enc params", enc.count_params(), "dec params", dec.count_params(), flush=True)
 opt = retrain.build_optimizer(cfg, a.steps)
-from capnas_tf.search.captioning import caption_loss
+from capnas_tf.decoders.losses import caption_loss
 @tf.function
 def step(images, tokens):
     if a.blind: images = tf.zeros_like(images)
@@ -83,7 +84,7 @@ def evaluate_now(tag):
     ds = data.eval_dataset("validation")
     if a.blind:
         ds = ds.map(lambda b: {"image": tf.zeros_like(b["image"]), "image_id": b["image_id"]})
-    caps = evaluate.caption_dataset(cap, ds, data.vocab)
+    caps = evaluation.caption_dataset(cap, ds, data.vocab)
     r = word_presence(caps)
     from capnas_tf.data.shapes_content import content_accuracy
     ca = content_accuracy(caps, data.scenes("validation"))
@@ -91,7 +92,7 @@ def evaluate_now(tag):
     from capnas_tf.data.shapes_content import parse_caption
     scenes = data.scenes("validation"); two = [i for i in caps if scenes[i]["relation"]]
     r["two_group_scenes_with_two_mentions"] = round(sum(1 for i in two if (pc := parse_caption(caps[i])) and len(pc.groups) == 2) / len(two), 3); r["distinct"] = len(set(caps.values()))
-    s = evaluate.score_split(caps, data.references("validation"), metrics=("CIDEr",))
+    s = score_split(caps, data.references("validation"), metrics=("CIDEr",))
     print(tag, r, "CIDEr %.3f" % s["CIDEr"], "(%.0fs)" % (time.time() - t), flush=True)
     return caps
 

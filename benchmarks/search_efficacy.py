@@ -449,7 +449,7 @@ def random_genotype(budget: Budget, seed: int, k: int):
     """The k-th random genotype of `seed`: a pure function of (seed, k), so K can grow on resume."""
     import numpy as np
 
-    from capnas_tf.search_space.genotype import sample_genotype
+    from capnas_tf.search_space.genotypes import sample_genotype
 
     return sample_genotype(np.random.default_rng((seed, k)), primitives=tuple(budget.primitives),
                            num_nodes=budget.num_nodes, max_skip_connect=budget.max_skip_connect)
@@ -476,10 +476,11 @@ def execute(spec: RunSpec, budget: Budget, data, workdir: str) -> dict:
     import keras
     import tensorflow as tf
 
-    from capnas_tf.jobs import RunConfig, search_job
+    from capnas_tf.config import RunConfig
+    from capnas_tf.jobs import search_job
     from capnas_tf.retrain import retrain_job
     from capnas_tf.search.loop import NonFiniteLossError
-    from capnas_tf.search_space.genotype import Genotype
+    from capnas_tf.search_space.genotypes import Genotype
 
     run_dir = os.path.join(workdir, "runs", spec.run_id)
     os.makedirs(run_dir, exist_ok=True)
@@ -540,8 +541,9 @@ def run_one(run_id: str, runs: list[RunSpec], budget: Budget, workdir: str) -> i
     its traceback in `<run dir>/crash.txt` for the driver."""
     import traceback
 
-    from capnas_tf.data.pipeline import DataConfig
-    from capnas_tf.jobs import RunConfig, load_data
+    from capnas_tf.config import DataConfig
+    from capnas_tf.config import RunConfig
+    from capnas_tf.jobs import load_data
 
     spec = next((r for r in runs if r.run_id == run_id), None)
     if spec is None:

@@ -1,10 +1,19 @@
-"""Typed run configuration. Library code takes these as arguments and never reads flags;
-`capnas_tf.flags` turns absl flags into them."""
+"""Every typed configuration of a run: `RunConfig` (workdir, seed, distribution), `DataConfig`,
+`SupernetConfig`, `SearchConfig`, `RetrainConfig`. Library code takes these as arguments and never
+reads flags; `capnas_tf.flags` turns absl flags into them.
+
+Each config checks its fields at construction (`ConfigError` naming the field), names included: a
+strategy, decoder, op or dataset must be one registered with its part, so this module sits above the
+parts it names (`tests/test_import_graph.py`) and imports their tables when it checks."""
 from __future__ import annotations
 
 import dataclasses
 import math
 import numbers
+import os
+from typing import ClassVar
+
+from capnas_tf.data.shapes import ShapesConfig
 
 
 class ConfigError(ValueError):
@@ -20,6 +29,10 @@ class ConfigError(ValueError):
 
 def _number(value) -> bool:
     return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _integer(value) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
 class _Checker:
@@ -45,6 +58,181 @@ class _Checker:
     def one_of(self, field: str, names) -> None:
         self.require(field, getattr(self.config, field) in names, f"one of {sorted(names)}")
 
+
+@dataclasses.dataclass(frozen=True)
+class RunConfig:
+    """Where a run writes and how it runs.
+
+    Args:
+      workdir: the folder of every output of the run (resumed from its last checkpoint).
+      seed: the global seed (initialisation, relaxation samples; the data order has `DataConfig.seed`).
+      deterministic: TensorFlow's deterministic ops.
+      distribution: the tf.distribute strategy (`distribute.get_distribution_strategy`).
+    """
+
+    workdir: str
+    seed: int = 0
+    deterministic: bool = False
+    distribution: str = "default"
+
+
+# --- data ---------------------------------------------------------------------------------------------
+
+UNLABELED_SOURCES = ("auto", "train", "holdout", "folder")
+FILE_DATASETS = ("coco", "karpathy")  # the datasets read from annotation files + an image folder
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    """Which caption data to read and how to turn it into batches.
+
+    Every rule below is checked at construction (`ConfigError` naming the field; the command line
+    names its flag), files and folders included.
+
+    Args:
+      dataset: a name in `DATASET_SOURCES`: capnas_shapes | coco | karpathy | coco_captions_tfds.
+      data_dir: TFDS data_dir (capnas_shapes, coco_captions_tfds); None: TFDS's default.
+      annotations: an existing file, required by coco and karpathy and set for no other dataset:
+        the COCO-format caption JSON of the training images (coco), or the Karpathy-split JSON.
+      val_annotations, test_annotations: coco only: existing COCO-format files of the validation and
+        test images, other than `annotations`. A split without one is cut from `annotations`.
+      image_dir: an existing folder (coco, karpathy only) that the files' image names are relative to.
+      split_fractions: coco only: (train, validation, test) shares of the captioned images of
+        `annotations`, by a fixed hash of the image_id; three numbers >= 0 summing to 1, train > 0,
+        and 0 for a split with a file of its own. None: 0.1 to each split without a file, the rest
+        to train ((0.8, 0.1, 0.1) for one file).
+      image_size: S; images are resized to S × S (capnas_shapes is generated at S).
+      max_caption_len: L, caption length in tokens including <start> and <end>.
+      min_word_count: words seen fewer times in the training captions become <unk>.
+      batch_size: default global batch size of every stream.
+      seed: seed of every shuffle (not of the dataset itself: see `shapes.seed`).
+      deterministic: `tf.data.Options.deterministic`; with it, the same seed gives the same batches.
+      shuffle_buffer: shuffle buffer of (image, caption) pairs.
+      cache: "memory", "none", or a file path prefix for `Dataset.cache(filename)` (one file set per
+        split and configuration: `<prefix>-<dataset>-<split>-<digest>`).
+      on_bad_example: "error" raises `BadExampleError` naming the file; "skip" drops, logs and counts.
+      validate_images: decode every image once, with the training decoder, before training.
+      unlabeled_source: where U comes from: auto | train | holdout | folder (see module doc).
+      unlabeled_fraction: share of training images moved to U by "holdout", in (0, 1).
+      unlabeled_dir: the existing folder of U's images for "folder" (set for no other source).
+      download: allow TFDS to download `coco_captions`.
+      shapes: generation parameters of capnas_shapes (its image_size is replaced by `image_size`).
+    """
+
+    # The split each annotation file of dataset=coco gives, and the field naming the file.
+    SPLIT_FILES: ClassVar[dict] = {"validation": "val_annotations", "test": "test_annotations"}
+
+    dataset: str = "capnas_shapes"
+    data_dir: str | None = None
+    annotations: str | None = None
+    val_annotations: str | None = None
+    test_annotations: str | None = None
+    image_dir: str | None = None
+    split_fractions: tuple[float, float, float] | None = None
+    image_size: int = 32
+    max_caption_len: int = 16
+    min_word_count: int = 5
+    batch_size: int = 32
+    seed: int = 0
+    deterministic: bool = True
+    shuffle_buffer: int = 4096
+    cache: str = "memory"
+    on_bad_example: str = "error"
+    validate_images: bool = True
+    unlabeled_source: str = "auto"
+    unlabeled_fraction: float = 0.2
+    unlabeled_dir: str | None = None
+    download: bool = False
+    shapes: ShapesConfig = dataclasses.field(default_factory=ShapesConfig)
+
+    def __post_init__(self):
+        from capnas_tf.data.captions_io import ON_BAD_EXAMPLE
+        from capnas_tf.data.pipeline import DATASET_SOURCES
+
+        def fail(field: str, expected: str, related: tuple = ()):
+            raise ConfigError("DataConfig", field, getattr(self, field), expected, related)
+
+        if self.dataset not in DATASET_SOURCES:
+            fail("dataset", f"one of {sorted(DATASET_SOURCES)}")
+        for name, minimum in (("image_size", 1), ("max_caption_len", 2), ("batch_size", 1), ("min_word_count", 1)):
+            if not _integer(getattr(self, name)) or getattr(self, name) < minimum:
+                fail(name, f">= {minimum}")
+        if self.on_bad_example not in ON_BAD_EXAMPLE:
+            fail("on_bad_example", f"one of {list(ON_BAD_EXAMPLE)}")
+        self._check_files(fail)
+        self._check_split_fractions(fail)
+        if self.unlabeled_source not in UNLABELED_SOURCES:
+            fail("unlabeled_source", f"one of {list(UNLABELED_SOURCES)}")
+        if not (_number(self.unlabeled_fraction) and 0.0 < self.unlabeled_fraction < 1.0):
+            fail("unlabeled_fraction", "in (0, 1)")
+        if self.unlabeled_source == "folder":
+            if not self.unlabeled_dir:
+                fail("unlabeled_dir", "set (a folder of images without captions) for unlabeled_source=folder",
+                     related=("unlabeled_source",))
+            if not os.path.isdir(self.unlabeled_dir):
+                fail("unlabeled_dir", "an existing folder")
+        elif self.unlabeled_dir is not None:
+            fail("unlabeled_dir", f"unset for unlabeled_source={self.unlabeled_source}: only "
+                 "unlabeled_source=folder reads it", related=("unlabeled_source",))
+
+    def _check_files(self, fail) -> None:
+        """The annotation files and image folder: set exactly where the dataset reads them, and there."""
+        reads_files = self.dataset in FILE_DATASETS
+        for field in ("annotations", "image_dir"):
+            value = getattr(self, field)
+            if reads_files and not value:
+                what = ("the annotation file (COCO-format captions of the training images, or a Karpathy-split "
+                        "JSON)" if field == "annotations" else "the folder of the images the annotations name")
+                fail(field, f"set for dataset={self.dataset}: {what}", related=("dataset",))
+            if not reads_files and value is not None:
+                fail(field, f"unset for dataset={self.dataset}: only coco and karpathy read it", related=("dataset",))
+        if reads_files and not os.path.isfile(self.annotations):
+            fail("annotations", "an existing file")
+        if reads_files and not os.path.isdir(self.image_dir):
+            fail("image_dir", "an existing folder")
+        for field in self.SPLIT_FILES.values():
+            value = getattr(self, field)
+            if value is None:
+                continue
+            if self.dataset != "coco":
+                fail(field, f"unset for dataset={self.dataset}: only coco reads it (a Karpathy-split file "
+                     "holds every split)", related=("dataset",))
+            if not os.path.isfile(value):
+                fail(field, "an existing file")
+            if os.path.samefile(value, self.annotations):
+                fail(field, "another file than annotations (the training images)", related=("annotations",))
+        if (self.val_annotations and self.test_annotations
+                and os.path.samefile(self.val_annotations, self.test_annotations)):
+            fail("test_annotations", "another file than val_annotations", related=("val_annotations",))
+
+    def _check_split_fractions(self, fail) -> None:
+        value = self.split_fractions
+        if value is None:
+            return
+        if self.dataset != "coco":
+            fail("split_fractions", f"unset for dataset={self.dataset}: only coco splits a file",
+                 related=("dataset",))
+        numbers = tuple(value) if isinstance(value, (tuple, list)) else ()
+        if len(numbers) != 3 or not all(_number(f) and f >= 0 for f in numbers):
+            fail("split_fractions", "three numbers >= 0 (train, validation, test)")
+        if abs(sum(numbers) - 1.0) > 1e-6:
+            fail("split_fractions", f"three numbers summing to 1 (these sum to {sum(numbers):g})")
+        if numbers[0] <= 0:
+            fail("split_fractions", "three numbers whose first (the training share) is > 0")
+        for share, (split, field) in zip(numbers[1:], self.SPLIT_FILES.items()):
+            if share > 0 and getattr(self, field):
+                fail("split_fractions", f"0 for {split}, which comes from its own file (given by {field})",
+                     related=(field,))
+
+    def resolved_split_fractions(self) -> tuple[float, float, float]:
+        """(train, validation, test) shares of the captioned images of `annotations` (coco)."""
+        if self.split_fractions is not None:
+            return tuple(float(f) for f in self.split_fractions)
+        shares = [0.0 if getattr(self, field) else 0.1 for field in self.SPLIT_FILES.values()]
+        return (1.0 - sum(shares), *shares)
+
+
+# --- search ---------------------------------------------------------------------------------------------
 
 @dataclasses.dataclass(frozen=True)
 class SupernetConfig:

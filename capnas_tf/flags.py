@@ -12,7 +12,7 @@ from typing import Mapping, NamedTuple, Sequence
 
 from absl import app, flags
 
-from capnas_tf.config import ConfigError, SearchConfig, SupernetConfig
+from capnas_tf.config import ConfigError, DataConfig, RunConfig, SearchConfig, SupernetConfig
 
 FLAGS = flags.FLAGS
 
@@ -252,14 +252,10 @@ def search_config_from_flags() -> SearchConfig:
 
 
 def data_config_from_flags():
-    from capnas_tf.data.pipeline import DataConfig
-
     return DataConfig(**_fields_from_flags(DATA_FLAGS))
 
 
 def run_config_from_flags():
-    from capnas_tf.jobs import RunConfig
-
     return RunConfig(workdir=FLAGS.workdir, seed=FLAGS.seed, deterministic=FLAGS.deterministic,
                      distribution=FLAGS.strategy)
 

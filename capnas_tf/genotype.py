@@ -1,4 +1,5 @@
-"""Command line for genotypes: draw one, or derive one from a search's A.
+"""Command line for genotypes: draw one, or derive one from a search's A (the library is
+`capnas_tf.search_space.genotypes`).
 
     python -m capnas_tf.genotype show DARTS_V2 --out cell.png
     python -m capnas_tf.genotype show runs/search/genotype.json --out cell.png --print
@@ -14,7 +15,7 @@ import argparse
 import json
 import sys
 
-from capnas_tf.search_space.genotype import KNOWN_GENOTYPES, Genotype, derive_genotype, resolve_genotype
+from capnas_tf.search_space.genotypes import KNOWN_GENOTYPES, Genotype, derive_genotype, resolve_genotype
 from capnas_tf.search_space.ops import PRIMITIVES
 
 

@@ -12,7 +12,7 @@ import os
 
 import tensorflow as tf
 
-from capnas_tf.config import SearchConfig
+from capnas_tf.config import RetrainConfig, RunConfig, SearchConfig
 from capnas_tf.distribute import (check_global_batch, collective_error_message, configure_runtime,
                                   get_distribution_strategy, is_chief, num_workers, worker_workdir)
 from capnas_tf.locking import WorkdirLockedError, workdir_lock  # noqa: F401  (WorkdirLockedError: for callers)
@@ -24,14 +24,6 @@ from capnas_tf.search.strategies import get_strategy
 class WorkerLostError(RuntimeError):
     """A multi-worker run lost a worker (killed, crashed, unreachable): the collectives of the others were
     aborted. Restarting every worker resumes from the chief's last checkpoint."""
-
-
-@dataclasses.dataclass(frozen=True)
-class RunConfig:
-    workdir: str
-    seed: int = 0
-    deterministic: bool = False
-    distribution: str = "default"
 
 
 def search_streams(data, batch_size: int) -> tf.data.Dataset:
@@ -135,7 +127,6 @@ def _run(mode: str, *, run: RunConfig, data, search: SearchConfig, retrain=None,
                          alpha_history=os.path.join(os.path.dirname(result.genotype_path), "alpha_history.jsonl"))
         log(f"Derived genotype: {result.genotype}")
     if mode in ("retrain", "pipeline"):
-        from capnas_tf.config import RetrainConfig
         from capnas_tf.retrain import retrain_job
 
         retrain = retrain or RetrainConfig()

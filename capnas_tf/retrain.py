@@ -30,17 +30,17 @@ import time
 import keras
 import tensorflow as tf
 
-from capnas_tf import evaluate, io_utils
+from capnas_tf import evaluation, io_utils
 from capnas_tf.captioner import Captioner
 from capnas_tf.checkpointing import CheckpointKeeper, FiniteCheck, model_state, named_variables
 from capnas_tf.config import RetrainConfig
 from capnas_tf.data.text import normalize_caption
 from capnas_tf.decoders import get_decoder
+from capnas_tf.decoders.losses import caption_loss
 from capnas_tf.distribute import (check_global_batch, check_jit_compile, check_workers_agree, configure_runtime,
                                   distribute_dataset, get_distribution_strategy)
 from capnas_tf.encoders import ENCODERS
-from capnas_tf.search.captioning import caption_loss
-from capnas_tf.search_space.genotype import resolve_genotype
+from capnas_tf.search_space.genotypes import resolve_genotype
 
 
 @dataclasses.dataclass(frozen=True)
@@ -126,7 +126,7 @@ def architecture_of(config: RetrainConfig) -> dict:
     """What the checkpoints' variables mean: encoder (and for "darts" the resolved genotype, C and cells)
     and decoder. Checkpoints restore by position and shape, so two genotypes whose ops have the same
     variable shapes (max_pool vs avg_pool, another input index) would otherwise load each other's weights."""
-    from capnas_tf.search_space.genotype import resolve_genotype
+    from capnas_tf.search_space.genotypes import resolve_genotype
 
     arch = {"encoder": config.encoder, "decoder": config.decoder}
     if config.encoder == "darts":
@@ -156,7 +156,7 @@ def check_architecture(workdir: str, arch: dict) -> None:
 
 # --- validation scores and the selection of the kept epoch --------------------------------------------
 
-VALIDATION_COCO_KEYS = ("BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "CIDEr")  # of evaluate.CHEAP_METRIC_GROUPS
+VALIDATION_COCO_KEYS = ("BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "CIDEr")  # of evaluation.CHEAP_METRIC_GROUPS
 # content_accuracy keys validated (and logged, TensorBoarded) after each epoch, as "content/<key>"
 VALIDATION_CONTENT_KEYS = ("count", "colour", "shape", "size", "relation", "entirely_correct", "parsed")
 
@@ -191,11 +191,11 @@ def resolve_selection_metric(config: RetrainConfig, data) -> str:
 def validation_scores(captioner, data, config: RetrainConfig) -> dict[str, float]:
     """The per-epoch validation scores of `captioner` (`validation_score_names`), on all validation images
     unless `config.max_eval_images`."""
-    scores, captions = evaluate.evaluate_captioner(
+    scores, captions = evaluation.evaluate_captioner(
         captioner, data, splits=("validation",), beam_width=config.beam_width, max_images=config.max_eval_images,
-        metrics=evaluate.CHEAP_METRIC_GROUPS, return_captions=True)
+        metrics=evaluation.CHEAP_METRIC_GROUPS, return_captions=True)
     scores = dict(scores["validation"])
-    content = evaluate.content_scores(captions["validation"], data, "validation")
+    content = evaluation.content_scores(captions["validation"], data, "validation")
     if content is not None:
         scores.update({f"content/{k}": content[k] for k in VALIDATION_CONTENT_KEYS})
     return scores
@@ -325,7 +325,7 @@ def _epoch_line(epoch: int, config: RetrainConfig, loss: float, scores: dict, se
             f"BLEU-4 {scores['BLEU-4']:.3f}")
     content = {k[len("content/"):]: v for k, v in scores.items() if k.startswith("content/")}
     if content:
-        line += "; content " + evaluate.content_line(content)
+        line += "; content " + evaluation.content_line(content)
     return line + (f" (best {selection_metric})" if improved else "")
 
 
@@ -435,7 +435,7 @@ def retrain_job(run, config: RetrainConfig, data, *, dist=None, log=print) -> Re
     metrics_path = os.path.join(workdir, "metrics.json")
     io_utils.atomic_write_json(metrics_path, metrics)
     samples_path = os.path.join(workdir, "samples.png")
-    evaluate.save_sample_grid(samples_path, data, test_captions, split="test")
+    evaluation.save_sample_grid(samples_path, data, test_captions, split="test")
     exports = export_captioner(captioner, data.vocab, run.workdir, config, image_size=data.image_size, log=log)
     return RetrainResult(captioner, model.best_epoch, model.best_validation_score, selection_metric, metrics,
                          metrics_path, samples_path, exports)
@@ -477,12 +477,13 @@ BLIND_BASELINE_KIND = ("blind: the same decoder and recipe trained on the same c
 def _final_metrics(model: _Trained, blind: _Trained | None, data, config: RetrainConfig, selection_metric: str,
                    log) -> tuple[dict, dict]:
     """Test metrics of the kept model, the trivial baseline, the blind baseline and the references, all COCO
-    scores from one `score_many` call (`evaluate.score_caption_sets`)."""
-    splits = evaluate.evaluation_splits(data)
+    scores from one `score_many` call (`evaluation.score_caption_sets`)."""
+    splits = evaluation.evaluation_splits(data)
 
     def captions_of(captioner) -> dict:
-        return {s: evaluate.caption_dataset(captioner, data.eval_dataset(s), data.vocab, beam_width=config.beam_width,
-                                            max_images=config.max_eval_images) for s in splits}
+        return {s: evaluation.caption_dataset(captioner, data.eval_dataset(s), data.vocab,
+                                              beam_width=config.beam_width, max_images=config.max_eval_images)
+                for s in splits}
 
     caption_sets = {"model": captions_of(model.captioner)}
     baseline = None
@@ -491,7 +492,7 @@ def _final_metrics(model: _Trained, blind: _Trained | None, data, config: Retrai
         caption_sets["baseline"] = {s: {i: baseline for i in caption_sets["model"][s]} for s in splits}
     if blind is not None:
         caption_sets["blind"] = captions_of(blind.captioner)
-    scores, reference_level = evaluate.score_caption_sets(caption_sets, data, metrics=config.final_metrics, log=log)
+    scores, reference_level = evaluation.score_caption_sets(caption_sets, data, metrics=config.final_metrics, log=log)
     metrics = {
         "model": scores["model"],
         "decoding": "greedy" if config.beam_width == 1 else f"beam search (width {config.beam_width})",
@@ -512,13 +513,13 @@ def _final_metrics(model: _Trained, blind: _Trained | None, data, config: Retrai
                                      "best_validation_score": blind.best_validation_score, "history": blind.history,
                                      **scores["blind"]}
     for s in splits:
-        log(f"  {s}: model {evaluate.summary_line(scores['model'][s])}")
+        log(f"  {s}: model {evaluation.summary_line(scores['model'][s])}")
         for who, label in (("baseline", "frequent-caption baseline"), ("blind", "blind baseline")):
             if who in scores:
-                log(f"  {s}: {label} {evaluate.summary_line(scores[who][s])}")
+                log(f"  {s}: {label} {evaluation.summary_line(scores[who][s])}")
         if s in reference_level:
             log(f"  {s}: references (each against the other {reference_level[s]['scored_against']}) "
-                f"{evaluate.summary_line(reference_level[s])}")
+                f"{evaluation.summary_line(reference_level[s])}")
     return metrics, caption_sets["model"]["test"]
 
 

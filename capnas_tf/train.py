@@ -16,7 +16,7 @@ from capnas_tf.checkpointing import UnreadableCheckpointError
 from capnas_tf.data.captions_io import BadAnnotationFileError, BadExampleError
 from capnas_tf.retrain import NonFiniteStateError as RetrainNonFiniteStateError
 from capnas_tf.search.loop import NonFiniteLossError
-from capnas_tf.search_space.genotype import GenotypeError
+from capnas_tf.search_space.genotypes import GenotypeError
 
 
 def main(argv):

@@ -16,7 +16,8 @@ import numpy as np
 
 from capnas_tf.config import RetrainConfig
 from capnas_tf.data import shapes_tfds
-from capnas_tf.data.pipeline import DataConfig, load_caption_data
+from capnas_tf.config import DataConfig
+from capnas_tf.data.pipeline import load_caption_data
 
 TINY_RETRAIN = RetrainConfig(channels=4, num_cells=2, epochs=1, steps_per_epoch=3, batch_size=8,
                              final_metrics=("BLEU", "CIDEr"), log_every=1, export_saved_model=True,
@@ -56,7 +57,7 @@ class Retrained:
 @functools.cache
 def retrained() -> Retrained:
     """One retrain of `TINY_RETRAIN` with both exports, in a temp workdir."""
-    from capnas_tf.jobs import RunConfig
+    from capnas_tf.config import RunConfig
     from capnas_tf.retrain import retrain_job
 
     workdir = _temp_dir("capnas-retrain-")
@@ -67,6 +68,6 @@ def retrained() -> Retrained:
 
 
 def sample_test_images(data, split: str = "test", count: int = 5) -> tuple[np.ndarray, list]:
-    from capnas_tf.evaluate import first_images
+    from capnas_tf.evaluation import first_images
 
     return first_images(data, split, count)

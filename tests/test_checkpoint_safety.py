@@ -11,7 +11,7 @@ import pytest
 import tensorflow as tf
 
 from capnas_tf.checkpointing import CheckpointKeeper, FiniteCheck, named_variables
-from capnas_tf.jobs import RunConfig
+from capnas_tf.config import RunConfig
 from capnas_tf.retrain import NonFiniteStateError, _RetrainState, build_captioner, build_optimizer, retrain_job
 from tests.retrain_fixtures import TINY_RETRAIN, tiny_data
 

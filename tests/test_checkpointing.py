@@ -9,7 +9,7 @@ import pytest
 import tensorflow as tf
 
 from capnas_tf.retrain import _RetrainState, build_captioner, build_optimizer
-from capnas_tf.search.captioning import caption_loss
+from capnas_tf.decoders.losses import caption_loss
 from tests.retrain_fixtures import TINY_RETRAIN
 
 VOCAB, LENGTH, SIZE = 20, 6, 16

@@ -175,7 +175,7 @@ def test_config_errors_name_the_flag_and_its_value(args, message):
 
 
 def test_every_config_field_set_by_a_flag_maps_back_to_that_flag():
-    from capnas_tf.data.pipeline import DataConfig
+    from capnas_tf.config import DataConfig
 
     for cls, table in ((SearchConfig, capnas_flags.SEARCH_FLAGS), (SupernetConfig, capnas_flags.SUPERNET_FLAGS),
                        (DataConfig, capnas_flags.DATA_FLAGS), (RetrainConfig, capnas_flags.RETRAIN_FLAGS)):

@@ -13,7 +13,7 @@ from capnas_tf.encoders import (
     FreezeThenUnfreezeCallback,
     get_encoder,
 )
-from capnas_tf.search_space.genotype import DARTS_V1
+from capnas_tf.search_space.genotypes import DARTS_V1
 from tests.search_space.layer_checks import check_layer
 
 IMAGES = tf.random.stateless_uniform([2, 32, 32, 3], seed=[0, 1])

@@ -1,5 +1,5 @@
-"""capnas_tf.evaluate: captions every real image once (padding rows dropped), scores splits, draws the
-sample grid, and its CLI evaluates a retrain workdir or an export directory."""
+"""capnas_tf.evaluation captions every real image once (padding rows dropped), scores splits and draws the
+sample grid; its CLI, `python -m capnas_tf.evaluate`, evaluates a retrain workdir or an export directory."""
 import json
 import os
 import subprocess
@@ -10,8 +10,10 @@ import pytest
 from PIL import Image
 
 from capnas_tf.data.shapes_content import score_caption
-from capnas_tf.evaluate import (CORRECT_COLOUR, WRONG_COLOUR, caption_dataset, decode_captions, evaluate_captioner,
-                                first_images, save_caption_grid, save_sample_grid, score_split)
+from capnas_tf.decoders.decoding import decode_captions
+from capnas_tf.evaluation import (CORRECT_COLOUR, WRONG_COLOUR, caption_dataset, evaluate_captioner, first_images,
+                                  save_caption_grid, save_sample_grid)
+from capnas_tf.metrics import score_split
 from tests.retrain_fixtures import retrained
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -133,7 +135,7 @@ def test_evaluate_cli_writes_metrics_and_samples(tmp_path, which):
 
 @pytest.mark.slow
 def test_score_many_equals_separate_score_captions_calls_including_meteor():
-    from capnas_tf.evaluate import score_many
+    from capnas_tf.metrics import score_many
     from capnas_tf.metrics import score_captions
 
     refs_a = {i: ["a red circle left of a blue square", "a red circle"] for i in range(10)}

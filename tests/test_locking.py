@@ -10,7 +10,7 @@ import textwrap
 import pytest
 
 from capnas_tf import jobs, locking
-from capnas_tf.jobs import RunConfig
+from capnas_tf.config import RunConfig
 from capnas_tf.locking import WorkdirLockedError, acquire, release, workdir_lock
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

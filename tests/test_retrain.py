@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from capnas_tf.config import RetrainConfig
-from capnas_tf.jobs import RunConfig
+from capnas_tf.config import RunConfig
 from capnas_tf.retrain import (BLIND_LOG_PREFIX, most_frequent_caption, resolve_selection_metric, retrain_job,
                                validation_score_names)
 from tests.retrain_fixtures import TINY_RETRAIN, retrained, tiny_data
@@ -196,7 +196,7 @@ def test_rerunning_with_more_epochs_resumes_after_the_last_finished_epoch(tmp_pa
 def test_a_workdir_of_another_genotype_with_the_same_variable_shapes_is_refused_untouched(tmp_path):
     """max_pool_3x3 and avg_pool_3x3 have the same (no) variables: position-matched checkpoints of one
     would load silently into the other, so the recorded architecture is compared first."""
-    from capnas_tf.search_space.genotype import DARTS_V2, Genotype
+    from capnas_tf.search_space.genotypes import DARTS_V2, Genotype
 
     swapped = Genotype.from_dict({**DARTS_V2.to_dict(), "reduce": [
         ("avg_pool_3x3" if op == "max_pool_3x3" else op, i) for op, i in DARTS_V2.reduce]})
@@ -237,7 +237,8 @@ def test_quickstart_retrain_beats_the_frequent_caption_baseline_by_far(tmp_path)
     lower bar than test: measured with this budget in two data orders, test CIDEr 0.727 and 0.905
     against a 0.32 baseline, test_novel 0.524 and 0.654 against 0.34. 2× the baseline on test_novel was
     not met by this budget; 1.3× and +0.1 still fail a model that only learned frequent captions."""
-    from capnas_tf.data.pipeline import DataConfig, load_caption_data
+    from capnas_tf.config import DataConfig
+    from capnas_tf.data.pipeline import load_caption_data
 
     data = load_caption_data(DataConfig(), str(tmp_path))
     config = dataclasses.replace(RetrainConfig(), export_onnx=False, export_saved_model=False,

@@ -11,7 +11,7 @@ import pytest
 
 from capnas_tf.config import RetrainConfig
 from capnas_tf.encoders import ConvEncoder, GapEncoder
-from capnas_tf.jobs import RunConfig
+from capnas_tf.config import RunConfig
 from capnas_tf.retrain import build_captioner, build_encoder, retrain_job
 from capnas_tf.search_space.discrete import DiscreteEncoder
 from tests.retrain_fixtures import TINY_RETRAIN, tiny_data
@@ -48,7 +48,7 @@ def test_a_saved_fixed_encoder_captioner_loads_in_a_fresh_evaluate_process(tmp_p
                                 image_size=16)
     captioner.save(os.path.join(str(tmp_path), "captioner.keras"))
     script = ("import json, sys, numpy as np\n"
-              "from capnas_tf.evaluate import load_model_for_evaluation\n"
+              "from capnas_tf.evaluation import load_model_for_evaluation\n"
               "model, _ = load_model_for_evaluation(sys.argv[1])\n"
               "print(json.dumps([type(model.encoder).__name__, [float(np.sum(w.numpy(), dtype=np.float64)) "
               "for w in model.weights]]))\n")

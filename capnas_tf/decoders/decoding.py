@@ -4,7 +4,9 @@ Both loops only use a decoder's `initial_cache` / `decode_step` (`use_cache=Fals
 full prefix instead, as a reference), keep every loop variable at a fixed shape, and write the
 output with `tf.where` on a position mask rather than scatter ops, so they compile under
 `tf.function(jit_compile=True)`, live in a SavedModel, and convert with tf2onnx (see
-`capnas_tf.decoders.onnx` for the one op tf2onnx needs help with).
+`capnas_tf.export.onnx` for the one op tf2onnx needs help with).
+
+`decode_captions(captioner, images)` runs either loop on a `Captioner`'s encoded images.
 
 Output layout: the generated words without <start>, `w1 … wn <end> <pad> …`, shape `[B, max_len]`;
 decoding `L − 1` tokens therefore lines up with `captions[:, 1:]` of length-L captions.
@@ -254,3 +256,22 @@ def beam_search(
     best_ids = _take_rows(tf.reshape(ids, tf.stack([batch * K, max_len])), rows)
     best_scores = _take_rows(tf.reshape(log_lik, [-1]), rows)
     return best_ids, best_scores
+
+
+def decode_captions(captioner, images, *, beam_width: int = 1, max_len: int | None = None):
+    """Caption token ids of a batch of images.
+
+    Args:
+      captioner: a `Captioner` (encoder + decoder with `initial_cache` / `decode_step`).
+      images: float32 `[B, S, S, 3]` in [0, 1].
+      beam_width: 1 = greedy decoding, K > 1 = beam search of width K.
+      max_len: tokens to generate; default the decoder's `max_len` (L − 1).
+
+    Returns:
+      ids: int32 `[B, max_len]`, `w1 … <end> <pad> …`; scores: float32 `[B]`, log p of the caption.
+    """
+    max_len = max_len or captioner.decoder.max_len
+    features = captioner.encode(images, training=False)
+    if beam_width == 1:
+        return greedy_decode(captioner.decoder, features, max_len=max_len)
+    return beam_search(captioner.decoder, features, beam_width=beam_width, max_len=max_len)

@@ -5,13 +5,17 @@ Both losses are −Σ_v p_v · log softmax(z)_v averaged over the non-masked pos
 avoided on purpose: its registered gradient drops the mixed derivative ∂²L/∂p∂z, so a hypergradient
 that flows through soft targets p would silently be zero (docs/design.md; BUILD_NOTES.md, "Second-order pitfalls").
 
-The token sums (`token_nll_sum`, `soft_token_nll_sum`) are the one home of the cross-entropy: the
-means here divide them by the local token count, the search's losses (`search/captioning.py`) by the
-count over all replicas.
+The token sums (`token_nll_sum`, `soft_token_nll_sum`) are the one home of the cross-entropy.
+`caption_loss` (the loss of the search's L_tr, L_val and of retraining) and `mean_over_tokens` (the
+Stage II losses of `search/captioning.py`) divide them by the token count over all replicas, so that
+under tf.distribute Σ_replicas(local loss) is the single-device loss on the global batch;
+`masked_cross_entropy` and `soft_cross_entropy` by the local count.
 """
 from __future__ import annotations
 
 import tensorflow as tf
+
+from capnas_tf.distribute import all_reduce_sum
 
 
 def float_logits(logits: tf.Tensor) -> tf.Tensor:
@@ -37,6 +41,24 @@ def token_nll_sum(logits: tf.Tensor, targets: tf.Tensor, pad_id: int = 0) -> tf.
     logp = tf.nn.log_softmax(float_logits(logits), axis=-1)
     picked = tf.gather(logp, targets, axis=-1, batch_dims=targets.shape.rank)
     return -tf.reduce_sum(picked * token_mask(targets, pad_id, picked.dtype))
+
+
+def global_token_count(targets: tf.Tensor, pad_id: int = 0) -> tf.Tensor:
+    """Number of real target tokens over all replicas (at least 1)."""
+    count = tf.reduce_sum(token_mask(targets, pad_id))
+    count = all_reduce_sum([count])[0]
+    return tf.maximum(count, 1.0)
+
+
+def mean_over_tokens(total: tf.Tensor, targets: tf.Tensor) -> tf.Tensor:
+    """A token sum divided by the global number of real target tokens."""
+    return total / tf.cast(global_token_count(targets), total.dtype)
+
+
+def caption_loss(logits: tf.Tensor, tokens: tf.Tensor) -> tf.Tensor:
+    """Mean token NLL of `tokens[:, 1:]` under `logits` (the global mean under tf.distribute)."""
+    targets = tokens[:, 1:]
+    return mean_over_tokens(token_nll_sum(logits, targets), targets)
 
 
 def _count(mask, dtype) -> tf.Tensor:

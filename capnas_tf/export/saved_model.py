@@ -36,7 +36,7 @@ import re
 import tensorflow as tf
 
 from capnas_tf import io_utils
-from capnas_tf.evaluate import decode_captions
+from capnas_tf.decoders.decoding import decode_captions
 
 SIGNATURES = ("serving_default", "caption_pixels")
 

@@ -30,30 +30,11 @@ import keras
 import tensorflow as tf
 
 from capnas_tf.decoders.decoding import greedy_decode, never_generated
-from capnas_tf.decoders.losses import float_logits, soft_token_nll_sum, token_mask, token_nll_sum
-from capnas_tf.distribute import all_reduce_sum
+from capnas_tf.decoders.losses import caption_loss, float_logits, mean_over_tokens, soft_token_nll_sum, token_mask
 from capnas_tf.search.hypergradient import ThreeStageProblem
 from capnas_tf.search.stateless import bind
 
 PAD_ID, START_ID, END_ID = 0, 1, 2
-
-
-def global_token_count(targets: tf.Tensor, pad_id: int = PAD_ID) -> tf.Tensor:
-    """Number of real target tokens over all replicas (at least 1)."""
-    count = tf.reduce_sum(token_mask(targets, pad_id))
-    count = all_reduce_sum([count])[0]
-    return tf.maximum(count, 1.0)
-
-
-def mean_over_tokens(total: tf.Tensor, targets: tf.Tensor) -> tf.Tensor:
-    """A token sum divided by the global number of real target tokens."""
-    return total / tf.cast(global_token_count(targets), total.dtype)
-
-
-def caption_loss(logits: tf.Tensor, tokens: tf.Tensor) -> tf.Tensor:
-    """Mean token NLL of `tokens[:, 1:]` under `logits` (the global mean under tf.distribute)."""
-    targets = tokens[:, 1:]
-    return mean_over_tokens(token_nll_sum(logits, targets, PAD_ID), targets)
 
 
 # --- Stage II losses --------------------------------------------------------------------------------

@@ -13,15 +13,19 @@ A; the backward pass is that of the soft sample y = softmax((log softmax(α) + g
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import tensorflow as tf
 
-from capnas_tf.config import SearchConfig
 from capnas_tf.distribute import all_reduce_sum
 from capnas_tf.search.captioning import SearchModels
 from capnas_tf.search.paths import ARCH, SampledPathStrategy, path_loss
 from capnas_tf.search.stateless import densify
 from capnas_tf.search.strategies import register_strategy
 from capnas_tf.search_space.relaxations import gumbel_temperature, relax_architecture
+
+if TYPE_CHECKING:  # annotations only: the search takes its config as an argument (config sits above it)
+    from capnas_tf.config import SearchConfig
 
 
 @register_strategy("gdas")

@@ -11,6 +11,7 @@ import math
 import os
 import sys
 import time
+from typing import TYPE_CHECKING
 
 import keras
 import numpy as np
@@ -18,11 +19,13 @@ import tensorflow as tf
 
 from capnas_tf.checkpointing import (CheckpointKeeper, FiniteCheck, learning_rate_variables, model_state,
                                     named_variables)
-from capnas_tf.config import SearchConfig
 from capnas_tf.distribute import check_jit_compile, check_workers_agree, distribute_dataset
 from capnas_tf.io_utils import atomic_write_text
 from capnas_tf.search.captioning import SearchModels
 from capnas_tf.search.strategies import SearchStrategy, get_strategy
+
+if TYPE_CHECKING:  # annotations only: the search takes its config as an argument (config sits above it)
+    from capnas_tf.config import SearchConfig
 
 STAGE_NAMES = {"stage1": "Stage I", "stage2": "Stage II", "stage3": "Stage III", "arch": "architecture",
                "darts": "DARTS"}

@@ -2,16 +2,20 @@
 Stage II student W — all built (variables created) so that the strategies can snapshot their values."""
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import tensorflow as tf
 
 from capnas_tf.captioner import Captioner
-from capnas_tf.config import SearchConfig
 from capnas_tf.decoders import get_decoder
 from capnas_tf.encoders import get_encoder
 from capnas_tf.search.captioning import SearchModels
 from capnas_tf.search.precision import check_precision, dtype_policy
 from capnas_tf.search_space.relaxations import relax_architecture
 from capnas_tf.search_space.supernet import SupernetEncoder
+
+if TYPE_CHECKING:  # annotations only: the search takes its config as an argument (config sits above it)
+    from capnas_tf.config import SearchConfig
 
 
 def build_search_models(config: SearchConfig, *, vocab_size: int, max_caption_len: int, image_size: int,

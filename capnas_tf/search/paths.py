@@ -11,13 +11,18 @@ draws exactly the samples an uninterrupted one would have drawn.
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 import tensorflow as tf
 
-from capnas_tf.config import SearchConfig
-from capnas_tf.search.captioning import SearchModels, caption_loss, path_logits
+from capnas_tf.decoders.losses import caption_loss
+from capnas_tf.search.captioning import SearchModels, path_logits
 from capnas_tf.search.strategies import SearchStrategy, _gradients_of, apply_global_gradients
 from capnas_tf.search_space.cells import num_edges
+
+if TYPE_CHECKING:  # annotations only: the search takes its config as an argument (config sits above it)
+    from capnas_tf.config import SearchConfig
 
 # `purpose` of a seed: the architecture step and the weight step of one search step draw apart.
 ARCH, WEIGHT = 0, 1

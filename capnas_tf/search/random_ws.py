@@ -14,10 +14,11 @@ log P(op k on edge e), which is constant.
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 import tensorflow as tf
 
-from capnas_tf.config import SearchConfig
 from capnas_tf.search.captioning import SearchModels
 from capnas_tf.search.paths import (
     ARCH,
@@ -27,7 +28,10 @@ from capnas_tf.search.paths import (
     uniform_path_log_probabilities,
 )
 from capnas_tf.search.strategies import register_strategy
-from capnas_tf.search_space.genotype import genotype_op_weights, sample_genotype
+from capnas_tf.search_space.genotypes import genotype_op_weights, sample_genotype
+
+if TYPE_CHECKING:  # annotations only: the search takes its config as an argument (config sits above it)
+    from capnas_tf.config import SearchConfig
 
 
 @register_strategy("random_ws")

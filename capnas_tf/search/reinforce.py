@@ -21,19 +21,23 @@ estimated from `marginal_samples` children drawn with a fixed seed.
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import keras
 import numpy as np
 import tensorflow as tf
 
 from capnas_tf.checkpointing import model_state
-from capnas_tf.config import SearchConfig
 from capnas_tf.distribute import all_reduce_sum
 from capnas_tf.search.captioning import SearchModels
 from capnas_tf.search.stateless import densify
 from capnas_tf.search.paths import ARCH, SampledPathStrategy, op_columns, op_weights_from_choices, path_loss
 from capnas_tf.search.strategies import apply_global_gradients, register_strategy
 from capnas_tf.search_space.cells import num_edges
-from capnas_tf.search_space.genotype import Genotype
+from capnas_tf.search_space.genotypes import Genotype
+
+if TYPE_CHECKING:  # annotations only: the search takes its config as an argument (config sits above it)
+    from capnas_tf.config import SearchConfig
 
 _MASKED = -1e9  # logit of a forbidden choice: probability exactly 0 without the NaN of 0 · log 0
 

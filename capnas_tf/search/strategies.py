@@ -9,20 +9,19 @@ so `apply_global_gradients` hands each replica 1/N of the global gradient.
 from __future__ import annotations
 
 import functools
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import keras
 import tensorflow as tf
 
 from capnas_tf.checkpointing import model_state
-from capnas_tf.config import SearchConfig
 from capnas_tf.distribute import all_reduce_sum, replicas_in_sync
 from capnas_tf.registry import Registry
 from capnas_tf.search import hypergradient as hg
 from capnas_tf.search import precision
+from capnas_tf.decoders.losses import caption_loss
 from capnas_tf.search.captioning import (
     SearchModels,
-    caption_loss,
     get_stage2_loss,
     make_three_stage_problem,
     supernet_logits,
@@ -30,6 +29,9 @@ from capnas_tf.search.captioning import (
 )
 from capnas_tf.search.stateless import bind, collect_state_updates, densify, global_norm, values_of
 from capnas_tf.search_space.ops import second_order_batch_norm
+
+if TYPE_CHECKING:  # annotations only: the search takes its config as an argument (config sits above it)
+    from capnas_tf.config import SearchConfig
 
 
 def apply_global_gradients(optimizer: keras.optimizers.Optimizer, grads: list, variables: list,
@@ -130,7 +132,7 @@ class SearchStrategy:
     def derive_genotype(self, *, primitives, num_nodes: int, max_skip_connect: int | None):
         """The architecture found so far (the loop writes it to genotype.json every epoch).
         Default: DARTS' rule on A; strategies whose answer is not argmax(A) override it."""
-        from capnas_tf.search_space.genotype import derive_genotype
+        from capnas_tf.search_space.genotypes import derive_genotype
 
         alpha_normal, alpha_reduce = (tf.convert_to_tensor(a).numpy() for a in self.A_values())
         return derive_genotype(alpha_normal, alpha_reduce, primitives=primitives, num_nodes=num_nodes,

@@ -44,9 +44,10 @@ def make_validation_scorer(models: SearchModels, data, *, num_images: int, batch
                            max_caption_len: int) -> Callable:
     """genotype → {"val/BLEU-4", "val/CIDEr"} on the first `num_images` validation images of `data`
     (a `CaptionData`), and "val/content/<key>" for the keys of `CONTENT_KEYS` where `data` has scenes."""
-    from capnas_tf import evaluate
+    from capnas_tf import evaluation
+    from capnas_tf.metrics import score_split
     from capnas_tf.data.shapes_content import content_accuracy
-    from capnas_tf.search_space.genotype import genotype_op_weights
+    from capnas_tf.search_space.genotypes import genotype_op_weights
 
     caption_ids = make_path_caption_fn(models, max_caption_len=max_caption_len)
     batches = data.eval_dataset("validation", batch_size)
@@ -56,9 +57,9 @@ def make_validation_scorer(models: SearchModels, data, *, num_images: int, batch
 
     def score(genotype) -> dict:
         w_normal, w_reduce = (tf.constant(w, tf.float32) for w in genotype_op_weights(genotype, primitives))
-        predictions = evaluate.caption_dataset(lambda images: caption_ids(images, w_normal, w_reduce),
-                                               batches, data.vocab, max_images=num_images)
-        scores = evaluate.score_split(predictions, references, metrics=SCORE_METRICS)
+        predictions = evaluation.caption_dataset(lambda images: caption_ids(images, w_normal, w_reduce),
+                                                 batches, data.vocab, max_images=num_images)
+        scores = score_split(predictions, references, metrics=SCORE_METRICS)
         result = {"val/BLEU-4": scores["BLEU-4"], "val/CIDEr": scores["CIDEr"]}
         if scenes is not None:
             content = content_accuracy(predictions, scenes)

@@ -4,13 +4,13 @@ relaxations of A, genotypes (derived architectures) and the discrete encoder of 
     ops.PRIMITIVES, ops.OPS, ops.register_op      the candidates (data, extensible)
     relaxations.get_relaxation(name)              A → op weights (softmax, gumbel, uniform)
     SupernetEncoder                               E; arch_variables = A, weight_variables = E
-    genotype.derive_genotype(α_normal, α_reduce)  A → Genotype (pure numpy)
+    genotypes.derive_genotype(α_normal, α_reduce) A → Genotype (pure numpy)
     DiscreteEncoder(genotype)                     the derived encoder; discrete_from_supernet
 
 `plots` (matplotlib) is imported on demand: `from capnas_tf.search_space import plots`.
 """
 from capnas_tf.search_space.discrete import DiscreteEncoder, discrete_from_supernet
-from capnas_tf.search_space.genotype import (
+from capnas_tf.search_space.genotypes import (
     DARTS_V1,
     DARTS_V2,
     KNOWN_GENOTYPES,

@@ -15,7 +15,7 @@ import keras
 import tensorflow as tf
 
 from capnas_tf.search_space.cells import BackboneStem, DiscreteCell, Stem, cell_plan, edge_index
-from capnas_tf.search_space.genotype import CELL_TYPES, Genotype, derive_genotype, resolve_genotype
+from capnas_tf.search_space.genotypes import CELL_TYPES, Genotype, derive_genotype, resolve_genotype
 
 
 @keras.saving.register_keras_serializable(package="capnas_tf")

@@ -13,7 +13,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from capnas_tf.io_utils import atomic_write_bytes
-from capnas_tf.search_space.genotype import CELL_TYPES, Genotype, softmax_np, num_nodes_for_edges
+from capnas_tf.search_space.genotypes import CELL_TYPES, Genotype, softmax_np, num_nodes_for_edges
 
 _COLOURS = {"input": "#a6cee3", "node": "#fdbf6f", "output": "#b2df8a"}
 

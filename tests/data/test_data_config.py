@@ -7,7 +7,7 @@ from absl import flags
 
 from capnas_tf import flags as capnas_flags
 from capnas_tf.config import ConfigError
-from capnas_tf.data.pipeline import DataConfig
+from capnas_tf.config import DataConfig
 
 
 @pytest.fixture

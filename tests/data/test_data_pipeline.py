@@ -7,7 +7,8 @@ import tensorflow as tf
 from data_files import TINY_SHAPES, write_coco, write_image, write_karpathy
 
 from capnas_tf.data import captions_io, shapes
-from capnas_tf.data.pipeline import DataConfig, load_caption_data
+from capnas_tf.config import DataConfig
+from capnas_tf.data.pipeline import load_caption_data
 from capnas_tf.data.text import END_ID, START_ID, Vocabulary
 
 

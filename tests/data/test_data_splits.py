@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 from data_files import write_coco, write_image
 
-from capnas_tf.data.pipeline import DataConfig, load_caption_data
+from capnas_tf.config import DataConfig
+from capnas_tf.data.pipeline import load_caption_data
 
 
 def _coco_file(root, name, first_id, count, *, image_dir, uncaptioned=0):

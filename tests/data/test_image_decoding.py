@@ -12,7 +12,8 @@ from PIL import Image
 
 from capnas_tf.data import captions_io
 from capnas_tf.data.captions_io import BadExampleError
-from capnas_tf.data.pipeline import DataConfig, load_caption_data
+from capnas_tf.config import DataConfig
+from capnas_tf.data.pipeline import load_caption_data
 
 SIZE = 16
 RED, GREEN, BLUE = (255, 0, 0), (0, 255, 0), (0, 0, 255)

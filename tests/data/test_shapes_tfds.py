@@ -10,7 +10,8 @@ from capnas_tf.data import shapes, shapes_tfds
 
 from data_files import TINY_SHAPES, write_coco
 
-from capnas_tf.data.pipeline import DataConfig, load_caption_data
+from capnas_tf.config import DataConfig
+from capnas_tf.data.pipeline import load_caption_data
 from capnas_tf.data.shapes_content import content_accuracy
 
 

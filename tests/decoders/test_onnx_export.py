@@ -7,7 +7,7 @@ import tensorflow as tf
 import tf2onnx
 
 from capnas_tf.decoders.decoding import beam_search, greedy_decode
-from capnas_tf.decoders.onnx import ONNX_CUSTOM_OP_HANDLERS, ONNX_OPSET
+from capnas_tf.export.onnx import ONNX_CUSTOM_OP_HANDLERS, ONNX_OPSET
 from tests.decoders.conftest import DECODER_NAMES, MAX_LEN, make_decoder, random_features
 
 

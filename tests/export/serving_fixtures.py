@@ -25,7 +25,7 @@ from PIL import Image
 from tests.retrain_fixtures import retrained, sample_test_images
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-SERVING_DIR = os.path.join(REPO, "export", "serving")
+SERVING_DIR = os.path.join(REPO, "deploy", "serving")
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
 
 
@@ -120,7 +120,7 @@ def serve_fresh(model: str, batches: dict[str, list[bytes]], pixels: np.ndarray)
 
 
 def request_images() -> list[bytes]:
-    """The images of export/serving/request.json (TF Serving REST `instances`, `{"b64": …}` each)."""
+    """The images of deploy/serving/request.json (TF Serving REST `instances`, `{"b64": …}` each)."""
     import base64
 
     with open(os.path.join(SERVING_DIR, "request.json")) as f:

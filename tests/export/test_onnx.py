@@ -1,4 +1,4 @@
-"""The ONNX export: onnxruntime gives TensorFlow's greedy tokens exactly, and export/onnx_caption.py
+"""The ONNX export: onnxruntime gives TensorFlow's greedy tokens exactly, and deploy/onnx_caption.py
 (onnxruntime + numpy + Pillow) captions the good files among bad ones, names each bad file and why on
 stderr, refuses images over the pixel limit from their headers, and keeps stdout for the captions."""
 import importlib.util
@@ -12,12 +12,12 @@ import onnxruntime as ort
 import pytest
 from PIL import Image
 
-from capnas_tf.evaluate import decode_captions
+from capnas_tf.decoders.decoding import decode_captions
 from tests.export.serving_fixtures import encoded, png_bomb, truncated_png, with_jpeg_size
 from tests.retrain_fixtures import retrained, sample_test_images
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-SCRIPT = os.path.join(REPO, "export", "onnx_caption.py")
+SCRIPT = os.path.join(REPO, "deploy", "onnx_caption.py")
 
 
 def _script_module():

@@ -9,7 +9,7 @@ import sys
 
 import numpy as np
 
-from capnas_tf.evaluate import decode_captions
+from capnas_tf.decoders.decoding import decode_captions
 from tests.export.serving_fixtures import ENV, REPO, encoded, fresh_report, png_bomb
 from tests.retrain_fixtures import retrained, sample_test_images
 

@@ -1,4 +1,4 @@
-"""export/serving/ against TF Serving's own protos (tensorflow-serving-api): models.config is a valid
+"""deploy/serving/ against TF Serving's own protos (tensorflow-serving-api): models.config is a valid
 ModelServerConfig whose base_path is the folder that holds the export's numbered versions, and request.json
 is a REST predict request for `serving_default` whose image the SavedModel, loaded in a fresh TensorFlow-only
 process, captions like the Keras captioner."""
@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from capnas_tf.evaluate import decode_captions
+from capnas_tf.decoders.decoding import decode_captions
 from capnas_tf.export.saved_model import _to_model_pixels
 from tests.export.serving_fixtures import SERVING_DIR, fresh_report, request_images
 from tests.retrain_fixtures import retrained

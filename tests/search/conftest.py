@@ -2,7 +2,8 @@
 import pytest
 
 from capnas_tf.data import shapes_tfds
-from capnas_tf.data.pipeline import DataConfig, load_caption_data
+from capnas_tf.config import DataConfig
+from capnas_tf.data.pipeline import load_caption_data
 
 TINY_CAPTION_LEN = 16
 

@@ -33,7 +33,8 @@ tf.config.set_logical_device_configuration(_cpu, [tf.config.LogicalDeviceConfigu
 
 from capnas_tf.config import SearchConfig  # noqa: E402
 from capnas_tf.search import hypergradient as hg  # noqa: E402
-from capnas_tf.search.captioning import SearchModels, caption_loss, supernet_logits  # noqa: E402
+from capnas_tf.decoders.losses import caption_loss  # noqa: E402
+from capnas_tf.search.captioning import SearchModels, supernet_logits  # noqa: E402
 from capnas_tf.search.loop import make_step_function  # noqa: E402
 from capnas_tf.search.stateless import bind, values_of  # noqa: E402
 from capnas_tf.distribute import all_reduce_sum  # noqa: E402

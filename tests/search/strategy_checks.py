@@ -8,8 +8,9 @@ import os
 import numpy as np
 import tensorflow as tf
 
-from capnas_tf.jobs import RunConfig, search_job
-from capnas_tf.search_space.genotype import Genotype
+from capnas_tf.config import RunConfig
+from capnas_tf.jobs import search_job
+from capnas_tf.search_space.genotypes import Genotype
 from tests.search.test_search_loop import TINY_SEARCH
 
 

@@ -10,7 +10,8 @@ from capnas_tf.captioner import Captioner
 from capnas_tf.decoders.show_and_tell import ShowAndTellDecoder
 from capnas_tf.decoders.transformer import TransformerCaptionDecoder
 from capnas_tf.search import hypergradient as hg
-from capnas_tf.search.captioning import SearchModels, caption_loss, make_three_stage_problem
+from capnas_tf.decoders.losses import caption_loss
+from capnas_tf.search.captioning import SearchModels, make_three_stage_problem
 from capnas_tf.search.stateless import bind, values_of
 from tests.search.toy_models import ToyConvEncoder, ToyMixedEncoder
 

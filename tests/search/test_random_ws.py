@@ -6,7 +6,7 @@ import pytest
 
 from capnas_tf.search.paths import path_loss, uniform_path
 from capnas_tf.search.random_ws import RandomWSStrategy
-from capnas_tf.search_space.genotype import Genotype, genotype_op_weights, sample_genotype
+from capnas_tf.search_space.genotypes import Genotype, genotype_op_weights, sample_genotype
 from tests.search.strategy_checks import check_search_outputs, tiny_search
 from tests.search.test_search_loop import L, TINY_SEARCH
 

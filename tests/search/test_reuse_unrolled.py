@@ -16,7 +16,8 @@ import tensorflow as tf
 
 from capnas_tf.config import SearchConfig
 from capnas_tf.jobs import search_streams
-from capnas_tf.search.captioning import caption_loss, supernet_logits
+from capnas_tf.decoders.losses import caption_loss
+from capnas_tf.search.captioning import supernet_logits
 from capnas_tf.search.strategies import DartsStrategy, ThreeStageStrategy
 from capnas_tf.search.stateless import densify, values_of
 from tests.search.conftest import TINY_CAPTION_LEN

@@ -9,11 +9,12 @@ import pytest
 import tensorflow as tf
 
 from capnas_tf.config import SearchConfig, SupernetConfig
-from capnas_tf.jobs import RunConfig, search_job, search_streams
+from capnas_tf.config import RunConfig
+from capnas_tf.jobs import search_job, search_streams
 from capnas_tf.search.loop import NonFiniteLossError, NonFiniteStateError, SearchRun, run_search
 from capnas_tf.search.models import build_search_models
 from capnas_tf.search.strategies import ThreeStageStrategy, get_strategy
-from capnas_tf.search_space.genotype import Genotype
+from capnas_tf.search_space.genotypes import Genotype
 from tests.search.conftest import TINY_CAPTION_LEN
 
 L = TINY_CAPTION_LEN

@@ -10,7 +10,8 @@ import tensorflow as tf
 
 from capnas_tf.config import SearchConfig, SupernetConfig
 from capnas_tf.data import shapes_tfds
-from capnas_tf.data.pipeline import DataConfig, load_caption_data
+from capnas_tf.config import DataConfig
+from capnas_tf.data.pipeline import load_caption_data
 from capnas_tf.jobs import search_streams
 from capnas_tf.search import loop
 from capnas_tf.search.captioning import PAD_ID

@@ -5,10 +5,11 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from capnas_tf import evaluate
+from capnas_tf import evaluation
 from capnas_tf.data.shapes_content import content_accuracy
+from capnas_tf.metrics import score_split
 from capnas_tf.search.validation import CONTENT_KEYS, make_path_caption_fn, make_validation_scorer
-from capnas_tf.search_space.genotype import genotype_op_weights, sample_genotype
+from capnas_tf.search_space.genotypes import genotype_op_weights, sample_genotype
 from tests.search.conftest import TINY_CAPTION_LEN
 
 
@@ -31,10 +32,10 @@ def test_scoring_a_genotype_changes_no_variable_and_matches_its_captions(tiny_da
     # The same numbers from the genotype's captions computed directly.
     w_normal, w_reduce = (tf.constant(w, tf.float32) for w in genotype_op_weights(genotype, encoder.primitives))
     caption_ids = make_path_caption_fn(tiny_models, max_caption_len=TINY_CAPTION_LEN)
-    predictions = evaluate.caption_dataset(lambda images: caption_ids(images, w_normal, w_reduce),
+    predictions = evaluation.caption_dataset(lambda images: caption_ids(images, w_normal, w_reduce),
                                            tiny_data.eval_dataset("validation", 4), tiny_data.vocab, max_images=6)
     assert len(predictions) == 6
-    expected = evaluate.score_split(predictions, tiny_data.references("validation"), metrics=("BLEU", "CIDEr"))
+    expected = score_split(predictions, tiny_data.references("validation"), metrics=("BLEU", "CIDEr"))
     content = content_accuracy(predictions, tiny_data.scenes("validation"))
     assert scores == pytest.approx({"val/BLEU-4": expected["BLEU-4"], "val/CIDEr": expected["CIDEr"],
                                     **{f"val/content/{k}": content[k] for k in CONTENT_KEYS}}, nan_ok=True)

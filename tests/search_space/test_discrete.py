@@ -7,7 +7,7 @@ import tensorflow as tf
 
 from capnas_tf.search_space.cells import drop_path
 from capnas_tf.search_space.discrete import DiscreteEncoder, discrete_from_supernet
-from capnas_tf.search_space.genotype import DARTS_V2, derive_genotype, genotype_op_weights
+from capnas_tf.search_space.genotypes import DARTS_V2, derive_genotype, genotype_op_weights
 from capnas_tf.search_space.supernet import SupernetEncoder
 from tests.search_space.layer_checks import check_layer
 from tests.search_space.tiny_space import ALL_OPS_GENOTYPE, TINY, images

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from capnas_tf.search_space import plots
-from capnas_tf.search_space.genotype import (
+from capnas_tf.search_space.genotypes import (
     DARTS_V1,
     DARTS_V2,
     KNOWN_GENOTYPES,

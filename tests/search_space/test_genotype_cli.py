@@ -6,7 +6,7 @@ import sys
 
 import numpy as np
 
-from capnas_tf.search_space.genotype import DARTS_V2, Genotype, derive_genotype
+from capnas_tf.search_space.genotypes import DARTS_V2, Genotype, derive_genotype
 from capnas_tf.search_space.ops import PRIMITIVES
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

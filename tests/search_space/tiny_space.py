@@ -1,7 +1,7 @@
 """Tiny supernet configurations for fast tests, and a genotype of that size that uses every op."""
 import tensorflow as tf
 
-from capnas_tf.search_space.genotype import Genotype
+from capnas_tf.search_space.genotypes import Genotype
 from capnas_tf.search_space.ops import PRIMITIVES
 
 SIDE = 16

@@ -1,7 +1,10 @@
 #!/usr/bin/env python
 """Caption images with the ONNX export of a capnas_tf captioner (onnxruntime + numpy + Pillow only).
 
-    python export/onnx_caption.py --model runs/quickstart/export/captioner.onnx IMAGE [IMAGE ...]
+It lives outside the `capnas_tf` package on purpose: importing anything of the package imports
+TensorFlow, and this runner is for machines that have only onnxruntime (copy it with the model).
+
+    python deploy/onnx_caption.py --model runs/quickstart/export/captioner.onnx IMAGE [IMAGE ...]
 
 The vocabulary defaults to `vocab.txt` next to the model. Each image is converted to RGB, resized to
 the model's input side (bilinear, antialiased, like training) and scaled to [0, 1]; the graph runs

@@ -1,4 +1,5 @@
 """Genotypes: a derived cell architecture as data, its JSON form, and the DARTS derivation rule.
+(Named as DARTS names it; `python -m capnas_tf.genotype` is the command line that draws and derives them.)
 
 A genotype lists, for each cell type, two `(op_name, input_index)` pairs per intermediate node,
 node by node; inputs 0 and 1 are the previous two cells, 2 + i is intermediate node i. `*_concat`
