@@ -428,7 +428,7 @@ def search_config(budget: Budget, strategy: str):
     return SearchConfig(strategy=strategy, hypergradient=budget.hypergradient, epochs=budget.search_epochs,
                         steps_per_epoch=budget.search_steps_per_epoch, warmup_epochs=budget.warmup_epochs,
                         arch_lr=budget.arch_lr, log_every=max(1, budget.search_steps_per_epoch // 2),
-                        supernet=supernet)
+                        eval_images=0, supernet=supernet)
 
 
 def retrain_config(budget: Budget, genotype_path: str):

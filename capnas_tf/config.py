@@ -11,7 +11,7 @@ import dataclasses
 import math
 import numbers
 import os
-from typing import ClassVar
+from typing import Callable, ClassVar, Iterable
 
 from capnas_tf.data.shapes import ShapesConfig
 
@@ -59,21 +59,147 @@ class _Checker:
         self.require(field, getattr(self.config, field) in names, f"one of {sorted(names)}")
 
 
+# --- the command line of each field -------------------------------------------------------------------
+
 @dataclasses.dataclass(frozen=True)
-class RunConfig:
-    """Where a run writes and how it runs.
+class Flag:
+    """How a config field is set on the command line: `capnas_tf.flags` defines one absl flag per field
+    that has one, with the field's default, and builds the configs from the parsed flags.
 
     Args:
-      workdir: the folder of every output of the run (resumed from its last checkpoint).
-      seed: the global seed (initialisation, relaxation samples; the data order has `DataConfig.seed`).
-      deterministic: TensorFlow's deterministic ops.
-      distribution: the tf.distribute strategy (`distribute.get_distribution_strategy`).
+      name: the flag's name (default: the field's).
+      help: its help text.
+      choices: None, or a function returning the allowed names. A fixed set (`registry=False`) becomes an
+        absl enum; a registry (`registry=True`) stays open, so that names registered by --plugins are
+        accepted, and the config checks the name when it is built (an error naming the flag and the
+        registered names).
+      parse, unparse: flag value → field value, and the field's default → the flag's default (e.g. -1 for
+        None), where they differ.
+      defined: False for a field that reads a flag another config's field defines (DataConfig.seed ← --seed).
     """
 
-    workdir: str
-    seed: int = 0
-    deterministic: bool = False
-    distribution: str = "default"
+    name: str | None
+    help: str
+    choices: Callable[[], Iterable[str]] | None = None
+    registry: bool = False
+    parse: Callable | None = None
+    unparse: Callable | None = None
+    defined: bool = True
+
+
+def option(default, *, help: str, flag: str | None = None, **kwargs):
+    """A dataclass field with a default and its command-line `Flag` (`help`, `flag` name, and `Flag`'s
+    other arguments)."""
+    return dataclasses.field(default=default, metadata={"flag": Flag(flag, help, **kwargs)})
+
+
+def flag_of(field: dataclasses.Field) -> Flag | None:
+    """The `Flag` of a config field, its name filled in; None for a field the command line does not set."""
+    spec = field.metadata.get("flag")
+    if spec is None or spec.name is not None:
+        return spec
+    return dataclasses.replace(spec, name=field.name)
+
+
+def _none_if_negative(value):
+    return None if value is not None and value < 0 else value
+
+
+def _minus_one_if_none(value):
+    return -1 if value is None else value
+
+
+def _tuple_or_none(value):
+    return None if value is None else tuple(value)
+
+
+# The names a field may take, from the tables of the parts that define them (imported when asked, as
+# this module sits above those parts).
+def registered_strategies():
+    from capnas_tf.search.strategies import STRATEGIES  # (capnas_tf.search registers the baselines)
+
+    return STRATEGIES
+
+
+def registered_decoders():
+    from capnas_tf.decoders import DECODERS
+
+    return DECODERS
+
+
+def registered_encoders():
+    from capnas_tf.encoders import ENCODERS
+
+    return ENCODERS
+
+
+def registered_datasets():
+    from capnas_tf.data.pipeline import DATASET_SOURCES
+
+    return DATASET_SOURCES
+
+
+def stage2_losses():
+    from capnas_tf.search.captioning import STAGE2_LOSSES
+
+    return STAGE2_LOSSES
+
+
+def hypergradient_estimators():
+    from capnas_tf.search.hypergradient import HYPERGRADIENTS
+
+    return HYPERGRADIENTS
+
+
+def hypergradient_term_sets():
+    from capnas_tf.search.hypergradient import HYPERGRADIENT_TERMS
+
+    return HYPERGRADIENT_TERMS
+
+
+def arch_weight_decay_modes():
+    from capnas_tf.search.strategies import ARCH_WEIGHT_DECAY_MODES
+
+    return ARCH_WEIGHT_DECAY_MODES
+
+
+def dtype_policies():
+    from capnas_tf.search.precision import POLICIES
+
+    return POLICIES
+
+
+def bad_example_actions():
+    from capnas_tf.data.captions_io import ON_BAD_EXAMPLE
+
+    return ON_BAD_EXAMPLE
+
+
+def distribution_strategies():
+    from capnas_tf.distribute import DISTRIBUTION_STRATEGIES
+
+    return DISTRIBUTION_STRATEGIES
+
+
+def command_line_relaxations():
+    """softmax only: the relaxation of A that three_stage and darts use; the other registered ones
+    (`search_space.relaxations`) serve the strategies that sample their own paths."""
+    return ("softmax",)
+
+
+# --- run ------------------------------------------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class RunConfig:
+    """Where a run writes and how it runs (`distribution`: a name of `distribute.get_distribution_strategy`).
+    The data's shuffles have a seed of their own, `DataConfig.seed` (the same --seed on the command line)."""
+
+    workdir: str = option("runs/default",
+        help="Directory for every output of the run; re-running the same command resumes from its last checkpoint.")
+    seed: int = option(0, help="Global random seed (data order, initialisation, relaxation samples).")
+    deterministic: bool = option(False, help="Enable TensorFlow's deterministic ops (reproducible, slower).")
+    distribution: str = option("default", flag="strategy", choices=distribution_strategies,
+        help="tf.distribute strategy; `mirrored` uses every visible GPU (or CPU).")
 
 
 # --- data ---------------------------------------------------------------------------------------------
@@ -122,43 +248,71 @@ class DataConfig:
     # The split each annotation file of dataset=coco gives, and the field naming the file.
     SPLIT_FILES: ClassVar[dict] = {"validation": "val_annotations", "test": "test_annotations"}
 
-    dataset: str = "capnas_shapes"
-    data_dir: str | None = None
-    annotations: str | None = None
-    val_annotations: str | None = None
-    test_annotations: str | None = None
-    image_dir: str | None = None
-    split_fractions: tuple[float, float, float] | None = None
-    image_size: int = 32
-    max_caption_len: int = 16
-    min_word_count: int = 5
-    batch_size: int = 32
-    seed: int = 0
+    dataset: str = option("capnas_shapes", choices=registered_datasets, registry=True,
+        help="Caption dataset: the bundled synthetic capnas_shapes, COCO-format annotations + images, a "
+             "Karpathy-split JSON + images, or TFDS coco_captions (downloads).")
+    data_dir: str | None = option(None, help="TFDS data_dir (default: TFDS's own, ~/tensorflow_datasets).")
+    annotations: str | None = option(None,
+        help="--dataset=coco: the COCO-format caption JSON of the training images (validation and test are cut "
+             "from it by --split_fractions unless --val_annotations / --test_annotations give them); its images "
+             "without captions are the unlabeled images U (--unlabeled_source=auto). --dataset=karpathy: the "
+             "Karpathy-split JSON (dataset_coco.json, dataset_flickr8k.json, …), whose splits are used as they "
+             "are.")
+    val_annotations: str | None = option(None,
+        help="--dataset=coco: COCO-format caption JSON of the validation images (images in --image_dir); default: "
+             "a share of --annotations (--split_fractions).")
+    test_annotations: str | None = option(None,
+        help="--dataset=coco: COCO-format caption JSON of the test images; default: a share of --annotations "
+             "(--split_fractions).")
+    image_dir: str | None = option(None,
+        help="Folder of the images named by the annotation files (--dataset=coco | karpathy); a file name may not "
+             "be absolute or lead out of it.")
+    split_fractions: tuple[float, float, float] | None = option(None, parse=_tuple_or_none,
+        help="--dataset=coco: train,validation,test shares of the captioned images of --annotations, e.g. "
+             "0.8,0.1,0.1: three numbers >= 0 that sum to 1, train > 0, and 0 for a split given by its own file "
+             "(--val_annotations, --test_annotations). Each image goes to one split by a fixed hash of its id. "
+             "Default: 0.1 to each split without its own file, the rest to train.")
+    image_size: int = option(32, help="Images are resized to image_size × image_size.")
+    max_caption_len: int = option(16,
+        help="Caption length L in tokens, <start> and <end> included; longer captions are truncated, shorter ones "
+             "padded.")
+    min_word_count: int = option(5, help="Words seen fewer times in the training captions become <unk>.")
+    batch_size: int = option(32, help="Global batch size of every stream (split over replicas).")
+    seed: int = option(0, defined=False, help="The run's --seed (RunConfig.seed).")
     deterministic: bool = True
     shuffle_buffer: int = 4096
     cache: str = "memory"
-    on_bad_example: str = "error"
-    validate_images: bool = True
-    unlabeled_source: str = "auto"
-    unlabeled_fraction: float = 0.2
-    unlabeled_dir: str | None = None
+    on_bad_example: str = option("error", choices=bad_example_actions,
+        help="A bad example (a missing, corrupt or unsupported image; an image entry without an integer id or "
+             "whose file name leads out of --image_dir; an empty, non-text or invalid-Unicode caption): stop with "
+             "an error naming its file and entry, or skip it, log it and count it.")
+    validate_images: bool = option(True,
+        help="Before training, decode every image once with the decoder training uses, so that a bad image is "
+             "named (or skipped) up front rather than failing inside tf.data.")
+    unlabeled_source: str = option("auto", choices=lambda: UNLABELED_SOURCES,
+        help="Where the unlabeled images U of Stage II come from. auto: the dataset's own images without captions "
+             "(capnas_shapes' unlabeled split; the images of --annotations that have no caption), else as train. "
+             "train: the training images with their captions dropped. holdout: --unlabeled_fraction of the "
+             "training images, moved out of training, captions dropped. folder: every image file under "
+             "--unlabeled_dir (.jpg, .jpeg, .png, .gif, .bmp).")
+    unlabeled_fraction: float = option(0.2,
+        help="--unlabeled_source=holdout: the share of the training images held out as U, in (0, 1), chosen by a "
+             "fixed hash of the image id.")
+    unlabeled_dir: str | None = option(None, help="--unlabeled_source=folder: the folder of images without captions.")
     download: bool = False
     shapes: ShapesConfig = dataclasses.field(default_factory=ShapesConfig)
 
     def __post_init__(self):
-        from capnas_tf.data.captions_io import ON_BAD_EXAMPLE
-        from capnas_tf.data.pipeline import DATASET_SOURCES
-
         def fail(field: str, expected: str, related: tuple = ()):
             raise ConfigError("DataConfig", field, getattr(self, field), expected, related)
 
-        if self.dataset not in DATASET_SOURCES:
-            fail("dataset", f"one of {sorted(DATASET_SOURCES)}")
+        if self.dataset not in registered_datasets():
+            fail("dataset", f"one of {sorted(registered_datasets())}")
         for name, minimum in (("image_size", 1), ("max_caption_len", 2), ("batch_size", 1), ("min_word_count", 1)):
             if not _integer(getattr(self, name)) or getattr(self, name) < minimum:
                 fail(name, f">= {minimum}")
-        if self.on_bad_example not in ON_BAD_EXAMPLE:
-            fail("on_bad_example", f"one of {list(ON_BAD_EXAMPLE)}")
+        if self.on_bad_example not in bad_example_actions():
+            fail("on_bad_example", f"one of {list(bad_example_actions())}")
         self._check_files(fail)
         self._check_split_fractions(fail)
         if self.unlabeled_source not in UNLABELED_SOURCES:
@@ -238,15 +392,23 @@ class DataConfig:
 class SupernetConfig:
     """The searched encoder E (a DARTS supernet) and its relaxation of A."""
 
-    channels: int = 8
-    num_cells: int = 5
-    num_nodes: int = 4
+    channels: int = option(8, flag="supernet_channels", help="C: initial channels of the supernet.")
+    num_cells: int = option(5, flag="supernet_cells", help="Number of supernet cells.")
+    num_nodes: int = option(4, flag="supernet_nodes", help="Intermediate nodes per cell.")
     stem_multiplier: int = 3
-    primitives: tuple = ("none", "skip_connect", "max_pool_3x3", "avg_pool_3x3", "sep_conv_3x3",
-                         "sep_conv_5x5", "dil_conv_3x3", "dil_conv_5x5")  # the DARTS candidate set
-    relaxation: str = "softmax"
-    max_skip_connect: int | None = 2  # cap on skip_connect in the derived normal cell (DARTS collapse)
-    partial_channels: int = 1  # PC-DARTS' K: 1/K of each edge's channels through its candidates (1: off)
+    primitives: tuple = option(  # the DARTS candidate set
+        ("none", "skip_connect", "max_pool_3x3", "avg_pool_3x3", "sep_conv_3x3", "sep_conv_5x5", "dil_conv_3x3",
+         "dil_conv_5x5"), parse=tuple,
+        help="Candidate operations of every mixed edge (names registered in capnas_tf.search_space.ops.OPS).")
+    relaxation: str = option("softmax", choices=command_line_relaxations,
+        help="Relaxation of A into op weights for the three_stage and darts strategies (DARTS' softmax); gdas, "
+             "random_ws and reinforce sample their own one-hot paths.")
+    max_skip_connect: int | None = option(2, parse=_none_if_negative, unparse=_minus_one_if_none,
+        help="Cap on skip_connect ops in the derived normal cell (DARTS collapse remedy); -1: no cap.")
+    partial_channels: int = option(1,
+        help="PC-DARTS' K: only 1/K of each supernet edge's channels go through its candidate ops (the rest bypass "
+             "them and a channel shuffle mixes the two); cuts the supernet's activation memory and compute. Must "
+             "divide --supernet_channels. 1: off (every channel through every op).")
 
     def __post_init__(self):
         """Range rules of every field (`ConfigError` naming it), checked before anything is built."""
@@ -274,61 +436,90 @@ class SupernetConfig:
 class SearchConfig:
     """The three-stage search (and its baselines)."""
 
-    strategy: str = "three_stage"
-    hypergradient: str = "exact"  # exact | finite_difference
-    # full: the exact gradient of the unrolled objective; paper: the published E', F' terms only
-    # (capnas_tf/search/hypergradient.py)
-    hypergradient_terms: str = "full"
-    stage2: str = "soft"  # soft | straight_through
-    darts_order: int = 2
-    epochs: int = 4
-    steps_per_epoch: int = 0  # 0: one pass over D_tr
-    warmup_epochs: int = 1
+    strategy: str = option("three_stage", flag="search_strategy", choices=registered_strategies, registry=True,
+        help="How the architecture is searched: three_stage (the method), darts (bilevel DARTS), gdas (hard "
+             "Gumbel-softmax paths), random_ws (random search with weight sharing), reinforce (ENAS-style LSTM "
+             "controller).")
+    hypergradient: str = option("exact", choices=hypergradient_estimators,
+        help="exact: nested GradientTapes through both unrolled steps; finite_difference: central differences for "
+             "the Hessian-vector products (first-order memory).")
+    hypergradient_terms: str = option("full", choices=hypergradient_term_sets,
+        help="three_stage: full: the exact gradient of the unrolled objective f(A) = L(W'; D_val); paper: the "
+             "published two-term estimator (the paths through E' and F' only), which drops the direct Stage II "
+             "term −η_w ∇²_{A,W} L_u · v of the teacher's own A (capnas_tf/search/hypergradient.py).")
+    stage2: str = option("soft", choices=stage2_losses, registry=True,
+        help="How the Stage II loss stays differentiable in E', F' (see capnas_tf/search/captioning.py).")
+    darts_order: int = option(2, help="DARTS baseline: 1 (first order) or 2 (second order).")
+    epochs: int = option(4, flag="search_epochs", help="Search epochs.")
+    steps_per_epoch: int = option(0, help="Search steps per epoch; 0 = one pass over D_tr.")
+    warmup_epochs: int = option(1, help="Epochs of weight training with A frozen.")
     # F and W attend over the encoder's grid (the retrain recipe's decoder): with the LSTM (Show and Tell),
     # F and W learn the caption templates but not the image within a search's budget, and A's hypergradient
     # has nothing about the image to follow (docs/recipe_variants.md).
-    decoder: str = "transformer"
-    student_encoder: str = "conv"
-    student_decoder: str = "transformer"
-    # Dropout inside F and W (None: each decoder's default). Over several replicas each replica draws its own
-    # masks, so a step equals the one-device step on the same global batch only without dropout (0).
-    decoder_dropout: float | None = None
-    eta_e: float = 0.1  # η_e, η_f, η_w: virtual step sizes of the unrolled steps
-    eta_f: float = 0.1
-    eta_w: float = 0.1
-    weight_lr: float = 2e-3
-    student_lr: float = 2e-3
-    weight_decay: float = 3e-4
-    arch_lr: float = 3e-3  # η_a
-    arch_weight_decay: float = 1e-3  # λ
-    # coupled: Adam on ∇A + λA (DARTS: torch.optim.Adam's weight_decay); decoupled: AdamW's A ← A − η_a λ A
-    arch_weight_decay_mode: str = "coupled"
-    # global-norm clip of ∇A before its step (0: off, as in DARTS; Adam's step is already bounded by η_a)
-    arch_grad_clip: float = 0.0
-    grad_clip: float = 5.0
-    fd_epsilon: float = 0.01
-    # Weight steps reuse the unrolled step's gradients (three_stage; darts order 2): see the flag's help.
-    reuse_unrolled_gradients: bool = False
-    # Keras dtype policy of the search's models and the tapes' loss scale S (0: the policy's default;
-    # search/precision.py).
-    dtype_policy: str = "float32"
-    loss_scale: float = 0.0
-    xla: bool = False
-    log_every: int = 10
-    checkpoint_every: int = 50
-    # validation images captioned by the genotype after each epoch (0: off; the CLI's default is 100)
-    eval_images: int = 0
-    # gdas: Gumbel temperature τ, linear from τ_max to τ_min over the architecture steps (GDAS: 10 → 0.1)
-    gdas_tau_max: float = 10.0
-    gdas_tau_min: float = 0.1
-    # random_ws: N architectures ranked by validation loss on the shared weights, over the last R batches
-    random_ws_candidates: int = 20
-    random_ws_rank_batches: int = 2
-    # reinforce: ENAS controller (LSTM size, Adam rate, entropy bonus β, baseline decay δ)
-    controller_units: int = 64
-    controller_lr: float = 3.5e-3
-    reinforce_entropy_weight: float = 1e-4
-    reinforce_baseline_decay: float = 0.95
+    decoder: str = option("transformer", choices=registered_decoders, registry=True,
+        help="Decoder F of the searched captioner.")
+    student_encoder: str = option("conv", choices=registered_encoders, registry=True,
+        help="Encoder of the Stage II student W.")
+    student_decoder: str = option("transformer", choices=registered_decoders, registry=True,
+        help="Decoder of the Stage II student W.")
+    decoder_dropout: float | None = option(None,
+        help="Dropout rate inside F and W (default: each decoder's own). Over several replicas each draws its own "
+             "masks: 0 makes a distributed step equal the one-device step on the same global batch.")
+    eta_e: float = option(0.1, help="η_e: step size of the virtual step E' = E − η_e ∇_E L_tr.")
+    eta_f: float = option(0.1, help="η_f: step size of the virtual step F' = F − η_f ∇_F L_tr.")
+    eta_w: float = option(0.1, help="η_w: step size of the virtual step W' = W − η_w ∇_W L(W, U, E', F').")
+    weight_lr: float = option(2e-3, help="AdamW learning rate of E and F.")
+    student_lr: float = option(2e-3, help="AdamW learning rate of W.")
+    weight_decay: float = option(3e-4, help="Decoupled weight decay of E, F, W.")
+    arch_lr: float = option(3e-3, help="η_a: Adam learning rate of A.")
+    arch_weight_decay: float = option(1e-3, help="λ: weight decay of A (see --arch_weight_decay_mode).")
+    arch_weight_decay_mode: str = option("coupled", choices=arch_weight_decay_modes,
+        help="coupled: Adam on ∇A + λA, L2 added to A's gradient before Adam (DARTS: torch.optim.Adam's "
+             "weight_decay); decoupled: AdamW, A ← A − η_a λ A beside the Adam step.")
+    # Off by default, as in DARTS: Adam's step is already bounded by η_a.
+    arch_grad_clip: float = option(0.0,
+        help="Clip ∇A to this global norm before A's step, before λA is added (0: off, as in DARTS).")
+    grad_clip: float = option(5.0, help="Clip the weight gradients to this global norm (0: off).")
+    fd_epsilon: float = option(0.01, help="ε of the finite differences; the step is ε/‖v‖.")
+    reuse_unrolled_gradients: bool = option(False,
+        help="three_stage and darts (order 2): take the weight steps with the gradients the unrolled step already "
+             "computed (∇_{E,F} L_tr at the A before its update; for three_stage also ∇_W L against the virtual "
+             "teacher E', F'), i.e. simultaneous instead of alternating updates. Saves a supernet forward and "
+             "backward (and for three_stage a greedy decode and the student's step) per search step; changes the "
+             "numerics slightly. BatchNorm statistics and dropout seeds advance with the passes whose gradients "
+             "are reused (Stage I's for E, F; Stage II's for W). Off: the paper's alternation.")
+    dtype_policy: str = option("float32", choices=dtype_policies,
+        help="Keras dtype policy of the search's models (variables stay float32). mixed_bfloat16 halves activation "
+             "memory and needs no loss scale; mixed_float16 (GPUs) scales every tape's loss by --loss_scale. Both "
+             "need --hypergradient=exact for second-order searches.")
+    loss_scale: float = option(0.0,
+        help="S: every tape of the search differentiates S·L and divides by S (a power of two; 0: 1024 under "
+             "mixed_float16, else 1). Lower it if a float16 search stops on an Inf gradient.")
+    xla: bool = option(False,
+        help="Compile the search step with XLA (often slower on CPU; measure). One replica only: refused over "
+             "several (--strategy=mirrored on 2+ devices, multi_worker).")
+    log_every: int = option(10, help="Log a progress line and TensorBoard scalars every N steps.")
+    checkpoint_every: int = option(50, help="Checkpoint every N steps (and every epoch).")
+    eval_images: int = option(100, flag="search_eval_images",
+        help="After each search epoch, the genotype found so far (on the shared supernet weights) greedily "
+             "captions this many validation images; BLEU-4 and CIDEr, and on capnas_shapes the content accuracy of "
+             "the captions (val/content/*), go to the log and TensorBoard (val/*). 0: off. Needs Java, like every "
+             "caption metric.")
+    gdas_tau_max: float = option(10.0,
+        help="gdas: Gumbel-softmax temperature τ at the first architecture step (decays linearly to "
+             "--gdas_tau_min).")
+    gdas_tau_min: float = option(0.1, help="gdas: temperature τ at the last architecture step.")
+    random_ws_candidates: int = option(20,
+        help="random_ws: N architectures drawn uniformly and ranked by validation caption loss on the shared "
+             "weights.")
+    random_ws_rank_batches: int = option(2,
+        help="random_ws: the ranking scores every candidate on the D_val batches of the search's last R steps (N·R "
+             "forward passes).")
+    controller_units: int = option(64, help="reinforce: LSTM size of the controller.")
+    controller_lr: float = option(3.5e-3, help="reinforce: Adam learning rate of the controller.")
+    reinforce_entropy_weight: float = option(1e-4, help="reinforce: β, weight of the controller's entropy bonus.")
+    reinforce_baseline_decay: float = option(0.95,
+        help="reinforce: δ of the moving-average reward baseline b ← δ·b + (1 − δ)·R.")
     supernet: SupernetConfig = dataclasses.field(default_factory=SupernetConfig)
 
     def __post_init__(self):
@@ -338,38 +529,28 @@ class SearchConfig:
         at the ends of epochs only, eval_images no validation captions, loss_scale the dtype policy's
         default, reinforce_entropy_weight no entropy bonus, reinforce_baseline_decay a baseline of the last
         reward."""
-        from capnas_tf.decoders import DECODERS
-        from capnas_tf.encoders import ENCODERS
-        from capnas_tf.search.captioning import STAGE2_LOSSES
-        from capnas_tf.search.hypergradient import HYPERGRADIENT_TERMS, HYPERGRADIENTS
-        from capnas_tf.search.precision import POLICIES
-        from capnas_tf.search.strategies import (  # (capnas_tf.search registers the baselines)
-            ARCH_WEIGHT_DECAY_MODES,
-            STRATEGIES,
-        )
-
         check = _Checker(self)
-        check.one_of("strategy", STRATEGIES)
-        check.one_of("hypergradient", HYPERGRADIENTS)
-        check.one_of("hypergradient_terms", HYPERGRADIENT_TERMS)
-        check.one_of("stage2", STAGE2_LOSSES)
+        check.one_of("strategy", registered_strategies())
+        check.one_of("hypergradient", hypergradient_estimators())
+        check.one_of("hypergradient_terms", hypergradient_term_sets())
+        check.one_of("stage2", stage2_losses())
         check.one_of("darts_order", (1, 2))
         check.at_least(1, "epochs")
         check.at_least(0, "steps_per_epoch", note=" (0: one pass over D_tr)")
         check.require("warmup_epochs", _number(self.warmup_epochs) and 0 <= self.warmup_epochs < self.epochs,
                       f">= 0 and < epochs ({self.epochs}), so that at least one epoch updates A",
                       related=("epochs",))
-        check.one_of("decoder", DECODERS)
-        check.one_of("student_encoder", ENCODERS)
-        check.one_of("student_decoder", DECODERS)
+        check.one_of("decoder", registered_decoders())
+        check.one_of("student_encoder", registered_encoders())
+        check.one_of("student_decoder", registered_decoders())
         check.require("decoder_dropout", self.decoder_dropout is None
                       or (_number(self.decoder_dropout) and 0 <= self.decoder_dropout < 1),
                       "None (each decoder's default) or in [0, 1)")
         check.positive("eta_e", "eta_f", "eta_w", "weight_lr", "student_lr", "arch_lr", "fd_epsilon")
         check.at_least(0, "weight_decay", "arch_weight_decay")
-        check.one_of("arch_weight_decay_mode", ARCH_WEIGHT_DECAY_MODES)
+        check.one_of("arch_weight_decay_mode", arch_weight_decay_modes())
         check.at_least(0, "grad_clip", "arch_grad_clip", note=" (0: no clipping)")
-        check.one_of("dtype_policy", POLICIES)
+        check.one_of("dtype_policy", dtype_policies())
         scale = self.loss_scale
         check.require("loss_scale", _number(scale) and (scale == 0 or (scale >= 1 and math.log2(scale).is_integer())),
                       "0 (the dtype policy's default) or a power of two >= 1, so that scaling is exact")
@@ -390,6 +571,9 @@ class SearchConfig:
         check.require("reinforce_baseline_decay",
                       _number(self.reinforce_baseline_decay) and 0 <= self.reinforce_baseline_decay < 1, "in [0, 1)")
         check.require("supernet", isinstance(self.supernet, SupernetConfig), "a SupernetConfig")
+
+
+BASELINES = ("frequent_caption", "none")  # RetrainConfig.baseline
 
 
 @dataclasses.dataclass(frozen=True)
@@ -433,29 +617,49 @@ class RetrainConfig:
         `retrain.VALIDATION_CONTENT_KEYS`; datasets with scenes only). Checked by `retrain_job` up front.
     """
 
-    encoder: str = "darts"
-    genotype: str = "DARTS_V2"
-    channels: int = 16
-    num_cells: int = 3
-    drop_path_prob: float = 0.0
-    decoder: str = "transformer"
-    epochs: int = 6
-    steps_per_epoch: int = 750  # 6 × 750 steps of 32: ~14 passes over capnas_shapes' 10,000 captions
-    batch_size: int = 0
-    lr: float = 3e-3
-    weight_decay: float = 1e-4
-    grad_clip: float = 5.0
-    beam_width: int = 1
-    max_eval_images: int = 0
-    final_metrics: tuple = ("BLEU", "METEOR", "ROUGE-L", "CIDEr")
-    baseline: str = "frequent_caption"
-    xla: bool = False
-    export_saved_model: bool = True
-    export_onnx: bool = True
-    export_max_pixels: int = 4096 * 4096
+    encoder: str = option("darts", flag="retrain_encoder",
+        help="Encoder of the retrained captioner: darts (the DiscreteEncoder of --genotype) or a fixed baseline of "
+             "capnas_tf.encoders (conv, gap, …); --mode=retrain only.")
+    genotype: str = option("DARTS_V2",
+        help="Genotype to retrain: a known name (DARTS_V2, …) or a genotype.json path; --mode=pipeline uses the "
+             "one its search derived.")
+    channels: int = option(16, flag="retrain_channels", help="C: initial channels of the retrained DiscreteEncoder.")
+    num_cells: int = option(3, flag="retrain_cells", help="Number of cells of the retrained DiscreteEncoder.")
+    drop_path_prob: float = option(0.0, flag="retrain_drop_path_prob",
+        help="Drop-path probability (linear ramp; 0: off).")
+    decoder: str = option("transformer", flag="retrain_decoder",
+        help="Decoder of the retrained captioner (lstm | transformer).")
+    epochs: int = option(6, flag="retrain_epochs",
+        help="Retraining epochs (validation scores after each, see --selection_metric).")
+    # 6 × 750 steps of 32: ~14 passes over capnas_shapes' 10,000 captions
+    steps_per_epoch: int = option(750, flag="retrain_steps_per_epoch", help="Retraining steps per epoch; 0 = one pass.")
+    batch_size: int = option(0, flag="retrain_batch_size", help="Retraining batch size; 0 = --batch_size.")
+    lr: float = option(3e-3, flag="retrain_lr", help="AdamW peak learning rate of retraining (cosine decay to 0).")
+    weight_decay: float = option(1e-4, flag="retrain_weight_decay", help="Decoupled weight decay of retraining.")
+    grad_clip: float = option(5.0, flag="retrain_grad_clip",
+        help="Global-norm gradient clipping of retraining (0: off).")
+    beam_width: int = option(1, help="Caption decoding for evaluation: 1 = greedy, K > 1 = beam search.")
+    max_eval_images: int = option(0, help="At most this many images per evaluation split (0: all).")
+    final_metrics: tuple = option(("BLEU", "METEOR", "ROUGE-L", "CIDEr"), parse=tuple,
+        help="Scorer groups of the final test metrics (BLEU, METEOR, ROUGE-L, CIDEr); METEOR costs ~15 s of JVM "
+             "start-up per split.")
+    baseline: str = option("frequent_caption", choices=lambda: BASELINES,
+        help="Trivial baseline reported in metrics.json: always the most frequent training caption.")
+    xla: bool = option(False, flag="retrain_xla", help="Compile the retraining step with XLA (measure on CPU first).")
+    export_saved_model: bool = option(True, help="Write <workdir>/export/saved_model/1/ (TF Serving).")
+    export_onnx: bool = option(True, help="Write <workdir>/export/captioner.onnx and vocab.txt.")
+    export_max_pixels: int = option(4096 * 4096,
+        help="The SavedModel refuses images whose header declares more pixels (width × height), before decoding "
+             "them.")
     log_every: int = 50
-    blind_baseline: bool = True
-    selection_metric: str = "auto"
+    blind_baseline: bool = option(True,
+        help="Also retrain the image-blind baseline: the same decoder, recipe and captions with the image replaced "
+             "by a constant (encoder blind), in <workdir>/retrain/blind/, reported in metrics.json as "
+             "blind_baseline; what a captioner scores without looking. Costs a second, decoder-only retrain.")
+    selection_metric: str = option("auto",
+        help="Validation score whose best epoch is kept (ties: higher CIDEr). auto: content/entirely_correct on "
+             "datasets with scenes (capnas_shapes), else CIDEr; or CIDEr, BLEU-1..BLEU-4, or content/KEY with KEY "
+             "one of count, colour, shape, size, relation, entirely_correct, parsed (scenes only).")
 
     def __post_init__(self):
         for name in ("channels", "num_cells", "epochs", "beam_width"):
@@ -469,8 +673,9 @@ class RetrainConfig:
         if self.drop_path_prob > 0 and self.encoder != "darts":
             raise ValueError(f"RetrainConfig.drop_path_prob > 0 needs encoder='darts' (drop-path acts on DARTS "
                              f"cells), received encoder={self.encoder!r}, drop_path_prob={self.drop_path_prob!r}.")
-        if self.baseline not in ("frequent_caption", "none"):
-            raise ValueError(f"RetrainConfig.baseline must be 'frequent_caption' or 'none', received {self.baseline!r}.")
+        if self.baseline not in BASELINES:
+            raise ValueError(f"RetrainConfig.baseline must be 'frequent_caption' or 'none', "
+                             f"received {self.baseline!r}.")
         if self.lr <= 0:
             raise ValueError(f"RetrainConfig.lr must be > 0, received {self.lr!r}.")
         if isinstance(self.export_max_pixels, bool) or not isinstance(self.export_max_pixels, int) \

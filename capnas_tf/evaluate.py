@@ -31,6 +31,7 @@ def main(argv):
         from absl import logging
 
         logging.set_verbosity(logging.WARNING)
+    capnas_flags.import_plugins()  # a dataset registered by a plugin
     data_config = capnas_flags.data_config_from_flags()
     if FLAGS.capnas_shapes_config == "tiny":
         import dataclasses
@@ -95,7 +96,7 @@ def _define_cli_flags():
                            "capnas_shapes generation: the default ShapesConfig or the tests' TINY_SHAPES_CONFIG.")
     absl_flags.DEFINE_string("output_dir", None, "Where metrics.json and samples.png go (default <model>/evaluation).")
     # --help: these, the decoding and scoring flags of capnas_tf.flags, and its data section.
-    own = ("model", "vocab", "eval_splits", "capnas_shapes_config", "output_dir")
+    own = ("model", "vocab", "eval_splits", "capnas_shapes_config", "output_dir", "plugins")
     data = _training_flags.HELP_SECTIONS["data"]
     _training_flags.use_sectioned_help({"evaluate": own + ("beam_width", "max_eval_images", "final_metrics"),
                                         "data": data.flags})

@@ -190,6 +190,19 @@ def test_every_config_field_set_by_a_flag_maps_back_to_that_flag():
         "stem_multiplier"}
 
 
+def test_the_command_lines_defaults_are_the_configs_defaults():
+    """One source of truth: with no flag given, every config built from flags equals its dataclass default."""
+    from capnas_tf.config import DataConfig, RunConfig
+
+    try:
+        _parsed()
+        built = capnas_flags.configs_from_flags()
+    finally:
+        flags.FLAGS.unparse_flags()
+    assert built == dict(run=RunConfig(), data=DataConfig(), search=SearchConfig(), retrain=RetrainConfig())
+    assert SearchConfig().eval_images == flags.FLAGS["search_eval_images"].default == 100
+
+
 @pytest.mark.parametrize("path", sorted(glob.glob(os.path.join(REPO, "configs", "*.cfg"))),
                          ids=os.path.basename)
 def test_flagfiles_build_valid_configs(path):

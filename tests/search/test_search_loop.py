@@ -22,7 +22,7 @@ L = TINY_CAPTION_LEN
 # hypergradient is checked in test_captioning.py, and a whole default search in tests/test_train_deterministic.py.
 TINY_SEARCH = SearchConfig(
     epochs=2, steps_per_epoch=2, warmup_epochs=1, log_every=1, checkpoint_every=1, arch_lr=0.05,
-    decoder="lstm", student_decoder="lstm",
+    decoder="lstm", student_decoder="lstm", eval_images=0,
     supernet=SupernetConfig(channels=4, num_cells=3, num_nodes=2,
                             primitives=("none", "skip_connect", "avg_pool_3x3", "sep_conv_3x3")))
 
