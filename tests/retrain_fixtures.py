@@ -67,6 +67,12 @@ def retrained() -> Retrained:
     return Retrained(workdir, data, result, lines)
 
 
+def copy_of_retrained(workdir: str) -> None:
+    """Copies `retrained()`'s workdir, exports left out, into `workdir`: one finished epoch of `TINY_RETRAIN`,
+    the model's and the blind baseline's, checkpointed, for a test that re-runs a retrain on it."""
+    shutil.copytree(retrained().workdir, workdir, ignore=shutil.ignore_patterns("export"), dirs_exist_ok=True)
+
+
 def sample_test_images(data, split: str = "test", count: int = 5) -> tuple[np.ndarray, list]:
     from capnas_tf.evaluation import first_images
 
