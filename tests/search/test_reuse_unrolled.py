@@ -133,9 +133,9 @@ def test_reuse_steps_advance_dropout_seeds_and_batch_norm_statistics(tiny_data, 
     and of W for three_stage, advance every step) and BatchNorm's moving statistics of E (and W's encoder)
     move."""
     from capnas_tf.search.models import build_search_models
-    from tests.search.test_search_loop import TINY_SEARCH
+    from tests.search.test_search_loop import LOOP_SEARCH
 
-    config = dataclasses.replace(TINY_SEARCH, strategy=config.strategy, hypergradient=config.hypergradient,
+    config = dataclasses.replace(LOOP_SEARCH, strategy=config.strategy, hypergradient=config.hypergradient,
                                  darts_order=config.darts_order, reuse_unrolled_gradients=True)
     models = build_search_models(config, vocab_size=len(tiny_data.vocab), max_caption_len=L, image_size=16)
     strategy = strategy_cls(models, config, max_caption_len=L)
