@@ -4,7 +4,9 @@ and F), a DARTS first-order and second-order step, and a three-stage step with t
 twice as wide (2C) and twice as deep (2× cells), on the same batches. The `*_reuse` modes are the
 same steps with `--reuse_unrolled_gradients` (the weight steps take the gradients the unrolled step
 already computed), the `*_pc` modes with PC-DARTS partial channels (`--partial_channels`), the `*_bf16` modes
-with the models computing in bfloat16 (`--dtype_policy=mixed_bfloat16`).
+with the models computing in bfloat16 (`--dtype_policy=mixed_bfloat16`). The sampling strategies' steps
+(`gdas`, `random_ws`, `reinforce`: A or the controller, then E and F, each on a sampled path) compute one
+operation per edge; their `*_all_ops` modes compute all K (`--one_op_per_edge=false`), side by side.
 
     python benchmarks/search_step.py              # full run → docs/performance.md
     python benchmarks/search_step.py --quick      # tiny supernet, the five steps (< 10 min on 2 cores)
@@ -36,10 +38,13 @@ from capnas_tf.io_utils import atomic_write_json, atomic_write_text  # stdlib on
 REUSE = "_reuse"  # suffix: the weight steps reuse the unrolled step's gradients (--reuse_unrolled_gradients)
 PC = "_pc"  # suffix: PC-DARTS partial channels, K = --partial_channels (--partial_channels)
 BF16 = "_bf16"  # suffix: the models compute in bfloat16 (--dtype_policy=mixed_bfloat16)
+ALL_OPS = "_all_ops"  # suffix: a sampling strategy's step computing every op of each edge
 LEVERS = (REUSE, PC, BF16)
+SAMPLED_MODES = ("gdas", "gdas_all_ops", "random_ws", "random_ws_all_ops", "reinforce", "reinforce_all_ops")
 CORE_MODES = ("plain", "darts_1st", "darts_2nd", "exact", "finite_difference")  # the steps the targets name
 MODES = ("plain", "plain_pc", "plain_bf16", "darts_1st", "darts_2nd", "darts_2nd_reuse", "exact", "exact_reuse",
-         "exact_pc", "exact_bf16", "finite_difference", "finite_difference_reuse", "finite_difference_pc")
+         "exact_pc", "exact_bf16", "finite_difference", "finite_difference_reuse", "finite_difference_pc",
+         *SAMPLED_MODES)
 MODE_TITLES = {"plain": "plain Stage I step", "plain_pc": "plain Stage I step, partial channels",
                "darts_1st": "DARTS 1st order", "darts_2nd": "DARTS 2nd order",
                "darts_2nd_reuse": "DARTS 2nd order, reuse", "exact": "three-stage exact",
@@ -47,7 +52,9 @@ MODE_TITLES = {"plain": "plain Stage I step", "plain_pc": "plain Stage I step, p
                "finite_difference": "three-stage finite diff.",
                "finite_difference_reuse": "three-stage finite diff., reuse",
                "finite_difference_pc": "three-stage finite diff., partial channels",
-               "plain_bf16": "plain Stage I step, bfloat16", "exact_bf16": "three-stage exact, bfloat16"}
+               "plain_bf16": "plain Stage I step, bfloat16", "exact_bf16": "three-stage exact, bfloat16",
+               **{m: m.removesuffix(ALL_OPS) + (", all ops" if m.endswith(ALL_OPS) else ", one op per edge")
+                  for m in SAMPLED_MODES}}
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_DOC = os.path.join(REPO, "docs", "performance.md")
 
@@ -188,8 +195,10 @@ def measure(args) -> dict:
     from capnas_tf.config import SearchConfig, SupernetConfig
     from capnas_tf.search.loop import make_step_function
     from capnas_tf.search.models import build_search_models
-    from capnas_tf.search.strategies import DartsStrategy, ThreeStageStrategy
+    from capnas_tf.search.strategies import DartsStrategy, ThreeStageStrategy, get_strategy
 
+    mode, all_ops = args.mode.removesuffix(ALL_OPS), args.mode.endswith(ALL_OPS)
+    sampled = mode in SAMPLED_MODES
     mode, bf16 = args.mode.removesuffix(BF16), args.mode.endswith(BF16)
     mode, partial = mode.removesuffix(PC), mode.endswith(PC)
     mode, reuse = mode.removesuffix(REUSE), mode.endswith(REUSE)
@@ -200,13 +209,16 @@ def measure(args) -> dict:
                               partial_channels=args.partial_channels if partial else 1,
                               **({"primitives": tuple(args.primitives.split(","))} if args.primitives else {}))
     hyper = "finite_difference" if mode == "finite_difference" else "exact"
+    name = mode if sampled else "darts" if mode.startswith("darts") else "three_stage"
     config = SearchConfig(hypergradient=hyper, darts_order=1 if mode == "darts_1st" else 2, supernet=supernet,
-                          strategy="darts" if mode.startswith("darts") else "three_stage", xla=args.xla,
+                          strategy=name, xla=args.xla, one_op_per_edge=not all_ops,
                           reuse_unrolled_gradients=reuse, dtype_policy="mixed_bfloat16" if bf16 else "float32")
     models = build_search_models(config, vocab_size=args.vocab_size, max_caption_len=args.max_caption_len,
                                  image_size=args.image_size)
-    cls = DartsStrategy if mode.startswith("darts") else ThreeStageStrategy
+    cls = get_strategy(name) if sampled else DartsStrategy if mode.startswith("darts") else ThreeStageStrategy
     strategy = cls(models, config, max_caption_len=args.max_caption_len)
+    if sampled:  # a long run, so that every timed step is an ordinary one (random_ws ranks in its last steps)
+        strategy.begin_search(total_steps=10_000, warmup_steps=0)
     if mode == "plain":
         step = tf.function(lambda b: strategy.supernet_weight_step(b["train"]), jit_compile=args.xla,
                            autograph=False)  # as the loop's step function
@@ -376,6 +388,21 @@ def xla_speedups(results: dict, settings: list[Setting]) -> str:
     return "\n".join(lines)
 
 
+def one_op_speedups(results: dict, settings: list[Setting], xla_options: list[bool]) -> str:
+    """One operation per edge / all operations, per sampling strategy (same config and XLA setting)."""
+    lines = []
+    for mode in SAMPLED_MODES[::2]:
+        for xla in xla_options:
+            for s in settings:
+                one, every = results.get((mode, xla, s.name), {}), results.get((mode + ALL_OPS, xla, s.name), {})
+                if "step_s" in one and "step_s" in every:
+                    lines.append(f"- {mode}, {s.name}, XLA {'on' if xla else 'off'}: one op per edge / all ops = "
+                                 f"{one['step_s'] / every['step_s']:.2f} in time ({one['step_s']:.3f} s / "
+                                 f"{every['step_s']:.3f} s), {_ratio(one.get('tensor_peak_mb'), every.get('tensor_peak_mb'))} "
+                                 f"in tensors, {_ratio(one.get('trace_s'), every.get('trace_s'))} in trace time")
+    return "\n".join(lines)
+
+
 def write_block(path: str, block: str, body: str) -> None:
     """Replaces the `<!-- block:begin -->…<!-- block:end -->` section of `path` (appends it if absent),
     keeping the rest of the hand-written document."""
@@ -418,7 +445,7 @@ def parse_args(argv=None):
     parser.add_argument("--repeats", type=int, default=None,
                         help="timed steps per combination (median); default 5, --quick 2")
     parser.add_argument("--modes", default=None,
-                        help=f"comma-separated subset of {MODES} (default: all; --quick: the five steps the targets "
+                        help=f"comma-separated subset of {MODES} (default: all but the sampling strategies'; --quick: the five steps the targets "
                              f"name, {','.join(CORE_MODES)}, without the levers' variants)")
     parser.add_argument("--xla", default="off,on", help="'off', 'on' or 'off,on' (in the child: one of them)")
     parser.add_argument("--xla_modes", default="",
@@ -478,7 +505,7 @@ def parse_args(argv=None):
     args.xla_configs = args.xla_configs or "default,large"
     args.lever_configs = args.lever_configs or "default"
     args.large_modes = args.large_modes or ",".join(MODES)
-    args.modes = args.modes or ",".join(MODES)
+    args.modes = args.modes or ",".join(m for m in MODES if m not in SAMPLED_MODES)  # those: on request
     args.repeats = args.repeats or 5
     args.partial_channels = args.partial_channels or 4
     return args
@@ -545,7 +572,8 @@ def main(argv=None):
         print(f"  {s.name:7s} XLA {'on ' if xla else 'off'} {mode:18s} {shown}  "
               f"[{time.time() - t0:.0f} s]", flush=True)
     table = markdown_table(results, settings, xla_options)
-    speedups = xla_speedups(results, settings)
+    speedups = "\n".join(x for x in (xla_speedups(results, settings),
+                                      one_op_speedups(results, settings, xla_options)) if x)
     print("\n" + table + "\n\n" + speedups)
     body = (f"Command: `{command.strip()}` — {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, "
             + (f"table re-rendered from {args.render_json} (same run)" if args.render_json

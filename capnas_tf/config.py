@@ -509,6 +509,12 @@ class SearchConfig:
         help="gdas: Gumbel-softmax temperature τ at the first architecture step (decays linearly to "
              "--gdas_tau_min).")
     gdas_tau_min: float = option(0.1, help="gdas: temperature τ at the last architecture step.")
+    one_op_per_edge: bool = option(True,
+        help="gdas, random_ws, reinforce: each supernet edge computes only the operation of the sampled path "
+             "(tf.switch_case on the sampled index), not all of them; GDAS' gradient of A then flows through the "
+             "selected op's weight only (false: every op, weighted by the one-hot path, and GDAS' ∇A also "
+             "through the unselected ops' outputs). Over several replicas every op still runs (BatchNorm's "
+             "all-reduce cannot sit inside a switch; search_space/mixed_op.py).")
     random_ws_candidates: int = option(20,
         help="random_ws: N architectures drawn uniformly and ranked by validation caption loss on the shared "
              "weights.")

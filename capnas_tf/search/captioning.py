@@ -111,11 +111,14 @@ class SearchModels:
         return self.encoder.arch_variables
 
 
-def path_logits(models: SearchModels, images, tokens_in, op_weights, *, training_decoder=True):
+def path_logits(models: SearchModels, images, tokens_in, op_weights, *, training_decoder=True,
+                one_op_per_edge: bool = False):
     """F(E(images; op_weights), tokens_in) at whatever weights are bound: the supernet captioner at
     explicit op weights (a relaxed A, or a one-hot path). BatchNorm uses batch statistics, as everywhere
-    in the search."""
-    features = models.encoder(images, training=True, op_weights=tuple(op_weights))
+    in the search. `one_op_per_edge`: `op_weights` is a one-hot path and each edge computes only its
+    selected op (`SupernetEncoder`)."""
+    extra = {"one_op_per_edge": True} if one_op_per_edge else {}  # encoders without the option work as before
+    features = models.encoder(images, training=True, op_weights=tuple(op_weights), **extra)
     return models.decoder(features, tokens_in, training=training_decoder)
 
 

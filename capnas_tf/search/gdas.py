@@ -10,6 +10,12 @@ A; the backward pass is that of the soft sample y = softmax((log softmax(α) + g
 
 τ decays linearly from τ_max = 10 to τ_min = 0.1 over the architecture steps (after the warm-up);
 τ changes only the gradient, not the sample. The genotype is DARTS' rule on A, as in GDAS.
+
+Each edge computes only its sampled op, h_k · o_k(x) with h_k = 1 carrying ∂y_k/∂A (`--one_op_per_edge`,
+the default; GDAS' own speed-up), so ∇A flows through the selected entry of each row. With every op
+computed (`--one_op_per_edge=false`) the same forward pass also sends ∂L/∂y_j = ⟨∂L/∂ō, o_j(x)⟩ of the
+unselected ops into ∇A. (GDAS' code also adds the unselected h_j, each 0, to the edge's output, which gives
+them the gradient Σ ∂L/∂ō; not done here.)
 """
 from __future__ import annotations
 
@@ -19,7 +25,7 @@ import tensorflow as tf
 
 from capnas_tf.distribute import all_reduce_sum
 from capnas_tf.search.captioning import SearchModels
-from capnas_tf.search.paths import ARCH, SampledPathStrategy, path_loss
+from capnas_tf.search.paths import ARCH, SampledPathStrategy
 from capnas_tf.search.stateless import densify
 from capnas_tf.search.strategies import register_strategy
 from capnas_tf.search_space.relaxations import gumbel_temperature, relax_architecture
@@ -59,7 +65,7 @@ class GdasStrategy(SampledPathStrategy):
         with tf.GradientTape() as tape:
             tape.watch(A)  # A is non-trainable: the tape does not watch it by itself
             path = self.sample_path(A, self.seed(ARCH))
-            loss = path_loss(self.models, batch, path)
+            loss = self.loss_on_path(batch, path)
         return loss, all_reduce_sum(densify(tape.gradient(loss, A), A)), path
 
     def architecture_step(self, batches: dict) -> dict:

@@ -3,7 +3,10 @@ per-step seeds that survive a resume, and the weight step on a sampled path.
 
 A *path* is a pair of op weights `(w_normal [E, K], w_reduce [E, K])` that is one-hot on the edges of
 one architecture and zero elsewhere, so `SupernetEncoder.call(op_weights=path)` computes that child on
-the shared weights E (the supernet still evaluates every candidate; the zero weights only mask them).
+the shared weights E. With `SearchConfig.one_op_per_edge` (the default) each edge computes only its
+selected candidate (`tf.switch_case` on the index, so one trace serves every path) and an edge the path
+does not use computes nothing; without it the supernet evaluates every candidate and the zero weights
+mask them.
 
 Stateless sampling needs an explicit seed per draw. Each strategy here keeps a step counter in its
 checkpoint and draws with `seed = fold_in(fold_in([run_seed, 0], step), purpose)`, so a resumed run
@@ -28,10 +31,12 @@ if TYPE_CHECKING:  # annotations only: the search takes its config as an argumen
 ARCH, WEIGHT = 0, 1
 
 
-def path_loss(models: SearchModels, batch: dict, op_weights, *, training_decoder: bool = True) -> tf.Tensor:
-    """The caption loss of the path `op_weights` on `batch` ({"image", "tokens"})."""
+def path_loss(models: SearchModels, batch: dict, op_weights, *, training_decoder: bool = True,
+              one_op_per_edge: bool = False) -> tf.Tensor:
+    """The caption loss of the path `op_weights` on `batch` ({"image", "tokens"}); `one_op_per_edge`:
+    each edge computes only the op the path selects."""
     logits = path_logits(models, batch["image"], batch["tokens"][:, :-1], op_weights,
-                         training_decoder=training_decoder)
+                         training_decoder=training_decoder, one_op_per_edge=one_op_per_edge)
     return caption_loss(logits, batch["tokens"])
 
 
@@ -115,6 +120,11 @@ class SampledPathStrategy(SearchStrategy):
         step_seed = tf.random.experimental.stateless_fold_in(base, self.step_count)
         return tf.random.experimental.stateless_fold_in(step_seed, purpose)
 
+    def loss_on_path(self, batch: dict, path, *, training_decoder: bool = True) -> tf.Tensor:
+        """`path_loss` of `path`, computing one op per edge unless --one_op_per_edge=false."""
+        return path_loss(self.models, batch, path, training_decoder=training_decoder,
+                         one_op_per_edge=self.config.one_op_per_edge)
+
     def training_path(self, seed) -> tuple:
         """The path E, F are trained along in this step's weight update."""
         raise NotImplementedError
@@ -124,7 +134,7 @@ class SampledPathStrategy(SearchStrategy):
         batch = batches["train"]
         path = tuple(tf.stop_gradient(w) for w in self.training_path(self.seed(WEIGHT)))
         variables = self.models.E + self.models.F
-        loss, grads = _gradients_of(lambda: path_loss(self.models, batch, path), variables)
+        loss, grads = _gradients_of(lambda: self.loss_on_path(batch, path), variables)
         norm = apply_global_gradients(self.weight_optimizer, grads, variables, self.config.grad_clip)
         return {"stage1/train_loss": loss, "stage1/grad_norm": norm}
 

@@ -23,7 +23,6 @@ from capnas_tf.search.captioning import SearchModels
 from capnas_tf.search.paths import (
     ARCH,
     SampledPathStrategy,
-    path_loss,
     uniform_path,
     uniform_path_log_probabilities,
 )
@@ -87,7 +86,7 @@ class RandomWSStrategy(SampledPathStrategy):
 
         def body(c, losses):
             path = (self.candidate_paths[0][c], self.candidate_paths[1][c])
-            return c + 1, losses.write(c, path_loss(self.models, batch, path, training_decoder=False))
+            return c + 1, losses.write(c, self.loss_on_path(batch, path, training_decoder=False))
 
         _, losses = tf.while_loop(lambda c, _: c < n, body, (tf.constant(0), tf.TensorArray(tf.float32, size=n)))
         return losses.stack()
@@ -105,7 +104,7 @@ class RandomWSStrategy(SampledPathStrategy):
             return tf.reduce_mean(losses)
 
         def probe():
-            return path_loss(self.models, batch, self.training_path(self.seed(ARCH)), training_decoder=False)
+            return self.loss_on_path(batch, self.training_path(self.seed(ARCH)), training_decoder=False)
 
         loss = tf.cond(self.step_count >= self.rank_from, rank, probe)
         return {"random_ws/val_loss": loss}

@@ -31,7 +31,7 @@ from capnas_tf.checkpointing import model_state
 from capnas_tf.distribute import all_reduce_sum
 from capnas_tf.search.captioning import SearchModels
 from capnas_tf.search.stateless import densify
-from capnas_tf.search.paths import ARCH, SampledPathStrategy, op_columns, op_weights_from_choices, path_loss
+from capnas_tf.search.paths import ARCH, SampledPathStrategy, op_columns, op_weights_from_choices
 from capnas_tf.search.strategies import apply_global_gradients, register_strategy
 from capnas_tf.search_space.cells import num_edges
 from capnas_tf.search_space.genotypes import Genotype
@@ -219,7 +219,7 @@ class ReinforceStrategy(SampledPathStrategy):
         batch = batches["val"]
 
         def reward(child):
-            loss = path_loss(self.models, batch, self.child_path(child), training_decoder=False)
+            loss = self.loss_on_path(batch, self.child_path(child), training_decoder=False)
             return tf.exp(-all_reduce_sum([loss])[0])
 
         return self.reinforce_step(reward)

@@ -207,6 +207,8 @@ class SearchCell(_Cell):
       s0, s1: outputs of cells k−2 and k−1, `[B, H₀, W₀, C₀]`, `[B, H, W, C₁]`.
       weights: `[E, K]` op weights of this cell type.
       training: BatchNorm mode.
+      selected: None: every edge mixes all its candidates. int32 `[E]`: edge e computes only
+        candidate `selected[e]` (K: none), for one-hot `weights` (`mixed_op.selected_candidates`).
 
     Returns:
       `[B, H', W', N·C]`, H' = ⌈H/2⌉ in a reduction cell.
@@ -234,7 +236,7 @@ class SearchCell(_Cell):
             for j in range(i + 2):
                 self.edges[num_edges(i) + j].build(input_shape if j < 2 else node_shape)
 
-    def call(self, s0, s1, weights, training=None):
+    def call(self, s0, s1, weights, training=None, selected=None):
         expected = (len(self.edges), len(self.primitives))
         if weights.shape.rank is not None and tuple(weights.shape) != expected:
             raise ValueError(f"SearchCell: op weights must have shape [E, K] = {list(expected)}; "
@@ -243,7 +245,8 @@ class SearchCell(_Cell):
         for i in range(self.num_nodes):
             offset = num_edges(i)
             states.append(tf.add_n([
-                self.edges[offset + j](h, weights[offset + j], training=training)
+                self.edges[offset + j](h, weights[offset + j], training=training,
+                                       selected=None if selected is None else selected[offset + j])
                 for j, h in enumerate(states)
             ]))
         return tf.concat(states[2:], axis=-1)  # (B, H', W', N·C)

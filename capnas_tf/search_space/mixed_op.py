@@ -8,13 +8,26 @@ go through the candidates, the others bypass them (max-pooled 2×2 on a stride-2
 shuffle with K groups interleaves the two so that the next edge samples other channels. The candidates'
 activations, their memory and most of their compute shrink by K. PC-DARTS' edge normalisation (β) is
 not implemented.
+
+One operation per edge: when the weights of an edge are a one-hot row (a sampled path: GDAS,
+random search, ENAS), `selected` = the index of its 1 makes the edge compute only that candidate,
+w_k · o_k(x), by `tf.switch_case`. The index is a tensor, so one trace serves every path; the other
+candidates do not run (their BatchNorm moving statistics stay put, their weights get zero gradients),
+and the gradient reaches w only through w_k. `selected` = K (one past the last candidate) marks an
+edge that the path does not use: its candidates' output is zero.
+
+Over several replicas (MirroredStrategy, MultiWorkerMirroredStrategy) BatchNorm all-reduces its batch
+statistics, and TensorFlow refuses a cross-replica all-reduce inside `tf.switch_case` (merge_call in
+control flow). There every candidate runs, mixed by the one-hot row with the gradient masked to the
+selected entry: the same values and gradients as one operation, but not its speed, and the unselected
+candidates' moving statistics move as in the all-operations path.
 """
 from __future__ import annotations
 
 import keras
 import tensorflow as tf
 
-from capnas_tf.search_space.ops import PRIMITIVES, check_primitives, make_candidate
+from capnas_tf.search_space.ops import PRIMITIVES, _cross_replica_context, check_primitives, make_candidate
 
 
 @keras.saving.register_keras_serializable(package="capnas_tf")
@@ -32,6 +45,8 @@ class MixedOp(keras.layers.Layer):
       x: `[B, H, W, C]`.
       weights: `[K]` op weights w (cast to the compute dtype).
       training: BatchNorm mode.
+      selected: None (default): every candidate, Σ_k w_k · o_k(x). An int32 scalar tensor k in [0, K]:
+        only w_k · o_k(x), or zeros for k = K; for one-hot (or zero) weights the same value as the sum.
 
     Returns:
       `[B, ⌈H/stride⌉, ⌈W/stride⌉, C]`.
@@ -65,19 +80,41 @@ class MixedOp(keras.layers.Layer):
         for op in self.candidates:
             op.build(tuple(input_shape[:-1]) + (self.op_channels,))
 
-    def call(self, x, weights, training=None):
+    def call(self, x, weights, training=None, selected=None):
         if weights.shape.rank is not None and weights.shape.rank != 1:
             raise ValueError(f"MixedOp: weights must have shape [K={len(self.primitives)}]; "
                              f"received shape {weights.shape}.")
         weights = tf.cast(weights, x.dtype)
         x_ops = x if self.partial_channels == 1 else x[..., : self.op_channels]
-        mixed = tf.add_n([weights[k] * op(x_ops, training=training) for k, op in enumerate(self.candidates)])
+        if selected is None:
+            mixed = tf.add_n([weights[k] * op(x_ops, training=training) for k, op in enumerate(self.candidates)])
+        elif _cross_replica_context() is not None:
+            mixed = self.masked_candidates(x_ops, weights, selected, training)
+        else:
+            mixed = self.selected_candidate(x_ops, weights, selected, training)
         if self.partial_channels == 1:
             return mixed
         x_bypass = x[..., self.op_channels:]
         if self.stride == 2:
             x_bypass = tf.nn.max_pool2d(x_bypass, 2, 2, "SAME")
         return channel_shuffle(tf.concat([mixed, x_bypass], axis=-1), self.partial_channels)
+
+    def selected_candidate(self, x, weights, selected, training=None):
+        """w_k · o_k(x) for k = `selected` alone (zeros for k = K), one trace for every k."""
+        def weighted(k):
+            return lambda: weights[k] * self.candidates[k](x, training=training)
+
+        def unused():  # the shape of every candidate's output, [B, ⌈H/s⌉, ⌈W/s⌉, C/K_pc]
+            return tf.zeros_like(x[:, :: self.stride, :: self.stride, :])
+
+        branches = [weighted(k) for k in range(len(self.candidates))] + [unused]
+        return tf.switch_case(tf.cast(selected, tf.int32), branches)
+
+    def masked_candidates(self, x, weights, selected, training=None):
+        """Σ_k m_k w_k · o_k(x), m = one_hot(selected) as a constant: the value and gradients of
+        `selected_candidate`, computing every candidate (for where control flow cannot hold them)."""
+        mask = tf.stop_gradient(tf.one_hot(tf.cast(selected, tf.int32), len(self.candidates), dtype=weights.dtype))
+        return tf.add_n([(mask[k] * weights[k]) * op(x, training=training) for k, op in enumerate(self.candidates)])
 
     def compute_output_shape(self, input_shape):
         out = self.candidates[0].compute_output_shape(tuple(input_shape[:-1]) + (self.op_channels,))
@@ -88,6 +125,19 @@ class MixedOp(keras.layers.Layer):
         config.update(channels=self.channels, stride=self.stride, primitives=list(self.primitives),
                       affine=self.affine, partial_channels=self.partial_channels)
         return config
+
+
+def selected_candidates(weights) -> tf.Tensor:
+    """The candidate each edge of a path selects: `[E, K]` one-hot (or all-zero) rows → int32 `[E]`,
+    the column of the row's non-zero entry, K for an all-zero row (an edge the path does not use).
+
+    The rows of GDAS' straight-through sample h − sg(y) + y qualify: their unselected entries are
+    (0 − y) + y = 0 exactly in floating point, the selected one ≈ 1."""
+    weights = tf.convert_to_tensor(weights)
+    num_ops = weights.shape[-1] if weights.shape[-1] is not None else tf.shape(weights)[-1]
+    index = tf.argmax(tf.abs(weights), axis=-1, output_type=tf.int32)
+    used = tf.reduce_any(tf.not_equal(weights, 0), axis=-1)
+    return tf.where(used, index, num_ops)
 
 
 def channel_shuffle(x: tf.Tensor, groups: int) -> tf.Tensor:

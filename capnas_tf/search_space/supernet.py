@@ -17,6 +17,7 @@ import keras
 import tensorflow as tf
 
 from capnas_tf.search_space.cells import SearchCell, Stem, cell_plan, num_edges
+from capnas_tf.search_space.mixed_op import selected_candidates
 from capnas_tf.search_space.ops import PRIMITIVES, check_primitives
 
 
@@ -43,6 +44,10 @@ class SupernetEncoder(keras.Model):
       images: float `[B, S, S, 3]` in [0, 1].
       training: BatchNorm mode.
       op_weights: `(w_normal [E, K], w_reduce [E, K])`; default `softmax(A)`.
+      one_op_per_edge: False (default): every edge computes all K candidates, Σ_k w_k · o_k(x).
+        True: `op_weights` is a sampled path (rows one-hot, or all zero on edges the path does not
+        use) and each edge computes only its selected candidate w_k · o_k(x) (`MixedOp`): the same
+        value, about 1/K of the work; the gradient reaches w only through the selected entries.
 
     Returns:
       `(grid [B, h, w, output_channels], pooled [B, output_channels])` in the compute dtype.
@@ -145,15 +150,17 @@ class SupernetEncoder(keras.Model):
             cell.build(s0_shape, s1_shape)
             s0_shape, s1_shape = s1_shape, cell.compute_output_shape(s0_shape, s1_shape)
 
-    def call(self, images, training=False, op_weights=None):
+    def call(self, images, training=False, op_weights=None, one_op_per_edge=False):
         if op_weights is None:
             op_weights = self.default_op_weights()
         self._check_op_weights(op_weights)
         w_normal, w_reduce = op_weights
+        # The choice is data (int32 [E] per cell type), so one trace serves every sampled path.
+        selected = tuple(selected_candidates(w) for w in op_weights) if one_op_per_edge else (None, None)
         s0 = s1 = self.stem(images, training=training)  # (B, S, S, stem_multiplier·C)
         for cell in self.cells:
-            weights = w_reduce if cell.reduction else w_normal
-            s0, s1 = s1, cell(s0, s1, weights, training=training)
+            weights, choice = (w_reduce, selected[1]) if cell.reduction else (w_normal, selected[0])
+            s0, s1 = s1, cell(s0, s1, weights, training=training, selected=choice)
         grid = s1  # (B, h, w, N·C_last)
         return grid, tf.reduce_mean(grid, axis=[1, 2])
 
