@@ -63,18 +63,22 @@ def loss_and_gradients(model, x, make_path, *, one_op_per_edge):
             "grad_A": [g.numpy() for g in grads[-2:]], "moving": after, "moving_before": before}
 
 
-@pytest.mark.parametrize("path_kind, partial_channels", [("gdas", 1), ("uniform", 2)])
-def test_one_op_path_equals_all_ops_under_the_same_one_hot_selection(path_kind, partial_channels):
+# gdas: every DARTS candidate on 3 cells of one node (normal and reduction edges); uniform: two nodes, so
+# that the path leaves edges unused, with fewer candidates to keep it fast.
+@pytest.mark.parametrize("path_kind, space", [("gdas", dict(TINY, num_nodes=1)),
+                                              ("uniform", dict(SMALL, partial_channels=2))])
+def test_one_op_path_equals_all_ops_under_the_same_one_hot_selection(path_kind, space):
     """Values, gradients of E and of A, and the selected candidates' BatchNorm statistics equal those of
     the all-operations supernet on the same path (float64); the unselected candidates' statistics stay
     put. "gdas": every edge used, ∇A through the straight-through sample; "uniform": random search's
     path, which leaves most edges unused (all-zero rows), with PC-DARTS' partial channels."""
-    model = built("float64", **TINY, partial_channels=partial_channels)
+    model = built("float64", **space)
     x = images(dtype=tf.float64)
     if path_kind == "gdas":
         make_path = lambda A: gdas_path(A, [3, 4])  # noqa: E731
     else:
-        fixed = uniform_path(tf.constant([3, 4]), num_nodes=2, primitives=TINY["primitives"])
+        fixed = uniform_path(tf.constant([3, 4]), num_nodes=2, primitives=space["primitives"])
+        assert np.any(selected_candidates(fixed[0]).numpy() == len(space["primitives"]))  # an unused edge
         make_path = lambda A: tuple(a * 0 + w for a, w in zip(A, fixed))  # noqa: E731  (a path A can see)
     one = loss_and_gradients(model, x, make_path, one_op_per_edge=True)
     every = loss_and_gradients(model, x, lambda A: masked_to_selection(make_path(A)), one_op_per_edge=False)
@@ -142,11 +146,14 @@ def test_one_op_path_under_mirrored_strategy_equals_one_device():
     out = json.loads(proc.stdout)
     results, initial = out["comparisons"], out["initial_moving_statistics"]
     assert set(results) == {"loss", "grad_E", "grad_A", "moving_statistics", "path"}
+    def arrays(v):  # a list of tensors (gradients, statistics, the path's two cells) or one scalar
+        return [np.asarray(t, np.float64) for t in v] if isinstance(v, list) else [np.asarray(v, np.float64)]
+
     for name, value in results.items():
-        single = [np.asarray(t, np.float64) for t in tf.nest.flatten(value["single"])]
+        single = arrays(value["single"])
         assert len(value["replicas"]) == 2
         for replica in value["replicas"]:
-            got = [np.asarray(t, np.float64) for t in tf.nest.flatten(replica)]
+            got = arrays(replica)
             assert len(got) == len(single), name
             moved = 0
             for i, (g, s) in enumerate(zip(got, single)):
