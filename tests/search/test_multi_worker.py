@@ -91,19 +91,28 @@ def _files(directory) -> list:
                   for d, _, names in os.walk(directory) for name in names)
 
 
+def _wait_for_file(path, process, timeout=TIMEOUT) -> None:
+    """Returns once `path` exists, or `process` has ended (its exit status is checked by `_wait`)."""
+    deadline = time.monotonic() + timeout
+    while not os.path.exists(path) and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    """The single-process baseline (which builds the TFDS dataset, before the workers could race for it)
-    and the uninterrupted two-worker search."""
+    """The single-process baseline and the uninterrupted two-worker search, side by side: the workers start
+    once the baseline has written its vocab.txt, which it does after building the TFDS dataset, so they read
+    that dataset rather than race to build it."""
     root = tmp_path_factory.mktemp("multi_worker")
     data_dir = root / "tfds"
-    single = root / "single"
-    baseline = subprocess.run(_command(single, data_dir, "default"), env=ENV, cwd=REPO, capture_output=True,
-                              text=True, timeout=TIMEOUT)
-    assert baseline.returncode == 0, baseline.stderr[-4000:]
+    single, single_log = root / "single", root / "single.log"
+    with open(single_log, "w") as out:
+        baseline = subprocess.Popen(_command(single, data_dir, "default"), env=ENV, cwd=REPO, stdout=out,
+                                    stderr=subprocess.STDOUT)
+    _wait_for_file(single / "vocab.txt", baseline)
     workdir = root / "workdir"
     processes, logs = _start_workers(workdir, data_dir, root, "uninterrupted")
-    _wait(processes, logs)
+    _wait([baseline, *processes], [single_log, *logs])
     return {"root": root, "data_dir": data_dir, "single": single, "workdir": workdir, "logs": logs}
 
 
