@@ -49,19 +49,30 @@ def _kill_after_first_checkpoint(process, workdir, timeout=300):
 def test_deterministic_search_is_bit_identical_across_processes_and_resumes(tmp_path):
     uninterrupted, interrupted = tmp_path / "uninterrupted", tmp_path / "interrupted"
     # Side by side (each run builds capnas_shapes in a data_dir of its own): one uninterrupted, one killed
-    # once its first checkpoint is on disk, then resumed.
-    first = subprocess.Popen(_command(uninterrupted, uninterrupted / "tfds"), env=ENV, cwd=REPO,
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # once its first checkpoint is on disk, then resumed at once, beside the uninterrupted run's last steps.
+    first_log, resumed_log = tmp_path / "uninterrupted.log", tmp_path / "resumed.log"
+    with open(first_log, "w") as out:
+        first = subprocess.Popen(_command(uninterrupted, uninterrupted / "tfds"), env=ENV, cwd=REPO, stdout=out,
+                                 stderr=out)
     killed_run = subprocess.Popen(_command(interrupted, interrupted / "tfds"), env=ENV, cwd=REPO,
                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     assert _kill_after_first_checkpoint(killed_run, interrupted), "the run ended before it could be killed"
-    first_out, first_err = first.communicate(timeout=600)
-    assert first.returncode == 0, first_err[-3000:]
-    resumed = subprocess.run(_command(interrupted, interrupted / "tfds"), env=ENV, cwd=REPO, capture_output=True,
-                             text=True, timeout=600)
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert "Resuming from" in resumed.stdout
-    assert "oneDNN supports DT_INT64" not in first_err + resumed.stderr  # a notice, not an error to show
+    with open(resumed_log, "w") as out:
+        resumed = subprocess.Popen(_command(interrupted, interrupted / "tfds"), env=ENV, cwd=REPO, stdout=out,
+                                   stderr=out)
+    try:
+        first.wait(timeout=600)
+        resumed.wait(timeout=600)
+    finally:
+        for process in (first, resumed):
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+    assert first.returncode == 0, first_log.read_text()[-3000:]
+    assert resumed.returncode == 0, resumed_log.read_text()[-3000:]
+    assert "Resuming from" in resumed_log.read_text()
+    # a notice, not an error to show
+    assert "oneDNN supports DT_INT64" not in first_log.read_text() + resumed_log.read_text()
 
     history, genotype = _outputs(uninterrupted)
     resumed_history, resumed_genotype = _outputs(interrupted)
