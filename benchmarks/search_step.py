@@ -199,7 +199,7 @@ def measure(args) -> dict:
 
     mode, all_ops = args.mode.removesuffix(ALL_OPS), args.mode.endswith(ALL_OPS)
     sampled = mode in SAMPLED_MODES
-    mode, bf16 = args.mode.removesuffix(BF16), args.mode.endswith(BF16)
+    mode, bf16 = mode.removesuffix(BF16), mode.endswith(BF16)
     mode, partial = mode.removesuffix(PC), mode.endswith(PC)
     mode, reuse = mode.removesuffix(REUSE), mode.endswith(REUSE)
     if args.inter_op_threads:
