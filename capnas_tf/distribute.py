@@ -19,6 +19,8 @@ import tempfile
 import keras
 import tensorflow as tf
 
+from capnas_tf.registry import Registry
+
 
 def configure_runtime(seed: int, deterministic: bool) -> str | None:
     """Seeds Python, NumPy, TensorFlow and Keras with `seed`; with `deterministic`, makes a run's results
@@ -71,8 +73,13 @@ def _tpu():
     return tf.distribute.TPUStrategy(resolver)
 
 
-DISTRIBUTION_STRATEGIES = {"default": _default, "mirrored": _mirrored, "multi_worker": _multi_worker,
-                           "tpu": _tpu}
+# name (--strategy) → factory() -> tf.distribute.Strategy
+DISTRIBUTION_STRATEGIES = Registry("distribution strategy", register_name="register_distribution_strategy",
+                                   lookup_name="get_distribution_strategy")
+DISTRIBUTION_STRATEGIES.register("default", _default)
+DISTRIBUTION_STRATEGIES.register("mirrored", _mirrored)
+DISTRIBUTION_STRATEGIES.register("multi_worker", _multi_worker)
+DISTRIBUTION_STRATEGIES.register("tpu", _tpu)
 
 
 def replicas_in_sync() -> int:
@@ -90,9 +97,8 @@ def all_reduce_sum(values: list) -> list:
 
 
 def get_distribution_strategy(name: str) -> tf.distribute.Strategy:
-    if name not in DISTRIBUTION_STRATEGIES:
-        raise ValueError(f"--strategy must be one of {sorted(DISTRIBUTION_STRATEGIES)}, received {name!r}.")
-    return DISTRIBUTION_STRATEGIES[name]()
+    return DISTRIBUTION_STRATEGIES.lookup(
+        name, f"--strategy must be one of {sorted(DISTRIBUTION_STRATEGIES)}, received {name!r}.")()
 
 
 def check_jit_compile(dist: tf.distribute.Strategy, jit_compile: bool) -> None:

@@ -54,6 +54,7 @@ import tensorflow as tf
 from capnas_tf.data import captions_io, shapes
 from capnas_tf.data.captions_io import BadExamples, CaptionRecord
 from capnas_tf.data.text import Vocabulary
+from capnas_tf.registry import Registry
 
 if TYPE_CHECKING:  # annotations only: the config sits above the data it describes
     from capnas_tf.config import DataConfig
@@ -298,17 +299,23 @@ def _coco_captions_tfds_source(config: DataConfig, bad: BadExamples) -> dict[str
             for split, tfds_name in captions_io.TFDS_COCO_CAPTIONS_SPLITS.items()}
 
 
-DATASET_SOURCES: dict[str, Callable[[DataConfig, BadExamples], dict[str, SplitSource]]] = {
-    "capnas_shapes": _capnas_shapes_source,
-    "coco": _coco_source,
-    "karpathy": _karpathy_source,
-    "coco_captions_tfds": _coco_captions_tfds_source,
-}
+# name → source(config, bad) -> {split: SplitSource}
+DATASET_SOURCES = Registry("dataset", register_name="register_dataset", lookup_name="get_dataset_source")
+DATASET_SOURCES.register("capnas_shapes", _capnas_shapes_source)
+DATASET_SOURCES.register("coco", _coco_source)
+DATASET_SOURCES.register("karpathy", _karpathy_source)
+DATASET_SOURCES.register("coco_captions_tfds", _coco_captions_tfds_source)
 
 
-def register_dataset(name: str, source: Callable[[DataConfig, BadExamples], dict[str, SplitSource]]) -> None:
-    """Adds a dataset: `source(config, bad)` returns SplitSources for train, validation, … ."""
-    DATASET_SOURCES[name] = source
+def register_dataset(name: str, source: Callable[[DataConfig, BadExamples], dict[str, SplitSource]] | None = None):
+    """Adds a dataset: `source(config, bad)` returns SplitSources for train, validation, … . Usable as a
+    decorator; another source under a taken name is an error."""
+    return DATASET_SOURCES.register(name, source)
+
+
+def get_dataset_source(name: str) -> Callable[[DataConfig, BadExamples], dict[str, SplitSource]]:
+    """The source registered as `name`; a ValueError naming the datasets otherwise."""
+    return DATASET_SOURCES.lookup(name)
 
 
 def _with_unlabeled(splits: dict[str, SplitSource], config: DataConfig, bad: BadExamples) -> dict[str, SplitSource]:
@@ -575,7 +582,7 @@ def load_caption_data(config: DataConfig, workdir: str | None = None, *, vocab: 
       in `CaptionData.skipped`.
     """
     bad = BadExamples(config.on_bad_example)
-    splits = _with_unlabeled(DATASET_SOURCES[config.dataset](config, bad), config, bad)
+    splits = _with_unlabeled(get_dataset_source(config.dataset)(config, bad), config, bad)
     if not splits["train"].image_ids:  # other empty splits fail only when their stream is asked for
         raise ValueError(f"--dataset={config.dataset}: no usable training images (from "
                          f"{splits['train'].origin or 'its train split'}).")

@@ -19,6 +19,8 @@ from typing import Callable
 
 import tensorflow as tf
 
+from capnas_tf.registry import Registry
+
 
 def linear_decay(step, *, decay_steps: float, minimum: float = 0.0):
     """ε_i = max(ε_min, 1 − i / decay_steps)."""
@@ -41,11 +43,17 @@ def inverse_sigmoid_decay(step, *, k: float):
     return k / (k + tf.exp(step / k))
 
 
-SCHEDULES: dict[str, Callable] = {
-    "linear": linear_decay,
-    "exponential": exponential_decay,
-    "inverse_sigmoid": inverse_sigmoid_decay,
-}
+# name → schedule(step, **params) -> ε_i
+SCHEDULES = Registry("scheduled-sampling schedule", register_name="register_schedule",
+                     lookup_name="teacher_forcing_probability")
+SCHEDULES.register("linear", linear_decay)
+SCHEDULES.register("exponential", exponential_decay)
+SCHEDULES.register("inverse_sigmoid", inverse_sigmoid_decay)
+
+
+def register_schedule(name: str, schedule: Callable | None = None):
+    """Makes `schedule(step, **params) -> ε_i` available as `name`; usable as a decorator."""
+    return SCHEDULES.register(name, schedule)
 
 
 def teacher_forcing_probability(step, *, schedule: str = "inverse_sigmoid", **params):
@@ -59,12 +67,8 @@ def teacher_forcing_probability(step, *, schedule: str = "inverse_sigmoid", **pa
     Returns:
       A float32 scalar tensor in [0, 1].
     """
-    if schedule not in SCHEDULES:
-        raise ValueError(
-            f"teacher_forcing_probability: unknown schedule {schedule!r}; expected one of "
-            f"{sorted(SCHEDULES)}."
-        )
-    return SCHEDULES[schedule](step, **params)
+    return SCHEDULES.lookup(schedule, f"teacher_forcing_probability: unknown schedule {schedule!r}; "
+                                      f"expected one of {sorted(SCHEDULES)}.")(step, **params)
 
 
 def model_tokens_from_logits(logits, tokens, *, sample: bool = False, seed=None):
