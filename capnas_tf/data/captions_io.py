@@ -299,6 +299,19 @@ def _image_id(value: Any) -> int | None:
     return None
 
 
+def _entry_image_id(entry: Any, keys: tuple[str, ...], where: str, bad: BadExamples, *, needs: str,
+                    id_key: str, id_name: str) -> int | None:
+    """The image id `entry[id_key]` of an annotation-file entry that is a dict with `keys`; None, reported
+    to `bad` as a bad annotation (`needs` or "<id_name> … is not a non-negative integer"), otherwise."""
+    if not isinstance(entry, dict) or any(key not in entry for key in keys):
+        bad.report(where, needs, kind="bad_annotation")
+        return None
+    image_id = _image_id(entry[id_key])
+    if image_id is None:
+        bad.report(where, f"{id_name} {entry[id_key]!r} is not a non-negative integer", kind="bad_annotation")
+    return image_id
+
+
 def _path_in(folder: str, name: Any) -> tuple[str | None, str | None]:
     """(the path of image `name` inside `folder`, None), or (None, why not): `name` must be a relative
     path that stays inside `folder` (judged on the names, so symbolic links inside it are followed)."""
@@ -355,12 +368,9 @@ def read_coco_captions(annotation_file: str, image_dir: str, *, validate_images:
     files: dict[int, tuple[str, str]] = {}
     for i, entry in enumerate(images):
         where = f"{annotation_file}: images[{i}]"
-        if not isinstance(entry, dict) or "id" not in entry or "file_name" not in entry:
-            bad.report(where, "an image entry needs 'id' and 'file_name'", kind="bad_annotation")
-            continue
-        image_id = _image_id(entry["id"])
+        image_id = _entry_image_id(entry, ("id", "file_name"), where, bad, id_key="id", id_name="image id",
+                                   needs="an image entry needs 'id' and 'file_name'")
         if image_id is None:
-            bad.report(where, f"image id {entry['id']!r} is not a non-negative integer", kind="bad_annotation")
             continue
         if image_id in files:
             raise BadAnnotationFileError(f"{where}: image id {image_id} is listed twice.")
@@ -372,13 +382,9 @@ def read_coco_captions(annotation_file: str, image_dir: str, *, validate_images:
     captions: dict[int, list[str]] = collections.defaultdict(list)
     for i, annotation in enumerate(annotations):
         where = f"{annotation_file}: annotations[{i}]"
-        if not isinstance(annotation, dict) or "image_id" not in annotation or "caption" not in annotation:
-            bad.report(where, "an annotation needs 'image_id' and 'caption'", kind="bad_annotation")
-            continue
-        image_id = _image_id(annotation["image_id"])
+        image_id = _entry_image_id(annotation, ("image_id", "caption"), where, bad, id_key="image_id",
+                                   id_name="image_id", needs="an annotation needs 'image_id' and 'caption'")
         if image_id is None:
-            bad.report(where, f"image_id {annotation['image_id']!r} is not a non-negative integer",
-                       kind="bad_annotation")
             continue
         if image_id not in files:
             bad.report(where, f"image_id {image_id} is not in 'images'", kind="missing_image")
