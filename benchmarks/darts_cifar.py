@@ -100,7 +100,7 @@ def measure(args) -> dict:
             return loss
 
     def darts_step(order, method, reuse=False):
-        with second_order_batch_norm(order == 2 and method == "exact"):  # as DartsStrategy
+        with second_order_batch_norm([encoder, head], order == 2 and method == "exact"):  # as DartsStrategy
             result = hg.darts_hypergradient_with_state(loss_on(train), loss_on(val), values_of(A),
                                                        values_of(weights), 0.025, order=order, method=method,
                                                        epsilon=0.01)

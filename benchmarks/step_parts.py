@@ -50,6 +50,7 @@ def main(argv=None):
     from capnas_tf.config import SearchConfig, SupernetConfig
     from capnas_tf.search import hypergradient as hg
     from capnas_tf.search.captioning import make_three_stage_problem
+    from capnas_tf.search.gradients import gradients
     from capnas_tf.search.models import build_search_models
     from capnas_tf.search.stateless import values_of
     from capnas_tf.search.strategies import ThreeStageStrategy
@@ -76,7 +77,7 @@ def main(argv=None):
 
     def stage1_grad():
         A, E, F, _ = current()
-        return hg._gradients(lambda: problem().train_loss(E, F, A), [E, F], lambda g: g)
+        return gradients(lambda: problem().train_loss(E, F, A), [E, F])
 
     def teacher_decode():
         A, E, F, _ = current()
@@ -86,11 +87,11 @@ def main(argv=None):
 
     def stage2_grad():
         A, E, F, W = current()
-        return hg._gradients(lambda: problem().pseudo_caption_loss(W, E, F, A, tokens), [W], lambda g: g)
+        return gradients(lambda: problem().pseudo_caption_loss(W, E, F, A, tokens), [W])
 
     def stage3_grad():
         _, _, _, W = current()
-        return hg._gradients(lambda: problem().val_loss(W), [W], lambda g: g)
+        return gradients(lambda: problem().val_loss(W), [W])
 
     def unroll():
         A, E, F, W = current()

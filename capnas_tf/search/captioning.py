@@ -29,12 +29,13 @@ from typing import Callable
 import keras
 import tensorflow as tf
 
+from capnas_tf.data.text import END_ID, PAD_ID, START_ID
 from capnas_tf.decoders.decoding import greedy_decode, never_generated
 from capnas_tf.decoders.losses import caption_loss, float_logits, mean_over_tokens, soft_token_nll_sum, token_mask
+from capnas_tf.registry import Registry
 from capnas_tf.search.hypergradient import ThreeStageProblem
 from capnas_tf.search.stateless import bind
 
-PAD_ID, START_ID, END_ID = 0, 1, 2
 
 
 # --- Stage II losses --------------------------------------------------------------------------------
@@ -65,21 +66,19 @@ def straight_through_pseudo_caption_loss(student_logits_fn: Callable, teacher_lo
     return mean_over_tokens(soft_token_nll_sum(logits, rows, token_mask(targets)), targets)
 
 
-STAGE2_LOSSES: dict[str, Callable] = {
-    "soft": soft_pseudo_caption_loss,
-    "straight_through": straight_through_pseudo_caption_loss,
-}
+STAGE2_LOSSES = Registry("Stage II loss", register_name="register_stage2_loss", lookup_name="get_stage2_loss")
+STAGE2_LOSSES.register("soft", soft_pseudo_caption_loss)
+STAGE2_LOSSES.register("straight_through", straight_through_pseudo_caption_loss)
 
 
-def register_stage2_loss(name: str, fn: Callable) -> None:
-    """Adds a Stage II loss `fn(student_logits_fn, teacher_logits, tokens) -> scalar`."""
-    STAGE2_LOSSES[name] = fn
+def register_stage2_loss(name: str, fn: Callable | None = None):
+    """Adds a Stage II loss `fn(student_logits_fn, teacher_logits, tokens) -> scalar`; usable as a
+    decorator; another function under a taken name is an error."""
+    return STAGE2_LOSSES.register(name, fn)
 
 
 def get_stage2_loss(name: str) -> Callable:
-    if name not in STAGE2_LOSSES:
-        raise ValueError(f"Unknown stage2 loss {name!r}; expected one of {sorted(STAGE2_LOSSES)}.")
-    return STAGE2_LOSSES[name]
+    return STAGE2_LOSSES.lookup(name, f"Unknown stage2 loss {name!r}; expected one of {sorted(STAGE2_LOSSES)}.")
 
 
 # --- The problem ------------------------------------------------------------------------------------
@@ -87,11 +86,12 @@ def get_stage2_loss(name: str) -> Callable:
 @dataclasses.dataclass(frozen=True)
 class SearchModels:
     """The models of the search. E = encoder.trainable_variables, A = encoder.arch_variables,
-    F = decoder.trainable_variables, W = student.trainable_variables."""
+    F = decoder.trainable_variables, W = student.trainable_variables (None without a student: only
+    the strategies that train one have it, `SearchStrategy.uses_student`)."""
 
     encoder: keras.Model
     decoder: keras.layers.Layer
-    student: keras.Model
+    student: keras.Model | None
     relax: Callable  # A (list of two tensors) -> op_weights (w_normal, w_reduce)
 
     @property
@@ -104,11 +104,18 @@ class SearchModels:
 
     @property
     def W(self):
+        if self.student is None:
+            raise ValueError("SearchModels: these models have no student W; they were built for a search strategy "
+                             "that trains none (SearchStrategy.uses_student).")
         return self.student.trainable_variables
 
     @property
     def A(self):
         return self.encoder.arch_variables
+
+    def all(self) -> list:
+        """E's, F's and (if there is one) W's models."""
+        return [self.encoder, self.decoder] + ([] if self.student is None else [self.student])
 
 
 def path_logits(models: SearchModels, images, tokens_in, op_weights, *, training_decoder=True,
@@ -136,6 +143,22 @@ def supernet_logits(models: SearchModels, images, tokens_in, A, *, training_deco
     return path_logits(models, images, tokens_in, models.relax(A), training_decoder=training_decoder)
 
 
+def path_loss(models: SearchModels, batch: dict, op_weights, *, training_decoder: bool = True,
+              one_op_per_edge: bool = False) -> tf.Tensor:
+    """The caption loss of the supernet captioner at `op_weights` (a relaxed A, or a one-hot path) on
+    `batch` ({"image", "tokens"}, teacher-forced on tokens[:, :-1]), at whatever weights are bound;
+    `one_op_per_edge`: `op_weights` is a one-hot path and each edge computes only the op it selects."""
+    logits = path_logits(models, batch["image"], batch["tokens"][:, :-1], op_weights,
+                         training_decoder=training_decoder, one_op_per_edge=one_op_per_edge)
+    return caption_loss(logits, batch["tokens"])
+
+
+def supernet_loss(models: SearchModels, batch: dict, A) -> tf.Tensor:
+    """L(E, F, A; batch): the caption loss of the supernet captioner at architecture A (relaxed by
+    `models.relax`) on `batch`, at whatever weights are bound."""
+    return path_loss(models, batch, models.relax(A))
+
+
 def teacher_greedy_captions(models: SearchModels, images, A, max_caption_len: int) -> tf.Tensor:
     """ŷ: `<start>` + greedy decode by E, F at the bound weights. int32 [B, max_caption_len]."""
     ids = path_greedy_ids(models, images, models.relax(A), max_caption_len)
@@ -156,8 +179,7 @@ def make_three_stage_problem(models: SearchModels, batches: dict, *, stage2: str
 
     def train_loss(E, F, A):
         with bind((models.E, E), (models.F, F)):
-            logits = supernet_logits(models, train["image"], train["tokens"][:, :-1], A)
-        return caption_loss(logits, train["tokens"])
+            return supernet_loss(models, train, A)
 
     def pseudo_captions(E1, F1, A):
         with bind((models.E, E1), (models.F, F1)):

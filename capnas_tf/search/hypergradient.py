@@ -42,19 +42,21 @@ from typing import Callable, Sequence
 import tensorflow as tf
 
 from capnas_tf.distribute import replicas_in_sync
-from capnas_tf.search.precision import scaled, unscaled
-from capnas_tf.search.stateless import axpy, densify, global_norm, unrolled
+from capnas_tf.registry import Registry
+from capnas_tf.search.gradients import gradients as _gradients
+from capnas_tf.search.gradients import identity as _identity
+from capnas_tf.search.gradients import reduced_gradient
+from capnas_tf.search.precision import scaled
+from capnas_tf.search.stateless import axpy, global_norm, unrolled
 
-# The estimators of ∇_A f below, by the names `SearchConfig.hypergradient` (--hypergradient) takes.
-HYPERGRADIENTS = ("exact", "finite_difference")
+# The estimators of ∇_A f, by the names `SearchConfig.hypergradient` (--hypergradient) takes: each
+# `estimator(problem, A, E, F, W, eta, *, terms, epsilon) -> Hypergradient` (registered at the end).
+HYPERGRADIENTS = Registry("hypergradient estimator", register_name="register_hypergradient",
+                          lookup_name="get_hypergradient")
 # Which terms of ∇_A f they return (`SearchConfig.hypergradient_terms`; the module's docstring).
 HYPERGRADIENT_TERMS = ("full", "paper")
 
 Values = list  # list[tf.Tensor]
-
-
-def _identity(grads):
-    return grads
 
 
 @dataclasses.dataclass(frozen=True)
@@ -116,23 +118,6 @@ class Hypergradient:
     state: UnrolledState
 
 
-def _gradients(loss_fn: Callable, wrt: Sequence[Values], reduce: Callable, scale: float = 1.0, name: str = "gradient"):
-    """(loss, [∇ loss for each group in wrt]) — first order, no outer tape needed; ∇(S·L)/S for S = scale.
-    `name` is the ops' name scope (forward and backward), which is how a profile attributes their time."""
-    flat = [t for group in wrt for t in group]
-    with tf.name_scope(name):
-        with tf.GradientTape() as tape:
-            tape.watch(flat)
-            loss = loss_fn()
-            scaled_loss = scaled(loss, scale)  # inside the tape, or the tape would not see the product
-        grads = unscaled(reduce(densify(tape.gradient(scaled_loss, flat), flat)), scale)
-    out, i = [], 0
-    for group in wrt:
-        out.append(grads[i : i + len(group)])
-        i += len(group)
-    return loss, out
-
-
 def _check_terms(terms: str) -> None:
     if terms not in HYPERGRADIENT_TERMS:
         raise ValueError(f"hypergradient terms must be one of {list(HYPERGRADIENT_TERMS)}, received {terms!r}.")
@@ -153,7 +138,7 @@ def unroll(problem: ThreeStageProblem, A: Values, E: Values, F: Values, W: Value
             tape_EF.watch(E + F)
             L_tr = problem.train_loss(E, F, A)
             S_L_tr = scaled(L_tr, S)
-        g = unscaled(problem.reduce_gradients(densify(tape_EF.gradient(S_L_tr, E + F), E + F)), S)
+        g = reduced_gradient(tape_EF, S_L_tr, E + F, problem.reduce_gradients, S)
         E1 = unrolled(E, g[: len(E)], eta.eta_e)  # E' = E − η_e ∇_E L_tr
         F1 = unrolled(F, g[len(E):], eta.eta_f)  # F' = F − η_f ∇_F L_tr
 
@@ -166,7 +151,7 @@ def unroll(problem: ThreeStageProblem, A: Values, E: Values, F: Values, W: Value
             tape_W.watch(W)
             L_u = problem.pseudo_caption_loss(W, E1, F1, A if terms == "full" else stop(A), tokens)
             S_L_u = scaled(L_u, S)
-        gW = unscaled(problem.reduce_gradients(densify(tape_W.gradient(S_L_u, W), W)), S)
+        gW = reduced_gradient(tape_W, S_L_u, W, problem.reduce_gradients, S)
         W1 = unrolled(W, gW, eta.eta_w)  # W' = W − η_w ∇_W L(W, U, E', F')
 
     # Stage III.
@@ -193,7 +178,7 @@ def exact_hypergradient(problem: ThreeStageProblem, A: Values, E: Values, F: Val
     # for an all-reduce is again an all-reduce (at every order: tests/search/test_distributed.py), so
     # replica r obtains ∂(Σ_s L_val,s)/∂A through its own shard's computations; the sum over r is ∇_A f.
     with tf.name_scope("hypergradient_reverse"):
-        grad_A = unscaled(problem.reduce_gradients(densify(tape_A.gradient(S_f, A), A)), S)
+        grad_A = reduced_gradient(tape_A, S_f, A, problem.reduce_gradients, S)
     return Hypergradient(grad_A, state)
 
 
@@ -357,13 +342,13 @@ def darts_hypergradient_with_state(train_loss: Callable, val_loss: Callable, A: 
                     tape_w.watch(w)
                     L_tr = train_loss(w, A)
                     S_L_tr = scaled(L_tr, S)
-                gw = unscaled(reduce(densify(tape_w.gradient(S_L_tr, w), w)), S)
+                gw = reduced_gradient(tape_w, S_L_tr, w, reduce, S)
                 w1 = unrolled(w, gw, eta)
             with tf.name_scope("darts_val"):
                 L_val = val_loss(w1, A)
                 S_L_val = scaled(L_val, S)
         with tf.name_scope("hypergradient_reverse"):
-            grad_A = unscaled(reduce(densify(tape_A.gradient(S_L_val, A), A)), S)
+            grad_A = reduced_gradient(tape_A, S_L_val, A, reduce, S)
         return DartsHypergradient(grad_A, L_val, gw, L_tr)
     if method != "finite_difference":
         raise ValueError(
@@ -380,3 +365,25 @@ def darts_hypergradient_with_state(train_loss: Callable, val_loss: Callable, A: 
     diff = central_difference(grad_A_at, [w, A], A, "darts")
     grad_A = [g - eta * d / (2.0 * eps) for g, d in zip(g_direct, diff)]
     return DartsHypergradient(grad_A, L_val, gw, L_tr)
+
+
+@HYPERGRADIENTS.register("exact")
+def _exact(problem, A, E, F, W, eta, *, terms: str, epsilon: float) -> Hypergradient:  # noqa: ARG001
+    return exact_hypergradient(problem, A, E, F, W, eta, terms=terms)
+
+
+@HYPERGRADIENTS.register("finite_difference")
+def _finite_difference(problem, A, E, F, W, eta, *, terms: str, epsilon: float) -> Hypergradient:
+    return finite_difference_hypergradient(problem, A, E, F, W, eta, epsilon=epsilon, terms=terms)
+
+
+def register_hypergradient(name: str, estimator: Callable | None = None):
+    """Makes `estimator(problem, A, E, F, W, eta, *, terms, epsilon) -> Hypergradient` available as
+    `--hypergradient=name` for the three-stage strategy; usable as a decorator."""
+    return HYPERGRADIENTS.register(name, estimator)
+
+
+def get_hypergradient(name: str) -> Callable:
+    """The three-stage estimator registered as `name`."""
+    return HYPERGRADIENTS.lookup(name, f"--hypergradient must be one of {sorted(HYPERGRADIENTS)}, "
+                                       f"received {name!r}.")

@@ -23,6 +23,7 @@ from capnas_tf.distribute import check_jit_compile, check_workers_agree, distrib
 from capnas_tf.io_utils import atomic_write_text
 from capnas_tf.search.captioning import SearchModels
 from capnas_tf.search.strategies import SearchStrategy, get_strategy
+from capnas_tf.search_space.genotypes import softmax_np
 
 if TYPE_CHECKING:  # annotations only: the search takes its config as an argument (config sits above it)
     from capnas_tf.config import SearchConfig
@@ -62,11 +63,6 @@ class SearchResult:
     genotype_path: str
     steps: int
     final_metrics: dict
-
-
-def softmax_np(x: np.ndarray) -> np.ndarray:
-    e = np.exp(x - x.max(-1, keepdims=True))
-    return e / e.sum(-1, keepdims=True)
 
 
 def arch_entropy(alphas) -> float:

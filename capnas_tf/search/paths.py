@@ -19,9 +19,10 @@ from typing import TYPE_CHECKING
 import numpy as np
 import tensorflow as tf
 
-from capnas_tf.decoders.losses import caption_loss
-from capnas_tf.search.captioning import SearchModels, path_logits
-from capnas_tf.search.strategies import SearchStrategy, _gradients_of, apply_global_gradients
+from capnas_tf.distribute import all_reduce_sum
+from capnas_tf.search.captioning import SearchModels, path_loss
+from capnas_tf.search.gradients import gradients
+from capnas_tf.search.strategies import SearchStrategy, apply_global_gradients
 from capnas_tf.search_space.cells import num_edges
 
 if TYPE_CHECKING:  # annotations only: the search takes its config as an argument (config sits above it)
@@ -29,15 +30,6 @@ if TYPE_CHECKING:  # annotations only: the search takes its config as an argumen
 
 # `purpose` of a seed: the architecture step and the weight step of one search step draw apart.
 ARCH, WEIGHT = 0, 1
-
-
-def path_loss(models: SearchModels, batch: dict, op_weights, *, training_decoder: bool = True,
-              one_op_per_edge: bool = False) -> tf.Tensor:
-    """The caption loss of the path `op_weights` on `batch` ({"image", "tokens"}); `one_op_per_edge`:
-    each edge computes only the op the path selects."""
-    logits = path_logits(models, batch["image"], batch["tokens"][:, :-1], op_weights,
-                         training_decoder=training_decoder, one_op_per_edge=one_op_per_edge)
-    return caption_loss(logits, batch["tokens"])
 
 
 def op_columns(primitives) -> tuple[int, ...]:
@@ -134,7 +126,7 @@ class SampledPathStrategy(SearchStrategy):
         batch = batches["train"]
         path = tuple(tf.stop_gradient(w) for w in self.training_path(self.seed(WEIGHT)))
         variables = self.models.E + self.models.F
-        loss, grads = _gradients_of(lambda: self.loss_on_path(batch, path), variables)
+        loss, (grads,) = gradients(lambda: self.loss_on_path(batch, path), [variables], all_reduce_sum)
         norm = apply_global_gradients(self.weight_optimizer, grads, variables, self.config.grad_clip)
         return {"stage1/train_loss": loss, "stage1/grad_norm": norm}
 

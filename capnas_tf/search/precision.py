@@ -18,13 +18,17 @@ import math
 
 import keras
 
+from capnas_tf.registry import registry
+
 POLICIES = ("float32", "mixed_bfloat16", "mixed_float16")
 FLOAT16_LOSS_SCALE = 2.0**10  # S under mixed_float16 unless --loss_scale says otherwise
-STRATEGIES = ("three_stage", "darts")  # the strategies whose every tape applies S
 
 
-def check_precision(config) -> None:
-    """Refuses a dtype policy, loss scale or combination the search cannot honour, naming the flags."""
+def check_precision(config, strategy: type | None = None) -> None:
+    """Refuses a dtype policy, loss scale or combination the search cannot honour, naming the flags.
+
+    What the search strategy supports it says itself (`SearchStrategy.supports_mixed_precision`,
+    `.is_second_order`); `strategy` is its class, by default the one registered as `config.strategy`."""
     policy, scale = config.dtype_policy, config.loss_scale
     if policy not in POLICIES:
         raise ValueError(f"--dtype_policy must be one of {POLICIES}; received {policy!r}.")
@@ -33,11 +37,14 @@ def check_precision(config) -> None:
                          f"scaling is exact in float32; received {scale!r}.")
     if policy == "float32":
         return
-    if config.strategy not in STRATEGIES:
-        raise ValueError(f"--dtype_policy={policy} is implemented for --search_strategy in {STRATEGIES} "
+    strategies = registry("search_strategy")
+    strategy = strategy or strategies.lookup(config.strategy)
+    if not strategy.supports_mixed_precision:
+        supported = sorted(name for name, cls in strategies.items() if cls.supports_mixed_precision)
+        raise ValueError(f"--dtype_policy={policy} is implemented for --search_strategy in {supported} "
                          f"only; received --search_strategy={config.strategy!r}.")
-    second_order = config.strategy == "three_stage" or config.darts_order == 2
-    if config.hypergradient == "finite_difference" and second_order:
+    # Only a second-order estimator perturbs the weights by finite differences.
+    if config.hypergradient == "finite_difference" and strategy.is_second_order(config):
         raise ValueError(
             f"--hypergradient=finite_difference does not work with --dtype_policy={policy}: it perturbs "
             f"the weights by ε/‖v‖ (--fd_epsilon={config.fd_epsilon}), far below the resolution of "

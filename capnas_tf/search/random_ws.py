@@ -20,12 +20,7 @@ import numpy as np
 import tensorflow as tf
 
 from capnas_tf.search.captioning import SearchModels
-from capnas_tf.search.paths import (
-    ARCH,
-    SampledPathStrategy,
-    uniform_path,
-    uniform_path_log_probabilities,
-)
+from capnas_tf.search.paths import ARCH, SampledPathStrategy, uniform_path, uniform_path_log_probabilities
 from capnas_tf.search.strategies import register_strategy
 from capnas_tf.search_space.genotypes import genotype_op_weights, sample_genotype
 

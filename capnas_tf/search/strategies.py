@@ -9,7 +9,7 @@ so `apply_global_gradients` hands each replica 1/N of the global gradient.
 from __future__ import annotations
 
 import functools
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING
 
 import keras
 import tensorflow as tf
@@ -19,15 +19,16 @@ from capnas_tf.distribute import all_reduce_sum, replicas_in_sync
 from capnas_tf.registry import Registry
 from capnas_tf.search import hypergradient as hg
 from capnas_tf.search import precision
-from capnas_tf.decoders.losses import caption_loss
 from capnas_tf.search.captioning import (
     SearchModels,
     get_stage2_loss,
     make_three_stage_problem,
     supernet_logits,
+    supernet_loss,
     teacher_greedy_captions,
 )
-from capnas_tf.search.stateless import bind, collect_state_updates, densify, global_norm, values_of
+from capnas_tf.search.gradients import gradients
+from capnas_tf.search.stateless import bind, collect_state_updates, global_norm, values_of
 from capnas_tf.search_space.ops import second_order_batch_norm
 
 if TYPE_CHECKING:  # annotations only: the search takes its config as an argument (config sits above it)
@@ -55,17 +56,6 @@ def _scoped(name: str):
                 return method(*args, **kwargs)
         return wrapper
     return decorate
-
-
-def _gradients_of(loss_fn: Callable, variables: list, loss_scale: float = 1.0):
-    """(loss, globally summed dense gradients) of loss_fn() with respect to `variables`, as ∇(S·L)/S."""
-    # Not hypergradient._gradients: that one differentiates in tensors it must watch, and
-    # GradientTape.watch refuses Keras variables (trainable ones are watched anyway).
-    with tf.GradientTape() as tape:
-        loss = loss_fn()
-        scaled_loss = precision.scaled(loss, loss_scale)
-    grads = all_reduce_sum(densify(tape.gradient(scaled_loss, variables), variables))
-    return loss, precision.unscaled(grads, loss_scale)
 
 
 # How the weight decay λ of A enters its optimizer (`SearchConfig.arch_weight_decay_mode`).
@@ -107,16 +97,28 @@ def _arch_optimizer(config: SearchConfig) -> keras.optimizers.Optimizer:
 class SearchStrategy:
     """Base: holds the models and optimizers; `step` = architecture update, then weight updates.
 
-    Subclasses implement `architecture_step(batches) -> metrics` and may extend `weight_step`.
+    Subclasses implement `architecture_step(batches) -> metrics` and may extend `weight_step`. What a
+    strategy needs it declares in the class attributes and class methods below, which the model building
+    (`models.build_search_models`) and the precision checks (`precision.check_precision`) ask before
+    a strategy exists.
     """
 
+    # Whether it trains a Stage II student W (only then are W's variables created).
     uses_student = False
+    # Whether every tape of its steps applies the loss scale S, so that it may compute in mixed precision.
+    supports_mixed_precision = False
+
+    @classmethod
+    def is_second_order(cls, config: SearchConfig) -> bool:
+        """Whether A's gradient under `config` goes through a virtual weight step (a Hessian-vector
+        product: by nested tapes, or by finite differences that perturb the weights)."""
+        return False
 
     def __init__(self, models: SearchModels, config: SearchConfig, *, max_caption_len: int):
         self.models = models
         self.config = config
         self.max_caption_len = max_caption_len
-        precision.check_precision(config)
+        precision.check_precision(config, type(self))
         self.loss_scale = precision.loss_scale(config)  # S of every tape (1 unless mixed_float16)
         self.weight_optimizer = keras.optimizers.AdamW(config.weight_lr, weight_decay=config.weight_decay)
         self.arch_optimizer = _arch_optimizer(config)
@@ -159,12 +161,9 @@ class SearchStrategy:
         """E, F ← one optimizer step on L(E, F, A; D_tr) at the current A."""
         A = self.A_values()
         variables = self.models.E + self.models.F
-
-        def loss_fn():
-            logits = supernet_logits(self.models, batch["image"], batch["tokens"][:, :-1], A)
-            return caption_loss(logits, batch["tokens"])
-
-        return self.apply_supernet_gradients(*_gradients_of(loss_fn, variables, self.loss_scale))
+        loss, (grads,) = gradients(lambda: supernet_loss(self.models, batch, A), [variables], all_reduce_sum,
+                                   self.loss_scale)
+        return self.apply_supernet_gradients(loss, grads)
 
     def weight_step(self, batches: dict) -> dict:
         return self.supernet_weight_step(batches["train"])
@@ -193,7 +192,61 @@ class SearchStrategy:
         return {"stage1/train_loss": loss, "stage1/grad_norm": norm}
 
 
-class ThreeStageStrategy(SearchStrategy):
+class UnrolledStrategy(SearchStrategy):
+    """Base of the strategies whose A follows a hypergradient through virtual weight steps (three_stage,
+    darts): `hypergradient(batches)` computes it with the unrolled state, `apply_hypergradient` takes A's
+    step, and with `reuse_unrolled_gradients` the weight steps reuse the gradients the virtual steps took
+    (`step`)."""
+
+    supports_mixed_precision = True
+
+    @classmethod
+    def is_second_order(cls, config: SearchConfig) -> bool:
+        return True
+
+    def nested_tapes(self) -> bool:
+        """Whether the hypergradient differentiates a gradient again (second order by nested tapes), which
+        is when BatchNorm must take its `_moments` path (`second_order_batch_norm`)."""
+        return self.is_second_order(self.config) and self.config.hypergradient == "exact"
+
+    @property
+    def reuses_unrolled_gradients(self) -> bool:
+        return self.config.reuse_unrolled_gradients and self.is_second_order(self.config)
+
+    def hypergradient(self, batches: dict):
+        """∇_A at the current weights and A (no update), with the state of the virtual steps."""
+        raise NotImplementedError
+
+    def apply_hypergradient(self, result) -> dict:
+        """A ← one step on `result.grad_A`; returns the metrics."""
+        raise NotImplementedError
+
+    def apply_unrolled_weight_gradients(self, result) -> dict:
+        """The weight steps on the gradients the virtual steps of `result` took; returns the metrics."""
+        raise NotImplementedError
+
+    def architecture_step(self, batches: dict) -> dict:
+        return self.apply_hypergradient(self.hypergradient(batches))
+
+    def step(self, batches: dict, *, update_architecture: bool) -> dict:
+        """With `reuse_unrolled_gradients`, every update of the step comes from the state at its start
+        (A_t and the weights), simultaneously instead of alternating: A ← opt(∇_A), and the weights ←
+        opt(the gradients their virtual steps already took; `apply_unrolled_weight_gradients`), which
+        saves the weight steps' own passes."""
+        if not (update_architecture and self.reuses_unrolled_gradients):
+            return super().step(batches, update_architecture=update_architecture)
+        # No pass of this step runs on the variables themselves, so the state the weight steps would have
+        # updated (BatchNorm's moving statistics, dropout's seed generators) is taken from the passes whose
+        # gradients they reuse (`StateUpdates`).
+        with collect_state_updates() as state_updates:
+            result = self.hypergradient(batches)
+        metrics = self.apply_hypergradient(result)
+        metrics.update(self.apply_unrolled_weight_gradients(result))
+        state_updates.assign()
+        return metrics
+
+
+class ThreeStageStrategy(UnrolledStrategy):
     """The three-stage method: A by the hypergradient through E', F', W' (exact or finite differences);
     then E, F on D_tr, and W on the pseudo-captions of the updated E, F."""
 
@@ -204,16 +257,8 @@ class ThreeStageStrategy(SearchStrategy):
         self.student_optimizer = keras.optimizers.AdamW(config.student_lr, weight_decay=config.weight_decay)
         self.student_optimizer.build(models.W)
         self.eta = hg.InnerLearningRates(config.eta_e, config.eta_f, config.eta_w)
-        terms = config.hypergradient_terms
-        estimators = {
-            "exact": lambda *a: hg.exact_hypergradient(*a, terms=terms),
-            "finite_difference": lambda *a: hg.finite_difference_hypergradient(
-                *a, epsilon=config.fd_epsilon, terms=terms),
-        }
-        if config.hypergradient not in estimators:
-            raise ValueError(f"--hypergradient must be one of {sorted(estimators)}, "
-                             f"received {config.hypergradient!r}.")
-        self.estimate = estimators[config.hypergradient]
+        self.estimate = functools.partial(hg.get_hypergradient(config.hypergradient),
+                                          terms=config.hypergradient_terms, epsilon=config.fd_epsilon)
         self.stage2_loss = get_stage2_loss(config.stage2)
 
     def checkpoint_items(self) -> dict:
@@ -227,7 +272,7 @@ class ThreeStageStrategy(SearchStrategy):
                                            reduce_gradients=all_reduce_sum, loss_scale=self.loss_scale)
         m = self.models
         # Nested tapes take BatchNorm's `_moments` path, the finite differences its fused kernel.
-        with second_order_batch_norm(self.config.hypergradient == "exact"):
+        with second_order_batch_norm(m.all(), self.nested_tapes()):
             return self.estimate(problem, self.A_values(), values_of(m.E), values_of(m.F), values_of(m.W),
                                  self.eta)
 
@@ -237,9 +282,6 @@ class ThreeStageStrategy(SearchStrategy):
         return (f"three_stage ({self.config.hypergradient} hypergradient{terms}, stage2={self.config.stage2}"
                 f"{reuse})")
 
-    def architecture_step(self, batches: dict) -> dict:
-        return self.apply_hypergradient(self.hypergradient(batches))
-
     @_scoped("architecture_update")
     def apply_hypergradient(self, result: hg.Hypergradient) -> dict:
         norm = self.apply_architecture_gradients(result.grad_A)
@@ -247,29 +289,18 @@ class ThreeStageStrategy(SearchStrategy):
         return {"stage1/virtual_train_loss": s.train_loss, "stage2/virtual_loss": s.pseudo_caption_loss,
                 "stage3/val_loss": s.val_loss, "arch/hypergradient_norm": norm}
 
-    def step(self, batches: dict, *, update_architecture: bool) -> dict:
-        """With `reuse_unrolled_gradients`, every update of the step comes from the state at its start
-        (A_t, E_t, F_t, W_t), simultaneously instead of alternating:
-            A ← opt(∇_A f),  E, F ← opt(∇_{E,F} L_tr(E, F, A_t)),  W ← opt(∇_W L(W, U, E', F')),
-        the last two being the gradients the virtual steps E', F', W' already took. That saves a
-        Stage I forward and backward, the teacher's greedy decode of U, and the student's step. The
-        W step then learns from the virtual teacher E', F' (one SGD step of size η_e, η_f from E, F)
-        rather than from the teacher after its optimizer step."""
-        if not (update_architecture and self.config.reuse_unrolled_gradients):
-            return super().step(batches, update_architecture=update_architecture)
-        # No pass of this step runs on the variables themselves, so the state the weight steps would have
-        # updated (BatchNorm's moving statistics, dropout's seed generators) is taken from the passes whose
-        # gradients they reuse: Stage I's for E, F, Stage II's for W (`StateUpdates`).
-        with collect_state_updates() as state_updates:
-            result = self.hypergradient(batches)
-        metrics = self.apply_hypergradient(result)
+    def apply_unrolled_weight_gradients(self, result: hg.Hypergradient) -> dict:
+        """E, F ← opt(∇_{E,F} L_tr(E, F, A_t)) and W ← opt(∇_W L(W, U, E', F')), the gradients the virtual
+        steps E', F', W' took. That saves a Stage I forward and backward, the teacher's greedy decode of
+        U, and the student's step. W then learns from the virtual teacher E', F' (one SGD step of size
+        η_e, η_f from E, F) rather than from the teacher after its optimizer step. The state updates of
+        E, F come from Stage I's pass, W's from Stage II's."""
         s = result.state
-        metrics.update(self.apply_supernet_gradients(s.train_loss, s.train_grads))
+        metrics = self.apply_supernet_gradients(s.train_loss, s.train_grads)
         with tf.name_scope("student_update"):
             norm = apply_global_gradients(self.student_optimizer, s.student_grads, self.models.W,
                                           self.config.grad_clip)
         metrics.update({"stage2/student_loss": s.pseudo_caption_loss, "stage2/grad_norm": norm})
-        state_updates.assign()
         return metrics
 
     @_scoped("student_weight_step")
@@ -285,7 +316,7 @@ class ThreeStageStrategy(SearchStrategy):
             student = lambda t: m.student(images, t, training=True)  # noqa: E731
             return self.stage2_loss(student, teacher_logits, tokens)
 
-        loss, grads = _gradients_of(loss_fn, m.W, self.loss_scale)
+        loss, (grads,) = gradients(loss_fn, [m.W], all_reduce_sum, self.loss_scale)
         norm = apply_global_gradients(self.student_optimizer, grads, m.W, self.config.grad_clip)
         return {"stage2/student_loss": loss, "stage2/grad_norm": norm}
 
@@ -295,33 +326,31 @@ class ThreeStageStrategy(SearchStrategy):
         return metrics
 
 
-class DartsStrategy(SearchStrategy):
+class DartsStrategy(UnrolledStrategy):
     """Plain DARTS bilevel search on captions: A minimises the validation caption loss of E, F itself,
     first order or second order (the latter exact or by DARTS' finite difference)."""
 
+    @classmethod
+    def is_second_order(cls, config: SearchConfig) -> bool:
+        return config.darts_order == 2
+
     def describe(self) -> str:
         c = self.config
-        reuse = ", weight step reuses the unrolled gradient" if self.reuses_unrolled_gradient else ""
+        reuse = ", weight step reuses the unrolled gradient" if self.reuses_unrolled_gradients else ""
         return f"darts (order {c.darts_order}" + (f", {c.hypergradient}{reuse})" if c.darts_order == 2 else ")")
-
-    @property
-    def reuses_unrolled_gradient(self) -> bool:
-        # Order 1 takes no virtual step, so it has no ∇_w L_train to hand over.
-        return self.config.reuse_unrolled_gradients and self.config.darts_order == 2
 
     def _loss_on(self, batch):
         def loss(w, A):
             n = len(self.models.E)
             with bind((self.models.E, w[:n]), (self.models.F, w[n:])):
-                logits = supernet_logits(self.models, batch["image"], batch["tokens"][:, :-1], A)
-            return caption_loss(logits, batch["tokens"])
+                return supernet_loss(self.models, batch, A)
         return loss
 
     def hypergradient(self, batches: dict) -> hg.DartsHypergradient:
         m = self.models
         w = values_of(m.E) + values_of(m.F)
         method = "exact" if self.config.hypergradient == "exact" else "finite_difference"
-        with second_order_batch_norm(self.config.darts_order == 2 and method == "exact"):
+        with second_order_batch_norm(m.all(), self.nested_tapes()):
             return hg.darts_hypergradient_with_state(
                 self._loss_on(batches["train"]), self._loss_on(batches["val"]), self.A_values(), w,
                 self.config.eta_e, order=self.config.darts_order, method=method,
@@ -332,22 +361,12 @@ class DartsStrategy(SearchStrategy):
         norm = self.apply_architecture_gradients(result.grad_A)
         return {"darts/val_loss": result.val_loss, "arch/hypergradient_norm": norm}
 
-    def architecture_step(self, batches: dict) -> dict:
-        return self.apply_hypergradient(self.hypergradient(batches))
-
-    def step(self, batches: dict, *, update_architecture: bool) -> dict:
-        """With `reuse_unrolled_gradients` (order 2): A ← opt(∇_A L_val(w')) and w ← opt(∇_w L_train(w, A_t)),
-        the gradient the virtual step w' = w − η ∇_w L_train already took: simultaneous updates from the
-        state at the step's start, one forward and backward of the supernet fewer than DARTS'
-        alternation (which recomputes ∇_w L_train at the updated A)."""
-        if not (update_architecture and self.reuses_unrolled_gradient):
-            return super().step(batches, update_architecture=update_architecture)
-        with collect_state_updates() as state_updates:  # the L_train pass's, as ThreeStageStrategy.step
-            result = self.hypergradient(batches)
-        metrics = self.apply_hypergradient(result)
-        metrics.update(self.apply_supernet_gradients(result.train_loss, result.train_grads))
-        state_updates.assign()
-        return metrics
+    def apply_unrolled_weight_gradients(self, result: hg.DartsHypergradient) -> dict:
+        """w ← opt(∇_w L_train(w, A_t)), the gradient the virtual step w' = w − η ∇_w L_train took (order 2
+        only: order 1 takes no virtual step): one forward and backward of the supernet fewer than DARTS'
+        alternation, which recomputes ∇_w L_train at the updated A. The state updates of E, F come from
+        the L_train pass."""
+        return self.apply_supernet_gradients(result.train_loss, result.train_grads)
 
 
 STRATEGIES = Registry("search strategy", register_name="register_strategy", lookup_name="get_strategy")

@@ -19,6 +19,8 @@ from typing import Callable
 import keras
 import tensorflow as tf
 
+from capnas_tf.registry import Registry
+
 # PyTorch's BatchNorm2d(momentum=0.1, eps=1e-5), in Keras' convention (moving = m·moving + (1−m)·batch).
 BN_MOMENTUM = 0.9
 BN_EPSILON = 1e-5
@@ -51,27 +53,28 @@ def _cross_replica_context():
     return ctx if ctx is not None and ctx.num_replicas_in_sync > 1 else None
 
 
-_second_order_passes = 0  # > 0 while some pass that a tape differentiates twice is being traced
-
-
 @contextlib.contextmanager
-def second_order_batch_norm(enabled: bool = True):
-    """Every `ExactBatchNormalization` called inside takes the `_moments` path instead of the fused
-    kernel: for the passes an outer tape differentiates a second time (the exact hypergradients).
-    `enabled=False` makes it a no-op, for callers that decide per estimator.
+def second_order_batch_norm(models, enabled: bool = True):
+    """Every `ExactBatchNormalization` of `models` (Keras layers or models, searched through their
+    sublayers) takes the `_moments` path instead of the fused kernel while the block runs: for the
+    passes an outer tape differentiates a second time (the exact hypergradients). `enabled=False` makes
+    it a no-op, for callers that decide per estimator.
     Both are exact to second order there, but the fused kernel's second derivative re-derives its
     closed-form gradient under a fresh tape, which made the default config's exact three-stage step
     about 1.3× slower, while first-order steps run about 1.3× faster with it (docs/performance.md).
 
-    Read when a step is traced (a Python setting baked into the graph). A process-wide counter rather
+    Read when a step is traced (a Python setting baked into the graph). A count on each layer rather
     than a thread-local, because tf.distribute traces each replica in a thread of its own: a replica
     outside such a pass may then take the `_moments` path too, which is only slower, never wrong."""
-    global _second_order_passes
-    _second_order_passes += int(enabled)
+    layers = [layer for model in models for layer in model._flatten_layers()
+              if isinstance(layer, ExactBatchNormalization)] if enabled else []
+    for layer in layers:
+        layer.second_order_passes += 1
     try:
         yield
     finally:
-        _second_order_passes -= int(enabled)
+        for layer in layers:
+            layer.second_order_passes -= 1
 
 
 @keras.saving.register_keras_serializable(package="capnas_tf")
@@ -109,6 +112,7 @@ class ExactBatchNormalization(keras.layers.BatchNormalization):
     """
 
     fused = True  # an instance may set False to take the `_moments` path (tests compare the two)
+    second_order_passes = 0  # > 0 while a pass that a tape differentiates twice is traced (`second_order_batch_norm`)
 
     def call(self, inputs, training=None, mask=None):
         if training and self.trainable and mask is None and self._fused_applies(inputs):
@@ -116,7 +120,7 @@ class ExactBatchNormalization(keras.layers.BatchNormalization):
         return super().call(inputs, training=training, mask=mask)
 
     def _fused_applies(self, inputs) -> bool:
-        return (self.fused and not _second_order_passes and _cross_replica_context() is None
+        return (self.fused and not self.second_order_passes and _cross_replica_context() is None
                 and not self.renorm and not self.synchronized
                 and len(inputs.shape) == 4 and self.axis in (-1, 3)
                 and inputs.dtype in (tf.float32, tf.float16, tf.bfloat16))
@@ -439,16 +443,15 @@ def _skip_connect(channels, stride, affine=True, **kwargs):
 
 
 # name → factory(channels, stride, affine, **layer_kwargs) -> keras.Layer
-OPS: dict[str, Callable[..., keras.layers.Layer]] = {
-    "none": lambda c, s, affine=True, **kw: Zero(c, s, affine, **kw),
-    "max_pool_3x3": lambda c, s, affine=True, **kw: Pool(c, s, affine, pool_type="max", **kw),
-    "avg_pool_3x3": lambda c, s, affine=True, **kw: Pool(c, s, affine, pool_type="avg", **kw),
-    "skip_connect": _skip_connect,
-    "sep_conv_3x3": lambda c, s, affine=True, **kw: SepConv(c, s, affine, kernel_size=3, **kw),
-    "sep_conv_5x5": lambda c, s, affine=True, **kw: SepConv(c, s, affine, kernel_size=5, **kw),
-    "dil_conv_3x3": lambda c, s, affine=True, **kw: DilConv(c, s, affine, kernel_size=3, dilation=2, **kw),
-    "dil_conv_5x5": lambda c, s, affine=True, **kw: DilConv(c, s, affine, kernel_size=5, dilation=2, **kw),
-}
+OPS = Registry("op", register_name="register_op", lookup_name="make_op")
+OPS.register("none", lambda c, s, affine=True, **kw: Zero(c, s, affine, **kw))
+OPS.register("max_pool_3x3", lambda c, s, affine=True, **kw: Pool(c, s, affine, pool_type="max", **kw))
+OPS.register("avg_pool_3x3", lambda c, s, affine=True, **kw: Pool(c, s, affine, pool_type="avg", **kw))
+OPS.register("skip_connect", _skip_connect)
+OPS.register("sep_conv_3x3", lambda c, s, affine=True, **kw: SepConv(c, s, affine, kernel_size=3, **kw))
+OPS.register("sep_conv_5x5", lambda c, s, affine=True, **kw: SepConv(c, s, affine, kernel_size=5, **kw))
+OPS.register("dil_conv_3x3", lambda c, s, affine=True, **kw: DilConv(c, s, affine, kernel_size=3, dilation=2, **kw))
+OPS.register("dil_conv_5x5", lambda c, s, affine=True, **kw: DilConv(c, s, affine, kernel_size=5, dilation=2, **kw))
 
 # DARTS' candidate list, in the reference code's order (the column order of A).
 PRIMITIVES: tuple[str, ...] = (
@@ -484,10 +487,9 @@ def register_op(name: str, factory: Callable[..., keras.layers.Layer], *, overwr
         raise ValueError(f"register_op: name must be a non-empty string; received {name!r}.")
     if not callable(factory):
         raise TypeError(f"register_op: factory for {name!r} must be callable; received {factory!r}.")
-    if name in OPS and OPS[name] is not factory and not overwrite:
-        raise ValueError(f"register_op: the name {name!r} is already taken by {OPS[name]!r}; "
-                         "pass overwrite=True to replace it.")
-    OPS[name] = factory
+    if overwrite:
+        OPS.pop(name, None)
+    OPS.register(name, factory)
 
 
 def check_primitives(primitives, where: str) -> tuple[str, ...]:
@@ -515,9 +517,7 @@ def _accepts_layer_kwargs(factory: Callable) -> bool:
 def make_op(name: str, channels: int, stride: int, affine: bool = True, **layer_kwargs) -> keras.layers.Layer:
     """Builds the candidate `name` (see `OPS`); `layer_kwargs` (e.g. `dtype`) are passed on when
     the factory accepts them."""
-    if name not in OPS:
-        raise ValueError(f"make_op: unknown op {name!r}; known ops: {sorted(OPS)}.")
-    factory = OPS[name]
+    factory = OPS.lookup(name, f"make_op: unknown op {name!r}; known ops: {sorted(OPS)}.")
     if layer_kwargs and _accepts_layer_kwargs(factory):
         return factory(channels, stride, affine, **layer_kwargs)
     return factory(channels, stride, affine)

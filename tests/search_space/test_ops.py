@@ -276,3 +276,24 @@ def test_exact_batchnorm_computes_what_keras_batchnorm_computes():
     assert "FusedBatchNormV3" in _op_types(exact, x)  # float32: the fused kernel
     np.testing.assert_allclose(exact.moving_mean, plain.moving_mean, atol=1e-6)
     np.testing.assert_allclose(exact.moving_variance, plain.moving_variance, atol=1e-6)
+
+
+def test_second_order_batch_norm_reaches_only_the_given_models_and_nests():
+    """The BatchNorms of the models passed take the `_moments` path inside the block (and again after an
+    inner block ends), any other BatchNorm keeps the fused kernel, and all are back to it afterwards."""
+    inside, outside = ops.SepConv(C, 1), ops.ReLUConvBN(C, 1, kernel_size=3)
+    x = images()
+    inside(x), outside(x)
+    bns = {"inside": [inside.bn_1, inside.bn_2], "outside": [outside.bn]}
+
+    def fused():
+        return {name: [bn._fused_applies(x) for bn in layers] for name, layers in bns.items()}
+
+    assert fused() == {"inside": [True, True], "outside": [True]}
+    with ops.second_order_batch_norm([inside]):
+        with ops.second_order_batch_norm([inside]):
+            assert fused() == {"inside": [False, False], "outside": [True]}
+        assert fused() == {"inside": [False, False], "outside": [True]}
+        with ops.second_order_batch_norm([outside], enabled=False):
+            assert fused() == {"inside": [False, False], "outside": [True]}
+    assert fused() == {"inside": [True, True], "outside": [True]}
