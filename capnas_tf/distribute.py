@@ -75,11 +75,9 @@ def _tpu():
 
 # name (--strategy) → factory() -> tf.distribute.Strategy
 DISTRIBUTION_STRATEGIES = Registry("distribution strategy", register_name="register_distribution_strategy",
-                                   lookup_name="get_distribution_strategy")
-DISTRIBUTION_STRATEGIES.register("default", _default)
-DISTRIBUTION_STRATEGIES.register("mirrored", _mirrored)
-DISTRIBUTION_STRATEGIES.register("multi_worker", _multi_worker)
-DISTRIBUTION_STRATEGIES.register("tpu", _tpu)
+                                   lookup_name="get_distribution_strategy",
+                                   entries={"default": _default, "mirrored": _mirrored, "multi_worker": _multi_worker,
+                                            "tpu": _tpu})
 
 
 def replicas_in_sync() -> int:

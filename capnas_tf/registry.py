@@ -15,14 +15,17 @@ class Registry(dict):
     Args:
       kind: what the entries are, for error messages ("encoder", "decoder", …).
       register_name, lookup_name: the public functions wrapping `register` / `lookup`, named in errors.
+      entries: the built-in `{name: object}` entries, registered in their order.
 
     Registering another object under a taken name is an error, so that two modules cannot silently
     shadow each other; registering the same object again is allowed (module re-imports).
     """
 
-    def __init__(self, kind: str, *, register_name: str, lookup_name: str):
+    def __init__(self, kind: str, *, register_name: str, lookup_name: str, entries: dict | None = None):
         super().__init__()
         self.kind, self.register_name, self.lookup_name = kind, register_name, lookup_name
+        for name, obj in (entries or {}).items():
+            self.register(name, obj)
 
     def register(self, name: str, obj=None):
         """`register(name, obj)`, or `@register(name)` as a decorator; returns obj."""

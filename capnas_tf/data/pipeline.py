@@ -300,11 +300,12 @@ def _coco_captions_tfds_source(config: DataConfig, bad: BadExamples) -> dict[str
 
 
 # name → source(config, bad) -> {split: SplitSource}
-DATASET_SOURCES = Registry("dataset", register_name="register_dataset", lookup_name="get_dataset_source")
-DATASET_SOURCES.register("capnas_shapes", _capnas_shapes_source)
-DATASET_SOURCES.register("coco", _coco_source)
-DATASET_SOURCES.register("karpathy", _karpathy_source)
-DATASET_SOURCES.register("coco_captions_tfds", _coco_captions_tfds_source)
+DATASET_SOURCES = Registry("dataset", register_name="register_dataset", lookup_name="get_dataset_source", entries={
+    "capnas_shapes": _capnas_shapes_source,
+    "coco": _coco_source,
+    "karpathy": _karpathy_source,
+    "coco_captions_tfds": _coco_captions_tfds_source,
+})
 
 
 def register_dataset(name: str, source: Callable[[DataConfig, BadExamples], dict[str, SplitSource]] | None = None):

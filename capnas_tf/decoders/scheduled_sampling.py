@@ -45,10 +45,9 @@ def inverse_sigmoid_decay(step, *, k: float):
 
 # name → schedule(step, **params) -> ε_i
 SCHEDULES = Registry("scheduled-sampling schedule", register_name="register_schedule",
-                     lookup_name="teacher_forcing_probability")
-SCHEDULES.register("linear", linear_decay)
-SCHEDULES.register("exponential", exponential_decay)
-SCHEDULES.register("inverse_sigmoid", inverse_sigmoid_decay)
+                     lookup_name="teacher_forcing_probability",
+                     entries={"linear": linear_decay, "exponential": exponential_decay,
+                              "inverse_sigmoid": inverse_sigmoid_decay})
 
 
 def register_schedule(name: str, schedule: Callable | None = None):

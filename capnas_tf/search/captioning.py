@@ -66,9 +66,9 @@ def straight_through_pseudo_caption_loss(student_logits_fn: Callable, teacher_lo
     return mean_over_tokens(soft_token_nll_sum(logits, rows, token_mask(targets)), targets)
 
 
-STAGE2_LOSSES = Registry("Stage II loss", register_name="register_stage2_loss", lookup_name="get_stage2_loss")
-STAGE2_LOSSES.register("soft", soft_pseudo_caption_loss)
-STAGE2_LOSSES.register("straight_through", straight_through_pseudo_caption_loss)
+STAGE2_LOSSES = Registry("Stage II loss", register_name="register_stage2_loss", lookup_name="get_stage2_loss",
+                         entries={"soft": soft_pseudo_caption_loss,
+                                  "straight_through": straight_through_pseudo_caption_loss})
 
 
 def register_stage2_loss(name: str, fn: Callable | None = None):

@@ -369,9 +369,8 @@ class DartsStrategy(UnrolledStrategy):
         return self.apply_supernet_gradients(result.train_loss, result.train_grads)
 
 
-STRATEGIES = Registry("search strategy", register_name="register_strategy", lookup_name="get_strategy")
-STRATEGIES.register("three_stage", ThreeStageStrategy)
-STRATEGIES.register("darts", DartsStrategy)
+STRATEGIES = Registry("search strategy", register_name="register_strategy", lookup_name="get_strategy",
+                      entries={"three_stage": ThreeStageStrategy, "darts": DartsStrategy})
 
 
 def register_strategy(name: str):

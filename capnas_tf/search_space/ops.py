@@ -443,15 +443,16 @@ def _skip_connect(channels, stride, affine=True, **kwargs):
 
 
 # name → factory(channels, stride, affine, **layer_kwargs) -> keras.Layer
-OPS = Registry("op", register_name="register_op", lookup_name="make_op")
-OPS.register("none", lambda c, s, affine=True, **kw: Zero(c, s, affine, **kw))
-OPS.register("max_pool_3x3", lambda c, s, affine=True, **kw: Pool(c, s, affine, pool_type="max", **kw))
-OPS.register("avg_pool_3x3", lambda c, s, affine=True, **kw: Pool(c, s, affine, pool_type="avg", **kw))
-OPS.register("skip_connect", _skip_connect)
-OPS.register("sep_conv_3x3", lambda c, s, affine=True, **kw: SepConv(c, s, affine, kernel_size=3, **kw))
-OPS.register("sep_conv_5x5", lambda c, s, affine=True, **kw: SepConv(c, s, affine, kernel_size=5, **kw))
-OPS.register("dil_conv_3x3", lambda c, s, affine=True, **kw: DilConv(c, s, affine, kernel_size=3, dilation=2, **kw))
-OPS.register("dil_conv_5x5", lambda c, s, affine=True, **kw: DilConv(c, s, affine, kernel_size=5, dilation=2, **kw))
+OPS = Registry("op", register_name="register_op", lookup_name="make_op", entries={
+    "none": lambda c, s, affine=True, **kw: Zero(c, s, affine, **kw),
+    "max_pool_3x3": lambda c, s, affine=True, **kw: Pool(c, s, affine, pool_type="max", **kw),
+    "avg_pool_3x3": lambda c, s, affine=True, **kw: Pool(c, s, affine, pool_type="avg", **kw),
+    "skip_connect": _skip_connect,
+    "sep_conv_3x3": lambda c, s, affine=True, **kw: SepConv(c, s, affine, kernel_size=3, **kw),
+    "sep_conv_5x5": lambda c, s, affine=True, **kw: SepConv(c, s, affine, kernel_size=5, **kw),
+    "dil_conv_3x3": lambda c, s, affine=True, **kw: DilConv(c, s, affine, kernel_size=3, dilation=2, **kw),
+    "dil_conv_5x5": lambda c, s, affine=True, **kw: DilConv(c, s, affine, kernel_size=5, dilation=2, **kw),
+})
 
 # DARTS' candidate list, in the reference code's order (the column order of A).
 PRIMITIVES: tuple[str, ...] = (
