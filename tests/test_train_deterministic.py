@@ -1,5 +1,6 @@
 """`python -m capnas_tf.train --deterministic`: two fresh processes end with bit-identical A and genotype,
 and a run killed after a checkpoint and resumed ends where the uninterrupted run does."""
+import json
 import os
 import signal
 import subprocess
@@ -13,10 +14,12 @@ ENV = {**{k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}, "
 # The exact three-stage hypergradient (the estimator whose results drifted between runs), on a supernet
 # with BatchNorm, ReLU and max-pooling, 2 epochs × 4 steps, a checkpoint every 2 steps; LSTM F and W,
 # which trace faster than the transformer (the drift came from the order of independent ops, not the decoder).
+# Three cells of one node: a normal cell (so both halves of A follow the hypergradient) and two reduction
+# cells, 6 mixed edges of 4 ops each: quicker to trace than 2 cells of 2 nodes (10 edges, both cells reductions).
 SEARCH_FLAGS = ["--mode=search", "--dataset=capnas_shapes", "--image_size=16", "--batch_size=8",
                 "--search_strategy=three_stage", "--hypergradient=exact", "--stage2=soft", "--search_epochs=2",
                 "--warmup_epochs=0", "--steps_per_epoch=4", "--checkpoint_every=2", "--supernet_channels=4",
-                "--supernet_cells=2", "--supernet_nodes=2", "--decoder=lstm", "--student_decoder=lstm",
+                "--supernet_cells=3", "--supernet_nodes=1", "--decoder=lstm", "--student_decoder=lstm",
                 "--primitives=none,skip_connect,max_pool_3x3,sep_conv_3x3", "--log_every=2",
                 "--search_eval_images=0", "--deterministic"]
 
@@ -78,4 +81,7 @@ def test_deterministic_search_is_bit_identical_across_processes_and_resumes(tmp_
     resumed_history, resumed_genotype = _outputs(interrupted)
     assert history.count(b"\n") == 2  # A after epoch 1 and epoch 2
     assert resumed_history == history  # every value of A, to the last bit
+    epochs = [json.loads(line) for line in history.splitlines()]
+    for key in ("alpha_normal", "alpha_reduce"):  # A moved between the epochs, so the equality could fail
+        assert epochs[1][key] != epochs[0][key], key
     assert resumed_genotype == genotype
