@@ -2,7 +2,7 @@
 relaxations of A, genotypes (derived architectures) and the discrete encoder of a genotype.
 
     ops.PRIMITIVES, ops.OPS, ops.register_op      the candidates (data, extensible)
-    relaxations.get_relaxation(name)              A → op weights (softmax, gumbel, uniform)
+    relaxations.get_relaxation(name)              A → op weights (softmax, gumbel)
     SupernetEncoder                               E; arch_variables = A, weight_variables = E
     genotypes.derive_genotype(α_normal, α_reduce) A → Genotype (pure numpy)
     DiscreteEncoder(genotype)                     the derived encoder; discrete_from_supernet

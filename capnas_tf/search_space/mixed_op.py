@@ -1,7 +1,7 @@
 """The mixed operation of one supernet edge: ō(x) = Σ_k w_k · o_k(x).
 
-The weights w are a call argument, not a variable of the layer: the relaxation (softmax, Gumbel,
-uniform) and the architecture A live outside, so the same layer serves every search strategy.
+The weights w are a call argument, not a variable of the layer: the relaxation (softmax, Gumbel),
+a sampled path and the architecture A live outside, so the same layer serves every search strategy.
 
 Partial channels (PC-DARTS, Xu et al. 2020, arXiv 1907.05737): with K > 1 only the first C/K channels
 go through the candidates, the others bypass them (max-pooled 2×2 on a stride-2 edge), and a channel

@@ -7,16 +7,16 @@ that mix the candidates. Each is a small function of A, chosen by name:
 - `gumbel` (GDAS): a hard one-hot sample per edge from Gumbel-softmax; the forward pass uses the
   one-hot h, the gradient is that of the soft sample y = softmax((log softmax(α) + g) / τ),
   g ~ Gumbel(0, 1) (straight-through: w = h − sg(y) + y).
-- `uniform`: one op per edge drawn uniformly, as a one-hot (random search with weight sharing);
-  it does not depend on α, so it has no gradient.
 
-The stochastic ones use stateless random ops: `seed` is a shape-[2] integer tensor, and the same
+Random search with weight sharing samples whole architectures, not op weights of A
+(`search.paths.uniform_path`), so it has no relaxation here.
+
+The stochastic one uses stateless random ops: `seed` is a shape-[2] integer tensor, and the same
 seed gives the same sample in eager mode, in `tf.function` and under XLA. Change it every step,
 e.g. `seed = tf.stack([run_seed, step])`.
 
 References: Liu et al., DARTS, arXiv:1806.09055; Dong & Yang, "Searching for a Robust Neural
-Architecture in Four GPU Hours" (GDAS), arXiv:1910.04465; Li & Talwalkar, "Random Search and
-Reproducibility for NAS", arXiv:1902.07638.
+Architecture in Four GPU Hours" (GDAS), arXiv:1910.04465.
 """
 from __future__ import annotations
 
@@ -38,7 +38,7 @@ def register_relaxation(name: str, fn: Callable | None = None):
 
 
 def get_relaxation(name: str) -> Callable:
-    """The relaxation registered as `name` ("softmax", "gumbel", "uniform", …)."""
+    """The relaxation registered as `name` ("softmax", "gumbel", …)."""
     return RELAXATIONS.lookup(name, f"get_relaxation: unknown relaxation {name!r}; expected one of "
                                     f"{sorted(RELAXATIONS)}.")
 
@@ -90,17 +90,6 @@ def gumbel(alpha, *, temperature=1.0, seed=None) -> tf.Tensor:
     soft = tf.nn.softmax((tf.nn.log_softmax(alpha, axis=-1) + g) / tf.cast(temperature, alpha.dtype), axis=-1)
     hard = tf.one_hot(tf.argmax(soft, axis=-1), tf.shape(alpha)[-1], dtype=alpha.dtype)
     return hard - tf.stop_gradient(soft) + soft
-
-
-@register_relaxation("uniform")
-def uniform(alpha, *, temperature=1.0, seed=None) -> tf.Tensor:
-    """Random search with weight sharing: one op per edge drawn uniformly, as a one-hot row.
-    Independent of α (no gradient) and of τ."""
-    alpha = _as_float_matrix(alpha, "uniform")
-    seed = _require_seed(seed, "uniform")
-    num_edges, num_ops = tf.shape(alpha)[0], tf.shape(alpha)[1]
-    index = tf.random.stateless_uniform([num_edges], seed=seed, minval=0, maxval=num_ops, dtype=tf.int32)
-    return tf.one_hot(index, num_ops, dtype=alpha.dtype)
 
 
 def relax_architecture(relaxation: str | Callable, A: Sequence, *, temperature=1.0, seed=None):

@@ -1,5 +1,5 @@
 """Relaxations of A: softmax (DARTS), hard Gumbel-softmax with straight-through gradient (GDAS),
-uniform one-hot sampling (random search), their registry and GDAS' temperature schedule."""
+their registry and GDAS' temperature schedule."""
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -12,7 +12,6 @@ from capnas_tf.search_space.relaxations import (
     register_relaxation,
     relax_architecture,
     softmax,
-    uniform,
 )
 
 SEED = tf.constant([3, 7])
@@ -70,24 +69,8 @@ def test_gumbel_is_deterministic_per_seed_and_varies_with_it():
     assert len(draws) > 1
 
 
-def test_uniform_covers_every_op_evenly_and_ignores_alpha():
-    a = tf.tile(tf.constant([[100.0, 0, 0, 0, 0, 0, 0, 0]]), [4000, 1])
-    w = uniform(a, seed=SEED).numpy()
-    np.testing.assert_array_equal(w.sum(-1), 1.0)
-    frequencies = w.mean(0)
-    assert (frequencies > 0).all()
-    np.testing.assert_allclose(frequencies, 1 / 8, atol=0.025)
-
-
-def test_uniform_has_no_gradient_in_alpha():
-    a = tf.Variable(alpha())
-    with tf.GradientTape() as tape:
-        loss = tf.reduce_sum(uniform(a, seed=SEED))
-    assert tape.gradient(loss, a) is None
-
-
 @pytest.mark.parametrize("jit_compile", [False, True])
-@pytest.mark.parametrize("name", ["softmax", "gumbel", "uniform"])
+@pytest.mark.parametrize("name", ["softmax", "gumbel"])
 def test_relaxations_are_deterministic_when_traced_and_under_xla(name, jit_compile):
     fn = tf.function(lambda x, s: get_relaxation(name)(x, temperature=0.5, seed=s), jit_compile=jit_compile)
     a = alpha()
@@ -107,12 +90,11 @@ def test_gumbel_samples_under_xla_also_follow_softmax_of_alpha():
     np.testing.assert_allclose(sample(tf.tile(row, [4000, 1])).numpy().mean(0), [0.1, 0.2, 0.3, 0.4], atol=0.03)
 
 
-@pytest.mark.parametrize("name", ["gumbel", "uniform"])
-def test_sampling_relaxations_demand_a_seed(name):
+def test_the_sampling_relaxation_demands_a_seed():
     with pytest.raises(ValueError, match="needs seed"):
-        get_relaxation(name)(alpha())
+        gumbel(alpha())
     with pytest.raises(ValueError, match=r"seed must have shape \[2\]"):
-        get_relaxation(name)(alpha(), seed=tf.constant([1, 2, 3]))
+        gumbel(alpha(), seed=tf.constant([1, 2, 3]))
 
 
 def test_alpha_of_wrong_rank_is_rejected():
@@ -122,14 +104,14 @@ def test_alpha_of_wrong_rank_is_rejected():
 
 def test_relax_architecture_gives_independent_samples_per_cell():
     a = alpha()
-    w_normal, w_reduce = relax_architecture("uniform", (a, a), seed=SEED)
+    w_normal, w_reduce = relax_architecture("gumbel", (a, a), seed=SEED)
     assert not np.array_equal(w_normal, w_reduce)
     w_normal, w_reduce = relax_architecture("softmax", (a, a))
     np.testing.assert_array_equal(w_normal, w_reduce)
 
 
 def test_registry():
-    assert {"softmax", "gumbel", "uniform"} <= set(RELAXATIONS)
+    assert {"softmax", "gumbel"} <= set(RELAXATIONS)
     with pytest.raises(ValueError, match="unknown relaxation 'sparsemax'.*'gumbel'"):
         get_relaxation("sparsemax")
     register_relaxation("hardmax", lambda a, *, temperature=1.0, seed=None: tf.one_hot(tf.argmax(a, -1), a.shape[-1]))
