@@ -181,9 +181,15 @@ def distribution_strategies():
     return DISTRIBUTION_STRATEGIES
 
 
+def scheduled_sampling_schedules():
+    from capnas_tf.decoders.scheduled_sampling import SCHEDULES
+
+    return ("off", *SCHEDULES)
+
+
 def command_line_relaxations():
-    """softmax only: the relaxation of A that three_stage and darts use; the other registered ones
-    (`search_space.relaxations`) serve the strategies that sample their own paths."""
+    """softmax only: the relaxation of A that three_stage and darts use; gdas relaxes A by its own
+    (`search_space.relaxations.gumbel`), random_ws and reinforce sample whole paths."""
     return ("softmax",)
 
 
@@ -620,7 +626,24 @@ class RetrainConfig:
       selection_metric: the validation score whose best epoch is kept (ties: the higher CIDEr).
         "auto": "content/entirely_correct" on datasets with scenes (capnas_shapes), else "CIDEr";
         or any other validation score: "CIDEr", "BLEU-1" … "BLEU-4", "content/<key>" (keys of
-        `retrain.VALIDATION_CONTENT_KEYS`; datasets with scenes only). Checked by `retrain_job` up front.
+        `retrain.VALIDATION_CONTENT_KEYS`; datasets with scenes only), or "token_accuracy". Checked by
+        `retrain_job` up front.
+      scheduled_sampling: "off" (teacher forcing), or the schedule of ε_i, the probability that decoder input
+        t ≥ 1 is the ground-truth token rather than the model's own (Bengio et al. 2015, arXiv:1506.03099;
+        `decoders.scheduled_sampling`), i counting optimizer steps: "linear" ε_i = max(ε_min, 1 − i / d),
+        "exponential" ε_i = k^i, "inverse_sigmoid" ε_i = k / (k + exp(i / k)).
+      scheduled_sampling_decay_steps: d of "linear" (0: the whole retrain, epochs × steps_per_epoch).
+      scheduled_sampling_min: ε_min of "linear", in [0, 1].
+      scheduled_sampling_k: k of "exponential" (0 < k < 1) and "inverse_sigmoid" (k ≥ 1); required by them.
+      scheduled_sampling_sample: draw the model's tokens from its softmax instead of taking the argmax.
+      encoder_weights: path of a local weights file loaded into the encoder before training (nothing is
+        downloaded): for the keras.applications encoders ("mobilenet_v3_small", "resnet50", …) the
+        application's own weights without its top (e.g. ImageNet's `…_notop.h5`, or a `.weights.h5` saved
+        from the application with include_top=False); for the others a `.weights.h5` saved by
+        `encoder.save_weights` from an encoder of the same architecture (e.g. `captioner.encoder` of an
+        earlier retrain's `captioner.keras`). "" : the encoder starts from its random initialisation.
+      freeze_encoder_epochs: keep the encoder frozen (weights and BatchNorm statistics fixed) for this many
+        epochs, then fine-tune it with the decoder (`encoders.FreezeThenUnfreeze`); needs `encoder_weights`.
     """
 
     encoder: str = option("darts", flag="retrain_encoder",
@@ -664,8 +687,27 @@ class RetrainConfig:
              "blind_baseline; what a captioner scores without looking. Costs a second, decoder-only retrain.")
     selection_metric: str = option("auto",
         help="Validation score whose best epoch is kept (ties: higher CIDEr). auto: content/entirely_correct on "
-             "datasets with scenes (capnas_shapes), else CIDEr; or CIDEr, BLEU-1..BLEU-4, or content/KEY with KEY "
-             "one of count, colour, shape, size, relation, entirely_correct, parsed (scenes only).")
+             "datasets with scenes (capnas_shapes), else CIDEr; or CIDEr, BLEU-1..BLEU-4, token_accuracy, or "
+             "content/KEY with KEY one of count, colour, shape, size, relation, entirely_correct, parsed (scenes "
+             "only).")
+    scheduled_sampling: str = option("off", choices=scheduled_sampling_schedules,
+        help="Scheduled sampling (Bengio et al. 2015): decoder input t >= 1 is the ground truth with probability "
+             "eps_i, else the model's own token; eps_i by step i: linear max(min, 1 - i/decay_steps), exponential "
+             "k^i, inverse_sigmoid k/(k + exp(i/k)); off: teacher forcing.")
+    scheduled_sampling_decay_steps: int = option(0,
+        help="Steps of the linear schedule's decay from 1 to --scheduled_sampling_min (0: the whole retrain).")
+    scheduled_sampling_min: float = option(0.0, help="Floor of the linear schedule's eps, in [0, 1].")
+    scheduled_sampling_k: float = option(0.0,
+        help="k of the exponential (0 < k < 1) and inverse_sigmoid (k >= 1) schedules; required by them.")
+    scheduled_sampling_sample: bool = option(False,
+        help="Draw the model's tokens from its softmax instead of taking the argmax.")
+    encoder_weights: str = option("", flag="retrain_encoder_weights",
+        help="Local weights file loaded into the encoder before training (never downloaded): for the "
+             "keras.applications encoders the application's weights without top (e.g. ImageNet's *_notop.h5); "
+             "for the others a .weights.h5 saved by encoder.save_weights from the same architecture.")
+    freeze_encoder_epochs: int = option(0,
+        help="Keep the encoder (weights and BatchNorm statistics) frozen for this many epochs, then fine-tune it; "
+             "needs --retrain_encoder_weights.")
 
     def __post_init__(self):
         for name in ("channels", "num_cells", "epochs", "beam_width"):
@@ -688,3 +730,33 @@ class RetrainConfig:
                 or self.export_max_pixels <= 0:
             raise ValueError(f"RetrainConfig.export_max_pixels must be an integer > 0, "
                              f"received {self.export_max_pixels!r}.")
+        self._check_scheduled_sampling()
+        self._check_encoder_weights()
+
+    def _check_scheduled_sampling(self):
+        check = _Checker(self)
+        check.one_of("scheduled_sampling", scheduled_sampling_schedules())
+        check.at_least(0, "scheduled_sampling_decay_steps", note=" (0: the whole retrain)")
+        check.require("scheduled_sampling_min", _number(self.scheduled_sampling_min)
+                      and 0 <= self.scheduled_sampling_min <= 1, "in [0, 1]")
+        k, related = self.scheduled_sampling_k, ("scheduled_sampling",)
+        if self.scheduled_sampling == "exponential":
+            check.require("scheduled_sampling_k", _number(k) and 0 < k < 1,
+                          "in (0, 1) for scheduled_sampling 'exponential' (ε_i = k^i)", related)
+        elif self.scheduled_sampling == "inverse_sigmoid":
+            check.require("scheduled_sampling_k", _number(k) and k >= 1,
+                          ">= 1 for scheduled_sampling 'inverse_sigmoid' (ε_i = k / (k + exp(i / k)))", related)
+
+    def _check_encoder_weights(self):
+        check = _Checker(self)
+        check.require("encoder_weights", isinstance(self.encoder_weights, str)
+                      and (not self.encoder_weights or os.path.isfile(self.encoder_weights)),
+                      "'' or the path of an existing local weights file")
+        check.require("encoder_weights", not (self.encoder_weights and self.encoder == "blind"),
+                      "'' with encoder 'blind', which has no weights", ("encoder",))
+        n = self.freeze_encoder_epochs
+        check.require("freeze_encoder_epochs", _number(n) and n == int(n) and 0 <= n <= self.epochs,
+                      f">= 0 and <= epochs ({self.epochs})", ("epochs",))
+        check.require("freeze_encoder_epochs", n == 0 or bool(self.encoder_weights),
+                      "0 without encoder_weights (freezing a randomly initialised encoder is almost surely a "
+                      "mistake)", ("encoder_weights",))

@@ -12,8 +12,11 @@
     mobilenet_v3_large,   file (never downloaded)
     mobilenet_v2, resnet50
 
+`load_encoder_weights(encoder, path)` loads a local weights file into a built encoder (into the
+application model itself for the keras.applications encoders, so their published weights fit).
 A pretrained backbone is usually frozen first and fine-tuned later: `FreezeThenUnfreeze` (call it
-each step in a custom loop) and `FreezeThenUnfreezeCallback` (for `fit`) switch `trainable`.
+each step in a custom loop; the retrain's `freeze_encoder_epochs`) and `FreezeThenUnfreezeCallback`
+(for `fit`) switch `trainable`.
 
 Example:
 
@@ -301,6 +304,74 @@ def _application_encoder(application: str):
 for _name, _application in (("mobilenet_v3_small", "MobileNetV3Small"), ("mobilenet_v3_large", "MobileNetV3Large"),
                             ("mobilenet_v2", "MobileNetV2"), ("resnet50", "ResNet50")):
     register_encoder(_name, _application_encoder(_application))
+
+
+# --- Pretrained weights from a local file ---------------------------------------------------------
+
+class EncoderWeightsError(ValueError):
+    """A weights file that is missing or does not fit the encoder; the message names the file and the
+    setting that gave it."""
+
+
+def weights_target(encoder: keras.layers.Layer) -> keras.layers.Layer:
+    """The layer whose weights a file for `encoder` holds: a keras.applications backbone's own model (so
+    that the application's published weights without top fit), else the encoder itself."""
+    if isinstance(encoder, BackboneEncoder) and isinstance(encoder.backbone, ApplicationBackbone):
+        return encoder.backbone.model
+    return encoder
+
+
+def _arrays_in_weights_file(path: str) -> int:
+    import h5py  # a dependency of Keras' weights files
+
+    count = 0
+
+    def visit(_, obj):
+        nonlocal count
+        count += isinstance(obj, h5py.Dataset)
+
+    with h5py.File(path, "r") as f:
+        f.visititems(visit)
+    return count
+
+
+def load_encoder_weights(encoder: keras.layers.Layer, path: str, *, where: str = "load_encoder_weights") -> None:
+    """Loads the local weights file `path` into the built `encoder` (`weights_target`), all or nothing.
+
+    Args:
+      encoder: a built encoder.
+      path: a Keras weights file: `.weights.h5` (`layer.save_weights`) or, for an application backbone,
+        its legacy `.h5`.
+      where: how errors name the setting that gave `path` (e.g. a config field and its flag).
+
+    Raises:
+      EncoderWeightsError: `path` is no file, no weights file, or does not fit the encoder (other
+        layers, shapes, or more arrays than the encoder has weights: Keras would silently skip those).
+    """
+    path = os.fspath(path)
+    target = weights_target(encoder)
+    if not os.path.isfile(path):
+        raise EncoderWeightsError(f"{where}: weights file {path!r} does not exist; pass the path of a local weights "
+                                  f"file saved from a {type(target).__name__} of the same architecture.")
+
+    def mismatch(why: str) -> EncoderWeightsError:
+        return EncoderWeightsError(f"{where}: weights file {path!r} does not fit the encoder ({type(target).__name__} "
+                          f"{target.name!r}, {len(target.weights)} weights): {why}")
+
+    def first_line(error: Exception) -> str:
+        return str(error).strip().splitlines()[0][:300]
+
+    if path.endswith(".weights.h5"):
+        try:
+            arrays = _arrays_in_weights_file(path)
+        except OSError as e:  # h5py: not an HDF5 file
+            raise mismatch(first_line(e)) from e
+        if arrays != len(target.weights):
+            raise mismatch(f"the file holds {arrays} arrays.")
+    try:
+        target.load_weights(path)
+    except (OSError, KeyError, TypeError, ValueError) as e:  # h5py: OSError, KeyError; Keras: ValueError
+        raise mismatch(first_line(e)) from e
 
 
 # --- Freeze, then fine-tune ------------------------------------------------------------------------

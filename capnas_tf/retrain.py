@@ -14,18 +14,26 @@ resumes both after their last finished epoch.
 
 Validation after each epoch: greedy (or beam) captions of the validation images, scored by BLEU and
 CIDEr and, on datasets with scenes, by content accuracy (`data.shapes_content`: did the caption name
-the right counts, colours, shapes, sizes and relation). metrics.json: per test split the COCO scores,
+the right counts, colours, shapes, sizes and relation); and the teacher-forced next-token accuracy of
+the validation captions (`metrics.TokenAccuracy`). metrics.json: per test split the COCO scores,
 `content` and `diversity` of the model, the most-frequent-caption `baseline` and the `blind_baseline`,
 and the `reference_level` (each human reference scored against the others).
+
+Options of the training (`RetrainConfig`): scheduled sampling (`ScheduledSampling`: decoder inputs
+mixed with the model's own tokens, by a schedule over the steps); an encoder that starts from a local
+weights file (`encoders.load_encoder_weights`) and stays frozen for the first epochs
+(`encoders.FreezeThenUnfreeze`).
 """
 from __future__ import annotations
 
 import collections
 import dataclasses
+import functools
 import json
 import math
 import os
 import time
+from typing import Callable
 
 import keras
 import tensorflow as tf
@@ -34,12 +42,14 @@ from capnas_tf import evaluation, io_utils
 from capnas_tf.captioner import Captioner
 from capnas_tf.checkpointing import CheckpointKeeper, FiniteCheck, model_state, named_variables
 from capnas_tf.config import RetrainConfig
-from capnas_tf.data.text import normalize_caption
+from capnas_tf.data.text import PAD_ID, normalize_caption
 from capnas_tf.decoders import get_decoder
 from capnas_tf.decoders.losses import caption_loss
+from capnas_tf.decoders.scheduled_sampling import scheduled_sampling_inputs, teacher_forcing_probability
 from capnas_tf.distribute import (check_global_batch, check_jit_compile, check_workers_agree, configure_runtime,
                                   distribute_dataset, get_distribution_strategy)
-from capnas_tf.encoders import ENCODERS
+from capnas_tf.encoders import ENCODERS, FreezeThenUnfreeze, load_encoder_weights
+from capnas_tf.metrics import TokenAccuracy
 from capnas_tf.search_space.genotypes import resolve_genotype
 
 
@@ -69,13 +79,24 @@ def build_encoder(config: RetrainConfig) -> keras.layers.Layer:
     return factory(name="encoder")
 
 
+ENCODER_WEIGHTS_SETTING = "RetrainConfig.encoder_weights (--retrain_encoder_weights)"
+
+
 def build_captioner(config: RetrainConfig, *, vocab_size: int, max_caption_len: int, image_size: int,
                     encoder: keras.layers.Layer | None = None) -> Captioner:
-    """Encoder (`build_encoder`, or `encoder`) + decoder, built. The decoder reads prefixes of L − 1 tokens."""
+    """Encoder (`build_encoder`, or `encoder`) + decoder, built; the encoder's weights loaded from
+    `config.encoder_weights` if set. The decoder reads prefixes of L − 1 tokens.
+
+    Raises:
+      encoders.EncoderWeightsError: naming the setting and the file, if `config.encoder_weights` is no
+        file or does not fit the encoder (`encoders.load_encoder_weights`).
+    """
     encoder = encoder if encoder is not None else build_encoder(config)
     decoder = get_decoder(config.decoder, vocab_size=vocab_size, max_len=max_caption_len - 1)
     captioner = Captioner(encoder, decoder, name="captioner")
     captioner(tf.zeros([1, image_size, image_size, 3]), tf.ones([1, max_caption_len - 1], tf.int32))
+    if config.encoder_weights:
+        load_encoder_weights(captioner.encoder, config.encoder_weights, where=ENCODER_WEIGHTS_SETTING)
     return captioner
 
 
@@ -86,9 +107,63 @@ def build_optimizer(config: RetrainConfig, total_steps: int) -> keras.optimizers
                                   global_clipnorm=config.grad_clip or None)
 
 
+@dataclasses.dataclass(frozen=True)
+class ScheduledSampling:
+    """Scheduled sampling in the retrain's step (`decoders.scheduled_sampling`): at optimizer step i each
+    decoder input t ≥ 1 is the ground truth with probability ε_i, else the model's own token.
+
+    Attributes:
+      teacher_forcing_probability: i ↦ ε_i (a float32 scalar tensor).
+      sample: draw the model's tokens from its softmax rather than taking the argmax.
+      seed: the run's seed; step i on replica r draws with fold_in(fold_in([seed, 0], i), r), so a resumed
+        run draws what an uninterrupted one would, and replicas draw apart.
+    """
+
+    teacher_forcing_probability: Callable
+    sample: bool = False
+    seed: int = 0
+
+    def step_seed(self, step) -> tf.Tensor:
+        context = tf.distribute.get_replica_context()
+        replica = context.replica_id_in_sync_group if context is not None else 0
+        fold_in = tf.random.experimental.stateless_fold_in
+        return fold_in(fold_in(tf.constant([self.seed, 0], tf.int64), step), replica)
+
+    def decoder_inputs(self, decoder, features, prefix, *, step) -> tf.Tensor:
+        """The decoder input `[B, T]` of step i for the ground-truth `prefix` (`scheduled_sampling_inputs`)."""
+        return scheduled_sampling_inputs(decoder, features, prefix,
+                                         teacher_forcing_prob=self.teacher_forcing_probability(step),
+                                         seed=self.step_seed(step), sample=self.sample, pad_id=PAD_ID)
+
+
+def scheduled_sampling_of(config: RetrainConfig, *, total_steps: int, seed: int) -> ScheduledSampling | None:
+    """`config.scheduled_sampling` as a `ScheduledSampling` (None when "off"); "linear" decays over
+    `config.scheduled_sampling_decay_steps`, or over `total_steps` when that is 0."""
+    if config.scheduled_sampling == "off":
+        return None
+    if config.scheduled_sampling == "linear":
+        params = dict(decay_steps=config.scheduled_sampling_decay_steps or max(1, total_steps),
+                      minimum=config.scheduled_sampling_min)
+    else:
+        params = dict(k=config.scheduled_sampling_k)
+    schedule = functools.partial(teacher_forcing_probability, schedule=config.scheduled_sampling, **params)
+    return ScheduledSampling(schedule, sample=config.scheduled_sampling_sample, seed=seed)
+
+
+def training_logits(captioner: Captioner, images, prefix, *, step, scheduled_sampling: ScheduledSampling | None):
+    """The logits `[B, T, V]` a training step fits to the next tokens: teacher-forced on `prefix`, or on the
+    decoder input of `scheduled_sampling` at `step` (the encoder runs once either way)."""
+    if scheduled_sampling is None:
+        return captioner(images, prefix, training=True)
+    features = captioner.encoder(images, training=True)
+    inputs = scheduled_sampling.decoder_inputs(captioner.decoder, features, prefix, step=step)
+    return captioner.decoder(features, inputs, training=True)
+
+
 def make_train_step(captioner: Captioner, optimizer, *, jit_compile: bool = False,
-                    dist: tf.distribute.Strategy | None = None):
-    """A compiled step: teacher-forced masked token NLL of tokens[:, 1:], one AdamW update.
+                    dist: tf.distribute.Strategy | None = None, scheduled_sampling: ScheduledSampling | None = None):
+    """A compiled step: masked token NLL of tokens[:, 1:] (teacher-forced, or with `scheduled_sampling`
+    at the optimizer's step count), one AdamW update of the captioner's trainable variables.
 
     Under `dist` (the strategy the captioner and optimizer were built in), `images` and `tokens` are
     distributed values: each replica's loss is its part of the global mean (`caption_loss`), the optimizer
@@ -98,7 +173,8 @@ def make_train_step(captioner: Captioner, optimizer, *, jit_compile: bool = Fals
 
     def replica_step(images, tokens):
         with tf.GradientTape() as tape:
-            logits = captioner(images, tokens[:, :-1], training=True)  # (B, L − 1, V)
+            logits = training_logits(captioner, images, tokens[:, :-1], step=optimizer.iterations,
+                                     scheduled_sampling=scheduled_sampling)  # (B, L − 1, V)
             loss = caption_loss(logits, tokens)
         variables = captioner.trainable_variables
         grads = tape.gradient(loss, variables)
@@ -162,10 +238,10 @@ VALIDATION_CONTENT_KEYS = ("count", "colour", "shape", "size", "relation", "enti
 
 
 def validation_score_names(data) -> tuple[str, ...]:
-    """The names of the per-epoch validation scores of `data`: the COCO ones, and "content/<key>" where
-    the dataset has scenes."""
+    """The names of the per-epoch validation scores of `data`: the COCO ones, "token_accuracy", and
+    "content/<key>" where the dataset has scenes."""
     content = () if data.scenes("validation") is None else tuple(f"content/{k}" for k in VALIDATION_CONTENT_KEYS)
-    return VALIDATION_COCO_KEYS + content
+    return VALIDATION_COCO_KEYS + ("token_accuracy",) + content
 
 
 def resolve_selection_metric(config: RetrainConfig, data) -> str:
@@ -188,6 +264,24 @@ def resolve_selection_metric(config: RetrainConfig, data) -> str:
                      f"validation score, one of {list(names)}; received {config.selection_metric!r}.{why}")
 
 
+def validation_token_accuracy(captioner, data, config: RetrainConfig) -> float:
+    """Teacher-forced next-token accuracy (`metrics.TokenAccuracy`: argmax of logits_t = token t + 1, over
+    the non-pad tokens) on the validation captions, every one, or the first `config.max_eval_images`."""
+    batch_size = config.batch_size or data.config.batch_size
+    pairs = data.validation_dataset(batch_size, repeat=False, shuffle=False, drop_remainder=False)
+    if config.max_eval_images:
+        pairs = pairs.unbatch().take(config.max_eval_images).batch(batch_size)
+    accuracy = TokenAccuracy(pad_id=PAD_ID)
+
+    @tf.function(reduce_retracing=True)  # the last batch may be smaller
+    def update(images, tokens):
+        accuracy.update_state(tokens[:, 1:], captioner(images, tokens[:, :-1], training=False))
+
+    for batch in pairs:
+        update(batch["image"], batch["tokens"])
+    return float(accuracy.result())
+
+
 def validation_scores(captioner, data, config: RetrainConfig) -> dict[str, float]:
     """The per-epoch validation scores of `captioner` (`validation_score_names`), on all validation images
     unless `config.max_eval_images`."""
@@ -195,6 +289,7 @@ def validation_scores(captioner, data, config: RetrainConfig) -> dict[str, float
         captioner, data, splits=("validation",), beam_width=config.beam_width, max_images=config.max_eval_images,
         metrics=evaluation.CHEAP_METRIC_GROUPS, return_captions=True)
     scores = dict(scores["validation"])
+    scores["token_accuracy"] = validation_token_accuracy(captioner, data, config)
     content = evaluation.content_scores(captions["validation"], data, "validation")
     if content is not None:
         scores.update({f"content/{k}": content[k] for k in VALIDATION_CONTENT_KEYS})
@@ -322,7 +417,7 @@ class _Trained:
 def _epoch_line(epoch: int, config: RetrainConfig, loss: float, scores: dict, selection_metric: str,
                 improved: bool) -> str:
     line = (f"Epoch {epoch}/{config.epochs}: loss {loss:.3f}, validation CIDEr {scores['CIDEr']:.3f}, "
-            f"BLEU-4 {scores['BLEU-4']:.3f}")
+            f"BLEU-4 {scores['BLEU-4']:.3f}, token accuracy {scores['token_accuracy']:.3f}")
     content = {k[len("content/"):]: v for k, v in scores.items() if k.startswith("content/")}
     if content:
         line += "; content " + evaluation.content_line(content)
@@ -330,17 +425,21 @@ def _epoch_line(epoch: int, config: RetrainConfig, loss: float, scores: dict, se
 
 
 def _train_and_select(captioner: Captioner, config: RetrainConfig, data, workdir: str, *, arch: dict,
-                      description: str, batch_size: int, steps: int, selection_metric: str, log,
+                      description: str, batch_size: int, steps: int, selection_metric: str, seed: int, log,
                       dist: tf.distribute.Strategy) -> _Trained:
     """The training loop of every retrain (the model's and the blind baseline's): trains `captioner` (or
-    resumes it from `<workdir>/checkpoints`) for the epochs `config.epochs` asks, validates after each
-    epoch (log, TensorBoard, `history.json`), keeps the epoch of the best `selection_metric` in
-    `<workdir>/best`, restores it and saves it as `<workdir>/captioner.keras`. Exports nothing.
-    `captioner` was built under `dist.scope()`; every worker of a multi-worker run validates the whole
-    validation split (the same scores everywhere)."""
+    resumes it from `<workdir>/checkpoints`) for the epochs `config.epochs` asks, its encoder frozen for the
+    first `config.freeze_encoder_epochs`, validates after each epoch (log, TensorBoard, `history.json`),
+    keeps the epoch of the best `selection_metric` in `<workdir>/best`, restores it and saves it as
+    `<workdir>/captioner.keras`. Exports nothing. `captioner` was built under `dist.scope()`; every worker
+    of a multi-worker run validates the whole validation split (the same scores everywhere). `seed` seeds
+    the draws of scheduled sampling."""
     with dist.scope():
         optimizer = build_optimizer(config, config.epochs * steps)
+        # every variable, the encoder's too: a Keras optimizer refuses variables it was not built with,
+        # and the encoder is still trainable here (`freeze` switches it per epoch below)
         optimizer.build(captioner.trainable_variables)
+    freeze = FreezeThenUnfreeze(captioner.encoder, config.freeze_encoder_epochs * steps)
     check_architecture(workdir, arch)
     check_selection_metric(workdir, selection_metric)
     state = _RetrainState(workdir, captioner, optimizer)
@@ -349,7 +448,8 @@ def _train_and_select(captioner: Captioner, config: RetrainConfig, data, workdir
     log(f"Retrain: {description}; {config.epochs} epochs × {steps} steps, batch {batch_size}; checkpoint kept by "
         f"validation {selection_metric}" + (f"; resuming after epoch {first_epoch}" if first_epoch else "")
         + f" → {workdir}")
-    step_fn = make_train_step(captioner, optimizer, jit_compile=config.xla, dist=dist)
+    sampling = scheduled_sampling_of(config, total_steps=config.epochs * steps, seed=seed)
+    step_fn = None
     writer = tf.summary.create_file_writer(os.path.join(workdir, "tensorboard"))
     batches = data.train_dataset(batch_size, repeat=True)
     # epochs past the resumed checkpoint (it may be an older one than the newest: `CheckpointKeeper`) are redone
@@ -357,6 +457,11 @@ def _train_and_select(captioner: Captioner, config: RetrainConfig, data, workdir
     for epoch in range(first_epoch, config.epochs):
         if config.drop_path_prob > 0:
             captioner.encoder.set_drop_path_prob(config.drop_path_prob * epoch / config.epochs)
+        if freeze(epoch * steps) or step_fn is None:  # the step reads the trainable variables when traced
+            if config.freeze_encoder_epochs:
+                log(f"  epoch {epoch + 1}: encoder {'trainable' if captioner.encoder.trainable else 'frozen'}")
+            step_fn = make_train_step(captioner, optimizer, jit_compile=config.xla, dist=dist,
+                                      scheduled_sampling=sampling)
         loss = _train_epoch(step_fn, batches, steps, epoch=epoch, log=log, log_every=config.log_every,
                             writer=writer, global_step=epoch * steps, dist=dist)
         state.check_finite(epoch + 1)  # before anything of this epoch is written
@@ -373,6 +478,8 @@ def _train_and_select(captioner: Captioner, config: RetrainConfig, data, workdir
         io_utils.atomic_write_json(os.path.join(workdir, "history.json"), history)
         log(_epoch_line(epoch + 1, config, loss, scores, selection_metric, improved))
     writer.flush()
+    if config.freeze_encoder_epochs:
+        captioner.encoder.trainable = True  # a model frozen to the end is saved as an ordinary one
     state.restore_best()
     io_utils.remove_stale_temps(workdir)  # of a save killed half-way
     io_utils.save_keras_atomically(captioner, os.path.join(workdir, "captioner.keras"))
@@ -424,8 +531,8 @@ def retrain_job(run, config: RetrainConfig, data, *, dist=None, log=print) -> Re
     description = (f"{encoder_name}{captioner.encoder.count_params():,} encoder params) + {config.decoder} decoder "
                    f"({captioner.decoder.count_params():,} params)")
     model = _train_and_select(captioner, config, data, workdir, arch=architecture_of(config), description=description,
-                              batch_size=batch_size, steps=steps, selection_metric=selection_metric, log=log,
-                              dist=dist)
+                              batch_size=batch_size, steps=steps, selection_metric=selection_metric, seed=run.seed,
+                              log=log, dist=dist)
     blind = None
     if config.blind_baseline and config.encoder != "blind":
         blind = _train_blind_baseline(run, config, data, captioner, batch_size=batch_size, steps=steps,
@@ -449,7 +556,8 @@ def _train_blind_baseline(run, config: RetrainConfig, data, captioner: Captioner
 
     grid, _ = captioner.encoder(tf.zeros([1, data.image_size, data.image_size, 3]), training=False)
     grid_shape = tuple(int(d) for d in grid.shape[1:])
-    blind_config = dataclasses.replace(config, encoder="blind", drop_path_prob=0.0)
+    blind_config = dataclasses.replace(config, encoder="blind", drop_path_prob=0.0, encoder_weights="",
+                                       freeze_encoder_epochs=0)
     keras.utils.set_random_seed(run.seed)
     with dist.scope():
         blind = build_captioner(blind_config, vocab_size=len(data.vocab), max_caption_len=data.max_caption_len,
@@ -459,7 +567,7 @@ def _train_blind_baseline(run, config: RetrainConfig, data, captioner: Captioner
     arch = {**architecture_of(blind_config), "grid_shape": list(grid_shape)}
     return _train_and_select(blind, blind_config, data, os.path.join(run.workdir, "retrain", "blind"), arch=arch,
                              description=description, batch_size=batch_size, steps=steps,
-                             selection_metric=selection_metric, log=log, dist=dist)
+                             selection_metric=selection_metric, seed=run.seed, log=log, dist=dist)
 
 
 def _read_history(workdir: str) -> list:

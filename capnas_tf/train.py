@@ -14,6 +14,7 @@ from capnas_tf import jobs
 from capnas_tf._startup import quiet_runtime
 from capnas_tf.checkpointing import UnreadableCheckpointError
 from capnas_tf.data.captions_io import BadAnnotationFileError, BadExampleError
+from capnas_tf.encoders import EncoderWeightsError
 from capnas_tf.retrain import NonFiniteStateError as RetrainNonFiniteStateError
 from capnas_tf.search.loop import NonFiniteLossError
 from capnas_tf.search_space.genotypes import GenotypeError
@@ -39,10 +40,12 @@ def main(argv):
 
 # Errors whose message tells the operator what went wrong and what is kept: another run holds the
 # workdir; a bad example or annotation file (named, with the flag that skips it); a bad --genotype; a
-# checkpoint that cannot be read; a run stopped on a non-finite loss or state (the last good checkpoint
-# stays the latest); a multi-worker run that lost a worker.
+# --retrain_encoder_weights file that does not fit the encoder; a checkpoint that cannot be read; a run
+# stopped on a non-finite loss or state (the last good checkpoint stays the latest); a multi-worker run
+# that lost a worker.
 OPERATOR_ERRORS = (jobs.WorkdirLockedError, BadExampleError, BadAnnotationFileError, GenotypeError,
-                   UnreadableCheckpointError, NonFiniteLossError, RetrainNonFiniteStateError, jobs.WorkerLostError)
+                   EncoderWeightsError, UnreadableCheckpointError, NonFiniteLossError, RetrainNonFiniteStateError,
+                   jobs.WorkerLostError)
 
 
 if __name__ == "__main__":

@@ -14,8 +14,9 @@ import pytest
 
 from capnas_tf.config import RetrainConfig
 from capnas_tf.config import RunConfig
+from capnas_tf.data.text import PAD_ID
 from capnas_tf.retrain import (BLIND_LOG_PREFIX, most_frequent_caption, resolve_selection_metric, retrain_job,
-                               validation_score_names)
+                               validation_score_names, validation_token_accuracy)
 from tests.retrain_fixtures import TINY_RETRAIN, copy_of_retrained, retrained, tiny_data
 
 COCO_KEYS = {"BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "CIDEr"}
@@ -96,6 +97,32 @@ def test_validation_logs_content_accuracy_beside_cider_and_bleu():
     assert {"val_CIDEr", "val_BLEU-4", "val_content/colour", "val_content/entirely_correct"} <= set(history)
     epoch_line = next(line for line in run.log if line.startswith("Epoch 1/1:"))
     assert "validation CIDEr" in epoch_line and "colour" in epoch_line and "entirely correct" in epoch_line
+
+
+def _teacher_forced_accuracy(captioner, data, max_captions=None) -> float:
+    """By hand: argmax of the logits after each prefix = the next token, over the non-pad targets."""
+    batch = next(iter(data.validation_dataset(data.num_examples("validation"), repeat=False, shuffle=False)))
+    images, tokens = batch["image"][:max_captions], batch["tokens"][:max_captions]
+    targets = tokens[:, 1:].numpy()
+    counted = targets != PAD_ID
+    hits = (captioner(images, tokens[:, :-1]).numpy().argmax(-1) == targets) & counted
+    return hits.sum() / counted.sum()
+
+
+def test_validation_token_accuracy_is_the_teacher_forced_accuracy_on_the_validation_captions():
+    run = retrained()
+    (history,) = run.result.metrics["history"]  # one epoch: the returned model is that epoch's
+    expected = _teacher_forced_accuracy(run.result.captioner, run.data)
+    assert history["val_token_accuracy"] == pytest.approx(expected, abs=1e-7)
+    epoch_line = next(line for line in run.log if line.startswith("Epoch 1/1:"))
+    assert f"token accuracy {expected:.3f}" in epoch_line
+    # every caption counts once, the last smaller batch too (40 captions, batches of 16), or the first N
+    assert run.data.num_examples("validation") % 16 != 0
+    whole = validation_token_accuracy(run.result.captioner, run.data, dataclasses.replace(TINY_RETRAIN, batch_size=16))
+    assert whole == pytest.approx(expected, abs=1e-7)
+    first = validation_token_accuracy(run.result.captioner, run.data,
+                                      dataclasses.replace(TINY_RETRAIN, max_eval_images=13))
+    assert first == pytest.approx(_teacher_forced_accuracy(run.result.captioner, run.data, 13), abs=1e-7)
 
 
 def test_selection_metric_is_checked_before_anything_is_trained(tmp_path):

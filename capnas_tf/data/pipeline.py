@@ -424,10 +424,12 @@ class CaptionData:
         """D_tr: `{"image": float32 [B, S, S, 3], "tokens": int32 [B, L]}`, one caption per element."""
         return self._pair_stream("train", batch_size, repeat=repeat, shuffle=shuffle)
 
-    def validation_dataset(self, batch_size: int | None = None, *, repeat: bool = True,
-                           shuffle: bool = True) -> tf.data.Dataset:
-        """D_val: `{"image": float32 [B, S, S, 3], "tokens": int32 [B, L]}`."""
-        return self._pair_stream("validation", batch_size, repeat=repeat, shuffle=shuffle)
+    def validation_dataset(self, batch_size: int | None = None, *, repeat: bool = True, shuffle: bool = True,
+                           drop_remainder: bool = True) -> tf.data.Dataset:
+        """D_val: `{"image": float32 [B, S, S, 3], "tokens": int32 [B, L]}`; without `drop_remainder` (and
+        `repeat`) the last batch holds the remaining pairs, so every pair comes once."""
+        return self._pair_stream("validation", batch_size, repeat=repeat, shuffle=shuffle,
+                                 drop_remainder=drop_remainder)
 
     def unlabeled_dataset(self, batch_size: int | None = None, *, repeat: bool = True,
                           shuffle: bool = True) -> tf.data.Dataset:
@@ -505,8 +507,10 @@ class CaptionData:
         digest = hashlib.sha1(repr((self.config, split, with_tokens and self.vocab.tokens)).encode()).hexdigest()[:12]
         return dataset.cache(f"{cache}-{self.config.dataset}-{split}-{digest}")
 
-    def _pair_stream(self, split: str, batch_size: int | None, *, repeat: bool, shuffle: bool) -> tf.data.Dataset:
-        batch_size = self._check_batch(split, batch_size, self.num_examples(split), repeat)
+    def _pair_stream(self, split: str, batch_size: int | None, *, repeat: bool, shuffle: bool,
+                     drop_remainder: bool = True) -> tf.data.Dataset:
+        # a split smaller than one batch still yields a batch unless it is dropped
+        batch_size = self._check_batch(split, batch_size, self.num_examples(split), repeat or not drop_remainder)
         images = self._cached_images(split, with_tokens=True)
         if shuffle:  # first the images, then the pairs, so the captions of an image spread apart
             images = seeded_shuffle(images, self._buffer(self.num_images(split)), self._seeds(split, 0))
@@ -515,7 +519,7 @@ class CaptionData:
             pairs = seeded_shuffle(pairs, self._buffer(self.num_examples(split)), self._seeds(split, 1))
         if repeat:
             pairs = pairs.repeat()
-        return self._finish(pairs.batch(batch_size, drop_remainder=True))
+        return self._finish(pairs.batch(batch_size, drop_remainder=drop_remainder))
 
     def _finish(self, batches: tf.data.Dataset) -> tf.data.Dataset:
         options = tf.data.Options()

@@ -11,7 +11,13 @@ The paper's three schedules are in `SCHEDULES`:
 
 With a parallel decoder the model's tokens come from a first, teacher-forced pass
 (`scheduled_sampling_logits`); this is the usual two-pass approximation of the sequential scheme.
-All functions are graph-safe and use stateless random ops (`seed` is an int32 pair).
+The first pass runs in inference mode: its tokens are the ones the model would feed itself when
+captioning (no dropout), and it leaves the decoder's dropout seeds untouched, so at ε = 1 the second
+pass is the teacher-forced pass exactly.
+All functions are graph-safe and use stateless random ops (`seed` is an integer pair).
+
+The retrain uses it with `RetrainConfig.scheduled_sampling` (`--scheduled_sampling`), counting i in
+optimizer steps.
 """
 from __future__ import annotations
 
@@ -77,7 +83,7 @@ def model_tokens_from_logits(logits, tokens, *, sample: bool = False, seed=None)
       logits: `[B, T, V]` from a teacher-forced pass on `tokens`.
       tokens: int32 `[B, T]`, the prefix that produced `logits`.
       sample: draw from softmax(logits) instead of taking the argmax.
-      seed: int32 `[2]`, required when `sample` is true.
+      seed: int `[2]`, required when `sample` is true.
 
     Returns:
       int32 `[B, T]`: position 0 is `tokens[:, 0]` (<start>), position t ≥ 1 is the model's token
@@ -106,7 +112,7 @@ def mix_inputs(ground_truth, model_tokens, teacher_forcing_prob, *, seed, pad_id
       ground_truth: int32 `[B, T]` decoder input (starting with <start>).
       model_tokens: int32 `[B, T]`, e.g. from `model_tokens_from_logits`.
       teacher_forcing_prob: ε, a float scalar.
-      seed: int32 `[2]` for the stateless coin flips.
+      seed: int `[2]` for the stateless coin flips.
       pad_id: the padding id.
 
     Returns:
@@ -117,6 +123,37 @@ def mix_inputs(ground_truth, model_tokens, teacher_forcing_prob, *, seed, pad_id
     first = tf.equal(tf.range(tf.shape(ground_truth)[1]), 0)[None, :]
     use_truth = use_truth | first | tf.equal(ground_truth, pad_id)
     return tf.where(use_truth, ground_truth, tf.cast(model_tokens, ground_truth.dtype))
+
+
+def scheduled_sampling_inputs(
+    decoder,
+    features,
+    tokens,
+    *,
+    teacher_forcing_prob,
+    seed,
+    sample: bool = False,
+    pad_id: int = 0,
+):
+    """The decoder input of scheduled sampling: a teacher-forced pass in inference mode, then per position
+    the ground truth with probability ε, else the model's token from that pass (`mix_inputs`).
+
+    Args:
+      decoder: a caption decoder, `decoder(features, tokens, training) -> [B, T, V]`.
+      features: `(grid, pooled)`.
+      tokens: int32 `[B, T]`, the ground-truth decoder input (`captions[:, :-1]`).
+      teacher_forcing_prob: ε_i (see `teacher_forcing_probability`).
+      seed: int32 or int64 `[2]`; split internally between the sampling and the coin flips.
+      sample: sample the model's tokens instead of taking the argmax.
+      pad_id: the padding id.
+
+    Returns:
+      int32 `[B, T]`: `tokens` at ε = 1; at ε = 0 the model's own tokens after <start> (pads kept).
+    """
+    seeds = tf.random.experimental.stateless_split(tf.convert_to_tensor(seed), 2)
+    first_pass = decoder(features, tokens, training=False)
+    own = model_tokens_from_logits(first_pass, tokens, sample=sample, seed=seeds[0])
+    return mix_inputs(tokens, own, teacher_forcing_prob, seed=seeds[1], pad_id=pad_id)
 
 
 def scheduled_sampling_logits(
@@ -130,23 +167,13 @@ def scheduled_sampling_logits(
     pad_id: int = 0,
     training: bool = True,
 ):
-    """Two-pass scheduled sampling: teacher-forced pass, mix in its predictions, second pass.
+    """Two-pass scheduled sampling: `scheduled_sampling_inputs`, then the decoder on them.
 
-    Args:
-      decoder: a caption decoder, `decoder(features, tokens, training) -> [B, T, V]`.
-      features: `(grid, pooled)`.
-      tokens: int32 `[B, T]`, the ground-truth decoder input (`captions[:, :-1]`).
-      teacher_forcing_prob: ε_i (see `teacher_forcing_probability`).
-      seed: int32 `[2]`; split internally between the sampling and the coin flips.
-      sample: sample the model's tokens instead of taking the argmax.
-      pad_id: the padding id.
-      training: passed to both decoder calls.
+    Args: those of `scheduled_sampling_inputs`, and `training`, passed to the second decoder call.
 
     Returns:
       logits `[B, T, V]` of the second pass; train them against `captions[:, 1:]` as usual.
     """
-    seeds = tf.random.experimental.stateless_split(tf.convert_to_tensor(seed, tf.int32), 2)
-    first_pass = decoder(features, tokens, training=training)
-    own = model_tokens_from_logits(first_pass, tokens, sample=sample, seed=seeds[0])
-    mixed = mix_inputs(tokens, own, teacher_forcing_prob, seed=seeds[1], pad_id=pad_id)
+    mixed = scheduled_sampling_inputs(decoder, features, tokens, teacher_forcing_prob=teacher_forcing_prob,
+                                      seed=seed, sample=sample, pad_id=pad_id)
     return decoder(features, mixed, training=training)
