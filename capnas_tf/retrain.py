@@ -439,7 +439,8 @@ def _train_and_select(captioner: Captioner, config: RetrainConfig, data, workdir
         # every variable, the encoder's too: a Keras optimizer refuses variables it was not built with,
         # and the encoder is still trainable here (`freeze` switches it per epoch below)
         optimizer.build(captioner.trainable_variables)
-    freeze = FreezeThenUnfreeze(captioner.encoder, config.freeze_encoder_epochs * steps)
+    freeze = (FreezeThenUnfreeze(captioner.encoder, config.freeze_encoder_epochs * steps)
+              if config.freeze_encoder_epochs else None)
     check_architecture(workdir, arch)
     check_selection_metric(workdir, selection_metric)
     state = _RetrainState(workdir, captioner, optimizer)
@@ -457,8 +458,9 @@ def _train_and_select(captioner: Captioner, config: RetrainConfig, data, workdir
     for epoch in range(first_epoch, config.epochs):
         if config.drop_path_prob > 0:
             captioner.encoder.set_drop_path_prob(config.drop_path_prob * epoch / config.epochs)
-        if freeze(epoch * steps) or step_fn is None:  # the step reads the trainable variables when traced
-            if config.freeze_encoder_epochs:
+        switched = freeze is not None and freeze(epoch * steps)
+        if switched or step_fn is None:  # the step reads the trainable variables when traced
+            if freeze is not None:
                 log(f"  epoch {epoch + 1}: encoder {'trainable' if captioner.encoder.trainable else 'frozen'}")
             step_fn = make_train_step(captioner, optimizer, jit_compile=config.xla, dist=dist,
                                       scheduled_sampling=sampling)
@@ -478,7 +480,7 @@ def _train_and_select(captioner: Captioner, config: RetrainConfig, data, workdir
         io_utils.atomic_write_json(os.path.join(workdir, "history.json"), history)
         log(_epoch_line(epoch + 1, config, loss, scores, selection_metric, improved))
     writer.flush()
-    if config.freeze_encoder_epochs:
+    if freeze is not None:
         captioner.encoder.trainable = True  # a model frozen to the end is saved as an ordinary one
     state.restore_best()
     io_utils.remove_stale_temps(workdir)  # of a save killed half-way
