@@ -156,24 +156,11 @@ def scheduled_sampling_inputs(
     return mix_inputs(tokens, own, teacher_forcing_prob, seed=seeds[1], pad_id=pad_id)
 
 
-def scheduled_sampling_logits(
-    decoder,
-    features,
-    tokens,
-    *,
-    teacher_forcing_prob,
-    seed,
-    sample: bool = False,
-    pad_id: int = 0,
-    training: bool = True,
-):
-    """Two-pass scheduled sampling: `scheduled_sampling_inputs`, then the decoder on them.
-
-    Args: those of `scheduled_sampling_inputs`, and `training`, passed to the second decoder call.
+def scheduled_sampling_logits(decoder, features, tokens, *, training: bool = True, **kwargs):
+    """Two-pass scheduled sampling: the decoder on `scheduled_sampling_inputs(decoder, features, tokens,
+    **kwargs)` (`teacher_forcing_prob`, `seed`, `sample`, `pad_id`), with `training` for this second pass.
 
     Returns:
       logits `[B, T, V]` of the second pass; train them against `captions[:, 1:]` as usual.
     """
-    mixed = scheduled_sampling_inputs(decoder, features, tokens, teacher_forcing_prob=teacher_forcing_prob,
-                                      seed=seed, sample=sample, pad_id=pad_id)
-    return decoder(features, mixed, training=training)
+    return decoder(features, scheduled_sampling_inputs(decoder, features, tokens, **kwargs), training=training)
