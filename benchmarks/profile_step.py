@@ -41,9 +41,11 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 # The name scopes of capnas_tf/search (hypergradient.py, strategies.py) and darts_cifar.py; the outermost
 # one in an op's path is its part of the step (`scope_of`).
 # fd_*_pair / darts_pair: a central difference's ± branches as one loop body (one replica);
-# *_plus / *_minus: the same traced twice (several replicas), see hypergradient.central_difference.
-SCOPES = ("hypergradient_reverse", "stage1", "stage2_decode", "stage2", "stage3", "fd_stage2_pair",
-          "fd_stage1_pair", "darts_pair", "fd_stage2_plus", "fd_stage2_minus", "fd_stage1_plus", "fd_stage1_minus",
+# *_plus / *_minus: the same traced twice (several replicas), see hypergradient.central_difference;
+# *_jvp: a forward-over-reverse Hessian-vector product (hypergradient.forward_over_reverse_hvp).
+SCOPES = ("hypergradient_reverse", "stage1", "stage2_decode", "stage2", "stage3", "stage2_jvp", "stage1_jvp",
+          "darts_jvp", "fd_stage2_pair", "fd_stage1_pair", "darts_pair", "fd_stage2_plus", "fd_stage2_minus",
+          "fd_stage1_plus", "fd_stage1_minus",
           "darts_train", "darts_val", "darts_plus", "darts_minus", "supernet_weight_step", "student_weight_step",
           "supernet_update", "student_update", "architecture_update", "weight_step", "weight_update")
 UNSCOPED = "(no scope of the step)"

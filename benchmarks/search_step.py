@@ -1,10 +1,12 @@
 """Cost of one search step, side by side: a plain Stage I supernet step (forward, backward, update of E
-and F), a DARTS first-order and second-order step, and a three-stage step with the `exact` and with the
-`finite_difference` hypergradient; each with and without XLA, at the default search config and at one
-twice as wide (2C) and twice as deep (2× cells), on the same batches. The `*_reuse` modes are the
-same steps with `--reuse_unrolled_gradients` (the weight steps take the gradients the unrolled step
-already computed), the `*_pc` modes with PC-DARTS partial channels (`--partial_channels`), the `*_bf16` modes
-with the models computing in bfloat16 (`--dtype_policy=mixed_bfloat16`). The sampling strategies' steps
+and F), a DARTS first-order and second-order step, and a three-stage step with the `exact` (nested
+tapes), the `forward_over_reverse` (JVPs of gradients) and the `finite_difference` hypergradient (DARTS'
+second order with forward-over-reverse too: `darts_2nd_fwd`); each with and without XLA, at the default
+search config and at one twice as wide (2C) and twice as deep (2× cells), on the same batches. The
+`*_reuse` modes are the same steps with `--reuse_unrolled_gradients` (the weight steps take the gradients
+the unrolled step already computed), the `*_pc` modes with PC-DARTS partial channels
+(`--partial_channels`), the `*_bf16` modes with the models computing in bfloat16
+(`--dtype_policy=mixed_bfloat16`). The sampling strategies' steps
 (`gdas`, `random_ws`, `reinforce`: A or the controller, then E and F, each on a sampled path) compute one
 operation per edge; their `*_all_ops` modes compute all K (`--one_op_per_edge=false`), side by side.
 
@@ -42,12 +44,17 @@ ALL_OPS = "_all_ops"  # suffix: a sampling strategy's step computing every op of
 LEVERS = (REUSE, PC, BF16)
 SAMPLED_MODES = ("gdas", "gdas_all_ops", "random_ws", "random_ws_all_ops", "reinforce", "reinforce_all_ops")
 CORE_MODES = ("plain", "darts_1st", "darts_2nd", "exact", "finite_difference")  # the steps the targets name
-MODES = ("plain", "plain_pc", "plain_bf16", "darts_1st", "darts_2nd", "darts_2nd_reuse", "exact", "exact_reuse",
-         "exact_pc", "exact_bf16", "finite_difference", "finite_difference_reuse", "finite_difference_pc",
+MODES = ("plain", "plain_pc", "plain_bf16", "darts_1st", "darts_2nd", "darts_2nd_reuse", "darts_2nd_fwd", "exact",
+         "exact_reuse", "exact_pc", "exact_bf16", "forward_over_reverse", "finite_difference",
+         "finite_difference_reuse", "finite_difference_pc",
          *SAMPLED_MODES)
+# The hypergradient of each mode that does not take `exact`'s nested tapes (its name without a lever's suffix).
+MODE_HYPERGRADIENTS = {"finite_difference": "finite_difference", "forward_over_reverse": "forward_over_reverse",
+                       "darts_2nd_fwd": "forward_over_reverse"}
 MODE_TITLES = {"plain": "plain Stage I step", "plain_pc": "plain Stage I step, partial channels",
                "darts_1st": "DARTS 1st order", "darts_2nd": "DARTS 2nd order",
-               "darts_2nd_reuse": "DARTS 2nd order, reuse", "exact": "three-stage exact",
+               "darts_2nd_reuse": "DARTS 2nd order, reuse", "darts_2nd_fwd": "DARTS 2nd order, forward-over-reverse",
+               "exact": "three-stage exact", "forward_over_reverse": "three-stage forward-over-reverse",
                "exact_reuse": "three-stage exact, reuse", "exact_pc": "three-stage exact, partial channels",
                "finite_difference": "three-stage finite diff.",
                "finite_difference_reuse": "three-stage finite diff., reuse",
@@ -208,7 +215,7 @@ def measure(args) -> dict:
     supernet = SupernetConfig(channels=args.channels, num_cells=args.cells, num_nodes=args.nodes,
                               partial_channels=args.partial_channels if partial else 1,
                               **({"primitives": tuple(args.primitives.split(","))} if args.primitives else {}))
-    hyper = "finite_difference" if mode == "finite_difference" else "exact"
+    hyper = MODE_HYPERGRADIENTS.get(mode, "exact")
     name = mode if sampled else "darts" if mode.startswith("darts") else "three_stage"
     config = SearchConfig(hypergradient=hyper, darts_order=1 if mode == "darts_1st" else 2, supernet=supernet,
                           strategy=name, xla=args.xla, one_op_per_edge=not all_ops,

@@ -447,8 +447,10 @@ class SearchConfig:
              "Gumbel-softmax paths), random_ws (random search with weight sharing), reinforce (ENAS-style LSTM "
              "controller).")
     hypergradient: str = option("exact", choices=hypergradient_estimators,
-        help="exact: nested GradientTapes through both unrolled steps; finite_difference: central differences for "
-             "the Hessian-vector products (first-order memory).")
+        help="exact: nested GradientTapes through both unrolled steps; forward_over_reverse: the same gradient with "
+             "each Hessian-vector product the JVP of a gradient (tf.autodiff.ForwardAccumulator around a "
+             "GradientTape), no second-order tape; finite_difference: central differences for the Hessian-vector "
+             "products (first-order memory, not exact with ReLU and max-pooling).")
     hypergradient_terms: str = option("full", choices=hypergradient_term_sets,
         help="three_stage: full: the exact gradient of the unrolled objective f(A) = L(W'; D_val); paper: the "
              "published two-term estimator (the paths through E' and F' only), which drops the direct Stage II "

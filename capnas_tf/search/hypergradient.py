@@ -27,8 +27,14 @@ Which terms an estimator returns is `SearchConfig.hypergradient_terms` (--hyperg
   "paper"  the published two-term estimator: the E' and F' paths only, i.e. the first two terms;
            the direct Stage II term −η_w ∇²_{A,W} L_u · v is dropped. It is the gradient of f with A
            held fixed (at its current value) in L_u, so that A reaches W' only through E'(A), F'(A).
-Both estimators provide both variants, so that `exact` and `finite_difference` estimate the same
-quantity.
+Every estimator provides both variants, so that all of them compute the same quantity.
+
+The estimators (`SearchConfig.hypergradient`, --hypergradient):
+  "exact"                 reverse mode through both unrolled steps: nested tapes (`exact_hypergradient`).
+  "forward_over_reverse"  the same chain rule written as two Hessian-vector products, each the JVP of a
+                          first-order gradient (`tf.autodiff.ForwardAccumulator` around a `GradientTape`):
+                          exact, and no tape is differentiated a second time (`hvp_hypergradient`).
+  "finite_difference"     the same two products by central differences of gradients (`hvp_hypergradient`).
 
 Everything in this module is a pure function of explicit tensors: the losses come in as callables of
 values, so the same code runs on the captioning models (see `captioning.py`) and on small analytic
@@ -47,7 +53,7 @@ from capnas_tf.search.gradients import gradients as _gradients
 from capnas_tf.search.gradients import identity as _identity
 from capnas_tf.search.gradients import reduced_gradient
 from capnas_tf.search.precision import scaled
-from capnas_tf.search.stateless import axpy, global_norm, unrolled
+from capnas_tf.search.stateless import axpy, densify, global_norm, unrolled
 
 # The estimators of ∇_A f, by the names `SearchConfig.hypergradient` (--hypergradient) takes: each
 # `estimator(problem, A, E, F, W, eta, *, terms, epsilon) -> Hypergradient` (registered at the end).
@@ -235,20 +241,71 @@ def _perturbation_scale(epsilon: float, vector: Values) -> tf.Tensor:
     return epsilon / tf.maximum(global_norm(vector), 1e-12)
 
 
-def finite_difference_hypergradient(problem: ThreeStageProblem, A: Values, E: Values, F: Values,
-                                    W: Values, eta: InnerLearningRates,
-                                    epsilon: float = 0.01, terms: str = "full") -> Hypergradient:
-    """∇_A f(A) with both Hessian-vector products by central differences (no second-order tape).
+# --- Hessian-vector products ------------------------------------------------------------------------
+#
+# A Hessian-vector product here is a callable
+#     hvp(gradient_at, primals, tangents, inputs, like, name) -> H·t
+# where gradient_at(primals, *inputs) returns a list of gradients g on this replica (not yet summed
+# over replicas), shaped as the tensors of `like`; H·t = d/ds g(primals + s·t, *inputs) at s = 0, summed
+# over replicas. `primals`, `tangents` and each of `inputs` are lists of tensors; `name` ("stage2",
+# "stage1", "darts") names the product's ops for a profile. The hypergradients below are written once in
+# terms of such products, and the estimators differ only in which one they pass.
 
-    With v = ∇_{W'} L_val(W') and ε_w = ε/‖v‖, W± = W ± ε_w v:
-        u_X = −η_w [∇_X L_u(W⁺) − ∇_X L_u(W⁻)] / (2ε_w)   for X ∈ {E', F', A}
-    (u_X = ∂f/∂X; u_A is the direct term). Then, along d = (η_e u_E', η_f u_F') with ε_d = ε/‖d‖,
-        ∇_A f ≈ u_A − [∇_A L_tr(E + ε_d d_E, F + ε_d d_F) − ∇_A L_tr(E − ε_d d_E, F − ε_d d_F)] / (2ε_d).
-    Both Hessians are taken at the points the virtual steps start from (W and E, F), as the chain rule
-    requires. Perturbing E and F jointly costs one pair of gradients instead of two. Memory stays
-    that of a first-order step.
+# The name scopes of the finite differences' ± pairs, which benchmarks/profile_step.py reads.
+_FD_SCOPES = {"stage2": "fd_stage2", "stage1": "fd_stage1", "darts": "darts"}
+
+
+def finite_difference_hvp(epsilon: float, reduce: Callable = _identity) -> Callable:
+    """H·t ≈ [g(x + ε_t t) − g(x − ε_t t)] / (2ε_t) with ε_t = ε/‖t‖ (DARTS' step): two first-order
+    gradients, run one after the other (`central_difference`), so memory stays that of one. Not exact
+    where g has kinks between x ± ε_t t (ReLU, max-pooling: docs/performance.md)."""
+    def hvp(gradient_at, primals, tangents, inputs, like, name):
+        eps = _perturbation_scale(epsilon, tangents)
+
+        def gradient_at_perturbed(sign, primals, *inputs):
+            return reduce(gradient_at(axpy(sign * eps, tangents, primals), *inputs))
+
+        diff = central_difference(gradient_at_perturbed, [primals, *inputs], like, _FD_SCOPES[name])
+        return [d / (2.0 * eps) for d in diff]
+
+    return hvp
+
+
+def forward_over_reverse_hvp(reduce: Callable = _identity) -> Callable:
+    """H·t exactly, as the JVP of the gradient along t: forward mode (`tf.autodiff.ForwardAccumulator`
+    with primals x, tangents t) over reverse mode (the `GradientTape` inside `gradient_at`).
+
+    The accumulator carries a tangent beside every value of g's forward and backward pass, so the
+    product costs about two first-order gradients in time and holds about two passes' tensors; no tape
+    records a gradient computation to differentiate it again. Each op's JVP comes from its registered
+    gradient (TensorFlow transposes the gradient's gradient), so every op of the pass needs a
+    second-order gradient, as for nested tapes. The sum over replicas is linear, so it is taken of the
+    JVP, after the accumulator, rather than differentiated."""
+    def hvp(gradient_at, primals, tangents, inputs, like, name):
+        with tf.name_scope(f"{name}_jvp"):
+            # The primal pass does not read t: ungated, a graph executor runs it early and holds its
+            # activations through the other passes' peak.
+            primals, *inputs = after(tangents, primals, *inputs)
+            with tf.autodiff.ForwardAccumulator(primals, tangents) as accumulator:
+                grads = gradient_at(primals, *inputs)
+            jvp = accumulator.jvp(grads, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+        return reduce(densify(jvp, like))
+
+    return hvp
+
+
+def hvp_hypergradient(problem: ThreeStageProblem, A: Values, E: Values, F: Values, W: Values,
+                      eta: InnerLearningRates, hvp: Callable, terms: str = "full") -> Hypergradient:
+    """∇_A f(A) from the first-order unrolled steps and two Hessian-vector products `hvp` (above).
+
+    With v = ∇_{W'} L_val(W'):
+        u_X = −η_w ∇²_{X,W} L_u · v        for X ∈ {E', F', A}  (u_X = ∂f/∂X; u_A is the direct term),
+        ∇_A f = u_A − ∇²_{A,(E,F)} L_tr · d,   d = (η_e u_E', η_f u_F'),
+    the module docstring's chain rule, grouped so that each Hessian is applied to one vector. Both
+    Hessians are taken at the points the virtual steps start from (W and E, F), as the chain rule
+    requires; perturbing E and F jointly costs one product instead of two.
     terms="paper": without u_A (the direct Stage II term; the module's docstring), whose gradient the
-    Stage II differences then do not take.
+    Stage II product then does not take.
     """
     _check_terms(terms)
     reduce, S = problem.reduce_gradients, problem.loss_scale
@@ -260,36 +317,46 @@ def finite_difference_hypergradient(problem: ThreeStageProblem, A: Values, E: Va
     W1 = unrolled(W, gW, eta.eta_w)
     L_val, (v,) = _gradients(lambda: problem.val_loss(W1), [W1], reduce, S, "stage3")
 
-    eps_w = _perturbation_scale(epsilon, v)
-
     direct = terms == "full"  # whether u_A is wanted
-    wrt_A = A if direct else []
 
-    def stage2_grads(sign, E1, F1, A, W):  # ∇_{E',F'(,A)} L_u(W ± ε_w v), flat
-        W_pm = axpy(sign * eps_w, v, W)
-        _, grads = _gradients(lambda: problem.pseudo_caption_loss(W_pm, E1, F1, A, tokens),
-                              [E1, F1, A] if direct else [E1, F1], reduce, S, "gradient")
+    def stage2_gradients(W, E1, F1, A):  # ∇_{E',F'(,A)} L_u(W, E', F', A) on this replica, flat
+        _, grads = _gradients(lambda: problem.pseudo_caption_loss(W, E1, F1, A, tokens),
+                              [E1, F1, A] if direct else [E1, F1], _identity, S, "gradient")
         return [g for group in grads for g in group]
 
-    diff = central_difference(stage2_grads, [E1, F1, A, W], E1 + F1 + wrt_A, "fd_stage2")
-    scale = -eta.eta_w / (2.0 * eps_w)
-    u = [scale * d for d in diff]
+    Hv = hvp(stage2_gradients, W, v, [E1, F1, A], E1 + F1 + (A if direct else []), "stage2")
+    u = [-eta.eta_w * h for h in Hv]
     uE, uF, uA = u[: len(E1)], u[len(E1) : len(E1) + len(F1)], u[len(E1) + len(F1) :]
+    d = [eta.eta_e * x for x in uE] + [eta.eta_f * x for x in uF]
 
-    dE = [eta.eta_e * u for u in uE]
-    dF = [eta.eta_f * u for u in uF]
-    eps_d = _perturbation_scale(epsilon, dE + dF)
+    def stage1_gradient_A(EF, A):  # ∇_A L_tr(E, F, A) on this replica
+        E, F = EF[: len(gE)], EF[len(gE) :]
+        return _gradients(lambda: problem.train_loss(E, F, A), [A], _identity, S, "gradient")[1][0]
 
-    def stage1_grad_A(sign, E, F, A):  # ∇_A L_tr(E ± ε_d d_E, F ± ε_d d_F)
-        E_pm, F_pm = axpy(sign * eps_d, dE, E), axpy(sign * eps_d, dF, F)
-        return _gradients(lambda: problem.train_loss(E_pm, F_pm, A), [A], reduce, S, "gradient")[1][0]
-
-    diff_A = central_difference(stage1_grad_A, [E, F, A], A, "fd_stage1")
-    if direct:
-        grad_A = [ua - d / (2.0 * eps_d) for ua, d in zip(uA, diff_A)]
-    else:
-        grad_A = [-d / (2.0 * eps_d) for d in diff_A]
+    Hd = hvp(stage1_gradient_A, E + F, d, [A], A, "stage1")  # ∇²_{A,(E,F)} L_tr · d
+    grad_A = [ua - h for ua, h in zip(uA, Hd)] if direct else [-h for h in Hd]
     return Hypergradient(grad_A, UnrolledState(E1, F1, W1, tokens, L_tr, L_u, L_val, gE + gF, gW))
+
+
+def finite_difference_hypergradient(problem: ThreeStageProblem, A: Values, E: Values, F: Values,
+                                    W: Values, eta: InnerLearningRates,
+                                    epsilon: float = 0.01, terms: str = "full") -> Hypergradient:
+    """∇_A f(A) with both Hessian-vector products by central differences (`finite_difference_hvp`): the
+    memory of a first-order step, six supernet forward and backward passes, not exact on a supernet
+    with kinks."""
+    return hvp_hypergradient(problem, A, E, F, W, eta, finite_difference_hvp(epsilon, problem.reduce_gradients),
+                             terms)
+
+
+def forward_over_reverse_hypergradient(problem: ThreeStageProblem, A: Values, E: Values, F: Values,
+                                       W: Values, eta: InnerLearningRates, terms: str = "full") -> Hypergradient:
+    """∇_A f(A) with both Hessian-vector products as JVPs of gradients (`forward_over_reverse_hvp`):
+    equal to `exact_hypergradient` up to rounding, without a second-order tape."""
+    return hvp_hypergradient(problem, A, E, F, W, eta, forward_over_reverse_hvp(problem.reduce_gradients), terms)
+
+
+# DARTS' second-order methods besides "exact" (nested tapes), by their Hessian-vector product.
+DARTS_HESSIAN_VECTOR_PRODUCTS = ("finite_difference", "forward_over_reverse")
 
 
 @dataclasses.dataclass
@@ -324,8 +391,9 @@ def darts_hypergradient_with_state(train_loss: Callable, val_loss: Callable, A: 
       order 1:  ∇_A L_val(w, A)
       order 2:  ∇_A L_val(w', A) with w' = w − η ∇_w L_train(w, A), i.e.
                 ∇_A L_val(w', A) − η ∇²_{A,w} L_train(w, A) · ∇_{w'} L_val(w', A),
-                by nested tapes (method="exact") or by DARTS' central difference with
-                w± = w ± ε/‖v‖ · v (method="finite_difference").
+                by nested tapes (method="exact"), or with the Hessian-vector product as the JVP of
+                ∇_A L_train along v (method="forward_over_reverse", exact) or by DARTS' central
+                difference with w± = w ± ε/‖v‖ · v (method="finite_difference").
     Every tape differentiates S·L and divides by S, S = loss_scale (as in `ThreeStageProblem`).
     """
     reduce, S = reduce_gradients, loss_scale
@@ -350,20 +418,20 @@ def darts_hypergradient_with_state(train_loss: Callable, val_loss: Callable, A: 
         with tf.name_scope("hypergradient_reverse"):
             grad_A = reduced_gradient(tape_A, S_L_val, A, reduce, S)
         return DartsHypergradient(grad_A, L_val, gw, L_tr)
-    if method != "finite_difference":
-        raise ValueError(
-            f"darts_hypergradient: method must be 'exact' or 'finite_difference', received {method!r}."
-        )
+    if method not in DARTS_HESSIAN_VECTOR_PRODUCTS:
+        raise ValueError(f"darts_hypergradient: method must be one of {['exact', *DARTS_HESSIAN_VECTOR_PRODUCTS]}, "
+                         f"received {method!r}.")
+    hvp = (finite_difference_hvp(epsilon, reduce) if method == "finite_difference"
+           else forward_over_reverse_hvp(reduce))
     L_tr, (gw,) = _gradients(lambda: train_loss(w, A), [w], reduce, S, "darts_train")
     w1 = unrolled(w, gw, eta)
     L_val, (v, g_direct) = _gradients(lambda: val_loss(w1, A), [w1, A], reduce, S, "darts_val")
-    eps = _perturbation_scale(epsilon, v)
 
-    def grad_A_at(sign, w, A):  # ∇_A L_train(w ± ε v, A)
-        return _gradients(lambda: train_loss(axpy(sign * eps, v, w), A), [A], reduce, S, "gradient")[1][0]
+    def train_gradient_A(w, A):  # ∇_A L_train(w, A) on this replica
+        return _gradients(lambda: train_loss(w, A), [A], _identity, S, "gradient")[1][0]
 
-    diff = central_difference(grad_A_at, [w, A], A, "darts")
-    grad_A = [g - eta * d / (2.0 * eps) for g, d in zip(g_direct, diff)]
+    Hv = hvp(train_gradient_A, w, v, [A], A, "darts")  # ∇²_{A,w} L_train · v
+    grad_A = [g - eta * h for g, h in zip(g_direct, Hv)]
     return DartsHypergradient(grad_A, L_val, gw, L_tr)
 
 
@@ -375,6 +443,11 @@ def _exact(problem, A, E, F, W, eta, *, terms: str, epsilon: float) -> Hypergrad
 @HYPERGRADIENTS.register("finite_difference")
 def _finite_difference(problem, A, E, F, W, eta, *, terms: str, epsilon: float) -> Hypergradient:
     return finite_difference_hypergradient(problem, A, E, F, W, eta, epsilon=epsilon, terms=terms)
+
+
+@HYPERGRADIENTS.register("forward_over_reverse")
+def _forward_over_reverse(problem, A, E, F, W, eta, *, terms: str, epsilon: float) -> Hypergradient:  # noqa: ARG001
+    return forward_over_reverse_hypergradient(problem, A, E, F, W, eta, terms=terms)
 
 
 def register_hypergradient(name: str, estimator: Callable | None = None):

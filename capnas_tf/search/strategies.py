@@ -58,6 +58,11 @@ def _scoped(name: str):
     return decorate
 
 
+# The hypergradients that differentiate the supernet twice (nested tapes, or a JVP of its gradient): their
+# passes take BatchNorm's `_moments` path (`second_order_batch_norm`), faster there than the fused kernel,
+# whose second derivative re-derives its gradient, and the same function in both, so that they agree to rounding.
+SECOND_ORDER_HYPERGRADIENTS = ("exact", "forward_over_reverse")
+
 # How the weight decay λ of A enters its optimizer (`SearchConfig.arch_weight_decay_mode`).
 ARCH_WEIGHT_DECAY_MODES = ("coupled", "decoupled")
 
@@ -207,7 +212,7 @@ class UnrolledStrategy(SearchStrategy):
     def nested_tapes(self) -> bool:
         """Whether the hypergradient differentiates a gradient again (second order by nested tapes), which
         is when BatchNorm must take its `_moments` path (`second_order_batch_norm`)."""
-        return self.is_second_order(self.config) and self.config.hypergradient == "exact"
+        return self.is_second_order(self.config) and self.config.hypergradient in SECOND_ORDER_HYPERGRADIENTS
 
     @property
     def reuses_unrolled_gradients(self) -> bool:
@@ -271,7 +276,7 @@ class ThreeStageStrategy(UnrolledStrategy):
                                            max_caption_len=self.max_caption_len,
                                            reduce_gradients=all_reduce_sum, loss_scale=self.loss_scale)
         m = self.models
-        # Nested tapes take BatchNorm's `_moments` path, the finite differences its fused kernel.
+        # Second-order estimators take BatchNorm's `_moments` path, the finite differences its fused kernel.
         with second_order_batch_norm(m.all(), self.nested_tapes()):
             return self.estimate(problem, self.A_values(), values_of(m.E), values_of(m.F), values_of(m.W),
                                  self.eta)
@@ -328,7 +333,7 @@ class ThreeStageStrategy(UnrolledStrategy):
 
 class DartsStrategy(UnrolledStrategy):
     """Plain DARTS bilevel search on captions: A minimises the validation caption loss of E, F itself,
-    first order or second order (the latter exact or by DARTS' finite difference)."""
+    first order or second order (the latter by nested tapes, forward-over-reverse or DARTS' finite difference)."""
 
     @classmethod
     def is_second_order(cls, config: SearchConfig) -> bool:
@@ -349,7 +354,7 @@ class DartsStrategy(UnrolledStrategy):
     def hypergradient(self, batches: dict) -> hg.DartsHypergradient:
         m = self.models
         w = values_of(m.E) + values_of(m.F)
-        method = "exact" if self.config.hypergradient == "exact" else "finite_difference"
+        method = self.config.hypergradient
         with second_order_batch_norm(m.all(), self.nested_tapes()):
             return hg.darts_hypergradient_with_state(
                 self._loss_on(batches["train"]), self._loss_on(batches["val"]), self.A_values(), w,
