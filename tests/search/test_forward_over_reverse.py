@@ -105,6 +105,7 @@ def test_darts_second_order_forward_over_reverse_equals_nested_tapes(supernet64)
     assert np.abs(flat(first_order) - flat(exact.grad_A)).max() > 1e-3 * np.abs(flat(exact.grad_A)).max()
 
 
+@pytest.mark.slow  # ~30 s of tracing; CI runs it (.ci/run)
 def test_forward_over_reverse_inside_tf_function_equals_nested_tapes(supernet64):
     """As the search step runs it: traced (three-stage with the straight-through Stage II and all terms, and
     DARTS' second order in one graph), against nested tapes run op by op."""
