@@ -101,6 +101,7 @@ def test_a_step_at_teacher_forcing_probability_one_is_the_teacher_forced_step_bi
     assert sampled[1][0] != teacher[1][0]
 
 
+@pytest.mark.slow  # ~30 s (builds capnas_shapes at its default size); CI runs it (.ci/run)
 def test_a_retrain_with_scheduled_sampling_and_a_frozen_pretrained_encoder_runs_from_the_command_line(tmp_path):
     weights = _saved_weights(build_encoder(TINY_RETRAIN), tmp_path / "darts.weights.h5")
     workdir = tmp_path / "run"
