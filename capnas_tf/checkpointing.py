@@ -160,6 +160,13 @@ def learning_rate_variables(items: dict) -> list:
 
 # --- a CheckpointManager that falls back --------------------------------------------------------------
 
+def what_is_kept(latest_checkpoint: str | None) -> str:
+    """The sentence a stop on a non-finite state ends with: which checkpoint a re-run resumes from."""
+    if latest_checkpoint:
+        return f"the latest checkpoint stays {latest_checkpoint}, and a re-run resumes from it"
+    return "no checkpoint was written, and a re-run starts over"
+
+
 class CheckpointKeeper:
     """A `tf.train.CheckpointManager` whose restore takes the newest checkpoint that reads back whole (and
     finite, with `finite`): a truncated or corrupt one (a crash while writing, a full disk) is skipped

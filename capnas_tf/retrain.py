@@ -40,7 +40,7 @@ import tensorflow as tf
 
 from capnas_tf import evaluation, io_utils
 from capnas_tf.captioner import Captioner
-from capnas_tf.checkpointing import CheckpointKeeper, FiniteCheck, model_state, named_variables
+from capnas_tf.checkpointing import CheckpointKeeper, FiniteCheck, model_state, named_variables, what_is_kept
 from capnas_tf.config import RetrainConfig
 from capnas_tf.data.text import PAD_ID, normalize_caption
 from capnas_tf.decoders import get_decoder
@@ -367,9 +367,7 @@ class _RetrainState:
         item, name = bad
         part = ("optimizer" if item == "optimizer"
                 else "encoder" if name.startswith(self.encoder_prefix) else "decoder")
-        latest = self.latest.latest_checkpoint
-        kept = (f"the latest checkpoint stays {latest} and a re-run resumes from it" if latest
-                else "no checkpoint was written and a re-run starts over")
+        kept = what_is_kept(self.latest.latest_checkpoint)
         raise NonFiniteStateError(
             f"retrain: {part} variable {name} is not finite (NaN or Inf) after epoch {epoch}; the training "
             f"diverged (lower --retrain_lr, or set --retrain_grad_clip). Nothing of epoch {epoch} was written: {kept}; "

@@ -115,7 +115,7 @@ def test_a_diverged_retrain_writes_nothing_and_a_saner_rerun_resumes_from_the_la
     lines = []
     with pytest.raises(NonFiniteStateError,
                        match=r"retrain: (encoder|decoder|optimizer) variable \S+ is not finite \(NaN or Inf\) after "
-                             r"epoch 2;.* the latest checkpoint stays \S+checkpoints/ckpt-1 and a re-run resumes"):
+                             r"epoch 2;.* the latest checkpoint stays \S+checkpoints/ckpt-1, and a re-run resumes"):
         retrain_job(RunConfig(workdir=workdir), dataclasses.replace(RETRAIN, lr=1e6), data, log=lines.append)
     assert any("epoch 2 step 2/2 loss" in line for line in lines), lines  # the losses stayed finite
     assert tf.train.latest_checkpoint(str(retrain_dir / "checkpoints")).endswith("ckpt-1")

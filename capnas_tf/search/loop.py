@@ -18,7 +18,7 @@ import numpy as np
 import tensorflow as tf
 
 from capnas_tf.checkpointing import (CheckpointKeeper, FiniteCheck, learning_rate_variables, model_state,
-                                    named_variables)
+                                    named_variables, what_is_kept)
 from capnas_tf.distribute import check_jit_compile, check_workers_agree, distribute_dataset
 from capnas_tf.io_utils import atomic_write_text
 from capnas_tf.search.captioning import SearchModels
@@ -152,9 +152,7 @@ class SearchRun:
         if bad is None:
             return
         item, name = bad
-        latest = self.manager.latest_checkpoint
-        kept = (f"the latest checkpoint stays {latest}, and a re-run resumes from it" if latest
-                else "no checkpoint was written, and a re-run starts over")
+        kept = what_is_kept(self.manager.latest_checkpoint)
         raise NonFiniteStateError(
             f"{search_part(item, name)}: variable {name} is not finite (NaN or Inf) after step {step}; the "
             f"update diverged (lower --weight_lr / --student_lr / --arch_lr, or set --grad_clip). The run stops "
