@@ -22,12 +22,21 @@ def _plan(argv):
 def test_full_run_measures_the_named_steps_group_by_group_before_the_levers():
     plan = _plan([])
     core = [p for p in plan if not p[0].endswith(ss.LEVERS)]
-    assert len(core) == 5 * 2 * 2  # five steps × XLA off/on × default/large
+    # The five steps the targets name and the two forward-over-reverse steps, XLA off, at default and large;
+    # with XLA on only the five named steps.
+    assert len(core) == 7 * 2 + 5 * 2
     assert plan[: len(core)] == core  # every lever variant after every named step
-    groups = [core[i : i + 5] for i in range(0, 20, 5)]
-    assert [(g[0][1], g[0][2]) for g in groups] == [(False, "default"), (False, "large"),
-                                                    (True, "default"), (True, "large")]
-    assert all(g[0][0] == "plain" and len({(x, c) for _, x, c in g}) == 1 for g in groups)
+    order = []
+    for _, x, c in core:
+        if (x, c) not in order:
+            order.append((x, c))
+    assert order == [(False, "default"), (False, "large"), (True, "default"), (True, "large")]
+    groups = [[p for p in core if (p[1], p[2]) == key] for key in order]
+    assert [len(g) for g in groups] == [7, 7, 5, 5]
+    assert all(g[0][0] == "plain" for g in groups)  # each group's ratios come from neighbours in time
+    assert sum(len(g) for g in groups) == len(core)  # each group measured in one stretch
+    assert [p for g in groups for p in g] == core
+    assert {m for m, x, _ in core if x} == set(ss.CORE_MODES)
     levers = plan[len(core):]
     assert levers and all(not x and c == "default" for _, x, c in levers)  # XLA off, default config
 
