@@ -167,6 +167,7 @@ def _checkpointed_encoder(workdir, epoch: int, captioner) -> list:
             for i, v in enumerate(captioner.variables) if id(v) in encoder]
 
 
+@pytest.mark.slow  # a minute of processes or tracing; CI runs it after the default suite (.ci/run)
 def test_a_frozen_encoder_keeps_the_files_weights_for_the_frozen_epochs_and_moves_after(tmp_path):
     path = _saved_weights(build_encoder(CONV), tmp_path / "conv.weights.h5")
     loaded = _values(_captioner(dataclasses.replace(CONV, encoder_weights=path)).encoder)

@@ -7,6 +7,8 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # As a user runs it: TF_CPP_MIN_LOG_LEVEL left to the toolkit, which keeps its notices off stderr.
 ENV = {**{k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}, "PYTHONPATH": REPO}
@@ -49,6 +51,7 @@ def _kill_after_first_checkpoint(process, workdir, timeout=300):
     return process.returncode == -signal.SIGKILL
 
 
+@pytest.mark.slow  # a minute of processes or tracing; CI runs it after the default suite (.ci/run)
 def test_deterministic_search_is_bit_identical_across_processes_and_resumes(tmp_path):
     uninterrupted, interrupted = tmp_path / "uninterrupted", tmp_path / "interrupted"
     # Side by side (each run builds capnas_shapes in a data_dir of its own): one uninterrupted, one killed

@@ -123,6 +123,7 @@ def test_forward_over_reverse_inside_tf_function_equals_nested_tapes(supernet64)
     assert_equal_to_exact(darts, hg.darts_hypergradient(train_loss, val_loss, A, E + F, 0.5, method="exact")[0])
 
 
+@pytest.mark.slow  # a minute of processes or tracing; CI runs it after the default suite (.ci/run)
 def test_strategies_take_forward_over_reverse_from_the_config():
     """--hypergradient=forward_over_reverse through ThreeStageStrategy and DartsStrategy, float32: `exact`'s
     result up to float32 rounding."""

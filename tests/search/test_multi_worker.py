@@ -116,6 +116,7 @@ def runs(tmp_path_factory):
     return {"root": root, "data_dir": data_dir, "single": single, "workdir": workdir, "logs": logs}
 
 
+@pytest.mark.slow  # a minute of processes or tracing; CI runs it after the default suite (.ci/run)
 def test_two_workers_search_as_one_process_does_and_only_the_chief_writes(runs):
     single, multi = _history(runs["single"]), _history(runs["workdir"])
     assert [(h["epoch"], h["step"]) for h in multi] == [(1, 2), (2, 4)] == [(h["epoch"], h["step"]) for h in single]

@@ -133,6 +133,7 @@ def test_one_trace_serves_every_sampled_path():
     assert graph_ops & {"Case", "StatelessCase"}
 
 
+@pytest.mark.slow  # a minute of processes or tracing; CI runs it after the default suite (.ci/run)
 def test_one_op_path_under_mirrored_strategy_equals_one_device():
     """Over two logical CPUs (a fresh Python: tests/search_space/one_op_mirrored_worker.py), with the global
     batch split in two, the loss, the gradients of E and A and the moving statistics of every candidate
