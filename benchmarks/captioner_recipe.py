@@ -121,7 +121,9 @@ def write_report(path: str, records: list[dict], retrain: RetrainConfig, command
     seeds = ", ".join(str(r["seed"]) for r in records)
     walls = ", ".join(f"{r['wall_s'] / 60:.1f}" for r in records)
     epochs = ", ".join(f"{r['best_epoch']}/{r['epochs']}" for r in records)
-    sizes = ", ".join(f"{k}={v}" for k, v in decoder_defaults(retrain.decoder).items() if k not in ("trainable", "dtype"))
+    sizes = ", ".join(f"{k}={v}" for k, v in {**decoder_defaults(retrain.decoder), "dropout": retrain.decoder_dropout}.items()
+                      if k not in ("trainable", "dtype"))
+    batch = f"{retrain.batch_size or DataConfig().batch_size} images × {retrain.captions_per_image} captions"
     parts = [
         "# The captioner recipe: does it see?",
         "",
@@ -132,7 +134,7 @@ def write_report(path: str, records: list[dict], retrain: RetrainConfig, command
         "captions with every group, attribute and relation right, `distinct_ratio` distinct captions / images.",
         "",
         f"Recipe: encoder {retrain.encoder} ({retrain.genotype}, C={retrain.channels}, {retrain.num_cells} cells), "
-        f"decoder {retrain.decoder} ({sizes}), {retrain.epochs} epochs × {retrain.steps_per_epoch} steps, lr {retrain.lr}, "
+        f"decoder {retrain.decoder} ({sizes}), {retrain.epochs} epochs × {retrain.steps_per_epoch} steps of {batch}, lr {retrain.lr}, "
         f"checkpoint kept by {records[0]['selection_metric']} on all validation images.",
         f"Wall time per seed (model + blind baseline + scoring): {walls} min; kept epoch per seed: {epochs}.",
         *([note] if note else []),

@@ -3,6 +3,7 @@
     python benchmarks/recipe_probe.py --decoder=transformer --channels=16 --steps=4500 --eval_every=1500 \
         --dec_kw='{"num_layers": 2, "num_heads": 4, "normalize_first": true, "global_token": true}'
     python benchmarks/recipe_probe.py --decoder=lstm --channels=8 --steps=480      # the old recipe
+    python benchmarks/recipe_probe.py --decoder=transformer --channels=16 --steps=4500 --k=4 --dec_kw='{"dropout": 0}'
 
 Trains encoder + decoder with the retrain's loss and optimizer (AdamW, cosine decay over --steps) on the
 default capnas_shapes (or --num_train images), then captions the 300 validation images greedily and prints
@@ -10,7 +11,7 @@ the content accuracy (`capnas_tf.data.shapes_content`), the word-presence rate o
 and count words (`word_presence`: a cruder check that needs no parser), distinct captions and CIDEr; then
 what the issue of captioners that do not see asks to look at first: how much the pooled features differ
 between images, and (LSTM) the norm of the projected image vector against the word embeddings. `--blind`
-trains and evaluates on constant images. The table of variants tried is in docs/captioner_recipe.md.
+trains and evaluates on constant images; `--k` takes k captions per image per step (batch = images). The table of variants tried is in docs/captioner_recipe.md.
 """
 import argparse, time, json, collections, sys
 import numpy as np
@@ -38,6 +39,7 @@ p.add_argument("--num_train", type=int, default=2000)
 p.add_argument("--blind", action="store_true")
 p.add_argument("--seed", type=int, default=0)
 p.add_argument("--dec_kw", default="{}", help="decoder keyword arguments, JSON")
+p.add_argument("--k", type=int, default=1, help="captions per image per step (RetrainConfig.captions_per_image)")
 p.add_argument("--save", default="", help="write the trained captioner to this .keras file")
 a = p.parse_args()
 keras.utils.set_random_seed(a.seed)
@@ -55,8 +57,8 @@ from capnas_tf.decoders.losses import caption_loss
 def step(images, tokens):
     if a.blind: images = tf.zeros_like(images)
     with tf.GradientTape() as tape:
-        logits = cap(images, tokens[:, :-1], training=True)
-        loss = caption_loss(logits, tokens)
+        logits, targets = retrain.training_logits(cap, images, tokens, step=0, scheduled_sampling=None)
+        loss = caption_loss(logits, targets)
     g = tape.gradient(loss, cap.trainable_variables)
     opt.apply_gradients(zip(g, cap.trainable_variables))
     return loss
@@ -96,7 +98,7 @@ def evaluate_now(tag):
     print(tag, r, "CIDEr %.3f" % s["CIDEr"], "(%.0fs)" % (time.time() - t), flush=True)
     return caps
 
-batches = iter(data.train_dataset(a.batch))
+batches = iter(data.train_groups(a.batch, a.k) if a.k > 1 else data.train_dataset(a.batch))
 t0 = time.time(); losses = []
 for i in range(a.steps):
     b = next(batches)

@@ -595,8 +595,9 @@ class RetrainConfig:
     """Retraining the captioner of a genotype from scratch, its evaluation and its export.
 
     The defaults are the recipe measured in docs/captioner_recipe.md: DARTS_V2 at C = 16 with the
-    cross-attention transformer decoder, 4,500 steps of 32; on capnas_shapes (32×32, L = 16) the model
-    and its image-blind baseline retrain in about 12 minutes on a 2-core CPU.
+    cross-attention transformer decoder (no dropout), 3,600 steps of 32 images with 4 captions each; on
+    capnas_shapes (32×32, L = 16) the model and its image-blind baseline retrain in about 13 minutes on a
+    2-core CPU.
 
     Args:
       encoder: "darts" (default): the `DiscreteEncoder` of `genotype`; any other name of
@@ -607,8 +608,11 @@ class RetrainConfig:
       drop_path_prob: DARTS' drop-path probability, ramped linearly over the epochs (0: off; "darts" only).
       decoder: a name of `capnas_tf.decoders.DECODERS` ("lstm", "transformer"), default sizes.
       epochs: training epochs; the validation scores are computed after each one.
-      steps_per_epoch: steps per epoch; 0 = one pass over D_tr.
-      batch_size: training batch size (0: DataConfig.batch_size).
+      steps_per_epoch: steps per epoch; 0 = as many as make one pass over D_tr's captions.
+      batch_size: training batch size (0: DataConfig.batch_size): images per step.
+      decoder_dropout: dropout rate inside the decoder.
+      captions_per_image: k; each step trains on k captions of each of its batch_size images, the encoder
+        run once per image (`CaptionData.train_groups`); 1: batch_size (image, caption) pairs.
       lr, weight_decay, grad_clip: AdamW learning rate (cosine-decayed to 0), decoupled weight decay,
         global-norm gradient clipping (0: off).
       beam_width: 1 = greedy decoding for validation and test captions; > 1 beam search.
@@ -663,8 +667,14 @@ class RetrainConfig:
     epochs: int = option(6, flag="retrain_epochs",
         help="Retraining epochs (validation scores after each, see --selection_metric).")
     # 6 × 750 steps of 32: ~14 passes over capnas_shapes' 10,000 captions
-    steps_per_epoch: int = option(750, flag="retrain_steps_per_epoch", help="Retraining steps per epoch; 0 = one pass.")
+    steps_per_epoch: int = option(600, flag="retrain_steps_per_epoch", help="Retraining steps per epoch; 0 = one pass.")
     batch_size: int = option(0, flag="retrain_batch_size", help="Retraining batch size; 0 = --batch_size.")
+    decoder_dropout: float = option(0.0, flag="retrain_decoder_dropout",
+        help="Dropout rate inside the retrained decoder. 0 learned counts and relations faster at the default "
+             "budget than the decoders' own 0.1 (docs/recipe_variants.md).")
+    captions_per_image: int = option(4, flag="retrain_captions_per_image",
+        help="k: each training step takes batch_size images with k of their captions each (the encoder runs once "
+             "per image); 1: batch_size (image, caption) pairs.")
     lr: float = option(3e-3, flag="retrain_lr", help="AdamW peak learning rate of retraining (cosine decay to 0).")
     weight_decay: float = option(1e-4, flag="retrain_weight_decay", help="Decoupled weight decay of retraining.")
     grad_clip: float = option(5.0, flag="retrain_grad_clip",
@@ -712,12 +722,14 @@ class RetrainConfig:
              "needs --retrain_encoder_weights.")
 
     def __post_init__(self):
-        for name in ("channels", "num_cells", "epochs", "beam_width"):
+        for name in ("channels", "num_cells", "epochs", "beam_width", "captions_per_image"):
             if getattr(self, name) < 1:
                 raise ValueError(f"RetrainConfig.{name} must be >= 1, received {getattr(self, name)!r}.")
         for name in ("steps_per_epoch", "batch_size", "max_eval_images", "grad_clip", "weight_decay"):
             if getattr(self, name) < 0:
                 raise ValueError(f"RetrainConfig.{name} must be >= 0, received {getattr(self, name)!r}.")
+        if not (_number(self.decoder_dropout) and 0.0 <= self.decoder_dropout < 1.0):
+            raise ValueError(f"RetrainConfig.decoder_dropout must be in [0, 1), received {self.decoder_dropout!r}.")
         if not 0.0 <= self.drop_path_prob < 1.0:
             raise ValueError(f"RetrainConfig.drop_path_prob must be in [0, 1), received {self.drop_path_prob!r}.")
         if self.drop_path_prob > 0 and self.encoder != "darts":

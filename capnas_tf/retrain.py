@@ -92,7 +92,8 @@ def build_captioner(config: RetrainConfig, *, vocab_size: int, max_caption_len: 
         file or does not fit the encoder (`encoders.load_encoder_weights`).
     """
     encoder = encoder if encoder is not None else build_encoder(config)
-    decoder = get_decoder(config.decoder, vocab_size=vocab_size, max_len=max_caption_len - 1)
+    decoder = get_decoder(config.decoder, vocab_size=vocab_size, max_len=max_caption_len - 1,
+                          dropout=config.decoder_dropout)
     captioner = Captioner(encoder, decoder, name="captioner")
     captioner(tf.zeros([1, image_size, image_size, 3]), tf.ones([1, max_caption_len - 1], tf.int32))
     if config.encoder_weights:
@@ -150,14 +151,21 @@ def scheduled_sampling_of(config: RetrainConfig, *, total_steps: int, seed: int)
     return ScheduledSampling(schedule, sample=config.scheduled_sampling_sample, seed=seed)
 
 
-def training_logits(captioner: Captioner, images, prefix, *, step, scheduled_sampling: ScheduledSampling | None):
-    """The logits `[B, T, V]` a training step fits to the next tokens: teacher-forced on `prefix`, or on the
-    decoder input of `scheduled_sampling` at `step` (the encoder runs once either way)."""
-    if scheduled_sampling is None:
-        return captioner(images, prefix, training=True)
+def training_logits(captioner: Captioner, images, tokens, *, step, scheduled_sampling: ScheduledSampling | None):
+    """The logits `[N, T, V]` a training step fits, and the captions `[N, L]` they fit (T = L − 1).
+
+    `tokens` is `[B, L]` (one caption per image, N = B) or `[B, k, L]` (k captions per image, N = B·k: the
+    encoder runs once per image and its features are repeated for the k captions). The decoder is
+    teacher-forced on each caption's prefix, or fed the decoder input of `scheduled_sampling` at `step`."""
     features = captioner.encoder(images, training=True)
-    inputs = scheduled_sampling.decoder_inputs(captioner.decoder, features, prefix, step=step)
-    return captioner.decoder(features, inputs, training=True)
+    if tokens.shape.rank == 3:
+        k = tokens.shape[1]
+        features = tf.nest.map_structure(lambda f: tf.repeat(f, k, axis=0), features)
+        tokens = tf.reshape(tokens, [-1, tokens.shape[-1]])
+    prefix = tokens[:, :-1]
+    if scheduled_sampling is not None:
+        prefix = scheduled_sampling.decoder_inputs(captioner.decoder, features, prefix, step=step)
+    return captioner.decoder(features, prefix, training=True), tokens
 
 
 def make_train_step(captioner: Captioner, optimizer, *, jit_compile: bool = False,
@@ -173,9 +181,9 @@ def make_train_step(captioner: Captioner, optimizer, *, jit_compile: bool = Fals
 
     def replica_step(images, tokens):
         with tf.GradientTape() as tape:
-            logits = training_logits(captioner, images, tokens[:, :-1], step=optimizer.iterations,
-                                     scheduled_sampling=scheduled_sampling)  # (B, L − 1, V)
-            loss = caption_loss(logits, tokens)
+            logits, targets = training_logits(captioner, images, tokens, step=optimizer.iterations,
+                                              scheduled_sampling=scheduled_sampling)  # (N, L − 1, V), (N, L)
+            loss = caption_loss(logits, targets)
         variables = captioner.trainable_variables
         grads = tape.gradient(loss, variables)
         optimizer.apply_gradients(zip(grads, variables))
@@ -444,13 +452,15 @@ def _train_and_select(captioner: Captioner, config: RetrainConfig, data, workdir
     state = _RetrainState(workdir, captioner, optimizer)
     first_epoch = state.resume()
     check_workers_agree(dist, first_epoch, "the epoch the retrain resumes after")
-    log(f"Retrain: {description}; {config.epochs} epochs × {steps} steps, batch {batch_size}; checkpoint kept by "
+    per_image = f" images × {config.captions_per_image} captions" if config.captions_per_image > 1 else ""
+    log(f"Retrain: {description}; {config.epochs} epochs × {steps} steps, batch {batch_size}{per_image}; checkpoint kept by "
         f"validation {selection_metric}" + (f"; resuming after epoch {first_epoch}" if first_epoch else "")
         + f" → {workdir}")
     sampling = scheduled_sampling_of(config, total_steps=config.epochs * steps, seed=seed)
     step_fn = None
     writer = tf.summary.create_file_writer(os.path.join(workdir, "tensorboard"))
-    batches = data.train_dataset(batch_size, repeat=True)
+    batches = (data.train_groups(batch_size, config.captions_per_image, repeat=True) if config.captions_per_image > 1
+               else data.train_dataset(batch_size, repeat=True))
     # epochs past the resumed checkpoint (it may be an older one than the newest: `CheckpointKeeper`) are redone
     history = [h for h in _read_history(workdir) if h["epoch"] <= first_epoch]
     for epoch in range(first_epoch, config.epochs):
@@ -517,7 +527,7 @@ def retrain_job(run, config: RetrainConfig, data, *, dist=None, log=print) -> Re
     selection_metric = resolve_selection_metric(config, data)
     workdir = os.path.join(run.workdir, "retrain")
     batch_size = config.batch_size or data.config.batch_size
-    steps = config.steps_per_epoch or max(1, data.num_train_examples // batch_size)
+    steps = config.steps_per_epoch or max(1, data.num_train_examples // (batch_size * config.captions_per_image))
     warning = configure_runtime(run.seed, run.deterministic)
     if warning:
         log(f"Warning: {warning}")

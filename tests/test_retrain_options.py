@@ -125,6 +125,48 @@ def test_a_retrain_with_scheduled_sampling_and_a_frozen_pretrained_encoder_runs_
     assert [h["epoch"] for h in metrics["history"]] == [1, 2]
 
 
+# --- k captions per image ----------------------------------------------------------------------------
+
+def test_k_captions_per_image_give_the_loss_and_gradients_of_each_image_repeated_k_times():
+    """One encoder pass serving k captions is the same function as k copies of the image (BatchNorm's batch
+    statistics do not change when every image is repeated k times); no dropout, so both draw nothing."""
+    from capnas_tf.decoders.losses import caption_loss
+    from capnas_tf.retrain import training_logits
+
+    from capnas_tf.captioner import Captioner
+    from capnas_tf.decoders import get_decoder
+
+    keras.utils.set_random_seed(0)
+    captioner = Captioner(build_encoder(CONV), get_decoder("transformer", vocab_size=VOCAB, max_len=LENGTH - 1,
+                                                          dropout=0.0))
+    images, tokens = _batch(12, seed=1)
+    grouped = tf.reshape(tokens, [4, 3, LENGTH])  # 4 images, 3 captions each
+    images = images[:4]
+    with tf.GradientTape() as tape:
+        logits, targets = training_logits(captioner, images, grouped, step=0, scheduled_sampling=None)
+        loss = caption_loss(logits, targets)
+    grads = tape.gradient(loss, captioner.trainable_variables)
+    with tf.GradientTape() as tape:
+        repeated = captioner(tf.repeat(images, 3, axis=0), tokens[:, :-1], training=True)
+        reference = caption_loss(repeated, tokens)
+    reference_grads = tape.gradient(reference, captioner.trainable_variables)
+    np.testing.assert_array_equal(targets.numpy(), tokens.numpy())
+    np.testing.assert_allclose(loss.numpy(), reference.numpy(), rtol=1e-6)
+    for g, r in zip(grads, reference_grads, strict=True):
+        np.testing.assert_allclose(tf.convert_to_tensor(g).numpy(), tf.convert_to_tensor(r).numpy(), rtol=1e-4,
+                                   atol=1e-6)
+
+
+@pytest.mark.slow  # ~25 s (a whole retrain job with its validation); CI runs it (.ci/run)
+def test_a_retrain_with_k_captions_per_image_trains_and_keeps_an_epoch(tmp_path):
+    config = dataclasses.replace(CONV, captions_per_image=3, batch_size=4, epochs=1, steps_per_epoch=2)
+    result = retrain_job(RunConfig(workdir=str(tmp_path), seed=0), config, tiny_data(str(tmp_path)), log=lambda *_: None)
+    with open(tmp_path / "retrain" / "history.json") as f:
+        history = json.load(f)
+    assert [h["epoch"] for h in history] == [1] and np.isfinite(history[0]["train_loss"])
+    assert result is not None
+
+
 # --- encoder weights from a file, frozen, then fine-tuned -----------------------------------------
 
 def _saved_weights(encoder, path, seed=7) -> str:

@@ -424,6 +424,29 @@ class CaptionData:
         """D_tr: `{"image": float32 [B, S, S, 3], "tokens": int32 [B, L]}`, one caption per element."""
         return self._pair_stream("train", batch_size, repeat=repeat, shuffle=shuffle)
 
+    def train_groups(self, batch_size: int | None = None, captions_per_image: int = 2, *, repeat: bool = True,
+                     shuffle: bool = True) -> tf.data.Dataset:
+        """D_tr by image: `{"image": float32 [B, S, S, 3], "tokens": int32 [B, k, L]}`, k = `captions_per_image`
+        of each image's captions, drawn without replacement while it has k (else every one, then again).
+
+        One encoder pass then serves k captions: the decoder, which learns counts and relations slowly, sees k
+        times the captions per step for the encoder's cost of one.
+        """
+        if captions_per_image < 1:
+            raise ValueError(f"train_groups: captions_per_image must be >= 1, received {captions_per_image}.")
+        batch_size = self._check_batch("train", batch_size, self.num_images("train"), repeat)
+        images = self._cached_images("train", with_tokens=True)
+        if shuffle:
+            images = seeded_shuffle(images, self._buffer(self.num_images("train")), self._seeds("train", 2))
+        if repeat:
+            images = images.repeat()
+        seed = tf.constant(self._seeds("train", 3), tf.int64)
+        groups = images.enumerate().map(
+            lambda i, ex: _caption_group(ex, captions_per_image, tf.random.experimental.stateless_fold_in(seed, i),
+                                         shuffle=shuffle),
+            num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        return self._finish(groups.batch(batch_size, drop_remainder=True))
+
     def validation_dataset(self, batch_size: int | None = None, *, repeat: bool = True, shuffle: bool = True,
                            drop_remainder: bool = True) -> tf.data.Dataset:
         """D_val: `{"image": float32 [B, S, S, 3], "tokens": int32 [B, L]}`; without `drop_remainder` (and
@@ -560,6 +583,17 @@ def _image_caption_pairs(ex: dict) -> tf.data.Dataset:
     n = tf.shape(ex["tokens"])[0]
     images = tf.repeat(ex["image"][None], n, axis=0)  # (n, S, S, 3)
     return tf.data.Dataset.from_tensor_slices({"image": images, "tokens": ex["tokens"]})
+
+
+def _caption_group(ex: dict, k: int, seed, *, shuffle: bool) -> dict:
+    """One image and k of its n captions: a permutation of the n (seeded by `seed`) repeated to length k,
+    its first k; {"image": [S, S, 3], "tokens": [k, L]}."""
+    n = tf.shape(ex["tokens"])[0]
+    order = tf.range(n)
+    if shuffle:
+        order = tf.random.experimental.stateless_shuffle(order, seed)
+    picks = tf.reshape(tf.tile(order, [(k + n - 1) // n])[:k], [k])  # static k: the step reshapes by it
+    return {"image": ex["image"], "tokens": tf.gather(ex["tokens"], picks)}
 
 
 def _images_to_float(batch: dict) -> dict:

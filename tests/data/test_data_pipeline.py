@@ -51,6 +51,30 @@ def test_one_training_epoch_is_every_image_caption_pair_once(shapes_data):
     assert sorted(seen) == expected
 
 
+def test_caption_groups_hold_distinct_captions_of_their_own_image_and_every_image_once_per_epoch(shapes_data):
+    references = {example.image.tobytes(): {tuple(shapes_data.vocab.encode(c)) for c in example.captions}
+                  for example in shapes.generate_split(TINY_SHAPES, "train")}
+    groups = shapes_data.train_groups(4, 3, repeat=False)
+    assert groups.element_spec["tokens"].shape == (4, 3, 16) and groups.element_spec["image"].shape == (4, 16, 16, 3)
+    seen = []
+    for batch in groups:
+        images = np.round(batch["image"].numpy() * 255).astype(np.uint8)
+        for image, tokens in zip(images, batch["tokens"].numpy()):
+            captions = [tuple(t) for t in tokens]
+            assert len(set(captions)) == 3 and set(captions) <= references[image.tobytes()]
+            seen.append(image.tobytes())
+    assert sorted(seen) == sorted(references)  # 24 images, 6 batches of 4
+
+
+def test_caption_groups_repeat_captions_only_when_an_image_has_fewer_than_k(shapes_data):
+    batch = _take(shapes_data.train_groups(2, 7), 1)[0]
+    for tokens in batch["tokens"]:
+        captions = [tuple(t) for t in tokens]
+        assert len(set(captions)) == 5 and len(captions) == 7  # every one of the 5, then 2 again
+    again = _take(shapes_data.train_groups(2, 7), 1)[0]
+    np.testing.assert_array_equal(batch["tokens"], again["tokens"])
+
+
 def test_same_seed_gives_the_same_batches_and_another_seed_does_not(tfds_dir):
     first = load_caption_data(shapes_config(tfds_dir, seed=3)).train_dataset(4)
     second = load_caption_data(shapes_config(tfds_dir, seed=3)).train_dataset(4)
