@@ -606,6 +606,9 @@ class RetrainConfig:
       genotype: a name of `KNOWN_GENOTYPES` ("DARTS_V2") or a genotype.json path (e.g. the search's).
       channels, num_cells: C and the number of cells of the `DiscreteEncoder` (may exceed the supernet's).
       drop_path_prob: DARTS' drop-path probability, ramped linearly over the epochs (0: off; "darts" only).
+      pool_batchnorm: a BatchNorm (with γ, β) after each pooling op of the `DiscreteEncoder`, so that a
+        pooling op is the supernet's candidate (pooling, then DARTS' affine-free BN) up to BN's γ, β;
+        False: pooling alone, as in DARTS' final network ("darts" only).
       decoder: a name of `capnas_tf.decoders.DECODERS` ("lstm", "transformer"), default sizes.
       epochs: training epochs; the validation scores are computed after each one.
       steps_per_epoch: steps per epoch; 0 = as many as make one pass over D_tr's captions.
@@ -662,6 +665,9 @@ class RetrainConfig:
     num_cells: int = option(3, flag="retrain_cells", help="Number of cells of the retrained DiscreteEncoder.")
     drop_path_prob: float = option(0.0, flag="retrain_drop_path_prob",
         help="Drop-path probability (linear ramp; 0: off).")
+    pool_batchnorm: bool = option(True, flag="retrain_pool_batchnorm",
+        help="A BatchNorm after each pooling op of the retrained DiscreteEncoder, as the supernet's pooling candidates "
+             "have, so that the op retrained is the op searched; false: pooling alone (DARTS' final network).")
     decoder: str = option("transformer", flag="retrain_decoder",
         help="Decoder of the retrained captioner (lstm | transformer).")
     epochs: int = option(6, flag="retrain_epochs",

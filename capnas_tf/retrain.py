@@ -75,7 +75,8 @@ def build_encoder(config: RetrainConfig) -> keras.layers.Layer:
     factory = ENCODERS[config.encoder]  # not get_encoder(name, …): its first argument is called `name` too
     if config.encoder == "darts":
         return factory(genotype=resolve_genotype(config.genotype), channels=config.channels,
-                       num_cells=config.num_cells, drop_path_prob=config.drop_path_prob, name="encoder")
+                       num_cells=config.num_cells, drop_path_prob=config.drop_path_prob,
+                       pool_batchnorm=config.pool_batchnorm, name="encoder")
     return factory(name="encoder")
 
 
@@ -216,6 +217,8 @@ def architecture_of(config: RetrainConfig) -> dict:
     if config.encoder == "darts":
         arch.update(genotype=resolve_genotype(config.genotype).to_dict(), channels=config.channels,
                     num_cells=config.num_cells)
+        if config.pool_batchnorm:  # absent: pooling alone, so that records without the key keep their meaning
+            arch.update(pool_batchnorm=True)
     return arch
 
 
@@ -231,8 +234,8 @@ def check_architecture(workdir: str, arch: dict) -> None:
             raise ValueError(
                 f"Retrain workdir {workdir} holds checkpoints of another architecture ({path}: "
                 f"{', '.join(differing)} differ{'s' if len(differing) == 1 else ''} from this run's "
-                f"--genotype / --retrain_encoder / --retrain_channels / --retrain_cells / --retrain_decoder). Use "
-                f"another --workdir, or delete {workdir} to retrain from scratch.")
+                f"--genotype / --retrain_encoder / --retrain_channels / --retrain_cells / --retrain_pool_batchnorm "
+                f"/ --retrain_decoder). Use another --workdir, or delete {workdir} to retrain from scratch.")
         return
     os.makedirs(workdir, exist_ok=True)
     io_utils.atomic_write_json(path, arch)

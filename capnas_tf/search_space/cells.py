@@ -266,8 +266,9 @@ class DiscreteCell(_Cell):
       channels: C per node.
       reduction, reduction_prev: as in `SearchCell`.
       affine: learn BN's γ, β (DARTS' final network: True).
-      pool_batchnorm: put an affine-free BN after pooling ops, as the supernet does (needed to
-        reproduce a supernet's function exactly; off in DARTS' final network).
+      pool_batchnorm: put a BN after each pooling op, with γ, β if `affine`, so that a pooling op is
+        the supernet's candidate (pooling, then DARTS' affine-free BN) up to BN's γ, β: the op the
+        search chose is the op retrained. False: no BN after pooling (DARTS' final network).
 
     Call arguments:
       s0, s1: outputs of cells k−2 and k−1.
@@ -280,7 +281,7 @@ class DiscreteCell(_Cell):
     """
 
     def __init__(self, ops, concat, channels: int = 8, reduction: bool = False, reduction_prev: bool = False,
-                 affine: bool = True, pool_batchnorm: bool = False, **kwargs):
+                 affine: bool = True, pool_batchnorm: bool = True, **kwargs):
         super().__init__(channels, reduction, reduction_prev, affine, **kwargs)
         self.op_list = [(str(name), int(index)) for name, index in ops]
         self.concat = [int(i) for i in concat]
@@ -288,7 +289,7 @@ class DiscreteCell(_Cell):
         self.num_nodes = len(self.op_list) // 2
         self.node_ops = [
             make_candidate(name, self.channels, self.stride_of(index), self.affine,
-                           pool_batchnorm=self.pool_batchnorm, dtype=self.dtype_policy)
+                           pool_batchnorm=self.pool_batchnorm, pool_affine=self.affine, dtype=self.dtype_policy)
             for name, index in self.op_list
         ]
 

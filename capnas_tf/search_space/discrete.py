@@ -2,7 +2,9 @@
 
 `DiscreteEncoder(genotype)` stacks DARTS cells in which every node is the sum of the two ops the
 genotype chose; it has the supernet's call contract `(images, training) -> (grid, pooled)`, without
-op weights. `discrete_from_supernet(supernet, genotype)` builds one of the supernet's size and copies
+op weights. Its ops are the supernet's candidates, pooling followed by BatchNorm included (with γ, β
+when the cell's other BNs have them), so that the operation retrained is the one the search scored.
+`discrete_from_supernet(supernet, genotype)` builds one of the supernet's size and copies
 the chosen ops' weights (and the stem's and the preprocessing's), so that it computes exactly what
 the supernet computes at one-hot op weights on the genotype's edges (weight sharing, as in
 one-shot NAS).
@@ -33,7 +35,8 @@ class DiscreteEncoder(keras.Model):
         retracing.
       affine: learn BN's γ, β in the cells (True for a network trained from scratch; False to
         match a supernet exactly).
-      pool_batchnorm: an affine-free BN after pooling ops, as in the supernet (see `DiscreteCell`).
+      pool_batchnorm: a BN after each pooling op (with γ, β if `affine`), as the supernet's pooling
+        candidates have one (see `DiscreteCell`); False: DARTS' final network, pooling alone.
       backbone: optional layer (images in [0, 1] → feature map) used in place of the conv stem,
         followed by a 1×1 conv-BN to stem_multiplier · C channels.
 
@@ -51,7 +54,7 @@ class DiscreteEncoder(keras.Model):
     """
 
     def __init__(self, genotype, channels: int = 8, num_cells: int = 5, stem_multiplier: int = 3,
-                 drop_path_prob: float = 0.0, affine: bool = True, pool_batchnorm: bool = False,
+                 drop_path_prob: float = 0.0, affine: bool = True, pool_batchnorm: bool = True,
                  backbone=None, **kwargs):
         super().__init__(**kwargs)
         for arg, value in (("channels", channels), ("num_cells", num_cells), ("stem_multiplier", stem_multiplier)):
@@ -134,14 +137,15 @@ def _ensure_built(model: keras.Model) -> None:
 def discrete_from_supernet(supernet, genotype: Genotype | str | None = None, **kwargs) -> DiscreteEncoder:
     """A `DiscreteEncoder` of the supernet's size holding the supernet's weights for `genotype`.
 
-    The result has affine-free BN and BN after pooling, as the supernet, so with the same inputs
-    it computes what `supernet(images, op_weights=genotype_op_weights(genotype))` computes (up to
-    float summation order), in training and inference mode alike.
+    The result has the supernet's `affine` and its BN after pooling, so with the same inputs it
+    computes what `supernet(images, op_weights=genotype_op_weights(genotype))` computes (up to
+    float summation order), in training and inference mode alike. With `affine=True` (the retrained
+    cells') it computes the same at γ = 1, β = 0 (`load_supernet_weights`).
 
     Args:
       supernet: a `SupernetEncoder`.
       genotype: the architecture; default: derived from the supernet's A by DARTS' rule.
-      **kwargs: other `DiscreteEncoder` arguments (e.g. `drop_path_prob`).
+      **kwargs: other `DiscreteEncoder` arguments (e.g. `drop_path_prob`, `affine`).
 
     Returns:
       A built `DiscreteEncoder` with copied weights (stem, cell preprocessing, chosen ops, and
@@ -151,24 +155,82 @@ def discrete_from_supernet(supernet, genotype: Genotype | str | None = None, **k
         alpha_normal, alpha_reduce = (v.numpy() for v in supernet.arch_variables)
         genotype = derive_genotype(alpha_normal, alpha_reduce, supernet.primitives, supernet.num_nodes)
     genotype = resolve_genotype(genotype)
-    for cell in CELL_TYPES:
-        if genotype.num_nodes(cell) != supernet.num_nodes:
-            raise ValueError(f"discrete_from_supernet: the genotype's {cell} cell has {genotype.num_nodes(cell)} "
-                             f"nodes, the supernet {supernet.num_nodes}.")
-        for slot, (name, _) in enumerate(getattr(genotype, cell)):
-            if name not in supernet.primitives:
-                raise ValueError(f"discrete_from_supernet: op {name!r} of {cell}[{slot}] is not among the "
-                                 f"supernet's primitives {list(supernet.primitives)}.")
+    _check_genotype_fits(genotype, supernet, "discrete_from_supernet")
     kwargs = {"affine": supernet.affine, "pool_batchnorm": True, **kwargs}
     encoder = DiscreteEncoder(genotype, supernet.channels, supernet.num_cells, supernet.stem_multiplier,
                               dtype=supernet.dtype_policy, **kwargs)
+    load_supernet_weights(encoder, supernet)
+    return encoder
+
+
+def load_supernet_weights(encoder: DiscreteEncoder, supernet) -> None:
+    """Copies into `encoder` the supernet's weights for the encoder's genotype: the stem, the cells'
+    preprocessing, the chosen candidates, and the BatchNorm moving statistics.
+
+    Where the encoder's BN has γ, β and the supernet's has none (an affine encoder, as retrained, from
+    DARTS' affine-free supernet), γ = 1 and β = 0: the encoder then computes what the supernet computes
+    at the genotype's one-hot op weights, its ops being the supernet's candidates up to BN's γ, β.
+
+    Raises:
+      ValueError: if the encoder is not of the supernet's size, its genotype not of the supernet's
+        nodes and candidates, or its pooling ops lack the BN of the supernet's (`pool_batchnorm=False`).
+    """
+    where = "load_supernet_weights"
+    sizes = ("channels", "num_cells", "stem_multiplier")
+    if any(getattr(encoder, k) != getattr(supernet, k) for k in sizes):
+        raise ValueError(f"{where}: the encoder's {[getattr(encoder, k) for k in sizes]} differ from the supernet's "
+                         f"{[getattr(supernet, k) for k in sizes]} ({', '.join(sizes)}).")
+    _check_genotype_fits(encoder.genotype, supernet, where)
+    if not encoder.pool_batchnorm and any("pool" in name for cell in CELL_TYPES
+                                          for name, _ in getattr(encoder.genotype, cell)):
+        raise ValueError(f"{where}: the encoder was built with pool_batchnorm=False: its pooling ops have no BN, "
+                         f"so they are not the supernet's candidates (pooling, then BN).")
     _ensure_built(supernet)
     _ensure_built(encoder)
-    encoder.stem.set_weights(supernet.stem.get_weights())
-    for source, target in zip(supernet.cells, encoder.cells):
-        target.preprocess0.set_weights(source.preprocess0.get_weights())
-        target.preprocess1.set_weights(source.preprocess1.get_weights())
+    _copy_weights(supernet.stem, encoder.stem, "stem")
+    for i, (source, target) in enumerate(zip(supernet.cells, encoder.cells)):
+        _copy_weights(source.preprocess0, target.preprocess0, f"cell {i} preprocess0")
+        _copy_weights(source.preprocess1, target.preprocess1, f"cell {i} preprocess1")
         for slot, (name, index) in enumerate(target.op_list):
             edge = source.edges[edge_index(slot // 2, index)]
-            target.node_ops[slot].set_weights(edge.candidates[supernet.primitives.index(name)].get_weights())
-    return encoder
+            _copy_weights(edge.candidates[supernet.primitives.index(name)], target.node_ops[slot],
+                          f"cell {i} op {slot} ({name})")
+
+
+def _check_genotype_fits(genotype: Genotype, supernet, where: str) -> None:
+    for cell in CELL_TYPES:
+        if genotype.num_nodes(cell) != supernet.num_nodes:
+            raise ValueError(f"{where}: the genotype's {cell} cell has {genotype.num_nodes(cell)} "
+                             f"nodes, the supernet {supernet.num_nodes}.")
+        for slot, (name, _) in enumerate(getattr(genotype, cell)):
+            if name not in supernet.primitives:
+                raise ValueError(f"{where}: op {name!r} of {cell}[{slot}] is not among the "
+                                 f"supernet's primitives {list(supernet.primitives)}.")
+
+
+def _weighted_leaves(layer: keras.layers.Layer) -> list:
+    """The layers inside `layer` (itself included) that hold variables of their own, in tracking order."""
+    return [leaf for leaf in layer._flatten_layers(include_self=True, recursive=True)
+            if leaf.weights and not list(leaf._flatten_layers(include_self=False, recursive=False))]
+
+
+def _copy_weights(source: keras.layers.Layer, target: keras.layers.Layer, what: str) -> None:
+    """`source`'s variables into `target`'s, leaf layer by leaf layer; a target BN with γ, β where the
+    source's has none gets γ = 1, β = 0 (the same function)."""
+    sources, targets = _weighted_leaves(source), _weighted_leaves(target)
+    if [type(x) for x in sources] != [type(x) for x in targets]:
+        raise ValueError(f"load_supernet_weights: {what} of the encoder ({[type(x).__name__ for x in targets]}) is "
+                         f"not the supernet's candidate ({[type(x).__name__ for x in sources]}).")
+    for s, t in zip(sources, targets):
+        if not isinstance(t, keras.layers.BatchNormalization):
+            t.set_weights(s.get_weights())
+            continue
+        if (s.scale and not t.scale) or (s.center and not t.center):
+            raise ValueError(f"load_supernet_weights: a BN of {what} has γ, β in the supernet and none in the "
+                             f"encoder.")
+        t.moving_mean.assign(s.moving_mean)
+        t.moving_variance.assign(s.moving_variance)
+        if t.scale:
+            t.gamma.assign(s.gamma if s.scale else tf.ones_like(t.gamma))
+        if t.center:
+            t.beta.assign(s.beta if s.center else tf.zeros_like(t.beta))

@@ -69,10 +69,10 @@ class MixedOp(keras.layers.Layer):
             raise ValueError(f"MixedOp: partial_channels must be >= 1 and divide the edge's channels "
                              f"C={self.channels}; received partial_channels={partial_channels!r}.")
         self.op_channels = self.channels // self.partial_channels
-        # DARTS adds an affine-free BN after each pooling candidate of the supernet.
+        # DARTS adds an affine-free BN after each pooling candidate of the supernet, whatever `affine`.
         self.candidates = [
             make_candidate(name, self.op_channels, self.stride, self.affine, pool_batchnorm=True,
-                           dtype=self.dtype_policy)
+                           pool_affine=False, dtype=self.dtype_policy)
             for name in self.primitives
         ]
 

@@ -378,7 +378,7 @@ class Pool(_Op):
     Args:
       channels: C (unchanged; kept for the common factory signature).
       stride: 1 or 2.
-      affine: unused (no BN here; the mixed op adds DARTS' affine-free BN after pooling).
+      affine: unused (no BN here; the cells add BN after pooling: `make_candidate`).
       pool_type: "max" or "avg".
     """
 
@@ -402,7 +402,8 @@ class WithBatchNorm(keras.layers.Layer):
     """`op` followed by BN over its `channels` outputs.
 
     DARTS' search cell puts an affine-free BN after each pooling candidate, so that the weight-free
-    pooling outputs are on the same scale as the convolutions' before they are mixed.
+    pooling outputs are on the same scale as the convolutions' before they are mixed. The retrained
+    cells keep it (with γ, β when their other BNs have them), so that the op retrained is the op searched.
 
     Args:
       op: the wrapped layer.
@@ -525,9 +526,10 @@ def make_op(name: str, channels: int, stride: int, affine: bool = True, **layer_
 
 
 def make_candidate(name: str, channels: int, stride: int, affine: bool, *, pool_batchnorm: bool,
-                   **layer_kwargs) -> keras.layers.Layer:
-    """The op as a cell uses it: with DARTS' affine-free BN after pooling when `pool_batchnorm`."""
+                   pool_affine: bool = False, **layer_kwargs) -> keras.layers.Layer:
+    """The op as a cell uses it: when `pool_batchnorm`, a pooling op is followed by BN, with γ, β if
+    `pool_affine` (the supernet's is DARTS' affine-free one; a retrained cell's follows its `affine`)."""
     op = make_op(name, channels, stride, affine, **layer_kwargs)
     if pool_batchnorm and "pool" in name:
-        op = WithBatchNorm(op, channels, affine=False, **layer_kwargs)
+        op = WithBatchNorm(op, channels, affine=pool_affine, **layer_kwargs)
     return op

@@ -10,7 +10,7 @@ from capnas_tf.search_space.discrete import DiscreteEncoder, discrete_from_super
 from capnas_tf.search_space.genotypes import DARTS_V2, derive_genotype, genotype_op_weights
 from capnas_tf.search_space.supernet import SupernetEncoder
 from tests.search_space.layer_checks import check_layer
-from tests.search_space.tiny_space import ALL_OPS_GENOTYPE, TINY, images
+from tests.search_space.tiny_space import ALL_OPS_GENOTYPE, TINY, images, supernet_with_random_statistics
 
 
 def parameter_counts(model):
@@ -18,18 +18,23 @@ def parameter_counts(model):
     return model.count_params(), sum(int(np.prod(v.shape)) for v in model.trainable_variables)
 
 
-@pytest.mark.parametrize("channels, num_cells, total, trainable", [
-    (8, 5, 37_424, 35_728),
-    (16, 8, 249_840, 243_536),
+# With BN after pooling (the default), each of DARTS_V2's 5 max-pools per reduction cell adds 4·C weights
+# (γ, β trainable; the moving mean and variance not) at that cell's C: 2C and 4C.
+@pytest.mark.parametrize("channels, num_cells, pool_batchnorm, total, trainable", [
+    (8, 5, True, 38_384, 36_208),
+    (8, 5, False, 37_424, 35_728),
+    (16, 8, True, 251_760, 244_496),
+    (16, 8, False, 249_840, 243_536),
 ])
-def test_darts_v2_size_is_pinned(channels, num_cells, total, trainable):
-    assert parameter_counts(DiscreteEncoder(DARTS_V2, channels, num_cells)) == (total, trainable)
+def test_darts_v2_size_is_pinned(channels, num_cells, pool_batchnorm, total, trainable):
+    encoder = DiscreteEncoder(DARTS_V2, channels, num_cells, pool_batchnorm=pool_batchnorm)
+    assert parameter_counts(encoder) == (total, trainable)
 
 
 def test_darts_v2_cifar_network_matches_the_reference_parameter_count():
-    """DARTS' CIFAR-10 network (C = 36, 20 cells) has 3,349,342 parameters with its 576 → 10
-    classifier, the count of the reference implementation (the paper's 3.3M)."""
-    _, trainable = parameter_counts(DiscreteEncoder(DARTS_V2, 36, 20))
+    """DARTS' CIFAR-10 network (C = 36, 20 cells; pooling without BN) has 3,349,342 parameters with its
+    576 → 10 classifier, the count of the reference implementation (the paper's 3.3M)."""
+    _, trainable = parameter_counts(DiscreteEncoder(DARTS_V2, 36, 20, pool_batchnorm=False))
     assert trainable + 576 * 10 + 10 == 3_349_342
 
 
@@ -56,21 +61,9 @@ def test_output_channels_follow_the_concat_of_the_last_cell():
 
 # --- Weight sharing with the supernet --------------------------------------------------------------
 
-def _supernet_with_random_statistics():
-    supernet = SupernetEncoder(**TINY)
-    supernet.build((None, 16, 16, 3))
-    rng = np.random.default_rng(0)
-    for v in supernet.non_trainable_variables:  # BN statistics away from their (0, 1) initial values
-        if "moving_variance" in v.path:
-            v.assign(rng.uniform(0.5, 2.0, v.shape))
-        elif "moving_mean" in v.path:
-            v.assign(rng.normal(0.0, 0.2, v.shape))
-    return supernet
-
-
 @pytest.mark.parametrize("training", [False, True])
 def test_supernet_at_one_hot_weights_equals_the_discrete_encoder_with_copied_weights(training):
-    supernet = _supernet_with_random_statistics()
+    supernet = supernet_with_random_statistics()
     encoder = discrete_from_supernet(supernet, ALL_OPS_GENOTYPE)
     op_weights = genotype_op_weights(ALL_OPS_GENOTYPE, supernet.primitives)
     x = images()

@@ -1,4 +1,5 @@
 """Tiny supernet configurations for fast tests, and a genotype of that size that uses every op."""
+import numpy as np
 import tensorflow as tf
 
 from capnas_tf.search_space.genotypes import Genotype
@@ -28,3 +29,19 @@ ALL_OPS_GENOTYPE = Genotype(
 
 def images(batch=BATCH, side=SIDE, seed=0, dtype=tf.float32):
     return tf.random.stateless_uniform([batch, side, side, 3], seed=[seed, 7], dtype=dtype)
+
+
+def supernet_with_random_statistics(**overrides):
+    """A built `SupernetEncoder` of `TINY` (with `overrides`) whose BN moving statistics are away from their
+    (0, 1) initial values, so that inference-mode comparisons see them."""
+    from capnas_tf.search_space.supernet import SupernetEncoder
+
+    supernet = SupernetEncoder(**{**TINY, **overrides})
+    supernet.build((None, SIDE, SIDE, 3))
+    rng = np.random.default_rng(0)
+    for v in supernet.non_trainable_variables:
+        if "moving_variance" in v.path:
+            v.assign(rng.uniform(0.5, 2.0, v.shape))
+        elif "moving_mean" in v.path:
+            v.assign(rng.normal(0.0, 0.2, v.shape))
+    return supernet
