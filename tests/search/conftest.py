@@ -27,3 +27,12 @@ def tiny_models(tiny_data):
 
     return build_search_models(TINY_SEARCH, vocab_size=len(tiny_data.vocab), max_caption_len=TINY_CAPTION_LEN,
                                image_size=16)
+
+
+@pytest.fixture(scope="session")
+def supernet64():
+    """(models, batches, A, E, F, W) of a float64 supernet captioner with the real layers
+    (tests/search/real_supernet.py), built once per session; tests only read it."""
+    from tests.search.real_supernet import build_supernet64
+
+    return build_supernet64()

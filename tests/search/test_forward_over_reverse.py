@@ -8,48 +8,13 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from capnas_tf.captioner import Captioner
 from capnas_tf.config import SearchConfig, SupernetConfig
-from capnas_tf.decoders.losses import caption_loss
 from capnas_tf.search import hypergradient as hg
-from capnas_tf.search.captioning import SearchModels, make_three_stage_problem, supernet_logits
-from capnas_tf.search.stateless import bind, values_of
-from capnas_tf.search_space.supernet import SupernetEncoder
-from tests.search.test_captioning import L, tiny_decoder, toy_batches
-from tests.search.toy_models import ToyConvEncoder
+from capnas_tf.search.captioning import make_three_stage_problem
+from tests.search.real_supernet import ETA, PRIMITIVES, darts_losses, flat
+from tests.search.test_captioning import L, toy_batches
 
-# Stem and cells with BatchNorm (training mode), sep_conv's ReLU, max-pooling (a reduction cell too).
-PRIMITIVES = ("max_pool_3x3", "sep_conv_3x3", "skip_connect")
-ETA = hg.InnerLearningRates(0.5, 0.5, 0.5)
 RTOL = 1e-6
-
-
-@pytest.fixture(scope="module")
-def supernet64():
-    """E (a two-cell supernet: normal, reduction), F, W, A and the batches, all float64."""
-    keras.config.set_floatx("float64")
-    keras.mixed_precision.set_global_policy("float64")
-    try:
-        keras.utils.set_random_seed(1)
-        # A away from uniform, so that the op weights' derivatives differ between candidates.
-        encoder = SupernetEncoder(channels=2, num_cells=2, num_nodes=1, stem_multiplier=1, primitives=PRIMITIVES,
-                                  alpha_init_scale=0.5, seed=0)
-        decoder, student = tiny_decoder("lstm"), Captioner(ToyConvEncoder(), tiny_decoder("lstm"))
-        images = tf.zeros((1, 8, 8, 3), tf.float64)
-        decoder(encoder(images), tf.ones((1, L - 1), tf.int32))
-        student(images, tf.ones((1, L - 1), tf.int32))
-    finally:
-        keras.mixed_precision.set_global_policy("float32")
-        keras.config.set_floatx("float32")
-    models = SearchModels(encoder, decoder, student, lambda A: (tf.nn.softmax(A[0]), tf.nn.softmax(A[1])))
-    # A in float64 too (the supernet keeps its variables float32), so no float32 rounding enters ∇_A.
-    A = [tf.cast(a, tf.float64) for a in values_of(models.A)]
-    E, F, W = (values_of(v) for v in (models.E, models.F, models.W))
-    return models, toy_batches(), A, E, F, W
-
-
-def flat(values):
-    return np.concatenate([np.asarray(v).ravel() for v in values])
 
 
 def assert_equal_to_exact(got, exact):
@@ -81,20 +46,9 @@ def test_three_stage_forward_over_reverse_equals_nested_tapes(supernet64, stage2
                                atol=1e-12)
 
 
-def _darts_losses(models, batches):
-    def loss_on(batch):
-        def loss(w, A):
-            n = len(models.E)
-            with bind((models.E, w[:n]), (models.F, w[n:])):
-                logits = supernet_logits(models, batch["image"], batch["tokens"][:, :-1], A)
-            return caption_loss(logits, batch["tokens"])
-        return loss
-    return loss_on(batches["train"]), loss_on(batches["val"])
-
-
 def test_darts_second_order_forward_over_reverse_equals_nested_tapes(supernet64):
     models, batches, A, E, F, _ = supernet64
-    train_loss, val_loss = _darts_losses(models, batches)
+    train_loss, val_loss = darts_losses(models, batches)
     w = E + F
     exact = hg.darts_hypergradient_with_state(train_loss, val_loss, A, w, 0.5, method="exact")
     fwd = hg.darts_hypergradient_with_state(train_loss, val_loss, A, w, 0.5, method="forward_over_reverse")
@@ -111,7 +65,7 @@ def test_forward_over_reverse_inside_tf_function_equals_nested_tapes(supernet64)
     DARTS' second order in one graph), against nested tapes run op by op."""
     models, batches, A, E, F, W = supernet64
     problem = make_three_stage_problem(models, batches, stage2="straight_through", max_caption_len=L)
-    train_loss, val_loss = _darts_losses(models, batches)
+    train_loss, val_loss = darts_losses(models, batches)
 
     @tf.function(autograph=False)
     def forward_over_reverse():
