@@ -75,6 +75,7 @@ class Budget:
     retrain_epochs: int = 3
     retrain_steps_per_epoch: int = 160
     retrain_batch_size: int = 32
+    retrain_pool_batchnorm: bool = True  # BN after pooling, as the supernet's candidates (RetrainConfig's default)
     max_eval_images: int = 0  # 0: all 300 images of each evaluation split
     meteor: bool = False
 
@@ -438,7 +439,7 @@ def retrain_config(budget: Budget, genotype_path: str):
     return RetrainConfig(genotype=genotype_path, channels=budget.retrain_channels, num_cells=budget.retrain_cells,
                          epochs=budget.retrain_epochs, steps_per_epoch=budget.retrain_steps_per_epoch,
                          batch_size=budget.retrain_batch_size, max_eval_images=budget.max_eval_images,
-                         final_metrics=metrics, export_saved_model=False, export_onnx=False,
+                         pool_batchnorm=budget.retrain_pool_batchnorm, final_metrics=metrics, export_saved_model=False, export_onnx=False,
                          log_every=max(1, budget.retrain_steps_per_epoch // 2),
                          # as recorded so far: the epoch of the best validation CIDEr, and no blind baseline
                          # (the same for every genotype, and its retrain would count in retrain_time_s)
