@@ -51,7 +51,12 @@ def parse_args(argv=None):
                              "weights are not at their initialisation (quickstart: one epoch of 30 steps)")
     parser.add_argument("--batch_size", type=int, default=16, help="batch of each stream")
     parser.add_argument("--seed", type=int, default=0, help="seed of the models and of the batches' order")
+    parser.add_argument("--dtype", default="float32", choices=("float32", "float64"),
+                        help="the models' compute dtype and A's: float32 as the search runs; float64 (no fused "
+                             "BatchNorm) separates float32 rounding from the kinks of ReLU and max-pooling")
     parser.add_argument("--json", default="/tmp/fd_accuracy.json", help="every measured figure, per batch")
+    parser.add_argument("--render_json", default="",
+                        help="re-render the block of an earlier run's --json record; no measuring")
     parser.add_argument("--output", default=None,
                         help="markdown file for the table (default docs/performance.md; '' = print only)")
     args = parser.parse_args(argv)
@@ -95,10 +100,12 @@ def compared_hvp(epsilons, models, pairs: dict):
     return hvp
 
 
-def make_estimators(strategy, darts_strategy):
+def make_estimators(strategy, darts_strategy, dtype):
     """The estimates, run op by op: exact (batches) → grads, finite-difference (batches, ε) → grads, and
     the products compared one by one (batches, [ε, …]). Op by op because tracing them costs more than running
     them here: the three nested-tape estimators in one graph took over 10 minutes and 11 GB to trace."""
+    import tensorflow as tf
+
     from capnas_tf.search import hypergradient as hg
     from capnas_tf.search.captioning import make_three_stage_problem
     from capnas_tf.search.gradients import gradients
@@ -108,15 +115,18 @@ def make_estimators(strategy, darts_strategy):
     m, config, L = strategy.models, strategy.config, strategy.max_caption_len
     eta = hg.InnerLearningRates(config.eta_e, config.eta_f, config.eta_w)
 
+    def A_values():  # A is float32 whatever the policy: in float64 runs, cast so that ∇_A is float64 too
+        return [tf.cast(a, dtype) for a in strategy.A_values()]
+
     def three_stage(batches, estimator, **kwargs):
         problem = make_three_stage_problem(m, batches, stage2=config.stage2, max_caption_len=L)
-        return estimator(problem, strategy.A_values(), values_of(m.E), values_of(m.F), values_of(m.W), eta,
+        return estimator(problem, A_values(), values_of(m.E), values_of(m.F), values_of(m.W), eta,
                          **kwargs).grad_A
 
     def darts(batches, method, **kwargs):
         losses = darts_strategy._loss_on(batches["train"]), darts_strategy._loss_on(batches["val"])
         w = values_of(m.E) + values_of(m.F)
-        return hg.darts_hypergradient(*losses, strategy.A_values(), w, config.eta_e, order=2, method=method,
+        return hg.darts_hypergradient(*losses, A_values(), w, config.eta_e, order=2, method=method,
                                       **kwargs)[0]
 
     def exact(batches):
@@ -137,10 +147,10 @@ def make_estimators(strategy, darts_strategy):
         pairs = {}
         hvp = compared_hvp(epsilons, m.all(), pairs)
         problem = make_three_stage_problem(m, batches, stage2=config.stage2, max_caption_len=L)
-        hg.hvp_hypergradient(problem, strategy.A_values(), values_of(m.E), values_of(m.F), values_of(m.W), eta, hvp)
+        hg.hvp_hypergradient(problem, A_values(), values_of(m.E), values_of(m.F), values_of(m.W), eta, hvp)
         # DARTS' product through the same comparison: ∇²_{A,w} L_train · v at v = ∇_{w'} L_val(w', A).
         train_loss, val_loss = darts_strategy._loss_on(batches["train"]), darts_strategy._loss_on(batches["val"])
-        w, A = values_of(m.E) + values_of(m.F), strategy.A_values()
+        w, A = values_of(m.E) + values_of(m.F), A_values()
         _, (gw,) = gradients(lambda: train_loss(w, A), [w])
         w1 = unrolled(w, gw, config.eta_e)
         _, (v,) = gradients(lambda: val_loss(w1, A), [w1])
@@ -150,35 +160,58 @@ def make_estimators(strategy, darts_strategy):
     return exact, finite_difference, products
 
 
-def summary_table(results: dict, epsilons, default_epsilon: float) -> str:
-    """Markdown: per ε, the mean (min–max over batches) cosine and relative error of each estimate."""
+TITLES = {"three_stage_full": "three-stage, full", "three_stage_paper": "three-stage, paper's terms",
+          "darts_2nd": "DARTS 2nd order", "hvp_stage2": "Stage II ∇²_{(E',F',A),W} L_u · v",
+          "hvp_stage1": "Stage I ∇²_{A,(E,F)} L_tr · d", "hvp_darts": "DARTS ∇²_{A,w} L_train · v"}
+
+
+def summary_table(results: dict, names, default_epsilon: float) -> str:
+    """Markdown: per ε, the mean (min–max over batches) cosine and the mean relative error of each of `names`."""
     import numpy as np
 
-    names = ESTIMATES + PRODUCTS
-    header = "| ε | " + " | ".join(f"{n} cos | {n} rel. err." for n in names) + " |"
-    lines = [header, "|" + "---|" * (1 + 2 * len(names))]
-    for eps in epsilons:
-        row = [f"{eps:g}" + (" (default)" if eps == default_epsilon else "")]
+    lines = ["| ε | " + " | ".join(TITLES[n] for n in names) + " |", "|" + "---|" * (1 + len(names))]
+    for eps in results:
+        row = [eps + (" (default)" if float(eps) == default_epsilon else "")]
         for name in names:
-            per_batch = results[f"{eps:g}"][name]
-            for key in ("cosine", "relative_error"):
-                x = np.array([b[key] for b in per_batch])
-                row.append(f"{x.mean():.3f} ({x.min():.3f}–{x.max():.3f})" if len(x) > 1 else f"{x[0]:.3f}")
+            cos = np.array([b["cosine"] for b in results[eps][name]])
+            err = np.mean([b["relative_error"] for b in results[eps][name]])
+            spread = f" ({cos.min():.2f}–{cos.max():.2f})" if len(cos) > 1 else ""
+            row.append(f"{cos.mean():.2f}{spread} · {err:.3g}")
         lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines)
+
+
+def render(record: dict, default_epsilon: float) -> str:
+    """The markdown block of a run's record: its command, setting and the two tables."""
+    channels, cells, nodes, primitives = record["supernet"]
+    results = record["results"]
+    return (f"Command: `{record['command']}` — {record['measured']}, {record['elapsed_s'] / 60:.0f} min.\n\n"
+            f"Supernet C={channels}, {cells} cells × {nodes} nodes over "
+            f"{'the DARTS candidates' if primitives == 'DARTS' else primitives}, {record['dtype']}; "
+            f"{record['batches']} capnas_shapes batches of {record['batch_size']} per stream after "
+            f"{record['warmup_steps']} weight steps; A at its initialisation. Each cell: cosine with `exact`, mean "
+            f"(min–max) over the batches · mean relative error ‖fd − exact‖ / ‖exact‖.\n"
+            f"{record.get('machine', '')}.\n\n"
+            f"The hypergradients:\n\n{summary_table(results, ESTIMATES, default_epsilon)}\n\n"
+            f"Each Hessian-vector product alone, at the inputs of the exact chain rule:\n\n"
+            f"{summary_table(results, PRODUCTS, default_epsilon)}\n")
 
 
 def main(argv=None):
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
+    if args.render_json:
+        with open(args.render_json) as f:
+            return publish(json.load(f), args.output)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    import keras
     import tensorflow as tf
 
     from capnas_tf.config import DataConfig, SearchConfig, SupernetConfig
     from capnas_tf.data.pipeline import load_caption_data
     from capnas_tf.distribute import configure_runtime
     from capnas_tf.jobs import search_streams
-    from capnas_tf.search.models import build_search_models
+    from capnas_tf.search.models import _build_search_models, build_search_models
     from capnas_tf.search.strategies import DartsStrategy, ThreeStageStrategy
 
     machine = bench.machine_line()
@@ -190,18 +223,26 @@ def main(argv=None):
     supernet = SupernetConfig(channels=channels, num_cells=cells, num_nodes=nodes,
                               **({"primitives": tuple(primitives.split(","))} if primitives else {}))
     config = SearchConfig(supernet=supernet)  # the defaults: η's, stage2, decoders
-    models = build_search_models(config, vocab_size=len(data.vocab), max_caption_len=data.max_caption_len,
-                                 image_size=data.image_size, seed=args.seed)
+    sizes = dict(vocab_size=len(data.vocab), max_caption_len=data.max_caption_len, image_size=data.image_size,
+                 seed=args.seed)
+    if args.dtype == "float64":  # SearchConfig's policies are float32 or mixed: the models built under float64
+        keras.config.set_floatx("float64")
+        keras.mixed_precision.set_global_policy("float64")
+        models = _build_search_models(config, with_student=True, **sizes)
+    else:
+        models = build_search_models(config, **sizes)
     strategy = ThreeStageStrategy(models, config, max_caption_len=data.max_caption_len)
     darts_strategy = DartsStrategy(models, SearchConfig(supernet=supernet, strategy="darts"),
                                    max_caption_len=data.max_caption_len)
-    streams = iter(search_streams(data, args.batch_size))
+    dtype = tf.as_dtype(args.dtype)
+    streams = iter(search_streams(data, args.batch_size).map(
+        lambda b: tf.nest.map_structure(lambda t: tf.cast(t, dtype) if t.dtype.is_floating else t, b)))
     if args.warmup_steps:  # op by op too: tracing the weight step costs more than 30 steps
         for _ in range(args.warmup_steps):
             metrics = strategy.step(next(streams), update_architecture=False)
         print(f"warm-up: {args.warmup_steps} weight steps, Stage I loss {float(metrics['stage1/train_loss']):.3f}",
               flush=True)
-    exact, finite_difference, products = make_estimators(strategy, darts_strategy)
+    exact, finite_difference, products = make_estimators(strategy, darts_strategy, dtype)
     results = {f"{eps:g}": {name: [] for name in ESTIMATES + PRODUCTS} for eps in args.epsilon_values}
     for b in range(args.batches):
         t0 = time.perf_counter()
@@ -218,27 +259,30 @@ def main(argv=None):
             line = ", ".join(f"{n} {results[f'{eps:g}'][n][-1]['cosine']:.3f}" for n in ESTIMATES + PRODUCTS)
             print(f"batch {b + 1}, ε = {eps:g}: cosine {line}", flush=True)
         print(f"batch {b + 1}: {time.perf_counter() - t0:.0f} s", flush=True)
-    elapsed = time.perf_counter() - started
-    table = summary_table(results, args.epsilon_values, SearchConfig().fd_epsilon)
-    print("\n" + table)
     command = ("python benchmarks/fd_accuracy.py " + " ".join(argv)).strip()
-    record = {"command": command, "config": args.config, "supernet": [channels, cells, nodes, primitives or "DARTS"],
+    record = {"command": command, "config": args.config, "dtype": args.dtype,
+              "supernet": [channels, cells, nodes, primitives or "DARTS"],
               "batches": args.batches, "warmup_steps": args.warmup_steps, "batch_size": args.batch_size,
-              "seed": args.seed, "elapsed_s": elapsed, "results": results,
-              "measured": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+              "seed": args.seed, "elapsed_s": time.perf_counter() - started, "machine": machine,
+              "measured": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "results": results}
     if args.json:
         from capnas_tf.io_utils import atomic_write_json
 
         atomic_write_json(args.json, record)
         print(f"\nJSON: {args.json}")
-    output = args.output if args.output is not None else bench.DEFAULT_DOC
+    publish(record, args.output)
+
+
+def publish(record: dict, output: str | None) -> None:
+    """Prints the record's block and writes it into `output` (default docs/performance.md; '' = print only)."""
+    from capnas_tf.config import SearchConfig
+
+    body = render(record, SearchConfig().fd_epsilon)
+    print("\n" + body)
+    output = output if output is not None else bench.DEFAULT_DOC
     if output:
-        body = (f"Command: `{command}` — {record['measured']}, {elapsed / 60:.0f} min.\n\n"
-                f"Supernet C={channels}, {cells} cells × {nodes} nodes over {primitives or 'the DARTS candidates'}, "
-                f"float32; {args.batches} capnas_shapes batches of {args.batch_size} per stream after "
-                f"{args.warmup_steps} weight steps; A at its initialisation. Mean (min–max) over the batches.\n"
-                f"{machine}.\n\n{table}\n")
-        bench.write_block(output, f"fd_accuracy_{args.config}", body)
+        suffix = "" if record["dtype"] == "float32" else f"_{record['dtype']}"
+        bench.write_block(output, f"fd_accuracy_{record['config']}{suffix}", body)
         print(f"written to {output}")
 
 

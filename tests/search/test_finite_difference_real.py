@@ -16,8 +16,9 @@ Below 1e-4 the error falls as ε² (the truncation of a central difference), dow
 grows as 1/ε below 1e-6. At 1e-3 and above the error no longer follows ε² but is larger at 1e-3 than at 1e-2,
 the 1/ε of a jump in the gradient between the ± points (a ReLU input changing sign, a max-pool's argmax
 changing; BatchNorm is smooth): the difference of gradients measures the jump, not the curvature, and the
-estimate is off by its own size. So agreement needs a step small enough to stay between kinks: ε = 1e-6 here, checked to 1e-7
-relative (50× the measured error); and the default-size step crosses kinks, which shows the model has them."""
+estimate is off by its own size. So agreement needs a step small enough to stay between kinks: ε = 1e-6
+here, checked to 1e-7 relative (50× the measured error); and a step of 1e-2 crosses kinks, which shows that
+the model has them."""
 import numpy as np
 import pytest
 
