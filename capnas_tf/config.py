@@ -597,9 +597,8 @@ class RetrainConfig:
     """Retraining the captioner of a genotype from scratch, its evaluation and its export.
 
     The defaults are the recipe measured in docs/captioner_recipe.md: DARTS_V2 at C = 16 with the
-    cross-attention transformer decoder (no dropout), 3,600 steps of 32 images with 4 captions each; on
-    capnas_shapes (32×32, L = 16) the model and its image-blind baseline retrain in about 13 minutes on a
-    2-core CPU.
+    cross-attention transformer decoder (no dropout), 3,600 steps of 32 images with 4 captions each (its
+    cost on a 2-core CPU is in that document).
 
     Args:
       encoder: "darts" (default): the `DiscreteEncoder` of `genotype`; any other name of
