@@ -10,6 +10,7 @@ from tests.search.strategy_checks import check_search_outputs, tiny_search
 from tests.search.test_search_loop import L, TINY_SEARCH
 
 
+@pytest.mark.slow  # ~27 s (a whole search job); CI runs it (.ci/run)
 def test_gdas_search_writes_every_output(tiny_data, tmp_path):
     result, lines = tiny_search("gdas", tiny_data, tmp_path)
     history = check_search_outputs(tmp_path, result, lines, metric="gdas/val_loss")

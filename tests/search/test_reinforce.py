@@ -18,6 +18,7 @@ def _strategy(models, **overrides):
     return ReinforceStrategy(models, config, max_caption_len=L)
 
 
+@pytest.mark.slow  # ~27 s (a whole search job); CI runs it (.ci/run)
 def test_reinforce_search_writes_every_output(tiny_data, tmp_path):
     result, lines = tiny_search("reinforce", tiny_data, tmp_path)
     history = check_search_outputs(tmp_path, result, lines, metric="reinforce/reward")
