@@ -673,9 +673,9 @@ class RetrainConfig:
         help="Decoder of the retrained captioner (lstm | transformer).")
     epochs: int = option(6, flag="retrain_epochs",
         help="Retraining epochs (validation scores after each, see --selection_metric).")
-    # 6 × 750 steps of 32: ~14 passes over capnas_shapes' 10,000 captions
+    # 6 × 600 steps of 32 images × 4 captions: ~58 passes over capnas_shapes' 2,000 training images, ~46 over their captions
     steps_per_epoch: int = option(600, flag="retrain_steps_per_epoch", help="Retraining steps per epoch; 0 = one pass.")
-    batch_size: int = option(0, flag="retrain_batch_size", help="Retraining batch size; 0 = --batch_size.")
+    batch_size: int = option(0, flag="retrain_batch_size", help="Retraining batch size, in images; 0 = --batch_size.")
     decoder_dropout: float = option(0.0, flag="retrain_decoder_dropout",
         help="Dropout rate inside the retrained decoder. 0 learned counts and relations faster at the default "
              "budget than the decoders' own 0.1 (docs/recipe_variants.md).")
