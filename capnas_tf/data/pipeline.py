@@ -435,11 +435,7 @@ class CaptionData:
         if captions_per_image < 1:
             raise ValueError(f"train_groups: captions_per_image must be >= 1, received {captions_per_image}.")
         batch_size = self._check_batch("train", batch_size, self.num_images("train"), repeat)
-        images = self._cached_images("train", with_tokens=True)
-        if shuffle:
-            images = seeded_shuffle(images, self._buffer(self.num_images("train")), self._seeds("train", 2))
-        if repeat:
-            images = images.repeat()
+        images = self._image_stream("train", with_tokens=True, shuffle=shuffle, repeat=repeat, level=2)
         seed = tf.constant(self._seeds("train", 3), tf.int64)
         groups = images.enumerate().map(
             lambda i, ex: _caption_group(ex, captions_per_image, tf.random.experimental.stateless_fold_in(seed, i),
@@ -458,11 +454,7 @@ class CaptionData:
                           shuffle: bool = True) -> tf.data.Dataset:
         """U: `{"image": float32 [B, S, S, 3]}`, each image once per epoch."""
         batch_size = self._check_batch("unlabeled", batch_size, self.num_images("unlabeled"), repeat)
-        images = self._cached_images("unlabeled", with_tokens=False)
-        if shuffle:
-            images = seeded_shuffle(images, self._buffer(self.num_images("unlabeled")), self._seeds("unlabeled", 0))
-        if repeat:
-            images = images.repeat()
+        images = self._image_stream("unlabeled", with_tokens=False, shuffle=shuffle, repeat=repeat, level=0)
         images = images.map(lambda ex: {"image": ex["image"]})
         return self._finish(images.batch(batch_size, drop_remainder=True))
 
@@ -529,6 +521,13 @@ class CaptionData:
         # configuration or vocabulary never reads a stale cache.
         digest = hashlib.sha1(repr((self.config, split, with_tokens and self.vocab.tokens)).encode()).hexdigest()[:12]
         return dataset.cache(f"{cache}-{self.config.dataset}-{split}-{digest}")
+
+    def _image_stream(self, split: str, *, with_tokens: bool, shuffle: bool, repeat: bool, level: int) -> tf.data.Dataset:
+        """Each image of `split` (`_cached_images`), in an order seeded by (`split`, `level`), repeated if asked."""
+        images = self._cached_images(split, with_tokens=with_tokens)
+        if shuffle:
+            images = seeded_shuffle(images, self._buffer(self.num_images(split)), self._seeds(split, level))
+        return images.repeat() if repeat else images
 
     def _pair_stream(self, split: str, batch_size: int | None, *, repeat: bool, shuffle: bool,
                      drop_remainder: bool = True) -> tf.data.Dataset:
