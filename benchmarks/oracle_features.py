@@ -76,6 +76,15 @@ for e, r in zip(va, ids):
         if len(s.parsed.groups) > 1 and s.alignment[1] is not None:
             tally[(2, "second mention count right")] += s.parsed.groups[1].count == e.scene.groups[s.alignment[1]].count
 print(sorted(tally.items()))
+# each wrong count in a two-group scene: (the scene's counts, the count of the group named, the count said)
+wrong = collections.Counter()
+for e, r in zip(va, ids):
+    s = score_caption(vocab.decode(r), e.scene)
+    if s.parsed and len(e.scene.groups) == 2:
+        for said, j in zip(s.parsed.groups, s.alignment):
+            if j is not None and said.count != e.scene.groups[j].count:
+                wrong[(tuple(g.count for g in e.scene.groups), e.scene.groups[j].count, said.count)] += 1
+print("wrong counts (scene counts, named group's count, said):", wrong.most_common())
 from capnas_tf.decoders.decoding import beam_search
 for K in (3, 5):
     ids = tf.function(lambda x: beam_search(dec, (x, tf.reduce_mean(x, [1, 2])), beam_width=K, max_len=15)[0])(tf.constant(Xva)).numpy()

@@ -615,6 +615,8 @@ class RetrainConfig:
       steps_per_epoch: steps per epoch; 0 = as many as make one pass over D_tr's captions.
       batch_size: training batch size (0: DataConfig.batch_size): images per step.
       decoder_dropout: dropout rate inside the decoder.
+      count_heads: heads of the transformer decoder's counting attention over its memory
+        (`decoders.transformer.CountingAttention`); 0: none; the LSTM decoder has none.
       captions_per_image: k; each step trains on k captions of each of its batch_size images, the encoder
         run once per image (`CaptionData.train_groups`); 1: batch_size (image, caption) pairs.
       lr, weight_decay, grad_clip: AdamW learning rate (cosine-decayed to 0), decoupled weight decay,
@@ -679,6 +681,10 @@ class RetrainConfig:
     decoder_dropout: float = option(0.0, flag="retrain_decoder_dropout",
         help="Dropout rate inside the retrained decoder. 0 learned counts and relations faster at the default "
              "budget than the decoders' own 0.1 (docs/recipe_variants.md).")
+    count_heads: int = option(4, flag="retrain_count_heads",
+        help="Counting-attention heads of the retrained transformer decoder (sigmoid-gated attention among the "
+             "image's grid slots, so each slot knows how many others look like it); 0: none. Other decoders "
+             "have none (docs/recipe_variants.md).")
     captions_per_image: int = option(4, flag="retrain_captions_per_image",
         help="k: each training step takes batch_size images with k of their captions each (the encoder runs once "
              "per image); 1: batch_size (image, caption) pairs.")
@@ -732,7 +738,7 @@ class RetrainConfig:
         for name in ("channels", "num_cells", "epochs", "beam_width", "captions_per_image"):
             if getattr(self, name) < 1:
                 raise ValueError(f"RetrainConfig.{name} must be >= 1, received {getattr(self, name)!r}.")
-        for name in ("steps_per_epoch", "batch_size", "max_eval_images", "grad_clip", "weight_decay"):
+        for name in ("steps_per_epoch", "batch_size", "max_eval_images", "grad_clip", "weight_decay", "count_heads"):
             if getattr(self, name) < 0:
                 raise ValueError(f"RetrainConfig.{name} must be >= 0, received {getattr(self, name)!r}.")
         if not (_number(self.decoder_dropout) and 0.0 <= self.decoder_dropout < 1.0):

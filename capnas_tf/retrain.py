@@ -93,8 +93,9 @@ def build_captioner(config: RetrainConfig, *, vocab_size: int, max_caption_len: 
         file or does not fit the encoder (`encoders.load_encoder_weights`).
     """
     encoder = encoder if encoder is not None else build_encoder(config)
+    counting = {"count_heads": config.count_heads} if config.decoder == "transformer" else {}
     decoder = get_decoder(config.decoder, vocab_size=vocab_size, max_len=max_caption_len - 1,
-                          dropout=config.decoder_dropout)
+                          dropout=config.decoder_dropout, **counting)
     captioner = Captioner(encoder, decoder, name="captioner")
     captioner(tf.zeros([1, image_size, image_size, 3]), tf.ones([1, max_caption_len - 1], tf.int32))
     if config.encoder_weights:

@@ -10,11 +10,12 @@ MAX_LEN = 6
 GRID = (3, 3, 8)  # h, w, C of the encoder grid
 BATCH = 2
 
-# Small enough for float64 finite differences, two Transformer layers to exercise per-layer caches.
+# Small enough for float64 finite differences, two Transformer layers to exercise per-layer caches, and
+# counting attention (the retrain's transformer has it), so every decoder test covers it.
 TINY = {
     "lstm": {"embedding_dim": 8, "units": 12, "dropout": 0.0},
     "transformer": {
-        "model_dim": 8, "num_layers": 2, "num_heads": 2, "intermediate_dim": 16, "dropout": 0.0
+        "model_dim": 8, "num_layers": 2, "num_heads": 2, "intermediate_dim": 16, "dropout": 0.0, "count_heads": 2
     },
 }
 DECODER_NAMES = sorted(TINY)

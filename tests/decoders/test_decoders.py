@@ -79,8 +79,40 @@ def test_parameter_counts_are_pinned():
     # memory (the grid's C channels and its two coordinates), grid positions, tokens, token positions
     embeddings = ((c + 2) * d + d) + s * d + VOCAB * d + MAX_LEN * d
     global_token = c * d + d  # W_g · pooled, one more memory slot
+    counting = 4 * (d * d + d)  # counting attention's query, key, value and output projections
     transformer = embeddings + global_token + cfg["num_layers"] * layer + (d * VOCAB + VOCAB)
-    assert make_decoder("transformer").count_params() == transformer == 2309
+    assert make_decoder("transformer", count_heads=0).count_params() == transformer == 2309
+    assert make_decoder("transformer").count_params() == transformer + counting
+
+
+def test_counting_attention_sums_sigmoid_gated_values_and_grows_with_matching_slots():
+    from capnas_tf.decoders.transformer import CountingAttention
+
+    heads, head_dim, d = 2, 3, 5
+    layer = CountingAttention(heads, head_dim)
+    x = tf.random.stateless_normal([2, 4, d], seed=[0, 1])
+    slots = tf.random.stateless_normal([2, 6, d], seed=[0, 2])
+    out = layer(x, slots).numpy()
+
+    def dense(layer_, t):  # an EinsumDense as a matrix product over the flattened head axes
+        kernel, bias = (w.numpy() for w in layer_.weights)
+        in_dim = t.shape[-1]
+        return t @ kernel.reshape(in_dim, -1) + bias.reshape(-1)
+
+    # c_h = (1/S) Σ_s σ(q_h · k_{h,s} / √d_h) v_{h,s}, then W_o over the concatenated heads
+    q = dense(layer.query, x.numpy()).reshape(2, 4, heads, head_dim)
+    k = dense(layer.key, slots.numpy()).reshape(2, 6, heads, head_dim)
+    v = dense(layer.value, slots.numpy()).reshape(2, 6, heads, head_dim)
+    gates = 1 / (1 + np.exp(-np.einsum("bthd,bshd->bhts", q, k) / np.sqrt(head_dim)))
+    counts = np.einsum("bhts,bshd->bthd", gates, v) / 6
+    np.testing.assert_allclose(out, dense(layer.output_projection, counts.reshape(2, 4, -1)), rtol=1e-5, atol=1e-6)
+
+    # Unlike a softmax read, a sum sees how many slots match: two copies of a slot among blanks are not one.
+    blank, thing = tf.zeros([1, 1, d]), slots[:1, :1]
+    one = layer(x[:1], tf.concat([thing, blank, blank, blank], axis=1))
+    two = layer(x[:1], tf.concat([thing, thing, blank, blank], axis=1))
+    base = layer(x[:1], tf.concat([blank, blank, blank, blank], axis=1))
+    np.testing.assert_allclose(two - base, 2 * (one - base), rtol=1e-4, atol=1e-6)
 
 
 @pytest.mark.parametrize("name", DECODER_NAMES)
