@@ -379,11 +379,14 @@ class _RetrainState:
         item, name = bad
         part = ("optimizer" if item == "optimizer"
                 else "encoder" if name.startswith(self.encoder_prefix) else "decoder")
+        raise self.diverged(f"{part} variable {name} is not finite (NaN or Inf) after epoch {epoch}", epoch)
+
+    def diverged(self, what: str, epoch: int) -> NonFiniteStateError:
+        """The error that stops a diverged epoch: `what` went non-finite, and what stays on disk."""
         kept = what_is_kept(self.latest.latest_checkpoint)
-        raise NonFiniteStateError(
-            f"retrain: {part} variable {name} is not finite (NaN or Inf) after epoch {epoch}; the training "
-            f"diverged (lower --retrain_lr, or set --retrain_grad_clip). Nothing of epoch {epoch} was written: {kept}; "
-            "best/ is untouched.")
+        return NonFiniteStateError(
+            f"retrain: {what}; the training diverged (lower --retrain_lr, or set --retrain_grad_clip). Nothing of "
+            f"epoch {epoch} was written: {kept}; best/ is untouched.")
 
     def improves(self, score: float, tiebreak: float) -> bool:
         """Whether an epoch of these scores beats the kept one (the first epoch always does)."""
@@ -403,7 +406,7 @@ def _train_epoch(step_fn, batches, steps: int, *, epoch: int, log, log_every: in
     for i, batch in enumerate(distribute_dataset(dist, batches.take(steps))):
         loss = float(step_fn(batch["image"], batch["tokens"]))
         if not math.isfinite(loss):
-            raise FloatingPointError(f"retrain: non-finite loss {loss} at epoch {epoch + 1}, step {i + 1}.")
+            raise FloatingPointError(f"the loss is not finite ({loss}) at epoch {epoch + 1}, step {i + 1}")
         losses.append(loss)
         if (i + 1) % log_every == 0 or i + 1 == steps:
             rate = (i + 1) / (time.perf_counter() - start)
@@ -476,8 +479,11 @@ def _train_and_select(captioner: Captioner, config: RetrainConfig, data, workdir
                 log(f"  epoch {epoch + 1}: encoder {'trainable' if captioner.encoder.trainable else 'frozen'}")
             step_fn = make_train_step(captioner, optimizer, jit_compile=config.xla, dist=dist,
                                       scheduled_sampling=sampling)
-        loss = _train_epoch(step_fn, batches, steps, epoch=epoch, log=log, log_every=config.log_every,
-                            writer=writer, global_step=epoch * steps, dist=dist)
+        try:
+            loss = _train_epoch(step_fn, batches, steps, epoch=epoch, log=log, log_every=config.log_every,
+                                writer=writer, global_step=epoch * steps, dist=dist)
+        except FloatingPointError as e:
+            raise state.diverged(str(e), epoch + 1) from None
         state.check_finite(epoch + 1)  # before anything of this epoch is written
         scores = validation_scores(captioner, data, config)
         with writer.as_default(step=(epoch + 1) * steps):
