@@ -32,7 +32,7 @@ from capnas_tf.config import RetrainConfig  # noqa: E402
 from capnas_tf.config import DataConfig  # noqa: E402
 from capnas_tf.data.pipeline import load_caption_data  # noqa: E402
 from capnas_tf.config import RunConfig  # noqa: E402
-from capnas_tf.retrain import retrain_job  # noqa: E402
+from capnas_tf.retrain import decoder_options, retrain_job  # noqa: E402
 
 SPLITS = ("test", "test_novel")
 CONTENT = ("colour", "count", "shape", "size", "relation", "entirely_correct")
@@ -121,7 +121,7 @@ def write_report(path: str, records: list[dict], retrain: RetrainConfig, command
     seeds = ", ".join(str(r["seed"]) for r in records)
     walls = ", ".join(f"{r['wall_s'] / 60:.1f}" for r in records)
     epochs = ", ".join(f"{r['best_epoch']}/{r['epochs']}" for r in records)
-    sizes = ", ".join(f"{k}={v}" for k, v in {**decoder_defaults(retrain.decoder), "dropout": retrain.decoder_dropout}.items()
+    sizes = ", ".join(f"{k}={v}" for k, v in {**decoder_defaults(retrain.decoder), **decoder_options(retrain)}.items()
                       if k not in ("trainable", "dtype"))
     batch = f"{retrain.batch_size or DataConfig().batch_size} images × {retrain.captions_per_image} captions"
     parts = [

@@ -83,6 +83,12 @@ def build_encoder(config: RetrainConfig) -> keras.layers.Layer:
 ENCODER_WEIGHTS_SETTING = "RetrainConfig.encoder_weights (--retrain_encoder_weights)"
 
 
+def decoder_options(config: RetrainConfig) -> dict:
+    """The keyword arguments the recipe gives its decoder beyond the decoder's defaults."""
+    counting = {"count_heads": config.count_heads} if config.decoder == "transformer" else {}
+    return {"dropout": config.decoder_dropout, **counting}
+
+
 def build_captioner(config: RetrainConfig, *, vocab_size: int, max_caption_len: int, image_size: int,
                     encoder: keras.layers.Layer | None = None) -> Captioner:
     """Encoder (`build_encoder`, or `encoder`) + decoder, built; the encoder's weights loaded from
@@ -93,9 +99,8 @@ def build_captioner(config: RetrainConfig, *, vocab_size: int, max_caption_len: 
         file or does not fit the encoder (`encoders.load_encoder_weights`).
     """
     encoder = encoder if encoder is not None else build_encoder(config)
-    counting = {"count_heads": config.count_heads} if config.decoder == "transformer" else {}
     decoder = get_decoder(config.decoder, vocab_size=vocab_size, max_len=max_caption_len - 1,
-                          dropout=config.decoder_dropout, **counting)
+                          **decoder_options(config))
     captioner = Captioner(encoder, decoder, name="captioner")
     captioner(tf.zeros([1, image_size, image_size, 3]), tf.ones([1, max_caption_len - 1], tf.int32))
     if config.encoder_weights:
