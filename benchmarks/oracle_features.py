@@ -64,9 +64,14 @@ for s in range(a.steps):
 # error breakdown of the final model
 from capnas_tf.data.shapes_content import score_caption
 import collections
-ids = decode(tf.constant(Xva)).numpy(); tally = collections.Counter()
+# wrong: each wrong count in a two-group scene as (the scene's counts, the count of the group named, the count said)
+ids = decode(tf.constant(Xva)).numpy(); tally = collections.Counter(); wrong = collections.Counter()
 for e, r in zip(va, ids):
     cap = vocab.decode(r); s = score_caption(cap, e.scene); ng = len(e.scene.groups)
+    if s.parsed and ng == 2:
+        for said, j in zip(s.parsed.groups, s.alignment):
+            if j is not None and said.count != e.scene.groups[j].count:
+                wrong[(tuple(g.count for g in e.scene.groups), e.scene.groups[j].count, said.count)] += 1
     for err in s.errors:
         tally[(ng, err.split(":")[0])] += 1
     tally[(ng, "images")] += 1
@@ -76,14 +81,6 @@ for e, r in zip(va, ids):
         if len(s.parsed.groups) > 1 and s.alignment[1] is not None:
             tally[(2, "second mention count right")] += s.parsed.groups[1].count == e.scene.groups[s.alignment[1]].count
 print(sorted(tally.items()))
-# each wrong count in a two-group scene: (the scene's counts, the count of the group named, the count said)
-wrong = collections.Counter()
-for e, r in zip(va, ids):
-    s = score_caption(vocab.decode(r), e.scene)
-    if s.parsed and len(e.scene.groups) == 2:
-        for said, j in zip(s.parsed.groups, s.alignment):
-            if j is not None and said.count != e.scene.groups[j].count:
-                wrong[(tuple(g.count for g in e.scene.groups), e.scene.groups[j].count, said.count)] += 1
 print("wrong counts (scene counts, named group's count, said):", wrong.most_common())
 from capnas_tf.decoders.decoding import beam_search
 for K in (3, 5):

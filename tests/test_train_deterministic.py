@@ -8,6 +8,7 @@ import sys
 import time
 
 import pytest
+import tensorflow as tf
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # As a user runs it: TF_CPP_MIN_LOG_LEVEL left to the toolkit, which keeps its notices off stderr.
@@ -38,23 +39,15 @@ def _outputs(workdir):
         return history.read(), genotype.read()
 
 
-def _lists_checkpoint(state_file, name):
-    try:
-        with open(state_file) as f:
-            return f'model_checkpoint_path: "{name}"' in f.read()
-    except FileNotFoundError:
-        return False
-
-
 def _kill_after_first_checkpoint(process, workdir, timeout=300):
     """SIGKILLs `process` once its first checkpoint is on disk and listed; returns whether it was killed mid-run.
 
     The manager writes the checkpoint's files before it lists them in the `checkpoint` state file: a kill
     between the two leaves nothing to resume from, so the kill waits for the listing."""
-    state_file = os.path.join(workdir, "search", "checkpoints", "checkpoint")
+    directory = os.path.join(workdir, "search", "checkpoints")
     deadline = time.monotonic() + timeout
     while process.poll() is None and time.monotonic() < deadline:
-        if _lists_checkpoint(state_file, "ckpt-2"):
+        if (tf.train.latest_checkpoint(directory) or "").endswith("ckpt-2"):
             process.send_signal(signal.SIGKILL)
             break
         time.sleep(0.05)

@@ -41,7 +41,9 @@ def _use_exact_layer_norms(layer: keras.layers.Layer) -> None:
 class CountingAttention(keras.layers.Layer):
     """Attention that sums instead of averaging: per head h,
 
-        c_h = (1/S) Σ_s σ(q_h · k_{h,s} / √d + b_h) v_{h,s},   out = W_o [c_1 … c_H]
+        c_h = (1/S) Σ_s σ(q_h · k_{h,s} / √d) v_{h,s},   out = W_o [c_1 … c_H]
+
+    (q, k, v: per-head projections with biases; d: the head width.)
 
     Softmax weights sum to one, so a softmax read returns what the attended slots look like, not how many
     there are; sigmoid gates do not, so c grows with the number of slots that match the query — a count.
