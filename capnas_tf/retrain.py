@@ -137,11 +137,12 @@ class ScheduledSampling:
         fold_in = tf.random.experimental.stateless_fold_in
         return fold_in(fold_in(tf.constant([self.seed, 0], tf.int64), step), replica)
 
-    def decoder_inputs(self, decoder, features, prefix, *, step) -> tf.Tensor:
-        """The decoder input `[B, T]` of step i for the ground-truth `prefix` (`scheduled_sampling_inputs`)."""
+    def decoder_inputs(self, decoder, features, prefix, *, step, captions_per_image: int = 1) -> tf.Tensor:
+        """The decoder input `[B·k, T]` of step i for the ground-truth `prefix` (`scheduled_sampling_inputs`)."""
         return scheduled_sampling_inputs(decoder, features, prefix,
                                          teacher_forcing_prob=self.teacher_forcing_probability(step),
-                                         seed=self.step_seed(step), sample=self.sample, pad_id=PAD_ID)
+                                         seed=self.step_seed(step), sample=self.sample, pad_id=PAD_ID,
+                                         captions_per_image=captions_per_image)
 
 
 def scheduled_sampling_of(config: RetrainConfig, *, total_steps: int, seed: int) -> ScheduledSampling | None:
@@ -162,17 +163,18 @@ def training_logits(captioner: Captioner, images, tokens, *, step, scheduled_sam
     """The logits `[N, T, V]` a training step fits, and the captions `[N, L]` they fit (T = L − 1).
 
     `tokens` is `[B, L]` (one caption per image, N = B) or `[B, k, L]` (k captions per image, N = B·k: the
-    encoder runs once per image and its features are repeated for the k captions). The decoder is
+    encoder, and what the decoder derives from the image alone, run once per image). The decoder is
     teacher-forced on each caption's prefix, or fed the decoder input of `scheduled_sampling` at `step`."""
     features = captioner.encoder(images, training=True)
+    k = 1
     if tokens.shape.rank == 3:
         k = tokens.shape[1]
-        features = tf.nest.map_structure(lambda f: tf.repeat(f, k, axis=0), features)
         tokens = tf.reshape(tokens, [-1, tokens.shape[-1]])
     prefix = tokens[:, :-1]
     if scheduled_sampling is not None:
-        prefix = scheduled_sampling.decoder_inputs(captioner.decoder, features, prefix, step=step)
-    return captioner.decoder(features, prefix, training=True), tokens
+        prefix = scheduled_sampling.decoder_inputs(captioner.decoder, features, prefix, step=step,
+                                                   captions_per_image=k)
+    return captioner.decoder(features, prefix, training=True, captions_per_image=k), tokens
 
 
 def make_train_step(captioner: Captioner, optimizer, *, jit_compile: bool = False,

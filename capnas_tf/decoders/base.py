@@ -6,6 +6,11 @@ distribution of `tokens[:, t + 1]`. Logits are in the policy's variable dtype: f
 "float32" and "mixed_float16" (the softmax over V is too wide for float16), float64 under "float64"
 (used by the finite-difference tests).
 
+Training on k captions of each image passes `captions_per_image=k` to the call, with `tokens [B·k, T]`
+(caption i of image i // k) and the features of the B images: what a decoder derives from the image alone
+(the transformer's memory, the LSTM's initial state) is computed once per image and repeated k times,
+instead of being computed again for each caption.
+
 For decoding, `initial_cache(features)` returns a nest of batch-major tensors and
 `decode_step(features, token_ids [B], index, cache) -> (logits [B, V], cache)` advances it by one
 token, so a caption of T tokens costs T steps. Feeding `tokens[:, t]` at `index = t` after t earlier
@@ -97,6 +102,14 @@ def embed_token_rows(rows, embedding_layer) -> tf.Tensor:
     straight-through row passes gradient into the row (Stage II `straight_through`). [B, T, D]"""
     table = embedding_layer.embeddings
     return tf.matmul(tf.cast(rows, table.dtype), table)
+
+
+def per_caption(x, captions_per_image: int):
+    """x `[B, …]` repeated for the k = `captions_per_image` captions of each image: `[B·k, …]`, row i of
+    the result being row i // k of x (the order of `CaptionData.train_groups`' tokens, flattened)."""
+    if captions_per_image == 1:
+        return x
+    return tf.repeat(x, captions_per_image, axis=0)
 
 
 def zeros_state(batch_size, units: int, dtype) -> tf.Tensor:

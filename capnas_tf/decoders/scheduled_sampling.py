@@ -134,6 +134,7 @@ def scheduled_sampling_inputs(
     seed,
     sample: bool = False,
     pad_id: int = 0,
+    captions_per_image: int = 1,
 ):
     """The decoder input of scheduled sampling: a teacher-forced pass in inference mode, then per position
     the ground truth with probability ε, else the model's token from that pass (`mix_inputs`).
@@ -146,21 +147,25 @@ def scheduled_sampling_inputs(
       seed: int32 or int64 `[2]`; split internally between the sampling and the coin flips.
       sample: sample the model's tokens instead of taking the argmax.
       pad_id: the padding id.
+      captions_per_image: k, when `tokens` holds k captions of each image (`[B·k, T]`, see `decoders.base`).
 
     Returns:
       int32 `[B, T]`: `tokens` at ε = 1; at ε = 0 the model's own tokens after <start> (pads kept).
     """
     seeds = tf.random.experimental.stateless_split(tf.convert_to_tensor(seed), 2)
-    first_pass = decoder(features, tokens, training=False)
+    first_pass = decoder(features, tokens, training=False, captions_per_image=captions_per_image)
     own = model_tokens_from_logits(first_pass, tokens, sample=sample, seed=seeds[0])
     return mix_inputs(tokens, own, teacher_forcing_prob, seed=seeds[1], pad_id=pad_id)
 
 
-def scheduled_sampling_logits(decoder, features, tokens, *, training: bool = True, **kwargs):
+def scheduled_sampling_logits(decoder, features, tokens, *, training: bool = True, captions_per_image: int = 1,
+                              **kwargs):
     """Two-pass scheduled sampling: the decoder on `scheduled_sampling_inputs(decoder, features, tokens,
-    **kwargs)` (`teacher_forcing_prob`, `seed`, `sample`, `pad_id`), with `training` for this second pass.
+    **kwargs)` (`teacher_forcing_prob`, `seed`, `sample`, `pad_id`), with `training` for this second pass;
+    `captions_per_image` as in `scheduled_sampling_inputs`.
 
     Returns:
       logits `[B, T, V]` of the second pass; train them against `captions[:, 1:]` as usual.
     """
-    return decoder(features, scheduled_sampling_inputs(decoder, features, tokens, **kwargs), training=training)
+    inputs = scheduled_sampling_inputs(decoder, features, tokens, captions_per_image=captions_per_image, **kwargs)
+    return decoder(features, inputs, training=training, captions_per_image=captions_per_image)

@@ -16,7 +16,7 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
-from capnas_tf.decoders.base import CaptionDecoder, embed_token_rows, is_token_rows, zeros_state
+from capnas_tf.decoders.base import CaptionDecoder, embed_token_rows, is_token_rows, per_caption, zeros_state
 from capnas_tf.decoders.registry import register_decoder
 
 
@@ -34,11 +34,12 @@ class ShowAndTellDecoder(CaptionDecoder):
 
     Call arguments:
       features: `(grid [B, h, w, C], pooled [B, C])`; only `pooled` is used.
-      tokens: int32 `[B, T]`, a prefix starting with <start>.
+      tokens: int32 `[B·k, T]`, prefixes starting with <start>.
       training: enables dropout.
+      captions_per_image: k; the LSTM reads each image once and its state starts the image's k captions.
 
     Returns:
-      logits `[B, T, V]`.
+      logits `[B·k, T, V]`.
 
     Example:
 
@@ -91,10 +92,10 @@ class ShowAndTellDecoder(CaptionDecoder):
         _, state = self.cell(x_image, [zeros, zeros], training=training)
         return state
 
-    def call(self, features, tokens, training=False):
+    def call(self, features, tokens, training=False, captions_per_image: int = 1):
         _, pooled = self._unpack(features)
         self._check_prefix(tokens)
-        state = self._image_state(pooled, training=training)
+        state = [per_caption(s, captions_per_image) for s in self._image_state(pooled, training=training)]
         if is_token_rows(tokens):
             words = embed_token_rows(tokens, self.token_embedding)  # (B, T, E)
         else:

@@ -21,7 +21,7 @@ import keras
 import keras_hub
 import tensorflow as tf
 
-from capnas_tf.decoders.base import CaptionDecoder, embed_token_rows, is_token_rows
+from capnas_tf.decoders.base import CaptionDecoder, embed_token_rows, is_token_rows, per_caption
 from capnas_tf.decoders.exact_layer_norm import ExactLayerNormalization
 from capnas_tf.decoders.registry import register_decoder
 
@@ -103,12 +103,14 @@ class TransformerCaptionDecoder(CaptionDecoder):
         slot learns how many slots look like it, which softmax cross-attention cannot read (see `_memory`).
 
     Call arguments:
-      features: `(grid [B, h, w, C], pooled [B, C])`; only `grid` is used.
-      tokens: int32 `[B, T]`, a prefix starting with <start>, T <= max_len.
+      features: `(grid [B, h, w, C], pooled [B, C])`.
+      tokens: int32 `[B·k, T]`, prefixes starting with <start>, T <= max_len.
       training: enables dropout.
+      captions_per_image: k; the memory M (and its counting attention) is computed once per image and
+        read by its k captions.
 
     Returns:
-      logits `[B, T, V]`.
+      logits `[B·k, T, V]`.
 
     Example:
 
@@ -244,9 +246,9 @@ class TransformerCaptionDecoder(CaptionDecoder):
         coords = tf.cast(tf.reshape(tf.stack([rows, cols], axis=-1), [1, h * w, 2]), grid.dtype)
         return tf.tile(coords, [tf.shape(grid)[0], 1, 1])
 
-    def call(self, features, tokens, training=False):
+    def call(self, features, tokens, training=False, captions_per_image: int = 1):
         self._check_prefix(tokens)
-        memory = self._memory(features)  # (B, S, D)
+        memory = per_caption(self._memory(features), captions_per_image)  # (B·k, S, D)
         if is_token_rows(tokens):
             x = embed_token_rows(tokens, self.embedding.token_embedding)  # (B, T, D)
             x = x + self.embedding.position_embedding(x)

@@ -178,10 +178,62 @@ def _conv(filters: int, kernel_size: int, stride: int, dtype, dilation: int = 1)
                                dilation_rate=dilation, use_bias=False, dtype=dtype)
 
 
-def _depthwise(kernel_size: int, stride: int, dtype, dilation: int = 1) -> keras.layers.DepthwiseConv2D:
-    # Keras 3 decomposes stride > 1 with dilation > 1 into a dilated stride-1 conv and a subsampling.
-    return keras.layers.DepthwiseConv2D(kernel_size, strides=stride, padding="same",
-                                        dilation_rate=dilation, use_bias=False, dtype=dtype)
+def _depthwise(kernel_size: int, stride: int, dtype) -> keras.layers.DepthwiseConv2D:
+    return keras.layers.DepthwiseConv2D(kernel_size, strides=stride, padding="same", use_bias=False, dtype=dtype)
+
+
+def _same_padding(size, stride: int, extent: int):
+    """(before, after) of TF's 'same' padding of a side of `size` for a window of `extent` pixels."""
+    out = -(-size // stride)
+    total = tf.maximum((out - 1) * stride + extent - size, 0) if isinstance(size, tf.Tensor) \
+        else max((out - 1) * stride + extent - size, 0)
+    return total // 2, total - total // 2
+
+
+def _side(x, axis: int):
+    return x.shape[axis] if x.shape[axis] is not None else tf.shape(x)[axis]
+
+
+def _subsample(x, stride: int):
+    """x[:, ::s, ::s, :] as a 1×1 average pooling: the same values, and a gradient several times cheaper
+    on the CPU than StridedSliceGrad's, also twice differentiable under XLA."""
+    return tf.nn.avg_pool2d(x, ksize=1, strides=stride, padding="VALID")
+
+
+def _to_phases(x, d: int):
+    """[B, H, W, C] → [d²·B, H/d, W/d, C]: the d × d interleaved sub-images, phase (p, q) = x[:, p::d, q::d]."""
+    b, h, w, c = (_side(x, i) for i in range(4))
+    x = tf.reshape(x, [b, h // d, d, w // d, d, c])
+    return tf.reshape(tf.transpose(x, [2, 4, 0, 1, 3, 5]), [d * d * b, h // d, w // d, c])
+
+
+def _from_phases(y, d: int, batch):
+    """The inverse of `_to_phases`."""
+    h, w, c = (_side(y, i) for i in range(1, 4))
+    y = tf.reshape(y, [d, d, batch, h, w, c])
+    return tf.reshape(tf.transpose(y, [2, 3, 0, 4, 1, 5]), [batch, h * d, w * d, c])
+
+
+def dilated_depthwise(x, kernel, stride: int, dilation: int):
+    """Keras' `depthwise_conv(x, kernel, stride, "same", dilation)`, by the same arithmetic on sub-images.
+
+    A dilation-d convolution reads only pixels d apart, so it is a plain convolution of each of the d × d
+    interleaved sub-images of the padded input; at stride s = d it reads only the first of them. TF runs a
+    dilated depthwise conv through SpaceToBatchND / BatchToSpaceND, and Keras runs stride > 1 with
+    dilation > 1 at stride 1 before a strided slice: both several times slower on the CPU than this, for
+    the same sums in the same order (equal to the last bit). Shapes it does not cover take Keras' path."""
+    k = kernel.shape[0]
+    extent = dilation * (k - 1) + 1
+    height, width = _side(x, 1), _side(x, 2)
+    pads = [_same_padding(height, stride, extent), _same_padding(width, stride, extent)]
+    padded = tf.pad(x, [[0, 0], list(pads[0]), list(pads[1]), [0, 0]])
+    if stride > 1 and dilation == stride:
+        return tf.nn.depthwise_conv2d(_subsample(padded, stride), kernel, [1, 1, 1, 1], "VALID")
+    static = isinstance(height, int) and isinstance(width, int)
+    if stride == 1 and dilation > 1 and static and height % dilation == 0 and width % dilation == 0:
+        y = tf.nn.depthwise_conv2d(_to_phases(padded, dilation), kernel, [1, 1, 1, 1], "VALID")
+        return _from_phases(y, dilation, _side(x, 0))
+    return keras.ops.depthwise_conv(x, kernel, strides=stride, padding="same", dilation_rate=dilation)
 
 
 class _Op(keras.layers.Layer):
@@ -262,10 +314,20 @@ class FactorizedReduce(_Op):
 
     def call(self, x, training=None):
         x = tf.nn.relu(x)
-        # The second path sees x shifted by one pixel; padding keeps ⌈H/2⌉ for odd H as well.
-        shifted = tf.pad(x, [[0, 0], [0, 1], [0, 1], [0, 0]])[:, 1:, 1:, :]
-        y = tf.concat([self.conv_1(x), self.conv_2(shifted)], axis=-1)
-        return self.bn(y, training=training)
+        # Odd sides get a zero row/column, so that both paths keep ⌈H/2⌉ (the shifted one reads it).
+        x = tf.pad(x, [[0, 0], [0, _side(x, 1) % 2], [0, _side(x, 2) % 2], [0, 0]])
+        return self.bn(tf.nn.conv2d(x, self._paths_kernel(x.dtype), 2, "VALID"), training=training)
+
+    def _paths_kernel(self, dtype):
+        """Both paths as one 2×2 stride-2 kernel: conv_1's weights at tap (0, 0) into the first ⌊c/2⌋
+        outputs, conv_2's at tap (1, 1) (the pixel shifted by one) into the others, zeros elsewhere.
+        The same sums as two 1×1 convs on x[:, ::2, ::2] and x[:, 1::2, 1::2] concatenated, without the
+        strided slices whose gradients cost more on the CPU than the convolutions."""
+        k1, k2 = (tf.cast(conv.kernel, dtype)[0, 0] for conv in (self.conv_1, self.conv_2))  # (C_in, ·)
+        first = tf.concat([k1, tf.zeros_like(k2)], axis=-1)  # (C_in, c)
+        second = tf.concat([tf.zeros_like(k1), k2], axis=-1)
+        zero = tf.zeros_like(first)
+        return tf.stack([tf.stack([first, zero]), tf.stack([zero, second])])  # (2, 2, C_in, c)
 
 
 @keras.saving.register_keras_serializable(package="capnas_tf")
@@ -314,18 +376,22 @@ class DilConv(_Op):
         super().__init__(channels, stride, affine, **kwargs)
         self.kernel_size = int(kernel_size)
         self.dilation = int(dilation)
-        self.depthwise = _depthwise(self.kernel_size, self.stride, self.dtype_policy, self.dilation)
+        # Holds the k×k kernel; the stride and dilation are applied by `dilated_depthwise`.
+        self.depthwise = keras.layers.DepthwiseConv2D(self.kernel_size, padding="same", use_bias=False,
+                                                      dtype=self.dtype_policy)
         self.pointwise = _conv(self.channels, 1, 1, self.dtype_policy)
         self.bn = batch_norm(self.affine, self.dtype_policy)
 
     def build(self, input_shape):
         self.depthwise.build(input_shape)
-        shape = tuple(self.depthwise.compute_output_shape(input_shape))
+        shape = tuple(self.compute_output_shape(input_shape))[:-1] + (input_shape[-1],)
         self.pointwise.build(shape)
         self.bn.build(shape[:-1] + (self.channels,))
 
     def call(self, x, training=None):
-        return self.bn(self.pointwise(self.depthwise(tf.nn.relu(x))), training=training)
+        kernel = tf.cast(self.depthwise.kernel, x.dtype)
+        x = dilated_depthwise(tf.nn.relu(x), kernel, self.stride, self.dilation)
+        return self.bn(self.pointwise(x), training=training)
 
     def get_config(self):
         return {**super().get_config(), "kernel_size": self.kernel_size, "dilation": self.dilation}

@@ -67,6 +67,18 @@ def test_logits_depend_on_the_image(name):
     assert np.abs(a - b).max() > 1e-4
 
 
+@pytest.mark.parametrize("name", DECODER_NAMES)
+def test_k_captions_per_image_read_the_image_once_with_the_logits_of_repeated_features(name):
+    """captions_per_image=k: the features of B images and tokens [B·k, T] give the logits of the features
+    repeated k times (caption i reads image i // k)."""
+    decoder = make_decoder(name)
+    features, k = random_features(), 3
+    tokens = random_prefix(batch=BATCH * k, seed=4)
+    repeated = tuple(tf.repeat(f, k, axis=0) for f in features)
+    np.testing.assert_allclose(decoder(features, tokens, captions_per_image=k).numpy(),
+                               decoder(repeated, tokens).numpy(), rtol=1e-5, atol=1e-6)
+
+
 def test_parameter_counts_are_pinned():
     c = GRID[-1]
     e, u = TINY["lstm"]["embedding_dim"], TINY["lstm"]["units"]

@@ -78,7 +78,7 @@ def test_dilated_conv_reaches_five_pixels_away():
     x[0, 4, 4, :] = 1.0
     op.build(x.shape)
     op.depthwise.kernel.assign(tf.ones_like(op.depthwise.kernel))
-    response = np.abs(op.pointwise(op.depthwise(tf.constant(x))).numpy()).sum(-1)[0] > 0
+    response = np.abs(op(tf.constant(x)).numpy()).sum(-1)[0] > 0
     rows = np.where(response.any(1))[0]
     assert set(rows) == {2, 4, 6}
 
@@ -93,13 +93,70 @@ def test_relu_conv_bn_and_factorized_reduce_round_trip():
     check_layer(lambda: ops.FactorizedReduce(5, 2, False), (images(side=7),), expected_shapes=(2, 4, 4, 5))
 
 
-def test_factorized_reduce_is_twice_differentiable_under_xla():
+def value_gradient_and_hvp(fn, x, v, variables=()):
+    """fn(x), ∇_x L, ∇_w L and ∇_x ⟨∇_x L, v⟩ for L = Σ y sin y, y = fn(x)."""
+    with tf.GradientTape() as outer:
+        outer.watch(x)
+        with tf.GradientTape() as inner:
+            inner.watch(x)
+            y = fn(x)
+            loss = tf.reduce_sum(y * tf.sin(y))
+        grad_x, *grad_w = inner.gradient(loss, [x, *variables])
+        gv = tf.reduce_sum(grad_x * v)
+    return [y, grad_x, *grad_w, outer.gradient(gv, x)]
+
+
+@pytest.mark.parametrize("kernel_size", [3, 5])
+@pytest.mark.parametrize("side", [8, 7])
+@pytest.mark.parametrize("stride", [1, 2])
+def test_dilated_depthwise_is_keras_dilated_conv_to_second_order(stride, side, kernel_size):
+    """The sub-image arithmetic of `dilated_depthwise` computes Keras' 'same' depthwise conv with dilation 2
+    (odd sides take Keras' path at stride 1): values, gradients and a Hessian-vector product in float64."""
+    x = tf.random.stateless_normal([2, side, side + 2, C], seed=[5, 0], dtype=tf.float64)
+    v = tf.random.stateless_normal(x.shape, seed=[6, 0], dtype=tf.float64)
+    kernel = tf.Variable(tf.random.stateless_normal([kernel_size, kernel_size, C, 1], seed=[7, 0], dtype=tf.float64))
+    keras_conv = lambda x: keras.ops.depthwise_conv(x, kernel, strides=stride, padding="same", dilation_rate=2)  # noqa: E731
+    ours = value_gradient_and_hvp(lambda x: ops.dilated_depthwise(x, kernel, stride, 2), x, v, [kernel])
+    reference = value_gradient_and_hvp(keras_conv, x, v, [kernel])
+    for got, want in zip(ours, reference):
+        assert got.shape == want.shape
+        np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("side", [8, 7])
+def test_factorized_reduce_is_two_stride_two_convs_on_x_and_x_shifted(side):
+    """One 2×2 kernel computes the two paths: conv_1 on x[::2, ::2], conv_2 on x[1::2, 1::2] (odd sides
+    padded with zeros), concatenated, then BN — values and gradients in float64."""
+    layer = ops.FactorizedReduce(5, 2, False, dtype="float64")
+    x = tf.random.stateless_normal([2, side, side, C], seed=[8, 0], dtype=tf.float64)
+    v = tf.random.stateless_normal(x.shape, seed=[9, 0], dtype=tf.float64)
+    layer.build(x.shape)
+
+    def two_paths(x):
+        x = tf.pad(tf.nn.relu(x), [[0, 0], [0, side % 2], [0, side % 2], [0, 0]])
+        y = tf.concat([tf.nn.conv2d(x[:, ::2, ::2], layer.conv_1.kernel, 1, "VALID"),
+                       tf.nn.conv2d(x[:, 1::2, 1::2], layer.conv_2.kernel, 1, "VALID")], axis=-1)
+        return layer.bn(y, training=True)
+
+    variables = [layer.conv_1.kernel, layer.conv_2.kernel]
+    ours = value_gradient_and_hvp(lambda x: layer(x, training=True), x, v, variables)
+    reference = value_gradient_and_hvp(two_paths, x, v, variables)
+    for got, want in zip(ours, reference):
+        np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("make_layer, side", [(lambda: ops.FactorizedReduce(5, 2, False), 7),
+                                              (lambda: ops.FactorizedReduce(5, 2, False), 8),
+                                              (lambda: ops.DilConv(C, 2, False), 8),
+                                              (lambda: ops.DilConv(C, 1, False), 8)],
+                         ids=["factorized_reduce_odd", "factorized_reduce", "dil_conv_stride_2", "dil_conv_stride_1"])
+def test_strided_and_dilated_ops_are_twice_differentiable_under_xla(make_layer, side):
     # The exact hypergradient differentiates the layer's gradient, also under jit_compile. Under XLA,
-    # tf.slice's gradient is XlaDynamicUpdateSlice, which has no gradient: the shifted path must not
-    # use tf.slice (docs/performance.md, Profiles).
-    layer = ops.FactorizedReduce(5, 2, False)
-    x = tf.random.stateless_normal([2, 7, 7, C], seed=[3, 0])
-    v = tf.random.stateless_normal([2, 7, 7, C], seed=[4, 0])
+    # tf.slice's gradient is XlaDynamicUpdateSlice, which has no gradient: these ops must not use tf.slice
+    # (docs/performance.md, Profiles).
+    layer = make_layer()
+    x = tf.random.stateless_normal([2, side, side, C], seed=[3, 0])
+    v = tf.random.stateless_normal([2, side, side, C], seed=[4, 0])
     layer.build(x.shape)
 
     def hessian_vector_product(x, v):  # ∇_x ⟨∇_x L, v⟩, L = Σ y sin y
