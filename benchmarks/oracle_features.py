@@ -19,7 +19,7 @@ from capnas_tf.decoders import get_decoder
 from capnas_tf.decoders.losses import caption_loss
 from capnas_tf.decoders.decoding import greedy_decode
 from capnas_tf.data.shapes_content import content_accuracy
-p = argparse.ArgumentParser(); p.add_argument("--steps", type=int, default=3000); p.add_argument("--num_train", type=int, default=2000)
+p = argparse.ArgumentParser(); p.add_argument("--steps", type=int, default=3000); p.add_argument("--num_train", type=int, default=shapes.ShapesConfig().num_train)
 p.add_argument("--grid", type=int, default=8); p.add_argument("--dec_kw", default="{}"); p.add_argument("--lr", type=float, default=3e-3)
 p.add_argument("--eval_every", type=int, default=1000); p.add_argument("--batch", type=int, default=32)
 a = p.parse_args(); keras.utils.set_random_seed(0)

@@ -675,7 +675,7 @@ class RetrainConfig:
         help="Decoder of the retrained captioner (lstm | transformer).")
     epochs: int = option(6, flag="retrain_epochs",
         help="Retraining epochs (validation scores after each, see --selection_metric).")
-    # 6 × 600 steps of 32 images × 4 captions: ~58 passes over capnas_shapes' 2,000 training images, ~46 over their captions
+    # 6 × 600 steps of 32 images × 4 captions: ~7 passes over capnas_shapes' 16,000 training images
     steps_per_epoch: int = option(600, flag="retrain_steps_per_epoch", help="Retraining steps per epoch; 0 = one pass.")
     batch_size: int = option(0, flag="retrain_batch_size", help="Retraining batch size, in images; 0 = --batch_size.")
     decoder_dropout: float = option(0.0, flag="retrain_decoder_dropout",

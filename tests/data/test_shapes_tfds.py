@@ -43,7 +43,7 @@ def test_every_split_stores_its_scenes_and_caption_data_returns_them(tfds_dir, t
         assert stored == [json.dumps(s, sort_keys=True) for s in expected], split
         assert all(len(json.loads(s)["objects"]) == sum(g["count"] for g in json.loads(s)["groups"])
                    for s in stored), split  # object cells are stored: relations are judged by geometry
-    assert str(tfds.builder("capnas_shapes/tiny", data_dir=tfds_dir).info.version) == "1.2.0"
+    assert str(tfds.builder("capnas_shapes/tiny", data_dir=tfds_dir).info.version) == "1.3.0"
 
     config = DataConfig(dataset="capnas_shapes", data_dir=tfds_dir, image_size=16, min_word_count=1, batch_size=4,
                         shapes=TINY_SHAPES, unlabeled_source="holdout")
