@@ -597,7 +597,7 @@ class RetrainConfig:
     """Retraining the captioner of a genotype from scratch, its evaluation and its export.
 
     The defaults are the recipe measured in docs/captioner_recipe.md: DARTS_V2 at C = 16 with the
-    cross-attention transformer decoder (no dropout), 3,600 steps of 32 images with 4 captions each (its
+    cross-attention transformer decoder (no dropout), 3,000 steps of 32 images with 4 captions each (its
     cost on a 2-core CPU is in that document).
 
     Args:
@@ -673,9 +673,9 @@ class RetrainConfig:
              "have, so that the op retrained is the op searched; false: pooling alone (DARTS' final network).")
     decoder: str = option("transformer", flag="retrain_decoder",
         help="Decoder of the retrained captioner (lstm | transformer).")
-    epochs: int = option(6, flag="retrain_epochs",
+    epochs: int = option(5, flag="retrain_epochs",
         help="Retraining epochs (validation scores after each, see --selection_metric).")
-    # 6 × 600 steps of 32 images × 4 captions: ~7 passes over capnas_shapes' 16,000 training images
+    # 5 × 600 steps of 32 images × 4 captions: 6 passes over capnas_shapes' 16,000 training images
     steps_per_epoch: int = option(600, flag="retrain_steps_per_epoch", help="Retraining steps per epoch; 0 = one pass.")
     batch_size: int = option(0, flag="retrain_batch_size", help="Retraining batch size, in images; 0 = --batch_size.")
     decoder_dropout: float = option(0.0, flag="retrain_decoder_dropout",
