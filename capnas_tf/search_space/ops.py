@@ -220,20 +220,22 @@ def dilated_depthwise(x, kernel, stride: int, dilation: int):
     A dilation-d convolution reads only pixels d apart, so it is a plain convolution of each of the d × d
     interleaved sub-images of the padded input; at stride s = d it reads only the first of them. TF runs a
     dilated depthwise conv through SpaceToBatchND / BatchToSpaceND, and Keras runs stride > 1 with
-    dilation > 1 at stride 1 before a strided slice: both several times slower on the CPU than this, for
-    the same sums in the same order (equal to the last bit). Shapes it does not cover take Keras' path."""
-    k = kernel.shape[0]
-    extent = dilation * (k - 1) + 1
+    dilation > 1 at stride 1 before a strided slice: both several times slower on the CPU than this. The
+    values are equal to the last bit; the kernel's gradient at stride 2 sums in another order (float32
+    rounding). Shapes it does not cover take Keras' path."""
     height, width = _side(x, 1), _side(x, 2)
+    static = isinstance(height, int) and isinstance(width, int)
+    strided = stride > 1 and dilation == stride
+    on_phases = stride == 1 and dilation > 1 and static and height % dilation == 0 and width % dilation == 0
+    if not (strided or on_phases):
+        return keras.ops.depthwise_conv(x, kernel, strides=stride, padding="same", dilation_rate=dilation)
+    extent = dilation * (kernel.shape[0] - 1) + 1
     pads = [_same_padding(height, stride, extent), _same_padding(width, stride, extent)]
     padded = tf.pad(x, [[0, 0], list(pads[0]), list(pads[1]), [0, 0]])
-    if stride > 1 and dilation == stride:
+    if strided:
         return tf.nn.depthwise_conv2d(_subsample(padded, stride), kernel, [1, 1, 1, 1], "VALID")
-    static = isinstance(height, int) and isinstance(width, int)
-    if stride == 1 and dilation > 1 and static and height % dilation == 0 and width % dilation == 0:
-        y = tf.nn.depthwise_conv2d(_to_phases(padded, dilation), kernel, [1, 1, 1, 1], "VALID")
-        return _from_phases(y, dilation, _side(x, 0))
-    return keras.ops.depthwise_conv(x, kernel, strides=stride, padding="same", dilation_rate=dilation)
+    y = tf.nn.depthwise_conv2d(_to_phases(padded, dilation), kernel, [1, 1, 1, 1], "VALID")
+    return _from_phases(y, dilation, _side(x, 0))
 
 
 class _Op(keras.layers.Layer):
