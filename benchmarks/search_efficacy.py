@@ -1,134 +1,204 @@
-"""Search efficacy: do the search strategies find better encoders than architectures drawn at random?
+"""Search efficacy: do the search strategies find better encoders than a panel of random architectures?
 
-    python benchmarks/search_efficacy.py --quick     # quick mode, < 30 min on 2 cores → docs/results_quick.md, .png
-    python benchmarks/search_efficacy.py             # full mode: the table the README quotes
-    python benchmarks/search_efficacy.py --strategies=three_stage,darts --seeds=2 --random_archs=4
+    python benchmarks/search_efficacy.py                        # run what is missing, then write docs/results.md
+    python benchmarks/search_efficacy.py --max_minutes=60       # stop after the job that passes an hour
+    python benchmarks/search_efficacy.py --report_only          # only rewrite docs/results.md from the records
+    python benchmarks/search_efficacy.py --variants=three_stage,darts --search_seeds=8
 
 (from the repository root; prefix `PYTHONPATH=.` if capnas_tf is not pip-installed.)
 
-On capnas_shapes, for every seed s in 0 … --seeds − 1:
-  * each strategy of `--strategies` searches A on one supernet (same space, data, steps and batch for
-    every strategy; `capnas_tf.jobs.search_job`) and derives its genotype;
-  * K = --random_archs genotypes are drawn uniformly from the same space
-    (`sample_genotype(np.random.default_rng((s, k)))`, with the same skip_connect cap as the derivation);
-  * every genotype is retrained from scratch with the SAME budget (`capnas_tf.retrain.retrain_job`:
-    epochs, steps, batch, optimiser, cells and channels identical; exports off) and evaluated on `test`
-    and `test_novel` (BLEU, CIDEr; METEOR with --meteor).
+The design (a search is compared with what the same retrain makes of architectures drawn at random):
+  * a fixed **panel** of PANEL_SIZE genotypes drawn uniformly from the search space (`sample_genotype`
+    with the panel's own seeds), each retrained with every seed of RETRAIN_SEEDS: computed once, reused by
+    every strategy and variant;
+  * per variant (a search strategy and its options, VARIANTS), SEARCH_SEEDS searches, each searched
+    genotype retrained with the same seeds as the panel;
+  * a genotype's score is the mean over its retrain seeds of the primary score, the share of `test`
+    captions that are entirely correct (`capnas_tf.data.shapes_content`: every group, attribute and relation
+    right); test CIDEr and `test_novel` beside it. The retrain keeps the epoch of the best validation score,
+    so nothing is chosen on a test split;
+  * the test: one-sided exact Mann–Whitney U of the variant's genotypes against the panel, AUC = U / (n·m),
+    each searched genotype's percentile in the panel, bootstrap intervals (`benchmarks/efficacy_stats.py`);
+    random search is the best of RANDOM_SEARCH_K panel genotypes by validation score, per search seed;
+  * per search, its near-free diagnostics: A's history, the final entropy of softmax(A), the parameter-free
+    operations on the reduction edges;
+  * once, the budget's stability: the first STABILITY_GENOTYPES panel genotypes retrained at
+    STABILITY_FACTOR × the steps; Spearman ρ between the two budgets' scores (≥ 0.7 wanted).
 
-Each run's record (scores, search and retrain wall time, parameter counts, genotype, machine load) is
-written to `<workdir>/results/<run_id>.json` as soon as it finishes; re-running the same command skips
-finished runs, so an interrupted benchmark resumes. An unfinished run restarts from scratch (a search
-that finished is kept) so that every recorded time is one uninterrupted measurement. A workdir holding
-results of another budget is refused. Each run has a Python process of its own (no TensorFlow state
-carried over); a run whose loss became non-finite, or whose process crashed, is recorded as failed
-(counted in the table, its error listed); `--retry_failed` runs them again.
-
-From all records found it writes `docs/results.md` (mean ± sample standard deviation per strategy, for
-the random architectures, and for random search = the best of each seed's K random architectures by
-validation CIDEr, whose search cost is the K retrains) and `docs/results.png` (test CIDEr against search
-cost). `--report_only` rewrites both from the records without running anything, e.g. with the reading
-written after looking at the numbers:
-
-    python benchmarks/search_efficacy.py --quick --report_only --reading=reading.txt --cost_note="…"
+Every job (a retrain of one genotype with one seed, or one search) runs in a Python process of its own
+and writes its record to `docs/search_efficacy/<job id>.json` as soon as it finishes; records are
+committed, so the benchmark runs over several sittings: re-running the command skips what is recorded.
+A retrain record is named by what determines it (genotype, seed, budget), so a searched genotype that is
+already in the panel is not retrained twice. A record of another budget or space is refused, naming it.
 """
 from __future__ import annotations
 
 import argparse
 import dataclasses
 import datetime
+import hashlib
 import json
 import math
 import os
-import platform
 import shutil
 import socket
 import sys
 import time
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import efficacy_stats as es  # noqa: E402
+
 QUICKSTART_PRIMITIVES = ("none", "skip_connect", "max_pool_3x3", "sep_conv_3x3", "dil_conv_3x3")
-METHOD_RANDOM = "random"
-METHOD_RANDOM_SEARCH = "random_search"
+PARAMETER_FREE = ("skip_connect", "max_pool_3x3", "avg_pool_3x3", "none")
 SPLITS = ("test", "test_novel")
+PRIMARY = "entirely_correct"
+PANEL_SIZE = 20
+RETRAIN_SEEDS = (0, 1)
+SEARCH_SEEDS = 8
+RANDOM_SEARCH_K = 5
+STABILITY_GENOTYPES = 6
+STABILITY_FACTOR = 3
+PANEL_RNG_SEED = 20_251_207  # the panel's draws: independent of every run seed
+RECORDS = "docs/search_efficacy"
 
 
 @dataclasses.dataclass(frozen=True)
-class Budget:
-    """Everything that must be identical across the runs of one benchmark (its records are compared
-    against it on resume). The search space is the quickstart's: 3 cells × 3 nodes × 5 candidate ops."""
+class Space:
+    """The searched space: the quickstart's 3 cells × 3 nodes × 5 candidate ops."""
 
-    # space (searched by every strategy, sampled by the random architectures)
     supernet_channels: int = 8
     supernet_cells: int = 3
     num_nodes: int = 3
     primitives: tuple = QUICKSTART_PRIMITIVES
     max_skip_connect: int | None = 2
-    # search (every strategy: the same steps on the same streams)
-    search_batch_size: int = 16
-    search_epochs: int = 6
-    warmup_epochs: int = 2
-    search_steps_per_epoch: int = 50
-    hypergradient: str = "exact"
-    arch_lr: float = 0.03  # the quickstart's η_a
-    # retrain (every genotype, searched or random)
-    retrain_channels: int = 8
-    retrain_cells: int = 3
-    retrain_epochs: int = 3
-    retrain_steps_per_epoch: int = 160
-    retrain_batch_size: int = 32
-    retrain_pool_batchnorm: bool = True  # BN after pooling, as the supernet's candidates (RetrainConfig's default)
-    max_eval_images: int = 0  # 0: all 300 images of each evaluation split
-    meteor: bool = False
-
-    def fingerprint(self) -> dict:
-        return json.loads(json.dumps(dataclasses.asdict(self)))
-
-
-FULL = Budget()
-# Quick: sized so that its CPU time (~25 min, mostly tracing the 10 searches' step functions) fits in
-# 30 min of an otherwise idle 2-core machine; its scores are a smoke-scale reading only.
-QUICK = dataclasses.replace(FULL, search_epochs=2, warmup_epochs=1, search_steps_per_epoch=10,
-                            retrain_epochs=2, retrain_steps_per_epoch=50, max_eval_images=100)
-DEFAULT_SEEDS = {"quick": 2, "full": 3}
-# Full mode: K = 5 (15 random architectures over 3 seeds) keeps the whole run near 2.5 h on 2 cores.
-DEFAULT_RANDOM_ARCHS = {"quick": 3, "full": 5}
 
 
 @dataclasses.dataclass(frozen=True)
-class RunSpec:
-    """One run of the benchmark: a strategy's search + retrain, or a random genotype's retrain."""
+class RetrainBudget:
+    """What determines a retrain besides its genotype and seed: the recipe (`RetrainConfig` defaults:
+    transformer decoder over the grid, 32 images × 4 captions a step, C = 16) at the quickstart's steps."""
 
-    method: str  # a strategy name, or METHOD_RANDOM
-    seed: int
-    arch: int | None = None  # index k of the random genotype
+    epochs: int = 2
+    steps_per_epoch: int = 600
+    batch_size: int = 32
+    max_eval_images: int = 0  # all 300 images of each evaluation split
+    dataset_version: str = ""  # capnas_shapes' TFDS version, filled in at run time
 
-    @property
-    def run_id(self) -> str:
-        return f"{self.method}-seed{self.seed}" + ("" if self.arch is None else f"-arch{self.arch}")
-
-    @property
-    def searches(self) -> bool:
-        return self.method != METHOD_RANDOM
+    def scaled(self, factor: int) -> "RetrainBudget":
+        return dataclasses.replace(self, steps_per_epoch=self.steps_per_epoch * factor)
 
 
-def plan_runs(strategies, seeds: int, random_archs: int) -> list[RunSpec]:
-    """Seed-major (all of seed 0 first), so an interrupted benchmark has complete seeds."""
-    runs = []
-    for seed in range(seeds):
-        runs += [RunSpec(name, seed) for name in strategies]
-        runs += [RunSpec(METHOD_RANDOM, seed, k) for k in range(random_archs)]
-    return runs
+@dataclasses.dataclass(frozen=True)
+class SearchBudget:
+    """Every search: the same steps on the same streams; the rest at `SearchConfig` defaults."""
+
+    batch_size: int = 16
+    epochs: int = 6
+    warmup_epochs: int = 2
+    steps_per_epoch: int = 50
 
 
-# --- the result store -------------------------------------------------------------------------------
+# A variant: a strategy and the SearchConfig options that differ from the defaults.
+VARIANTS = {
+    "three_stage": {"strategy": "three_stage", "hypergradient_terms": "full"},
+    "three_stage_paper": {"strategy": "three_stage", "hypergradient_terms": "paper"},
+    "darts": {"strategy": "darts"},
+    "gdas": {"strategy": "gdas"},
+    "random_ws": {"strategy": "random_ws"},
+    "reinforce": {"strategy": "reinforce"},
+}
 
-def results_dir(workdir: str) -> str:
-    return os.path.join(workdir, "results")
+
+def fingerprint(obj) -> dict:
+    return json.loads(json.dumps(dataclasses.asdict(obj)))
 
 
-def load_records(workdir: str) -> dict[str, dict]:
-    """Every record in `<workdir>/results/`, by run id."""
+def genotype_key(genotype: dict) -> str:
+    """A short name for a genotype: what it is, not where it came from."""
+    canonical = json.dumps({k: genotype[k] for k in sorted(genotype)}, sort_keys=True)
+    return hashlib.sha1(canonical.encode()).hexdigest()[:10]
+
+
+def retrain_id(genotype: dict, seed: int, factor: int = 1) -> str:
+    return f"retrain-{genotype_key(genotype)}-r{seed}" + ("" if factor == 1 else f"-x{factor}")
+
+
+def search_id(variant: str, seed: int) -> str:
+    return f"search-{variant}-s{seed}"
+
+
+def panel_genotypes(space: Space, size: int) -> list[dict]:
+    """The panel: genotype k is a pure function of (PANEL_RNG_SEED, k), so the panel can grow."""
+    import numpy as np
+
+    from capnas_tf.search_space.genotypes import sample_genotype
+
+    return [json.loads(sample_genotype(np.random.default_rng((PANEL_RNG_SEED, k)), primitives=space.primitives,
+                                       num_nodes=space.num_nodes,
+                                       max_skip_connect=space.max_skip_connect).to_json()) for k in range(size)]
+
+
+def parameter_free_reduction_edges(genotype: dict) -> int:
+    return sum(op in PARAMETER_FREE for op, _ in genotype["reduce"])
+
+
+# --- planning (pure) -----------------------------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class Job:
+    job_id: str
+    kind: str  # "retrain" or "search"
+    genotype: dict | None = None
+    seed: int = 0
+    factor: int = 1
+    variant: str | None = None
+
+
+def plan(records: dict, *, panel: list[dict], variants, search_seeds: int, retrain_seeds=RETRAIN_SEEDS,
+         stability: bool = True) -> list[Job]:
+    """Every job wanted, in the order they run: the panel seed by seed; the budget's stability check on the
+    first genotypes; then per variant each search followed by its genotype's retrains. A searched
+    genotype's retrains are known once its search is recorded, so the driver plans again after each job."""
+    jobs, seen = [], set()
+
+    def add(job):
+        if job.job_id not in seen:
+            seen.add(job.job_id)
+            jobs.append(job)
+
+    first = panel[:STABILITY_GENOTYPES]
+    for seed in retrain_seeds:
+        for genotype in first:
+            add(Job(retrain_id(genotype, seed), "retrain", genotype, seed))
+    if stability:
+        for seed in retrain_seeds:
+            for genotype in first:
+                add(Job(retrain_id(genotype, seed, STABILITY_FACTOR), "retrain", genotype, seed, STABILITY_FACTOR))
+    for seed in retrain_seeds:
+        for genotype in panel[STABILITY_GENOTYPES:]:
+            add(Job(retrain_id(genotype, seed), "retrain", genotype, seed))
+    for variant in variants:
+        for s in range(search_seeds):
+            sid = search_id(variant, s)
+            add(Job(sid, "search", seed=s, variant=variant))
+            record = records.get(sid)
+            if record is not None and record["status"] == "ok":
+                for seed in retrain_seeds:
+                    add(Job(retrain_id(record["genotype"], seed), "retrain", record["genotype"], seed))
+    return jobs
+
+
+def pending(jobs: list[Job], records: dict, *, retry_failed: bool = False) -> list[Job]:
+    def done(job):
+        record = records.get(job.job_id)
+        return record is not None and (record["status"] == "ok" or not retry_failed)
+    return [job for job in jobs if not done(job)]
+
+
+# --- the record store -------------------------------------------------------------------------------------
+
+def load_records(folder: str) -> dict[str, dict]:
     records = {}
-    folder = results_dir(workdir)
     if os.path.isdir(folder):
         for name in sorted(os.listdir(folder)):
             if name.endswith(".json"):
@@ -137,599 +207,481 @@ def load_records(workdir: str) -> dict[str, dict]:
                     try:
                         record = json.load(f)
                     except json.JSONDecodeError as e:
-                        raise ValueError(f"{path}: not valid JSON ({e}); delete it to re-run that run.") from None
-                records[record["run_id"]] = record
+                        raise ValueError(f"{path}: not valid JSON ({e}); delete it to run that job again.") from None
+                records[record["job_id"]] = record
     return records
 
 
-def check_budget(records: dict[str, dict], budget: Budget, workdir: str) -> None:
-    """Refuses to mix runs of different budgets in one table."""
-    expected = budget.fingerprint()
-    for run_id, record in records.items():
-        if record.get("budget") != expected:
-            changed = sorted(k for k in set(expected) | set(record.get("budget", {}))
-                             if expected.get(k) != record.get("budget", {}).get(k))
-            raise ValueError(f"--workdir={workdir} holds run {run_id!r} of another budget (differs in {changed}); "
-                             "use another --workdir, or the same options as that run.")
+def expected_fingerprint(job: Job, *, space: Space, retrain: RetrainBudget, search: SearchBudget) -> dict:
+    if job.kind == "retrain":
+        return {"retrain": fingerprint(retrain.scaled(job.factor))}
+    return {"space": fingerprint(space), "search": fingerprint(search), "variant": VARIANTS[job.variant]}
 
 
-def pending_runs(runs: list[RunSpec], records: dict[str, dict], *, retry_failed: bool = False) -> list[RunSpec]:
-    """The runs without a record (and the failed ones when `retry_failed`)."""
-    def done(spec):
-        record = records.get(spec.run_id)
-        return record is not None and (record["status"] == "ok" or not retry_failed)
-    return [spec for spec in runs if not done(spec)]
+def check_fingerprints(records: dict, jobs: list[Job], folder: str, **budgets) -> None:
+    """Refuses to mix records of another budget, space or variant definition into one table."""
+    for job in jobs:
+        record = records.get(job.job_id)
+        if record is not None and record.get("fingerprint") != expected_fingerprint(job, **budgets):
+            raise ValueError(f"{folder}/{job.job_id}.json was made with another budget, space or variant "
+                             f"({record.get('fingerprint')}, expected {expected_fingerprint(job, **budgets)}); "
+                             "use another --records folder, or the options of that run.")
 
 
-def save_record(workdir: str, record: dict) -> str:
+def save_record(folder: str, record: dict) -> str:
     from capnas_tf.io_utils import atomic_write_json
 
-    os.makedirs(results_dir(workdir), exist_ok=True)
-    path = os.path.join(results_dir(workdir), f"{record['run_id']}.json")
+    os.makedirs(folder, exist_ok=True)
+    path = os.path.join(folder, f"{record['job_id']}.json")
     atomic_write_json(path, record)
     return path
 
 
-# --- aggregation (pure) -------------------------------------------------------------------------------
+# --- the statistics of the table (pure) ------------------------------------------------------------------
 
-def mean_std(values) -> tuple[float, float, int]:
-    """(mean, sample standard deviation with ddof = 1, n); std is NaN for n = 1, both NaN for n = 0."""
-    values = [float(v) for v in values]
-    n = len(values)
-    if n == 0:
-        return math.nan, math.nan, 0
-    mean = sum(values) / n
-    if n == 1:
-        return mean, math.nan, 1
-    return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1)), n
-
-
-def run_summary(record: dict) -> dict:
-    """The numbers of one finished run that the table and the plot use."""
-    return {
-        "test_CIDEr": record["scores"]["test"]["CIDEr"], "test_BLEU-4": record["scores"]["test"]["BLEU-4"],
-        "test_novel_CIDEr": record["scores"]["test_novel"]["CIDEr"],
-        "test_novel_BLEU-4": record["scores"]["test_novel"]["BLEU-4"],
-        "search_time_s": record["search_time_s"], "retrain_time_s": record["retrain_time_s"],
-        "search_cpu_s": record.get("search_cpu_s", math.nan), "retrain_cpu_s": record.get("retrain_cpu_s", math.nan),
-        "encoder_params": record["encoder_params"], "val_CIDEr": record["best_validation_CIDEr"],
-    }
+def genotype_scores(records: dict, genotype: dict, *, split: str = "test", metric: str = PRIMARY,
+                    retrain_seeds=RETRAIN_SEEDS, factor: int = 1) -> float | None:
+    """The mean over retrain seeds of a content score (or "CIDEr"), None until every seed is recorded."""
+    values = []
+    for seed in retrain_seeds:
+        record = records.get(retrain_id(genotype, seed, factor))
+        if record is None or record["status"] != "ok":
+            return None
+        scores = record["scores"][split]
+        values.append(scores[metric] if metric in ("CIDEr", "BLEU-4") else scores["content"][metric])
+    return sum(values) / len(values)
 
 
-def random_search_summaries(records: list[dict]) -> list[dict]:
-    """Random search per seed: of the seed's K random genotypes, the one with the best validation CIDEr
-    (the test splits are never looked at to choose); its search cost is the K retrains it took."""
-    by_seed: dict[int, list[dict]] = {}
-    for record in records:
-        if record["method"] == METHOD_RANDOM and record["status"] == "ok":
-            by_seed.setdefault(record["seed"], []).append(record)
-    summaries = []
-    for seed in sorted(by_seed):
-        group = sorted(by_seed[seed], key=lambda r: r["arch"])
-        best = max(group, key=lambda r: r["best_validation_CIDEr"])  # first of equals: lowest k
-        summary = run_summary(best)
-        summary["search_time_s"] = sum(r["retrain_time_s"] for r in group)
-        summary["search_cpu_s"] = sum(r["retrain_cpu_s"] for r in group)
-        summary["seed"], summary["k"] = seed, len(group)
-        summaries.append(summary)
-    return summaries
+def validation_score(records: dict, genotype: dict, retrain_seeds=RETRAIN_SEEDS) -> float | None:
+    values = [records.get(retrain_id(genotype, s)) for s in retrain_seeds]
+    if any(v is None or v["status"] != "ok" for v in values):
+        return None
+    return sum(v["best_validation_score"] for v in values) / len(values)
 
 
-TABLE_COLUMNS = ("test_CIDEr", "test_BLEU-4", "test_novel_CIDEr", "test_novel_BLEU-4", "search_time_s",
-                 "search_cpu_s", "retrain_time_s", "encoder_params")
+def searched_genotypes(records: dict, variant: str, search_seeds: int) -> list[dict]:
+    found = [records.get(search_id(variant, s)) for s in range(search_seeds)]
+    return [r["genotype"] for r in found if r is not None and r["status"] == "ok"]
 
 
-def aggregate(records: list[dict], methods: list[str]) -> list[dict]:
-    """One row per method (in `methods` order, then random architectures, then random search):
-    `{"method", "runs", "failed", column: (mean, std, n), …}`."""
-    rows = []
-    for method in list(methods) + [METHOD_RANDOM]:
-        mine = [r for r in records if r["method"] == method]
-        ok = [run_summary(r) for r in mine if r["status"] == "ok"]
-        row = {"method": method, "runs": len(ok), "failed": len(mine) - len(ok)}
-        row.update({c: mean_std([s[c] for s in ok]) for c in TABLE_COLUMNS})
-        rows.append(row)
-    searched = random_search_summaries(records)
-    row = {"method": METHOD_RANDOM_SEARCH, "runs": len(searched), "failed": 0}
-    row.update({c: mean_std([s[c] for s in searched]) for c in TABLE_COLUMNS})
-    rows.append(row)
-    return rows
-
-
-def fmt(stat: tuple, digits: int = 3, scale: float = 1.0) -> str:
-    """`mean ± std` of a `mean_std` triple; `–` when there is no value, the mean alone when n = 1."""
-    mean, std, n = stat
-    if n == 0 or math.isnan(mean):
-        return "–"
-    if math.isnan(std):
-        return f"{mean * scale:,.{digits}f}"
-    return f"{mean * scale:,.{digits}f} ± {std * scale:,.{digits}f}"
-
-
-def verdict(rows: list[dict], seeds: int) -> list[str]:
-    """Plain statements comparing each strategy's mean test CIDEr with the random architectures'
-    and with random search: above / below when both sides have n ≥ 2 and the difference exceeds the
-    larger of the two standard deviations, else within (a loose descriptive rule, not a significance test)."""
-    by = {r["method"]: r for r in rows}
-    lines = []
-    for method, row in by.items():
-        if method in (METHOD_RANDOM, METHOD_RANDOM_SEARCH) or row["runs"] == 0:
-            continue
-        for other, label in ((METHOD_RANDOM, "random architectures"), (METHOD_RANDOM_SEARCH, "random search")):
-            (m, s, n), (mo, so, no) = row["test_CIDEr"], by[other]["test_CIDEr"]
-            if n == 0 or no == 0:
-                continue
-            diff = m - mo
-            if n < 2 or no < 2:
-                lines.append(f"`{method}` vs {label}, test CIDEr: {m:.3f} vs {mo:.3f} (difference {diff:+.3f}); "
-                             f"n = {n} vs {no} is too few runs to tell.")
-                continue
-            spread = max(s, so)
-            where = ("above it by more than" if diff > spread else "below it by more than" if -diff > spread
-                     else "within")
-            lines.append(f"`{method}` vs {label}, test CIDEr: {m:.3f} vs {mo:.3f} (difference {diff:+.3f}): "
-                         f"{where} the larger std ({spread:.3f}); n = {n} vs {no}.")
-    return lines
-
-
-# --- the report -------------------------------------------------------------------------------------
-
-METHOD_LABELS = {METHOD_RANDOM: "random architectures (every one)",
-                 METHOD_RANDOM_SEARCH: "random search (best of K by validation CIDEr)"}
-
-
-def machine_description() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    return f"{socket.gethostname()}: {cpu}, {os.cpu_count()} logical cores, Python {platform.python_version()}"
-
-
-def render_markdown(rows: list[dict], records: list[dict], *, budget: Budget, mode: str, command: str,
-                    seeds: int, random_archs: int, strategies: list[str], missing: list[str],
-                    machine: str, wall_time_s: float | None, cost_note: str | None) -> str:
-    ok = [r for r in records if r["status"] == "ok"]
-    dates = sorted(r["finished_at"] for r in records)
-    loads = [r["load_average_1min"] for r in ok]
-    baseline = {s: mean_std([r["baseline"][s]["CIDEr"] for r in ok if r.get("baseline")]) for s in SPLITS}
-    tf_version = next((r["tensorflow"] for r in records if "tensorflow" in r), "?")
-    b = budget
-    search_steps = b.search_epochs * b.search_steps_per_epoch
-    title_mode = "QUICK MODE (small search, small retrain, few seeds: a smoke-scale reading, not the " \
-                 "benchmark's answer)" if mode == "quick" else "full mode"
-    out = [f"# Search efficacy on capnas_shapes — {title_mode}", ""]
-    out += ["Does a search strategy find a better encoder than an architecture drawn at random from the same "
-            "space, when every genotype is retrained with the same budget? (Li & Talwalkar 2019, "
-            "Yu et al. 2020.) Produced by `benchmarks/search_efficacy.py`; every number in the tables is measured.", ""]
-    out += ["```", command, "```", ""]
-    out += [f"- **Mode**: {mode}. **Seeds**: {seeds} (0 … {seeds - 1}). **Random architectures**: K = "
-            f"{random_archs} per seed ({random_archs * seeds} in all), drawn uniformly from the space "
-            f"(`sample_genotype`, different ones per seed).",
-            f"- **Strategies run**: {', '.join(f'`{s}`' for s in strategies) or 'none'}."
-            + (f" **Not run (not registered in `STRATEGIES` when this ran)**: {', '.join(f'`{s}`' for s in missing)}."
-               if missing else ""),
-            f"- **Space**: supernet C = {b.supernet_channels}, {b.supernet_cells} cells × {b.num_nodes} nodes, "
-            f"ops {', '.join(b.primitives)}; at most {b.max_skip_connect} skip_connect in the normal cell "
-            "(derived and sampled alike).",
-            f"- **Search budget** (each strategy): {b.search_epochs} epochs × {b.search_steps_per_epoch} steps "
-            f"= {search_steps} steps ({b.warmup_epochs} warm-up epoch(s) with A frozen), batch "
-            f"{b.search_batch_size} of each of D_tr, U, D_val; η_a = {b.arch_lr}; hypergradient "
-            f"`{b.hypergradient}` (three_stage; darts: second order); other settings at `SearchConfig` defaults.",
-            f"- **Retrain budget** (every genotype): DiscreteEncoder C = {b.retrain_channels}, "
-            f"{b.retrain_cells} cells + LSTM decoder, {b.retrain_epochs} epochs × {b.retrain_steps_per_epoch} "
-            f"steps, batch {b.retrain_batch_size}, AdamW at `RetrainConfig` defaults; the checkpoint with the "
-            f"best validation CIDEr is evaluated; greedy decoding on "
-            f"{'all' if not b.max_eval_images else f'the first {b.max_eval_images}'} images of each split.",
-            f"- **When / where**: {dates[0] if dates else '?'} → {dates[-1] if dates else '?'} (UTC); "
-            f"{machine}; TensorFlow {tf_version}." + (
-                f" The machine was shared with other TensorFlow jobs: 1-minute load average at the end of the "
-                f"runs {min(loads):.1f} … {max(loads):.1f} (2 cores), so wall times are upper bounds of an idle "
-                "machine's." if loads else ""),
-            ]
-    wall = sum(r["search_time_s"] + r["retrain_time_s"] for r in ok)
-    cpu = sum(r.get("search_cpu_s", 0.0) + r.get("retrain_cpu_s", 0.0) for r in ok)
-    out.append(f"- **Cost of the recorded runs**: searches + retrains {wall / 60:.1f} min wall, {cpu / 60:.1f} min "
-               "CPU (process start-up and data loading not included).")
-    if wall_time_s is not None:
-        out.append(f"- **Wall time of this invocation**: {wall_time_s / 60:.1f} min.")
-    if cost_note:
-        out.append(f"- **How long**: {cost_note}")
-    out += ["", "| method | runs | test CIDEr | test BLEU-4 | test_novel CIDEr | test_novel BLEU-4 | "
-            "search time (min) | search CPU time (min) | retrain time (min) | encoder params |",
-            "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
-    for row in rows:
-        label = METHOD_LABELS.get(row["method"], f"`{row['method']}`")
-        runs = str(row["runs"]) + (f" (+{row['failed']} failed)" if row["failed"] else "")
-        search = "0" if row["method"] == METHOD_RANDOM else fmt(row["search_time_s"], 1, 1 / 60)
-        search_cpu = "0" if row["method"] == METHOD_RANDOM else fmt(row["search_cpu_s"], 1, 1 / 60)
-        out.append(f"| {label} | {runs} | {fmt(row['test_CIDEr'])} | {fmt(row['test_BLEU-4'])} | "
-                   f"{fmt(row['test_novel_CIDEr'])} | {fmt(row['test_novel_BLEU-4'])} | {search} | {search_cpu} | "
-                   f"{fmt(row['retrain_time_s'], 1, 1 / 60)} | {fmt(row['encoder_params'], 0)} |")
-    out.append(f"| always the most frequent training caption | – | {fmt(baseline['test'])} | – | "
-               f"{fmt(baseline['test_novel'])} | – | – | – | – | – |")
-    out += ["", "Mean ± sample standard deviation (ddof = 1) over runs: one run per seed for a strategy and "
-            "for random search, K per seed for random architectures. Search time is the wall time of "
-            "`search_job` (model building and tracing included) and its CPU time the process's (both cores "
-            "summed; less sensitive to the other jobs on the machine than wall time); for random search "
-            "both are those of the K retrains its choice needed. Retrain time includes the per-epoch validation and the final test scoring.",
-            "", "![test CIDEr against search cost](results.png)", "", "## Reading", ""]
-    out += [f"- {line}" for line in verdict(rows, seeds)] or [
-        "- Nothing to compare yet: a strategy and the random architectures both need a finished run."]
-    out += ["", "READING_PARAGRAPH", "", "## Runs", "",
-            "| run | test CIDEr | test_novel CIDEr | val CIDEr | search (s) | retrain (s) | encoder params | genotype (normal / reduce) |",
-            "| --- | --- | --- | --- | --- | --- | --- | --- |"]
-    for r in sorted(records, key=lambda r: (r["seed"], r["method"], r.get("arch") or 0)):
-        if r["status"] != "ok":
-            out.append(f"| {r['run_id']} | failed: {r['error'][:80]} | | | | | | |")
-            continue
-        s = run_summary(r)
-        gene = "; ".join(" ".join(f"{op}({i})" for op, i in r["genotype"][cell]) for cell in ("normal", "reduce"))
-        out.append(f"| {r['run_id']} | {s['test_CIDEr']:.3f} | {s['test_novel_CIDEr']:.3f} | {s['val_CIDEr']:.3f} | "
-                   f"{s['search_time_s']:.0f} | {s['retrain_time_s']:.0f} | {s['encoder_params']:,} | {gene} |")
-    return "\n".join(out) + "\n"
-
-
-def plot(rows: list[dict], records: list[dict], methods: list[str], path: str, *, title: str) -> None:
-    """Test and test_novel CIDEr against search cost (CPU minutes: less sensitive than wall time to the
-    other jobs on a shared machine): every run as a dot, mean ± std as an error bar."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    ok = [r for r in records if r["status"] == "ok"]
-    searched = random_search_summaries(records)
-    colors = plt.get_cmap("tab10")
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
-    for ax, split in zip(axes, SPLITS):
-        key = f"{split}_CIDEr"
-        series = [(m, [run_summary(r) for r in ok if r["method"] == m]) for m in list(methods) + [METHOD_RANDOM]]
-        series.append((METHOD_RANDOM_SEARCH, searched))
-        for i, (method, points) in enumerate(series):
-            if not points:
-                continue
-            xs = [0.0 if method == METHOD_RANDOM else p["search_cpu_s"] / 60 for p in points]
-            ys = [p[key] for p in points]
-            label = METHOD_LABELS.get(method, method)
-            ax.scatter(xs, ys, s=14, alpha=0.35, color=colors(i))
-            (mx, sx, _), (my, sy, _) = mean_std(xs), mean_std(ys)
-            ax.errorbar([mx], [my], xerr=None if math.isnan(sx) else [sx], yerr=None if math.isnan(sy) else [sy],
-                        fmt="o", ms=7, capsize=4, color=colors(i), label=label)
-        base = [r["baseline"][split]["CIDEr"] for r in ok if r.get("baseline")]
-        if base:
-            ax.axhline(sum(base) / len(base), ls="--", lw=1, color="grey", label="most frequent caption")
-        ax.set_title(split)
-        ax.set_xlim(left=-0.3)  # random architectures sit at 0: no search
-        ax.set_xlabel("search cost (CPU minutes of the search process, both cores summed)")
-        ax.grid(alpha=0.3)
-    axes[0].set_ylabel("CIDEr (retrained, same budget)")
-    handles, labels = axes[0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="lower center", ncol=4, fontsize=8, frameon=False)
-    fig.suptitle(title, fontsize=10)
-    fig.tight_layout(rect=(0, 0.1, 1, 1))
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
-# --- running ----------------------------------------------------------------------------------------
-
-def search_config(budget: Budget, strategy: str):
-    from capnas_tf.config import SearchConfig, SupernetConfig
-
-    supernet = SupernetConfig(channels=budget.supernet_channels, num_cells=budget.supernet_cells,
-                              num_nodes=budget.num_nodes, primitives=tuple(budget.primitives),
-                              max_skip_connect=budget.max_skip_connect)
-    return SearchConfig(strategy=strategy, hypergradient=budget.hypergradient, epochs=budget.search_epochs,
-                        steps_per_epoch=budget.search_steps_per_epoch, warmup_epochs=budget.warmup_epochs,
-                        arch_lr=budget.arch_lr, log_every=max(1, budget.search_steps_per_epoch // 2),
-                        eval_images=0, supernet=supernet)
-
-
-def retrain_config(budget: Budget, genotype_path: str):
-    from capnas_tf.config import RetrainConfig
-
-    metrics = ("BLEU", "METEOR", "CIDEr") if budget.meteor else ("BLEU", "CIDEr")
-    return RetrainConfig(genotype=genotype_path, channels=budget.retrain_channels, num_cells=budget.retrain_cells,
-                         epochs=budget.retrain_epochs, steps_per_epoch=budget.retrain_steps_per_epoch,
-                         batch_size=budget.retrain_batch_size, max_eval_images=budget.max_eval_images,
-                         pool_batchnorm=budget.retrain_pool_batchnorm, final_metrics=metrics, export_saved_model=False, export_onnx=False,
-                         log_every=max(1, budget.retrain_steps_per_epoch // 2),
-                         # as recorded so far: the epoch of the best validation CIDEr, and no blind baseline
-                         # (the same for every genotype, and its retrain would count in retrain_time_s)
-                         selection_metric="CIDEr", blind_baseline=False)
-
-
-def random_genotype(budget: Budget, seed: int, k: int):
-    """The k-th random genotype of `seed`: a pure function of (seed, k), so K can grow on resume."""
+def random_search_genotypes(records: dict, panel: list[dict], search_seeds: int) -> list[dict]:
+    """Per search seed s: of RANDOM_SEARCH_K panel genotypes drawn with seed s, the best by validation score."""
     import numpy as np
 
-    from capnas_tf.search_space.genotypes import sample_genotype
-
-    return sample_genotype(np.random.default_rng((seed, k)), primitives=tuple(budget.primitives),
-                           num_nodes=budget.num_nodes, max_skip_connect=budget.max_skip_connect)
-
-
-class Tee:
-    """print() to stdout and to the run's log file."""
-
-    def __init__(self, path: str):
-        self.file = open(path, "a", buffering=1)
-
-    def __call__(self, *parts):
-        line = " ".join(str(p) for p in parts)
-        print(line, flush=True)
-        self.file.write(line + "\n")
-
-    def close(self):
-        self.file.close()
+    scored = [(g, validation_score(records, g)) for g in panel]
+    scored = [(g, v) for g, v in scored if v is not None]
+    if len(scored) < RANDOM_SEARCH_K:
+        return []
+    chosen = []
+    for s in range(search_seeds):
+        picks = np.random.default_rng((PANEL_RNG_SEED, 1, s)).choice(len(scored), RANDOM_SEARCH_K, replace=False)
+        chosen.append(max((scored[i] for i in sorted(picks)), key=lambda gv: gv[1])[0])
+    return chosen
 
 
-def execute(spec: RunSpec, budget: Budget, data, workdir: str) -> dict:
-    """Search (if any) → genotype → retrain → test scores, as a record. A finished search is reused
-    (`search_done.json`); anything else left by an interrupted attempt is deleted first."""
+def comparison(searched: list[float], panel: list[float]) -> dict:
+    u, p = es.mann_whitney_greater(searched, panel)
+    return {"n": len(searched), "U": u, "p": p, "auc": es.auc(searched, panel),
+            "auc_interval": es.bootstrap_interval(searched, panel, es.auc),
+            "median_percentile": es.median_percentile(searched, panel),
+            "median_percentile_interval": es.bootstrap_interval(searched, panel, es.median_percentile),
+            "percentiles": [es.percentile_in_panel(s, panel) for s in searched]}
+
+
+# --- the report ---------------------------------------------------------------------------------------------
+
+def _f(value, digits=3, pct=False):
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "–"
+    return f"{100 * value:.1f} %" if pct else f"{value:.{digits}f}"
+
+
+def seed_sd(records: dict, genotypes: list[dict]) -> float | None:
+    """The pooled standard deviation of a genotype's primary score between retrain seeds."""
+    import numpy as np
+
+    per_genotype = []
+    for g in genotypes:
+        values = [records.get(retrain_id(g, s)) for s in RETRAIN_SEEDS]
+        if all(v is not None and v["status"] == "ok" for v in values):
+            per_genotype.append(np.var([v["scores"]["test"]["content"][PRIMARY] for v in values], ddof=1))
+    return float(np.sqrt(np.mean(per_genotype))) if len(per_genotype) >= 3 else None
+
+
+def measured_power(records: dict, panel: list[dict], search_seeds: int) -> str:
+    scores = [v for v in (genotype_scores(records, g) for g in panel) if v is not None]
+    sd = seed_sd(records, panel)
+    if len(scores) < len(panel) or sd is None:
+        return " (the power with the measured panel and its retrain noise follows once the panel is complete)"
+    p = es.power_with_noise(scores, sd, search_seeds, retrain_seeds=len(RETRAIN_SEEDS))
+    return (f"; with the measured panel and its retrain noise (standard deviation between seeds "
+            f"{100 * sd:.1f} points), {p:.2f}")
+
+
+def render(records: dict, *, panel: list[dict], variants, search_seeds: int, jobs: list[Job], command: str,
+           space: Space, retrain: RetrainBudget, search: SearchBudget) -> str:
+    done = [j for j in jobs if j.job_id in records]
+    panel_primary = [genotype_scores(records, g) for g in panel]
+    panel_primary = [v for v in panel_primary if v is not None]
+    lines = [
+        "# Search efficacy on capnas_shapes",
+        "",
+        "Does a search strategy find a better encoder than an architecture drawn at random from the same space,",
+        "when every genotype is retrained by the same recipe with the same seeds? Produced by",
+        "`benchmarks/search_efficacy.py` from the records in [search_efficacy/](search_efficacy/); every number is",
+        "measured. The benchmark runs over several sittings; re-running the command resumes it:",
+        "",
+        f"    {command}",
+        "",
+        f"**Progress: {len(done)} of the {len(jobs)} jobs planned so far are recorded** "
+        f"({sum(1 for j in done if j.kind == 'retrain')} retrains, "
+        f"{sum(1 for j in done if j.kind == 'search')} searches); a searched genotype's retrains are planned once "
+        "its search is recorded.",
+        "",
+        "## Design",
+        "",
+        f"- **Space**: supernet C = {space.supernet_channels}, {space.supernet_cells} cells × {space.num_nodes} "
+        f"nodes, ops {', '.join(space.primitives)}; at most {space.max_skip_connect} skip_connect in the normal cell.",
+        f"- **Panel**: {len(panel)} genotypes drawn uniformly from the space, each retrained with seeds "
+        f"{', '.join(map(str, RETRAIN_SEEDS))}.",
+        f"- **Retrain** (every genotype): the recipe of [captioner_recipe.md](captioner_recipe.md) (`RetrainConfig` "
+        f"defaults) at {retrain.epochs} × {retrain.steps_per_epoch} steps of {retrain.batch_size} images; the epoch "
+        "with the best validation score (entirely-correct captions) is kept; greedy captions of all 300 images of "
+        "`test` and `test_novel`.",
+        f"- **Search** (every variant): {search.epochs} epochs × {search.steps_per_epoch} steps "
+        f"({search.warmup_epochs} warm-up epochs with A frozen), batch {search.batch_size} of each stream, "
+        f"`SearchConfig` defaults otherwise; {search_seeds} search seeds per variant.",
+        f"- **Score**: a genotype's share of entirely correct `test` captions, mean over its retrain seeds. The test: "
+        "one-sided exact Mann–Whitney U of a variant's genotypes against the panel (H1: they score higher); AUC = "
+        "U / (n·m) with a 95 % bootstrap interval; each genotype's percentile in the panel. Random search: per "
+        f"search seed, the best of {RANDOM_SEARCH_K} panel genotypes by validation score.",
+        f"- **Power**: if every searched genotype lands in the top 20 % of the space, {search_seeds} searches against "
+        f"{len(panel)} panel genotypes reject at p < 0.05 with probability "
+        f"{es.power(search_seeds, len(panel)):.2f} with no retrain noise{measured_power(records, panel, search_seeds)}.",
+        "",
+        "## Verdict",
+        "",
+    ]
+    rows, verdicts = [], []
+    for variant in list(variants) + ["random_search"]:
+        genotypes = (random_search_genotypes(records, panel, search_seeds) if variant == "random_search"
+                     else searched_genotypes(records, variant, search_seeds))
+        scored = [(g, genotype_scores(records, g)) for g in genotypes]
+        complete = [(g, v) for g, v in scored if v is not None]
+        primary = [v for _, v in complete]
+        if len(panel_primary) < len(panel) or len(complete) < search_seeds:
+            rows.append((variant, len(complete), None, primary, complete))
+            continue
+        result = comparison(primary, panel_primary)
+        rows.append((variant, len(complete), result, primary, complete))
+        wins = result["p"] < 0.05 and result["median_percentile"] >= 75
+        verdicts.append(f"- `{variant}`: {'beats' if wins else 'does not beat'} the panel (p = {result['p']:.3f}, "
+                        f"median percentile {result['median_percentile']:.0f}).")
+    lines += verdicts or ["No variant has all its searches and retrains recorded yet: no verdict. The tables show "
+                          "what is recorded."]
+    lines += ["", "## Panel", ""]
+    if panel_primary:
+        import numpy as np
+
+        q = np.quantile(panel_primary, [0, 0.25, 0.5, 0.75, 1])
+        lines.append(f"{len(panel_primary)} of {len(panel)} panel genotypes have every seed recorded: entirely "
+                     f"correct `test` captions min {_f(q[0], pct=True)}, quartiles {_f(q[1], pct=True)} / "
+                     f"{_f(q[2], pct=True)} / {_f(q[3], pct=True)}, max {_f(q[4], pct=True)}.")
+    else:
+        lines.append("No panel genotype has every seed recorded yet.")
+    lines += ["", "| genotype | params | " + " | ".join(f"seed {s}" for s in RETRAIN_SEEDS)
+              + " | mean | relation | CIDEr | test_novel |", "|---" * (6 + len(RETRAIN_SEEDS)) + "|"]
+    for g in panel:
+        per_seed = []
+        for s in RETRAIN_SEEDS:
+            r = records.get(retrain_id(g, s))
+            per_seed.append(_f(r["scores"]["test"]["content"][PRIMARY], pct=True)
+                            if r and r["status"] == "ok" else ("failed" if r else "–"))
+        r0 = records.get(retrain_id(g, RETRAIN_SEEDS[0]))
+        params = f"{r0['encoder_params']:,}" if r0 and r0["status"] == "ok" else "–"
+        lines.append(f"| `{genotype_key(g)}` | {params} | " + " | ".join(per_seed)
+                     + f" | {_f(genotype_scores(records, g), pct=True)}"
+                     + f" | {_f(genotype_scores(records, g, metric='relation'), pct=True)}"
+                     + f" | {_f(genotype_scores(records, g, metric='CIDEr'))}"
+                     + f" | {_f(genotype_scores(records, g, split='test_novel'), pct=True)} |")
+    lines += ["", "## Variants against the panel", "",
+              "| variant | genotypes scored | mean score | AUC [95 %] | median percentile [95 %] | p (one-sided) |",
+              "|---|---|---|---|---|---|"]
+    for variant, n, result, primary, _ in rows:
+        mean = _f(sum(primary) / len(primary), pct=True) if primary else "–"
+        if result is None:
+            lines.append(f"| `{variant}` | {n} of {search_seeds} | {mean} | – | – | – |")
+        else:
+            lo, hi = result["auc_interval"]
+            plo, phi = result["median_percentile_interval"]
+            lines.append(f"| `{variant}` | {n} | {mean} | {result['auc']:.2f} [{lo:.2f}, {hi:.2f}] | "
+                         f"{result['median_percentile']:.0f} [{plo:.0f}, {phi:.0f}] | {result['p']:.3f} |")
+    lines += ["", "## Searches", "",
+              "| search | genotype | time (min) | final entropy of softmax(A) | parameter-free reduction edges "
+              "| score | percentile in the panel |", "|---|---|---|---|---|---|---|"]
+    for variant in variants:
+        for s in range(search_seeds):
+            r = records.get(search_id(variant, s))
+            if r is None:
+                continue
+            if r["status"] != "ok":
+                lines.append(f"| `{search_id(variant, s)}` | failed: {r.get('error', '')} | | | | | |")
+                continue
+            score = genotype_scores(records, r["genotype"])
+            pct = _f(es.percentile_in_panel(score, panel_primary), 0) if score is not None and panel_primary else "–"
+            lines.append(f"| `{search_id(variant, s)}` | `{genotype_key(r['genotype'])}` | "
+                         f"{r['search_time_s'] / 60:.1f} | {r['final_entropy']:.3f} | "
+                         f"{r['parameter_free_reduction_edges']} of {len(r['genotype']['reduce'])} | "
+                         f"{_f(score, pct=True)} | {pct} |")
+    lines += ["", "## Is the retrain budget's ranking stable?", ""]
+    first = panel[:STABILITY_GENOTYPES]
+    short = [genotype_scores(records, g) for g in first]
+    long = [genotype_scores(records, g, factor=STABILITY_FACTOR) for g in first]
+    if all(v is not None for v in short + long):
+        rho = es.spearman(short, long)
+        lines.append(f"Spearman ρ between the scores at {retrain.epochs} × {retrain.steps_per_epoch} steps and at "
+                     f"{STABILITY_FACTOR}× the steps, over the first {len(first)} panel genotypes × "
+                     f"{len(RETRAIN_SEEDS)} seeds: **{rho:.2f}** ({'≥' if rho >= 0.7 else 'below'} 0.7"
+                     f"{'' if rho >= 0.7 else ': the budget must be raised'}).")
+        lines += ["", "| genotype | budget | 3× budget |", "|---|---|---|"]
+        lines += [f"| `{genotype_key(g)}` | {_f(a, pct=True)} | {_f(b, pct=True)} |"
+                  for g, a, b in zip(first, short, long)]
+    else:
+        have = sum(v is not None for v in long)
+        lines.append(f"Not yet measured: {have} of {len(first)} genotypes have every seed at {STABILITY_FACTOR}× "
+                     "the steps.")
+    times = [r["wall_s"] for r in records.values() if r.get("kind") == "retrain" and r["status"] == "ok"
+             and r["factor"] == 1]
+    searches = [r["search_time_s"] for r in records.values() if r.get("kind") == "search" and r["status"] == "ok"]
+    lines += ["", "## Cost", ""]
+    if times:
+        lines.append(f"A retrain takes {sum(times) / len(times) / 60:.1f} min on average ({len(times)} recorded), "
+                     "scoring included.")
+    if searches:
+        lines.append(f"A search takes {sum(searches) / len(searches) / 60:.1f} min on average ({len(searches)} "
+                     "recorded), tracing included.")
+    hosts = sorted({r.get("host", "?") for r in records.values()})
+    lines.append(f"Measured on {', '.join(hosts) or '–'} (2-core CPU, no GPU), one job at a time.")
+    return "\n".join(lines) + "\n"
+
+
+# --- running -----------------------------------------------------------------------------------------------
+
+def search_config(space: Space, search: SearchBudget, variant: str):
+    from capnas_tf.config import SearchConfig, SupernetConfig
+
+    supernet = SupernetConfig(channels=space.supernet_channels, num_cells=space.supernet_cells,
+                              num_nodes=space.num_nodes, primitives=tuple(space.primitives),
+                              max_skip_connect=space.max_skip_connect)
+    return SearchConfig(epochs=search.epochs, steps_per_epoch=search.steps_per_epoch,
+                        warmup_epochs=search.warmup_epochs, log_every=max(1, search.steps_per_epoch // 2),
+                        eval_images=0, supernet=supernet, **VARIANTS[variant])
+
+
+def retrain_config(retrain: RetrainBudget, genotype_path: str):
+    from capnas_tf.config import RetrainConfig
+
+    return RetrainConfig(genotype=genotype_path, epochs=retrain.epochs, steps_per_epoch=retrain.steps_per_epoch,
+                         batch_size=retrain.batch_size, max_eval_images=retrain.max_eval_images,
+                         final_metrics=("BLEU", "CIDEr"), export_saved_model=False, export_onnx=False,
+                         log_every=max(1, retrain.steps_per_epoch // 2), blind_baseline=False)
+
+
+def execute(job: Job, workdir: str, *, space: Space, retrain: RetrainBudget, search: SearchBudget, data) -> dict:
     import keras
     import tensorflow as tf
 
     from capnas_tf.config import RunConfig
     from capnas_tf.jobs import search_job
     from capnas_tf.retrain import retrain_job
-    from capnas_tf.search.loop import NonFiniteLossError
+    from capnas_tf.search.loop import NonFiniteLossError, arch_entropy
     from capnas_tf.search_space.genotypes import Genotype
 
-    run_dir = os.path.join(workdir, "runs", spec.run_id)
-    os.makedirs(run_dir, exist_ok=True)
-    log = Tee(os.path.join(run_dir, "log.txt"))
-    run = RunConfig(workdir=run_dir, seed=spec.seed)
-    record = {"run_id": spec.run_id, "method": spec.method, "seed": spec.seed, "arch": spec.arch,
-              "budget": budget.fingerprint(), "tensorflow": tf.__version__, "host": socket.gethostname()}
-    genotype_path = os.path.join(run_dir, "genotype.json")
-    done_path = os.path.join(run_dir, "search_done.json")
+    run_dir = os.path.join(workdir, job.job_id)
+    shutil.rmtree(run_dir, ignore_errors=True)  # an interrupted attempt restarts: one uninterrupted measurement
+    os.makedirs(run_dir)
+    record = {"job_id": job.job_id, "kind": job.kind, "seed": job.seed, "factor": job.factor,
+              "variant": job.variant, "fingerprint": expected_fingerprint(job, space=space, retrain=retrain,
+                                                                         search=search),
+              "tensorflow": tf.__version__, "host": socket.gethostname()}
+    keras.backend.clear_session()
+    start, cpu = time.perf_counter(), time.process_time()
     try:
-        if not spec.searches:
-            random_genotype(budget, spec.seed, spec.arch).save(genotype_path)
-            record.update(search_time_s=0.0, search_cpu_s=0.0, search_steps=0)
-        elif os.path.exists(done_path):
-            with open(done_path) as f:
-                record.update(json.load(f))
-            log(f"[{spec.run_id}] search finished earlier ({record['search_time_s']:.0f} s); reusing its genotype")
-        else:
-            shutil.rmtree(os.path.join(run_dir, "search"), ignore_errors=True)
-            keras.backend.clear_session()
-            start, cpu = time.perf_counter(), time.process_time()
-            result = search_job(run, search_config(budget, spec.method), data,
-                                batch_size=budget.search_batch_size, log=log)
-            done = {"search_time_s": time.perf_counter() - start, "search_cpu_s": time.process_time() - cpu,
-                    "search_steps": result.steps}
-            result.genotype.save(genotype_path)
-            from capnas_tf.io_utils import atomic_write_json
+        if job.kind == "search":
+            result = search_job(RunConfig(workdir=run_dir, seed=job.seed), search_config(space, search, job.variant),
+                                data, batch_size=search.batch_size)
+            with open(os.path.join(run_dir, "search", "alpha_history.jsonl")) as f:
+                history = [json.loads(line) for line in f]
+            genotype = json.loads(result.genotype.to_json())
+            import numpy as np
 
-            atomic_write_json(done_path, done)
-            record.update(done)
-        shutil.rmtree(os.path.join(run_dir, "retrain"), ignore_errors=True)
-        keras.backend.clear_session()
-        start, cpu = time.perf_counter(), time.process_time()
-        result = retrain_job(run, retrain_config(budget, genotype_path), data, log=log)
-        record.update(retrain_time_s=time.perf_counter() - start, retrain_cpu_s=time.process_time() - cpu)
+            last = history[-1]
+            record.update(genotype=genotype, alpha_history=[{k: h[k] for k in ("epoch", "step", "alpha_normal",
+                                                                               "alpha_reduce")} for h in history],
+                          final_entropy=arch_entropy([np.asarray(last["alpha_normal"]),
+                                                      np.asarray(last["alpha_reduce"])]),
+                          parameter_free_reduction_edges=parameter_free_reduction_edges(genotype),
+                          search_steps=result.steps)
+        else:
+            path = os.path.join(run_dir, "genotype.json")
+            Genotype.from_dict(job.genotype).save(path)
+            result = retrain_job(RunConfig(workdir=run_dir, seed=job.seed),
+                                 retrain_config(retrain.scaled(job.factor), path), data)
+            m = result.metrics["model"]
+            record.update(genotype=job.genotype, encoder_params=int(result.captioner.encoder.count_params()),
+                          best_epoch=result.best_epoch, best_validation_score=float(result.best_validation_score),
+                          selection_metric=result.selection_metric,
+                          scores={s: {"CIDEr": m[s]["CIDEr"], "BLEU-4": m[s]["BLEU-4"], "content": m[s]["content"],
+                                      "distinct": m[s].get("diversity")} for s in SPLITS})
     except (NonFiniteLossError, FloatingPointError) as e:  # a diverged run is a result, not a crash
         record.update(status="failed", error=f"{type(e).__name__}: {e}")
-        log(f"[{spec.run_id}] FAILED: {record['error']}")
     else:
-        metrics = result.metrics
-        record.update(
-            status="ok", genotype=Genotype.load(genotype_path).to_dict(),
-            encoder_params=int(result.captioner.encoder.count_params()),
-            captioner_params=int(result.captioner.count_params()),
-            best_validation_CIDEr=float(result.best_validation_score), best_epoch=result.best_epoch,
-            scores={s: metrics["model"][s] for s in SPLITS},
-            baseline={s: metrics["baseline"][s] for s in SPLITS} if "baseline" in metrics else None,
-            num_images=metrics["num_images"])
-    finally:
-        log.close()
-    record.update(load_average_1min=os.getloadavg()[0],
-                  finished_at=datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M"))
+        record["status"] = "ok"
+    wall, cpu = time.perf_counter() - start, time.process_time() - cpu
+    record.update({"search_time_s" if job.kind == "search" else "wall_s": wall, "cpu_s": cpu,
+                   "load_average_1min": os.getloadavg()[0],
+                   "finished_at": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M")})
     return record
 
 
-def run_one(run_id: str, runs: list[RunSpec], budget: Budget, workdir: str) -> int:
-    """The child process: loads the data of the run's seed, runs it, saves its record. A crash leaves
-    its traceback in `<run dir>/crash.txt` for the driver."""
+def dataset_version() -> str:
+    from capnas_tf.data.shapes_tfds import CapnasShapes
+
+    return str(CapnasShapes.VERSION)
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--variants", default=",".join(VARIANTS),
+                        help=f"comma-separated variants, in the order they run (known: {', '.join(VARIANTS)})")
+    parser.add_argument("--search_seeds", type=int, default=SEARCH_SEEDS, help="searches per variant")
+    parser.add_argument("--panel_size", type=int, default=PANEL_SIZE, help="random genotypes in the panel")
+    parser.add_argument("--no_stability", action="store_true", help="skip the budget's stability retrains")
+    parser.add_argument("--records", default=RECORDS, help="the folder of the job records (committed)")
+    parser.add_argument("--workdir", default="runs/search_efficacy", help="the jobs' run folders (not committed)")
+    parser.add_argument("--out_md", default="docs/results.md", help="the report")
+    parser.add_argument("--max_minutes", type=float, default=0.0,
+                        help="start no job after this many minutes (0: run everything planned)")
+    parser.add_argument("--max_jobs", type=int, default=0, help="run at most this many jobs (0: no limit)")
+    parser.add_argument("--retry_failed", action="store_true", help="run again the jobs recorded as failed")
+    parser.add_argument("--report_only", action="store_true", help="only rewrite the report from the records")
+    parser.add_argument("--only_job", default=None, help="internal: run this one job in this process")
+    # budget overrides, for tests (they change the records' fingerprints)
+    parser.add_argument("--retrain_steps_per_epoch", type=int, default=None)
+    parser.add_argument("--search_steps_per_epoch", type=int, default=None)
+    parser.add_argument("--max_eval_images", type=int, default=None)
+    args = parser.parse_args(argv)
+    unknown = [v for v in args.variants.split(",") if v not in VARIANTS]
+    if unknown:
+        parser.error(f"--variants: {unknown} are not variants of this benchmark ({', '.join(VARIANTS)}).")
+    for name in ("search_seeds", "panel_size"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name} must be >= 1, received {getattr(args, name)}.")
+    if args.panel_size < max(STABILITY_GENOTYPES, RANDOM_SEARCH_K):
+        parser.error(f"--panel_size must be >= {max(STABILITY_GENOTYPES, RANDOM_SEARCH_K)}, received "
+                     f"{args.panel_size}.")
+    return args
+
+
+def budgets(args) -> dict:
+    retrain = RetrainBudget(dataset_version=dataset_version())
+    search = SearchBudget()
+    if args.retrain_steps_per_epoch:
+        retrain = dataclasses.replace(retrain, steps_per_epoch=args.retrain_steps_per_epoch)
+    if args.max_eval_images is not None:
+        retrain = dataclasses.replace(retrain, max_eval_images=args.max_eval_images)
+    if args.search_steps_per_epoch:
+        search = dataclasses.replace(search, steps_per_epoch=args.search_steps_per_epoch)
+    return {"space": Space(), "retrain": retrain, "search": search}
+
+
+def run_only(job: Job, args, b: dict) -> int:
     import traceback
 
-    from capnas_tf.config import DataConfig
-    from capnas_tf.config import RunConfig
+    from capnas_tf.config import DataConfig, RunConfig
     from capnas_tf.jobs import load_data
 
-    spec = next((r for r in runs if r.run_id == run_id), None)
-    if spec is None:
-        raise SystemExit(f"--only_run={run_id!r} is not a run of this benchmark.")
+    batch = b["search"].batch_size if job.kind == "search" else b["retrain"].batch_size
     try:
-        data = load_data(RunConfig(workdir=workdir, seed=spec.seed),  # D_tr / U / D_val order: the seed's
-                         DataConfig(batch_size=budget.search_batch_size, seed=spec.seed))
-        save_record(workdir, execute(spec, budget, data, workdir))
+        data = load_data(RunConfig(workdir=args.workdir, seed=job.seed), DataConfig(batch_size=batch, seed=job.seed))
+        save_record(args.records, execute(job, args.workdir, data=data, **b))
     except BaseException:
-        os.makedirs(os.path.join(workdir, "runs", run_id), exist_ok=True)
-        with open(os.path.join(workdir, "runs", run_id, "crash.txt"), "w") as f:
+        os.makedirs(os.path.join(args.workdir, job.job_id), exist_ok=True)
+        with open(os.path.join(args.workdir, job.job_id, "crash.txt"), "w") as f:
             f.write(traceback.format_exc())
         raise
     return 0
 
 
-def run_in_subprocess(spec: RunSpec, budget: Budget, workdir: str, argv: list[str]) -> dict:
-    """Runs `spec` in a fresh Python process (no TensorFlow state carried from one run to the next:
-    traced functions, autograph caches, memory), and returns its record. A process that dies without
-    one is recorded as failed with the last line of its traceback."""
+def run_in_subprocess(job: Job, argv: list[str], args, b: dict) -> dict:
+    """A fresh Python process per job (no traced functions, caches or memory carried over). A process that
+    dies without a record is recorded as failed with the last line of its traceback."""
     import subprocess
 
-    crash = os.path.join(workdir, "runs", spec.run_id, "crash.txt")
-    if os.path.exists(crash):
-        os.remove(crash)
-    argv = [a for a in run_arguments(argv) if not a.startswith("--only_run")]
-    code = subprocess.call([sys.executable, os.path.abspath(__file__), *argv, f"--only_run={spec.run_id}"])
-    record = load_records(workdir).get(spec.run_id)
+    argv = [a for a in argv if not a.startswith(("--only_job", "--max_minutes", "--max_jobs", "--report_only"))]
+    code = subprocess.call([sys.executable, os.path.abspath(__file__), *argv, f"--only_job={job.job_id}"])
+    record = load_records(args.records).get(job.job_id)
     if record is not None and code == 0:
         return record
-    if code in (-2, 130):  # Ctrl-C: stop the benchmark, record nothing
+    if code in (-2, 130):  # Ctrl-C: stop, record nothing
         raise KeyboardInterrupt
+    crash = os.path.join(args.workdir, job.job_id, "crash.txt")
     last = f"exit code {code}"
     if os.path.exists(crash):
         with open(crash) as f:
             lines = [ln.strip() for ln in f if ln.strip()]
         last = f"crashed ({lines[-1] if lines else last})"
-    record = {"run_id": spec.run_id, "method": spec.method, "seed": spec.seed, "arch": spec.arch,
-              "budget": budget.fingerprint(), "status": "failed", "error": last, "host": socket.gethostname(),
-              "load_average_1min": os.getloadavg()[0],
+    record = {"job_id": job.job_id, "kind": job.kind, "seed": job.seed, "factor": job.factor, "variant": job.variant,
+              "status": "failed", "error": last, "host": socket.gethostname(),
+              "fingerprint": expected_fingerprint(job, **b),
               "finished_at": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M")}
-    save_record(workdir, record)
-    print(f"[{spec.run_id}] FAILED: {last}", flush=True)
+    save_record(args.records, record)
     return record
-
-
-def registered_strategies() -> list[str]:
-    from capnas_tf.search.strategies import STRATEGIES
-
-    return list(STRATEGIES)
-
-
-def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true",
-                        help="quick mode: 2 × 10 search steps, 2 × 50 retrain steps, 100 evaluation images, "
-                             "2 seeds, K = 3 (< 30 min on an idle 2-core CPU)")
-    parser.add_argument("--strategies", default=None,
-                        help="comma-separated search strategies (default: every name in STRATEGIES)")
-    parser.add_argument("--seeds", type=int, default=None, help="seeds 0 … N−1 (default: 2 quick, 3 full)")
-    parser.add_argument("--random_archs", type=int, default=None,
-                        help="K random architectures per seed (default: 3 quick, 5 full)")
-    parser.add_argument("--workdir", default=None,
-                        help="runs and per-run records (default: runs/search_efficacy[_quick])")
-    parser.add_argument("--out_md", default=None,
-                        help="the table (Markdown; default docs/results.md, --quick docs/results_quick.md)")
-    parser.add_argument("--out_png", default=None,
-                        help="the plot of score against search cost (default docs/results.png, --quick "
-                             "docs/results_quick.png)")
-    parser.add_argument("--retry_failed", action="store_true", help="run again the runs recorded as failed")
-    parser.add_argument("--report_only", action="store_true", help="only rewrite the table and plot from the records")
-    parser.add_argument("--cost_note", default=None,
-                        help="a sentence on how long the benchmark takes (e.g. the full mode, estimated from "
-                             "measured step costs), put in the doc")
-    parser.add_argument("--only_run", default=None,
-                        help="internal: run this one run id in this process (the driver starts one process per run)")
-    parser.add_argument("--reading", default=None,
-                        help="a text file with the one-paragraph reading of the table, put in the doc")
-    overrides = parser.add_argument_group("budget overrides (for tests; they change the budget fingerprint)")
-    for field in dataclasses.fields(Budget):
-        if field.name in ("primitives",):
-            overrides.add_argument("--primitives", default=None, help="comma-separated candidate ops")
-        elif field.type in ("bool",):
-            overrides.add_argument(f"--{field.name}", action="store_true", default=None,
-                                   help=f"Budget.{field.name}")
-        elif field.name != "max_skip_connect":
-            kind = {"int": int, "float": float, "str": str}[field.type]
-            overrides.add_argument(f"--{field.name}", type=kind, default=None, help=f"Budget.{field.name}")
-    args = parser.parse_args(argv)
-    for name in ("seeds", "random_archs"):
-        value = getattr(args, name)
-        if value is not None and value < (1 if name == "seeds" else 0):
-            parser.error(f"--{name} must be >= {1 if name == 'seeds' else 0}, received {value}.")
-    suffix = "_quick" if args.quick else ""
-    args.out_md = args.out_md or f"docs/results{suffix}.md"
-    args.out_png = args.out_png or f"docs/results{suffix}.png"
-    return args
-
-
-REPORT_ONLY_OPTIONS = ("--report_only", "--reading", "--cost_note", "--out_md", "--out_png", "--retry_failed")
-
-
-def run_arguments(argv: list[str]) -> list[str]:
-    """`argv` without the options that only shape the report, so the doc shows the command that ran."""
-    kept, skip_value = [], False
-    for arg in argv:
-        if skip_value:
-            skip_value = False
-            continue
-        name = arg.split("=", 1)[0]
-        if name in REPORT_ONLY_OPTIONS:
-            skip_value = "=" not in arg and name not in ("--report_only", "--retry_failed")
-            continue
-        kept.append(arg)
-    return kept
-
-
-def budget_from_args(args) -> Budget:
-    budget = QUICK if args.quick else FULL
-    changes = {}
-    for field in dataclasses.fields(Budget):
-        value = getattr(args, field.name, None)
-        if value is not None:
-            changes[field.name] = tuple(value.split(",")) if field.name == "primitives" else value
-    return dataclasses.replace(budget, **changes)
 
 
 def main(argv=None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = parse_args(argv)
-    mode = "quick" if args.quick else "full"
-    budget = budget_from_args(args)
-    seeds = args.seeds or DEFAULT_SEEDS[mode]
-    random_archs = DEFAULT_RANDOM_ARCHS[mode] if args.random_archs is None else args.random_archs
-    workdir = args.workdir or ("runs/search_efficacy_quick" if args.quick else "runs/search_efficacy")
-    registered = registered_strategies()
-    strategies = registered if args.strategies is None else [s for s in args.strategies.split(",") if s]
-    unknown = [s for s in strategies if s not in registered]
-    if unknown:
-        raise SystemExit(f"--strategies: {unknown} not registered in capnas_tf.search.strategies.STRATEGIES "
-                         f"{registered}.")
-    expected = ("three_stage", "darts", "gdas", "random_ws", "reinforce")  # the strategies the benchmark compares
-    missing = [s for s in expected if s not in registered]
-    command = "python " + " ".join(["benchmarks/search_efficacy.py"]
-                                   + run_arguments(sys.argv[1:] if argv is None else list(argv)))
+    b = budgets(args)
+    variants = args.variants.split(",")
+    panel = panel_genotypes(b["space"], args.panel_size)
 
-    records = load_records(workdir)
-    check_budget(records, budget, workdir)
-    runs = plan_runs(strategies, seeds, random_archs)
-    todo = pending_runs(runs, records, retry_failed=args.retry_failed)
-    print(f"search_efficacy ({mode}): {len(runs)} runs planned, {len(runs) - len(todo)} already recorded in "
-          f"{workdir}/results, {len(todo)} to run{' (not now: --report_only)' if args.report_only else ''}. "
-          f"Compared strategies not registered: {missing or 'none'}.", flush=True)
-    if args.only_run:
-        return run_one(args.only_run, runs, budget, workdir)
-    if args.report_only:
-        todo = []
-    started = time.perf_counter()
-    for i, spec in enumerate(todo):
-        print(f"=== [{i + 1}/{len(todo)}] {spec.run_id} ===", flush=True)
+    def current_plan():
+        records = load_records(args.records)
+        jobs = plan(records, panel=panel, variants=variants, search_seeds=args.search_seeds,
+                    stability=not args.no_stability)
+        check_fingerprints(records, jobs, args.records, **b)
+        return records, jobs
+
+    records, jobs = current_plan()
+    if args.only_job:
+        job = next((j for j in jobs if j.job_id == args.only_job), None)
+        if job is None:
+            raise SystemExit(f"--only_job={args.only_job!r} is not a job of this plan.")
+        return run_only(job, args, b)
+    started, ran = time.perf_counter(), 0
+    while not args.report_only:
+        todo = pending(jobs, records, retry_failed=args.retry_failed)
+        out_of_time = args.max_minutes and time.perf_counter() - started > 60 * args.max_minutes
+        if not todo or out_of_time or (args.max_jobs and ran >= args.max_jobs):
+            break
+        job = todo[0]
+        print(f"=== {job.job_id} ({len(jobs) - len(todo) + 1} of {len(jobs)} planned so far) ===", flush=True)
         t0 = time.perf_counter()
-        record = run_in_subprocess(spec, budget, workdir, sys.argv[1:] if argv is None else list(argv))
-        print(f"=== {spec.run_id}: {record['status']} in {time.perf_counter() - t0:.0f} s", flush=True)
-    wall = time.perf_counter() - started if todo else None
-
-    wanted = {spec.run_id for spec in runs}
-    chosen = [r for run_id, r in load_records(workdir).items() if run_id in wanted]
-    if not chosen:
-        raise SystemExit(f"No records in {workdir}/results for the runs asked for; nothing to report.")
-    rows = aggregate(chosen, strategies)
-    md = render_markdown(rows, chosen, budget=budget, mode=mode, command=command, seeds=seeds,
-                         random_archs=random_archs, strategies=strategies, missing=missing,
-                         machine=machine_description(), wall_time_s=wall, cost_note=args.cost_note)
-    reading = "(No reading paragraph was given: pass --reading=FILE.)"
-    if args.reading:
-        with open(args.reading) as f:
-            reading = f.read().strip()
-    md = md.replace("READING_PARAGRAPH", reading)
+        record = run_in_subprocess(job, argv, args, b)
+        ran += 1
+        print(f"=== {job.job_id}: {record['status']} in {time.perf_counter() - t0:.0f} s", flush=True)
+        records, jobs = current_plan()
+    command = "python benchmarks/search_efficacy.py" + "".join(
+        f" {a}" for a in argv if not a.startswith(("--max_minutes", "--max_jobs", "--report_only", "--retry_failed")))
+    md = render(records, panel=panel, variants=variants, search_seeds=args.search_seeds, jobs=jobs,
+                command=command, **b)
     os.makedirs(os.path.dirname(os.path.abspath(args.out_md)), exist_ok=True)
     with open(args.out_md, "w") as f:
         f.write(md)
-    plot(rows, chosen, strategies, args.out_png,
-         title=f"search efficacy on capnas_shapes ({mode} mode, {seeds} seed(s), K = {random_archs})")
-    print(f"Wrote {args.out_md} and {args.out_png}.")
+    print(f"Wrote {args.out_md}: {len([j for j in jobs if j.job_id in records])} of {len(jobs)} jobs recorded.")
     return 0
 
 

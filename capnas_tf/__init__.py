@@ -2,6 +2,11 @@
 import os as _os
 
 _os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+# TensorFlow turns its oneDNN kernels on by itself only on CPUs with AVX-512; on an AVX2 CPU they make the
+# retrain step 0.65× as long, and with them the CPU profiler records memory events and bfloat16 matmuls
+# accumulate in float32 (BUILD_NOTES.md). Read when TensorFlow loads: a program that imported TensorFlow
+# first keeps its own setting; TF_ENABLE_ONEDNN_OPTS=0 turns them off.
+_os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
 
 __version__ = "0.1.0"
 

@@ -194,6 +194,7 @@ def test_best_checkpoint_and_captioner_keras_hold_every_variable_of_the_returned
     assert all("seed_generator" in path for path in differ), differ
 
 
+@pytest.mark.slow  # 30–90 s on 2 cores; CI runs it after the default suite (.ci/run)
 def test_rerunning_with_more_epochs_resumes_after_the_last_finished_epoch(tmp_path):
     copy_of_retrained(str(tmp_path))  # epoch 1 of TINY_RETRAIN, finished and checkpointed
     data = tiny_data(str(tmp_path))

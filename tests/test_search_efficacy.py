@@ -1,124 +1,185 @@
-"""benchmarks/search_efficacy.py, its pure parts: mean ± std, random search's choice, resume-skip, budget
-check, the rendered table and plot. No search or retrain runs here (the benchmark's --quick does that)."""
-import dataclasses
+"""benchmarks/search_efficacy.py and benchmarks/efficacy_stats.py, their pure parts: the exact test against
+enumeration, the plan and its resume, the records' fingerprints, random search's choice by validation, the
+report. No search or retrain runs here (the benchmark itself does that)."""
 import importlib.util
+import itertools
 import math
 import os
 import sys
 
+import numpy as np
 import pytest
 
-_PATH = os.path.join(os.path.dirname(__file__), os.pardir, "benchmarks", "search_efficacy.py")
-_spec = importlib.util.spec_from_file_location("search_efficacy", _PATH)
-se = importlib.util.module_from_spec(_spec)
-sys.modules[_spec.name] = se  # dataclasses look their module up there
-_spec.loader.exec_module(se)
-
-BUDGET = dataclasses.replace(se.QUICK, search_steps_per_epoch=2, retrain_steps_per_epoch=3)
+_DIR = os.path.join(os.path.dirname(__file__), os.pardir, "benchmarks")
 
 
-def _record(method, seed, *, arch=None, cider=0.5, val=0.4, search_s=60.0, retrain_s=30.0, status="ok"):
-    spec = se.RunSpec(method, seed, arch)
-    record = {"run_id": spec.run_id, "method": method, "seed": seed, "arch": arch, "status": status,
-              "budget": BUDGET.fingerprint(), "finished_at": "2026-11-23 15:00", "load_average_1min": 2.0}
-    if status != "ok":
-        return dict(record, error="NonFiniteLossError: Stage III: stage3/val_loss is nan at step 3")
-    scores = {"CIDEr": cider, "BLEU-4": cider / 10}
-    return dict(record, search_time_s=search_s, search_cpu_s=2 * search_s, retrain_time_s=retrain_s,
-                retrain_cpu_s=2 * retrain_s, encoder_params=1000 + seed, best_validation_CIDEr=val,
-                scores={"test": scores, "test_novel": dict(scores, CIDEr=cider - 0.1)},
-                baseline={"test": {"CIDEr": 0.3}, "test_novel": {"CIDEr": 0.35}},
-                genotype={"normal": [["skip_connect", 0], ["sep_conv_3x3", 1]],
-                          "reduce": [["max_pool_3x3", 0], ["max_pool_3x3", 1]]})
+def _load(name):
+    spec = importlib.util.spec_from_file_location(name, os.path.join(_DIR, f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
 
 
-RECORDS = [
-    _record("three_stage", 0, cider=1.0), _record("three_stage", 1, cider=2.0), _record("three_stage", 2, cider=3.0),
-    _record("darts", 0, status="failed"), _record("darts", 1, cider=0.7),
-    # seed 0: arch 1 has the best validation CIDEr but not the best test CIDEr; seed 1: arch 0 wins
-    _record("random", 0, arch=0, cider=0.9, val=0.1, retrain_s=10.0),
-    _record("random", 0, arch=1, cider=0.2, val=0.8, retrain_s=20.0),
-    _record("random", 1, arch=0, cider=0.6, val=0.5, retrain_s=40.0),
-    _record("random", 1, arch=1, cider=0.4, val=0.5, retrain_s=50.0),
-]
+es = _load("efficacy_stats")
+se = _load("search_efficacy")
 
 
-def test_mean_std_is_the_sample_standard_deviation():
-    mean, std, n = se.mean_std([1.0, 2.0, 3.0])
-    assert (mean, std, n) == (2.0, 1.0, 3)
-    mean, std, n = se.mean_std([5.0])
-    assert mean == 5.0 and math.isnan(std) and n == 1
-    assert se.mean_std([])[2] == 0 and math.isnan(se.mean_std([])[0])
-    assert se.fmt((2.0, 1.0, 3)) == "2.000 ± 1.000"
-    assert se.fmt((5.0, math.nan, 1)) == "5.000"
-    assert se.fmt((math.nan, math.nan, 0)) == "–"
+def _enumerated_p(x, y):
+    """P(U ≥ U_observed) over every assignment of the pooled values to the first sample, by brute force."""
+    pooled = list(x) + list(y)
+
+    def u(a, b):
+        return sum((ai > bj) + 0.5 * (ai == bj) for ai in a for bj in b)
+
+    observed = u(x, y)
+    hits = total = 0
+    for chosen in itertools.combinations(range(len(pooled)), len(x)):
+        a = [pooled[i] for i in chosen]
+        b = [pooled[i] for i in range(len(pooled)) if i not in chosen]
+        hits += u(a, b) >= observed - 1e-12
+        total += 1
+    return observed, hits / total
 
 
-def test_aggregate_rows_per_method_with_failures_counted():
-    rows = {r["method"]: r for r in se.aggregate(RECORDS, ["three_stage", "darts"])}
-    assert list(rows) == ["three_stage", "darts", "random", "random_search"]
-    assert rows["three_stage"]["test_CIDEr"] == (2.0, 1.0, 3)
-    assert rows["three_stage"]["search_time_s"] == (60.0, 0.0, 3)
-    assert (rows["darts"]["runs"], rows["darts"]["failed"]) == (1, 1)
-    assert rows["random"]["runs"] == 4
-    assert rows["random"]["test_CIDEr"][0] == pytest.approx((0.9 + 0.2 + 0.6 + 0.4) / 4)
+@pytest.mark.parametrize("x, y", [
+    ([0.9, 0.8, 0.75], [0.1, 0.5, 0.7, 0.2, 0.6]),            # no ties
+    ([0.5, 0.5, 0.7, 0.2], [0.5, 0.3, 0.3, 0.7, 0.1, 0.2]),   # ties within and across the samples
+    ([0.1, 0.2], [0.8, 0.9, 0.95, 0.3]),                      # the other direction: p near 1
+])
+def test_mann_whitney_is_the_exact_enumerated_p_value(x, y):
+    u_expected, p_expected = _enumerated_p(x, y)
+    u, p = es.mann_whitney_greater(x, y)
+    assert u == pytest.approx(u_expected)
+    assert p == pytest.approx(p_expected, abs=1e-12)
+    assert es.auc(x, y) == pytest.approx(u_expected / (len(x) * len(y)))
 
 
-def test_random_search_picks_by_validation_and_pays_for_all_k_retrains():
-    picks = se.random_search_summaries(RECORDS)
-    assert [p["seed"] for p in picks] == [0, 1]
-    assert [p["test_CIDEr"] for p in picks] == [0.2, 0.6]  # seed 0: arch 1 (val 0.8); seed 1: tie → arch 0
-    assert [p["search_time_s"] for p in picks] == [30.0, 90.0]
-    assert [p["k"] for p in picks] == [2, 2]
+def test_percentile_counts_ties_as_half():
+    panel = [0.1, 0.2, 0.2, 0.4]
+    assert es.percentile_in_panel(0.2, panel) == pytest.approx(50.0)
+    assert es.percentile_in_panel(0.5, panel) == 100.0
+    assert es.percentile_in_panel(0.0, panel) == 0.0
+    assert es.median_percentile([0.0, 0.2, 0.5], panel) == pytest.approx(50.0)
 
 
-def test_finished_runs_are_skipped_on_resume_and_failed_ones_only_on_request(tmp_path):
-    workdir = str(tmp_path)
-    runs = se.plan_runs(["three_stage", "darts"], seeds=2, random_archs=2)
-    assert [r.run_id for r in runs[:4]] == ["three_stage-seed0", "darts-seed0", "random-seed0-arch0",
-                                           "random-seed0-arch1"]
-    for record in (_record("three_stage", 0), _record("darts", 0, status="failed"), _record("random", 0, arch=1)):
-        se.save_record(workdir, record)
-    records = se.load_records(workdir)
-    assert sorted(records) == ["darts-seed0", "random-seed0-arch1", "three_stage-seed0"]
-    pending = [r.run_id for r in se.pending_runs(runs, records)]
-    assert pending == ["random-seed0-arch0", "three_stage-seed1", "darts-seed1", "random-seed1-arch0",
-                       "random-seed1-arch1"]
-    retry = [r.run_id for r in se.pending_runs(runs, records, retry_failed=True)]
-    assert retry == ["darts-seed0"] + pending[:1] + pending[1:]
+def test_the_test_holds_its_level_and_has_power_against_a_top_fifth_search():
+    # Searched genotypes from the panel's own distribution: rejections at most alpha (the exact test is
+    # conservative), up to Monte Carlo error (3 standard errors of 400 draws).
+    assert es.power(8, 20, top_fraction=1.0, simulations=400) <= 0.05 + 3 * math.sqrt(0.05 * 0.95 / 400)
+    assert es.power(8, 20, top_fraction=0.2, simulations=200) > 0.9
+    # With the panel's own scores: retrain noise far above the panel's spread leaves little power.
+    panel = np.linspace(0.3, 0.7, 20)
+    assert es.power_with_noise(panel, 0.0, 8, retrain_seeds=2, simulations=200) > 0.9
+    assert es.power_with_noise(panel, 5.0, 8, retrain_seeds=2, simulations=200) < 0.3
 
 
-def test_a_workdir_of_another_budget_is_refused(tmp_path):
-    se.save_record(str(tmp_path), _record("three_stage", 0))
-    records = se.load_records(str(tmp_path))
-    se.check_budget(records, BUDGET, str(tmp_path))  # same budget: fine
-    with pytest.raises(ValueError, match=r"another budget \(differs in \['retrain_epochs'\]\)"):
-        se.check_budget(records, dataclasses.replace(BUDGET, retrain_epochs=9), str(tmp_path))
+def test_bootstrap_interval_contains_the_statistic_of_a_clear_difference():
+    rng = np.random.default_rng(0)
+    x, y = rng.uniform(0.6, 1.0, 8), rng.uniform(0.0, 0.7, 20)
+    low, high = es.bootstrap_interval(x, y, es.auc, resamples=300)
+    assert low <= es.auc(x, y) <= high and low > 0.5
 
 
-def test_report_options_are_left_out_of_the_quoted_command():
-    argv = ["--quick", "--report_only", "--reading", "r.txt", "--cost_note=about 5 h", "--seeds=2"]
-    assert se.run_arguments(argv) == ["--quick", "--seeds=2"]
+PANEL = se.panel_genotypes(se.Space(), 8)
 
 
-def test_report_states_mode_command_and_table(tmp_path):
-    rows = se.aggregate(RECORDS, ["three_stage", "darts"])
-    md = se.render_markdown(rows, RECORDS, budget=BUDGET, mode="quick", command="python benchmarks/x.py --quick",
-                            seeds=3, random_archs=2, strategies=["three_stage", "darts"], missing=["gdas"],
-                            machine="test machine", wall_time_s=600.0, cost_note=None)
-    assert "QUICK MODE" in md and "python benchmarks/x.py --quick" in md and "`gdas`" in md
-    assert "| `three_stage` | 3 | 2.000 ± 1.000 |" in md
-    assert "| `darts` | 1 (+1 failed) |" in md
-    # 2.0 vs 0.525 (stds 1.0 and 0.29): above; darts has one run: too few to tell
-    assert "`three_stage` vs random architectures, test CIDEr: 2.000 vs 0.525 (difference +1.475): above it" in md
-    assert "`darts` vs random architectures, test CIDEr: 0.700 vs 0.525 (difference +0.175); n = 1 vs 4 is too few" in md
-    path = str(tmp_path / "results.png")
-    se.plot(rows, RECORDS, ["three_stage", "darts"], path, title="test")
-    assert os.path.getsize(path) > 10_000
+def test_panel_is_a_pure_function_of_its_index_and_genotypes_are_named_by_content():
+    assert se.panel_genotypes(se.Space(), 10)[:8] == PANEL
+    assert len({se.genotype_key(g) for g in PANEL}) == len(PANEL)
+    reordered = {k: PANEL[0][k] for k in reversed(list(PANEL[0]))}
+    assert se.genotype_key(reordered) == se.genotype_key(PANEL[0])
 
 
-def test_quick_and_full_modes_write_to_their_own_documents():
-    quick, full = se.parse_args(["--quick"]), se.parse_args([])
-    assert (quick.out_md, quick.out_png) == ("docs/results_quick.md", "docs/results_quick.png")
-    assert (full.out_md, full.out_png) == ("docs/results.md", "docs/results.png")
-    assert se.parse_args(["--out_md=x.md"]).out_md == "x.md"
+def _retrain_record(genotype, seed, *, test, val=0.5, factor=1, novel=None):
+    content = {"entirely_correct": test, "relation": test / 2}
+    return {"job_id": se.retrain_id(genotype, seed, factor), "kind": "retrain", "status": "ok", "seed": seed,
+            "factor": factor, "genotype": genotype, "encoder_params": 1000, "best_validation_score": val,
+            "wall_s": 240.0, "host": "h",
+            "scores": {"test": {"CIDEr": 2 * test, "BLEU-4": test / 3, "content": content},
+                       "test_novel": {"CIDEr": test, "BLEU-4": test / 4,
+                                      "content": {"entirely_correct": novel or test, "relation": 0.1}}}}
+
+
+def test_plan_runs_the_panel_then_the_stability_check_then_each_search_before_its_retrains():
+    jobs = se.plan({}, panel=PANEL, variants=["three_stage"], search_seeds=2)
+    ids = [j.job_id for j in jobs]
+    first = PANEL[:se.STABILITY_GENOTYPES]
+    assert ids[:len(first)] == [se.retrain_id(g, 0) for g in first]
+    assert ids[len(first):2 * len(first)] == [se.retrain_id(g, 1) for g in first]
+    stability = [se.retrain_id(g, s, se.STABILITY_FACTOR) for s in se.RETRAIN_SEEDS for g in first]
+    assert ids[2 * len(first):4 * len(first)] == stability
+    assert ids[-2:] == [se.search_id("three_stage", 0), se.search_id("three_stage", 1)]
+    assert len(ids) == len(set(ids)) == 2 * len(PANEL) + len(stability) + 2
+
+    # Once a search is recorded its genotype's retrains follow it; a genotype already in the panel is not
+    # planned twice.
+    found = {se.search_id("three_stage", 0): {"status": "ok", "genotype": PANEL[3]},
+             se.search_id("three_stage", 1): {"status": "ok", "genotype": PANEL[0] | {"reduce_concat": [2]}}}
+    ids2 = [j.job_id for j in se.plan(found, panel=PANEL, variants=["three_stage"], search_seeds=2)]
+    assert ids2[-3:] == [se.search_id("three_stage", 1)] + [
+        se.retrain_id(found[se.search_id("three_stage", 1)]["genotype"], s) for s in se.RETRAIN_SEEDS]
+    assert len(ids2) == len(ids) + 2
+
+
+def test_pending_skips_recorded_jobs_and_failed_ones_unless_retried():
+    jobs = se.plan({}, panel=PANEL, variants=[], search_seeds=1, stability=False)
+    records = {jobs[0].job_id: {"status": "ok"}, jobs[1].job_id: {"status": "failed"}}
+    assert se.pending(jobs, records)[0] == jobs[2]
+    assert se.pending(jobs, records, retry_failed=True)[0] == jobs[1]
+
+
+def test_a_record_of_another_budget_is_refused_by_name():
+    budgets = {"space": se.Space(), "retrain": se.RetrainBudget(), "search": se.SearchBudget()}
+    jobs = se.plan({}, panel=PANEL, variants=["darts"], search_seeds=1)
+    good = {j.job_id: {"fingerprint": se.expected_fingerprint(j, **budgets)} for j in jobs}
+    se.check_fingerprints(good, jobs, "recs", **budgets)
+    other = dict(budgets, retrain=se.RetrainBudget(steps_per_epoch=7))
+    with pytest.raises(ValueError, match=rf"recs/{jobs[0].job_id}\.json was made with another budget"):
+        se.check_fingerprints(good, jobs, "recs", **other)
+
+
+def test_random_search_chooses_by_validation_never_by_test():
+    # validation score opposite to test score: the choice must be the lowest-test genotype of each draw
+    records = {}
+    for i, g in enumerate(PANEL):
+        for s in se.RETRAIN_SEEDS:
+            r = _retrain_record(g, s, test=0.1 * i, val=1.0 - 0.1 * i)
+            records[r["job_id"]] = r
+    chosen = se.random_search_genotypes(records, PANEL, search_seeds=3)
+    assert len(chosen) == 3
+    for s, g in enumerate(chosen):
+        picks = np.random.default_rng((se.PANEL_RNG_SEED, 1, s)).choice(len(PANEL), se.RANDOM_SEARCH_K,
+                                                                          replace=False)
+        assert PANEL.index(g) == min(picks)
+
+
+def test_report_gives_a_verdict_only_when_every_search_and_retrain_is_recorded():
+    records = {}
+    for i, g in enumerate(PANEL):
+        for s in se.RETRAIN_SEEDS:
+            r = _retrain_record(g, s, test=0.05 * i + 0.01 * s)
+            records[r["job_id"]] = r
+    searched = [PANEL[0] | {"normal_concat": [2, 3, k]} for k in range(4)]  # 4 genotypes not in the panel
+    for k, g in enumerate(searched):
+        records[se.search_id("three_stage", k)] = {
+            "job_id": se.search_id("three_stage", k), "kind": "search", "status": "ok", "genotype": g,
+            "search_time_s": 300.0, "final_entropy": 1.2, "parameter_free_reduction_edges": 2}
+    budgets = {"space": se.Space(), "retrain": se.RetrainBudget(), "search": se.SearchBudget()}
+
+    def report():
+        jobs = se.plan(records, panel=PANEL, variants=["three_stage"], search_seeds=4, stability=False)
+        return se.render(records, panel=PANEL, variants=["three_stage"], search_seeds=4, jobs=jobs,
+                         command="python benchmarks/search_efficacy.py", **budgets)
+
+    md = report()  # the panel is complete, the searched genotypes have no retrain yet: random search only
+    assert "`three_stage`: " not in md and "`random_search`: " in md
+    assert "| `three_stage` | 0 of 4 | – |" in md
+    for g in searched:  # every searched genotype above the whole panel
+        for s in se.RETRAIN_SEEDS:
+            r = _retrain_record(g, s, test=0.9)
+            records[r["job_id"]] = r
+    md = report()
+    u, p = es.mann_whitney_greater([0.9] * 4, [se.genotype_scores(records, g) for g in PANEL])
+    assert f"`three_stage`: beats the panel (p = {p:.3f}, median percentile 100)" in md
+    assert "| `three_stage` | 4 | 90.0 % | 1.00" in md

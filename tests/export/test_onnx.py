@@ -27,6 +27,7 @@ def _script_module():
     return module
 
 
+@pytest.mark.slow  # 30–90 s on 2 cores; CI runs it after the default suite (.ci/run)
 def test_onnxruntime_token_ids_equal_tensorflows_on_test_images():
     run = retrained()
     images, _ = sample_test_images(run.data, count=8)

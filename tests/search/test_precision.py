@@ -95,6 +95,18 @@ def _hypergradient(strategy, batches):
     return flat, op_types
 
 
+@pytest.fixture(scope="module")
+def float32_reference_random_A(tiny_data):
+    """As `float32_reference`, at A ~ N(0, 1): a state where A matters (at init ∇A is ~1e-6)."""
+    batches = next(iter(search_streams(tiny_data, 4)))
+    config, models = _models(tiny_data, "float32")
+    rng = np.random.default_rng(3)
+    for alpha in models.encoder.arch_variables:
+        alpha.assign(rng.normal(0, 1, alpha.shape).astype("float32"))
+    grad_A, op_types = _hypergradient(ThreeStageStrategy(models, config, max_caption_len=TINY_CAPTION_LEN), batches)
+    return batches, models, grad_A, op_types
+
+
 def _agreement(tiny_data, float32_reference, policy, **overrides):
     """(cosine, norm ratio) of the exact hypergradient in `policy` against float32, same weights and batches."""
     batches, models32, g32, _ = float32_reference
@@ -106,9 +118,12 @@ def _agreement(tiny_data, float32_reference, policy, **overrides):
     return g32 @ g / (np.linalg.norm(g32) * np.linalg.norm(g)), np.linalg.norm(g) / np.linalg.norm(g32)
 
 
-def test_mixed_bfloat16_hypergradient_agrees_with_float32(tiny_data, float32_reference):
-    """Stated tolerance: cosine > 0.98 and norm within 5 % (measured here: 0.9959 and 0.966)."""
-    cosine, ratio = _agreement(tiny_data, float32_reference, "mixed_bfloat16")
+def test_mixed_bfloat16_hypergradient_agrees_with_float32(tiny_data, float32_reference_random_A):
+    """Stated tolerance: cosine > 0.98 and norm within 5 % (measured on an AVX2 CPU: 0.993 and 0.979).
+
+    At A ~ N(0, 1), not at init: there ∇A is ~1e-6, and the norm of its bfloat16 estimate depends on the
+    CPU's bfloat16 kernels (0.966× on an AVX-512 CPU, 0.755× on an AVX2 one, cosine 0.99 on both)."""
+    cosine, ratio = _agreement(tiny_data, float32_reference_random_A, "mixed_bfloat16")
     assert cosine > 0.98 and abs(ratio - 1) < 0.05, (cosine, ratio)
 
 
@@ -127,6 +142,7 @@ def test_mixed_float16_hypergradient_needs_the_loss_scale(tiny_data, float32_ref
     assert unscaled_cosine < 0.9
 
 
+@pytest.mark.slow  # 30–90 s on 2 cores; CI runs it after the default suite (.ci/run)
 def test_mixed_float16_search_step_runs_and_updates_every_model(tiny_data, float32_reference):
     batches = float32_reference[0]
     config, models = _models(tiny_data, "mixed_float16")

@@ -13,6 +13,7 @@ from tests.search.test_search_loop import L, TINY_SEARCH
 PRIMITIVES = TINY_SEARCH.supernet.primitives
 
 
+@pytest.mark.slow  # 30–90 s on 2 cores; CI runs it after the default suite (.ci/run)
 def test_random_ws_search_writes_every_output_and_returns_a_ranked_candidate(tiny_data, tmp_path):
     result, lines = tiny_search("random_ws", tiny_data, tmp_path, random_ws_candidates=3, random_ws_rank_batches=1)
     history = check_search_outputs(tmp_path, result, lines, metric="random_ws/val_loss")

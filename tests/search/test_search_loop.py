@@ -30,6 +30,7 @@ TINY_SEARCH = SearchConfig(
 LOOP_SEARCH = dataclasses.replace(TINY_SEARCH, supernet=dataclasses.replace(TINY_SEARCH.supernet, num_nodes=1))
 
 
+@pytest.mark.slow  # 30–90 s on 2 cores; CI runs it after the default suite (.ci/run)
 def test_search_writes_genotype_history_checkpoints_and_tensorboard(tiny_data, tmp_path):
     lines = []
     config = dataclasses.replace(LOOP_SEARCH, eval_images=8)
@@ -152,6 +153,7 @@ def test_interrupted_and_resumed_search_ends_with_the_same_architecture(tiny_dat
         np.testing.assert_array_equal(actual[name], expected[name], err_msg=name)
 
 
+@pytest.mark.slow  # 30–90 s on 2 cores; CI runs it after the default suite (.ci/run)
 def test_nan_loss_stops_the_run_and_keeps_the_last_good_outputs(tiny_data, tmp_path):
     # Every step a weight-only one: the check is the loop's, whatever step ran, and the weight-only step
     # traces in seconds where the three-stage one takes a minute of the suite. (A config whose epochs are
@@ -193,6 +195,7 @@ def _checkpoint_values(directory) -> dict:
             if name != "_CHECKPOINTABLE_OBJECT_GRAPH"}
 
 
+@pytest.mark.slow  # 30–90 s on 2 cores; CI runs it after the default suite (.ci/run)
 def test_a_diverged_search_writes_nothing_and_a_saner_rerun_resumes_from_the_last_good_checkpoint(tiny_data, tmp_path):
     """weight_lr=1e8 (the operator's probe): the step after the first huge update still has a finite loss
     (~1e9) but leaves BatchNorm moving variances at Inf. The state is checked before the epoch's genotype
