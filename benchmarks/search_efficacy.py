@@ -99,10 +99,14 @@ class SearchBudget:
 
 
 # A variant: a strategy and the SearchConfig options that differ from the defaults.
+# Run in this order: the method, its baseline, the remedy against parameter-free reductions (β-DARTS' Beta-Decay
+# at its DARTS-space weight), the published two-term estimator, then the sampling strategies.
 VARIANTS = {
     "three_stage": {"strategy": "three_stage", "hypergradient_terms": "full"},
-    "three_stage_paper": {"strategy": "three_stage", "hypergradient_terms": "paper"},
     "darts": {"strategy": "darts"},
+    "three_stage_beta": {"strategy": "three_stage", "hypergradient_terms": "full", "arch_beta_decay": 25.0},
+    "darts_beta": {"strategy": "darts", "arch_beta_decay": 25.0},
+    "three_stage_paper": {"strategy": "three_stage", "hypergradient_terms": "paper"},
     "gdas": {"strategy": "gdas"},
     "random_ws": {"strategy": "random_ws"},
     "reinforce": {"strategy": "reinforce"},

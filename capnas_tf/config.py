@@ -487,6 +487,14 @@ class SearchConfig:
     # Off by default, as in DARTS: Adam's step is already bounded by η_a.
     arch_grad_clip: float = option(0.0,
         help="Clip ∇A to this global norm before A's step, before λA is added (0: off, as in DARTS).")
+    # β-DARTS (arXiv 2203.01665) against the drift of A to parameter-free operations: its Beta-Decay term keeps
+    # the softmax-activated A from growing one-sided; its weight rises linearly, as in β-DARTS' DARTS-space runs
+    # (0 → 25 over 50 epochs).
+    arch_beta_decay: float = option(0.0,
+        help="β-DARTS' Beta-Decay: λ_t · mean over the edges e of both cells of logsumexp(A_e) is added to A's "
+             "objective (its gradient λ_t softmax(A_e) / #edges after any clipping, beside λA), λ_t rising "
+             "linearly from 0 at A's first step to this value at its last (0: off; β-DARTS: 25). Needs "
+             "--arch_weight_decay_mode=coupled.")
     grad_clip: float = option(5.0, help="Clip the weight gradients to this global norm (0: off).")
     # 0.1 rather than DARTS' 0.01: on the supernet's ReLU and max-pooling kinks the larger step is the closer to
     # `exact` of those measured (cosine 0.8 against 0.4–0.6; docs/performance.md, benchmarks/fd_accuracy.py).
@@ -566,6 +574,10 @@ class SearchConfig:
         check.at_least(0, "weight_decay", "arch_weight_decay")
         check.one_of("arch_weight_decay_mode", arch_weight_decay_modes())
         check.at_least(0, "grad_clip", "arch_grad_clip", note=" (0: no clipping)")
+        check.at_least(0, "arch_beta_decay", note=" (0: off)")
+        check.require("arch_beta_decay", not self.arch_beta_decay or self.arch_weight_decay_mode == "coupled",
+                      "0 unless --arch_weight_decay_mode=coupled (A's Adam adds the Beta-Decay gradient)",
+                      related=("arch_weight_decay_mode",))
         check.one_of("dtype_policy", dtype_policies())
         scale = self.loss_scale
         check.require("loss_scale", _number(scale) and (scale == 0 or (scale >= 1 and math.log2(scale).is_integer())),

@@ -104,6 +104,7 @@ class SampledPathStrategy(SearchStrategy):
         return dict(super().checkpoint_items(), sampled_path_step=self.step_count)
 
     def begin_search(self, *, total_steps: int, warmup_steps: int) -> None:
+        super().begin_search(total_steps=total_steps, warmup_steps=warmup_steps)
         self.total_steps, self.warmup_steps = int(total_steps), int(warmup_steps)
 
     def seed(self, purpose: int) -> tf.Tensor:

@@ -73,28 +73,45 @@ class CoupledWeightDecayAdam(keras.optimizers.Adam):
     (A ← A − η_a λ A beside the Adam step), λA is then normalised by Adam's √v like the gradient.
 
     λ is added after any clipping of the gradient (which `apply_global_gradients` does before the
-    optimizer sees it), so that the clip bounds the hypergradient, not the regulariser."""
+    optimizer sees it), so that the clip bounds the hypergradient, not the regulariser.
 
-    def __init__(self, learning_rate=0.001, l2: float = 0.0, **kwargs):
+    With `beta_decay` = λ_β > 0 it also adds β-DARTS' Beta-Decay gradient λ_t softmax(A_e) / #edges to each
+    edge's row (the gradient of λ_t · mean over edges of logsumexp(A_e)), λ_t = λ_β · t / (T − 1) at A's step
+    t of T (`beta_decay_steps`, set before the first step is traced)."""
+
+    def __init__(self, learning_rate=0.001, l2: float = 0.0, beta_decay: float = 0.0, edges: int = 1, **kwargs):
         super().__init__(learning_rate, **kwargs)
         self.l2 = l2
+        self.beta_decay = beta_decay
+        self.edges = edges
+        self.beta_decay_steps = 1
+
+    def beta_decay_weight(self) -> tf.Tensor:
+        """λ_t: 0 at A's first step, λ_β at its last (`iterations` counts the steps already taken)."""
+        done = tf.cast(self.iterations, tf.float32)
+        return self.beta_decay * tf.minimum(1.0, done / max(1, self.beta_decay_steps - 1))
 
     def update_step(self, gradient, variable, learning_rate):
         gradient = tf.cast(gradient, variable.dtype)
         if self.l2:  # λ = 0: plain Adam, without the extra ops
             # λ straight to the variable's dtype (tf.cast of a Python float rounds it to float32 first)
             gradient = gradient + tf.constant(self.l2, variable.dtype) * variable
+        if self.beta_decay:
+            weight = tf.cast(self.beta_decay_weight(), variable.dtype) / self.edges
+            gradient = gradient + weight * tf.nn.softmax(tf.convert_to_tensor(variable), axis=-1)
         super().update_step(gradient, variable, learning_rate)
 
     def get_config(self):
-        return dict(super().get_config(), l2=self.l2)
+        return dict(super().get_config(), l2=self.l2, beta_decay=self.beta_decay, edges=self.edges)
 
 
-def _arch_optimizer(config: SearchConfig) -> keras.optimizers.Optimizer:
+def _arch_optimizer(config: SearchConfig, edges: int = 1) -> keras.optimizers.Optimizer:
     """DARTS' optimizer of A: Adam with β = (0.5, 0.999) and weight decay λ = arch_weight_decay, as L2 on
-    the gradient ("coupled", torch.optim.Adam's weight_decay, DARTS' own) or decoupled (AdamW)."""
+    the gradient ("coupled", torch.optim.Adam's weight_decay, DARTS' own) or decoupled (AdamW); with
+    β-DARTS' Beta-Decay over the `edges` rows of A when `arch_beta_decay` > 0 (coupled only)."""
     if config.arch_weight_decay_mode == "coupled":
-        return CoupledWeightDecayAdam(config.arch_lr, l2=config.arch_weight_decay, beta_1=0.5, beta_2=0.999)
+        return CoupledWeightDecayAdam(config.arch_lr, l2=config.arch_weight_decay, beta_decay=config.arch_beta_decay,
+                                      edges=edges, beta_1=0.5, beta_2=0.999)
     return keras.optimizers.AdamW(config.arch_lr, beta_1=0.5, beta_2=0.999,
                                   weight_decay=config.arch_weight_decay)
 
@@ -126,7 +143,7 @@ class SearchStrategy:
         precision.check_precision(config, type(self))
         self.loss_scale = precision.loss_scale(config)  # S of every tape (1 unless mixed_float16)
         self.weight_optimizer = keras.optimizers.AdamW(config.weight_lr, weight_decay=config.weight_decay)
-        self.arch_optimizer = _arch_optimizer(config)
+        self.arch_optimizer = _arch_optimizer(config, edges=sum(int(a.shape[0]) for a in models.A))
         self.weight_optimizer.build(models.E + models.F)
         self.arch_optimizer.build(models.A)
 
@@ -151,7 +168,9 @@ class SearchStrategy:
 
     def begin_search(self, *, total_steps: int, warmup_steps: int) -> None:
         """Called by the loop before the first (or first resumed) step with the run's length, for
-        strategies whose schedule depends on it (GDAS' temperature, random_ws' final ranking)."""
+        schedules that depend on it (Beta-Decay's weight, GDAS' temperature, random_ws' final ranking)."""
+        if isinstance(self.arch_optimizer, CoupledWeightDecayAdam):
+            self.arch_optimizer.beta_decay_steps = int(total_steps) - int(warmup_steps)
 
     def checkpoint_items(self) -> dict:
         return dict(encoder=model_state(self.models.encoder), decoder=model_state(self.models.decoder),

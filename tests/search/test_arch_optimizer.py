@@ -87,3 +87,45 @@ def test_weight_decay_mode_and_clip_are_checked():
     with pytest.raises(ConfigError, match="arch_grad_clip"):
         SearchConfig(arch_grad_clip=-1.0)
     assert dataclasses.replace(SearchConfig(), arch_grad_clip=0.0).arch_grad_clip == 0.0
+
+
+def test_beta_decay_adds_the_gradient_of_its_rising_weight_times_the_mean_logsumexp_of_the_edges():
+    """β-DARTS: Adam receives ∇A + λA + ∇_A[λ_t · mean over all rows e of logsumexp(A_e)], λ_t = λ_β t / (T − 1);
+    the reference differentiates that term with a tape (float64)."""
+    lam, beta, lr, steps = 0.01, 2.0, 0.05, 3
+    A, reference_A = _variables("float64"), _variables("float64")
+    edges = sum(a.shape[0] for a in A)
+    optimizer = CoupledWeightDecayAdam(lr, l2=lam, beta_decay=beta, edges=edges, beta_1=0.5, beta_2=0.999)
+    optimizer.beta_decay_steps = steps
+    reference = keras.optimizers.Adam(lr, beta_1=0.5, beta_2=0.999)
+    for step in range(steps):
+        g = _gradients(step, "float64")
+        weight = beta * step / (steps - 1)
+        values = [tf.convert_to_tensor(a.value) for a in reference_A]
+        with tf.GradientTape() as tape:
+            tape.watch(values)
+            term = weight * tf.reduce_mean(tf.concat([tf.reduce_logsumexp(v, axis=-1) for v in values], 0))
+        extra = tape.gradient(term, values)
+        reference.apply_gradients(zip([x + lam * v + e for x, v, e in zip(g, values, extra)], reference_A))
+        optimizer.apply_gradients(zip(g, A))
+        for a, r in zip(A, reference_A):
+            np.testing.assert_allclose(a.numpy(), r.numpy(), rtol=1e-12, atol=1e-15)
+    plain = _variables("float64")
+    plain_optimizer = CoupledWeightDecayAdam(lr, l2=lam, beta_1=0.5, beta_2=0.999)
+    for step in range(steps):
+        plain_optimizer.apply_gradients(zip(_gradients(step, "float64"), plain))
+    assert max(np.abs(a.numpy() - p.numpy()).max() for a, p in zip(A, plain)) > 1e-3  # the term moved A
+
+
+def test_beta_decay_schedule_spans_the_architecture_steps_and_needs_coupled_decay():
+    from capnas_tf.config import ConfigError
+
+    models = toy_search_models(vocab_size=7, max_caption_len=L)
+    strategy = ThreeStageStrategy(models, SearchConfig(arch_beta_decay=25.0), max_caption_len=L)
+    strategy.begin_search(total_steps=10, warmup_steps=4)
+    assert strategy.arch_optimizer.beta_decay_steps == 6
+    assert strategy.arch_optimizer.edges == sum(int(a.shape[0]) for a in models.A)
+    with pytest.raises(ConfigError, match="arch_beta_decay"):
+        SearchConfig(arch_beta_decay=1.0, arch_weight_decay_mode="decoupled")
+    with pytest.raises(ConfigError, match="arch_beta_decay"):
+        SearchConfig(arch_beta_decay=-1.0)
