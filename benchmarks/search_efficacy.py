@@ -21,7 +21,8 @@ The design (a search is compared with what the same retrain makes of architectur
     each searched genotype's percentile in the panel, bootstrap intervals (`benchmarks/efficacy_stats.py`);
     random search is the best of RANDOM_SEARCH_K panel genotypes by validation score, per search seed;
   * per search, its near-free diagnostics: A's history, the final entropy of softmax(A), the parameter-free
-    operations on the reduction edges;
+    operations on the reduction edges, and Kendall τ between its one-shot ranking of the panel (each panel
+    genotype's validation caption loss on the supernet's shared weights) and the panel's retrained scores;
   * once, the budget's stability: the first STABILITY_GENOTYPES panel genotypes retrained at
     STABILITY_FACTOR × the steps; Spearman ρ between the two budgets' scores (≥ 0.7 wanted).
 
@@ -422,21 +423,21 @@ def render(records: dict, *, panel: list[dict], variants, search_seeds: int, job
                          f"{result['median_percentile']:.0f} [{plo:.0f}, {phi:.0f}] | {result['p']:.3f} |")
     lines += ["", "## Searches", "",
               "| search | genotype | time (min) | final entropy of softmax(A) | parameter-free reduction edges "
-              "| score | percentile in the panel |", "|---|---|---|---|---|---|---|"]
+              "| one-shot Kendall τ with the panel | score | percentile in the panel |", "|---|---|---|---|---|---|---|---|"]
     for variant in variants:
         for s in range(search_seeds):
             r = records.get(search_id(variant, s))
             if r is None:
                 continue
             if r["status"] != "ok":
-                lines.append(f"| `{search_id(variant, s)}` | failed: {r.get('error', '')} | | | | | |")
+                lines.append(f"| `{search_id(variant, s)}` | failed: {r.get('error', '')} | | | | | | |")
                 continue
             score = genotype_scores(records, r["genotype"])
             pct = _f(es.percentile_in_panel(score, panel_primary), 0) if score is not None and panel_primary else "–"
             lines.append(f"| `{search_id(variant, s)}` | `{genotype_key(r['genotype'])}` | "
                          f"{r['search_time_s'] / 60:.1f} | {r['final_entropy']:.3f} | "
                          f"{r['parameter_free_reduction_edges']} of {len(r['genotype']['reduce'])} | "
-                         f"{_f(score, pct=True)} | {pct} |")
+                         f"{_f(one_shot_tau(records, r, panel), 2)} | {_f(score, pct=True)} | {pct} |")
     lines += ["", "## Is the retrain budget's ranking stable?", ""]
     first = panel[:STABILITY_GENOTYPES]
     short = [genotype_scores(records, g) for g in first]
@@ -491,6 +492,40 @@ def retrain_config(retrain: RetrainBudget, genotype_path: str):
                          log_every=max(1, retrain.steps_per_epoch // 2), blind_baseline=False)
 
 
+def one_shot_losses(models, genotypes: list[dict], data, *, primitives, batches: int = 4,
+                    batch_size: int = 16) -> list[float]:
+    """Each genotype's caption loss on the supernet's shared weights (the one-hot path of its operations),
+    mean over the same `batches` D_val batches: the search's own ranking of the panel, for Kendall τ against
+    the panel's retrained scores. One trace serves every genotype (the path is an input)."""
+    import numpy as np
+    import tensorflow as tf
+
+    from capnas_tf.jobs import search_streams
+    from capnas_tf.search.captioning import path_loss
+    from capnas_tf.search_space.genotypes import Genotype, genotype_op_weights
+
+    stream = iter(search_streams(data, batch_size))
+    val = [next(stream)["val"] for _ in range(batches)]
+    loss = tf.function(lambda batch, normal, reduce: path_loss(models, batch, (normal, reduce),
+                                                               training_decoder=False), autograph=False)
+    out = []
+    for genotype in genotypes:
+        normal, reduce = (tf.constant(w, tf.float32)
+                          for w in genotype_op_weights(Genotype.from_dict(genotype), primitives))
+        out.append(float(np.mean([loss(batch, normal, reduce).numpy() for batch in val])))
+    return out
+
+
+def one_shot_tau(records: dict, record: dict, panel: list[dict]) -> float | None:
+    """Kendall τ between the search's one-shot ranking of the panel (lower loss first) and the panel's
+    retrained scores, over the panel genotypes with every seed recorded."""
+    losses = dict(zip(record.get("one_shot_panel", {}).get("keys", []),
+                      record.get("one_shot_panel", {}).get("losses", [])))
+    pairs = [(-losses[genotype_key(g)], genotype_scores(records, g)) for g in panel if genotype_key(g) in losses]
+    pairs = [(a, b) for a, b in pairs if b is not None]
+    return es.kendall([a for a, _ in pairs], [b for _, b in pairs]) if len(pairs) >= 5 else None
+
+
 def execute(job: Job, workdir: str, *, space: Space, retrain: RetrainBudget, search: SearchBudget, data) -> dict:
     import keras
     import tensorflow as tf
@@ -526,6 +561,13 @@ def execute(job: Job, workdir: str, *, space: Space, retrain: RetrainBudget, sea
                                                       np.asarray(last["alpha_reduce"])]),
                           parameter_free_reduction_edges=parameter_free_reduction_edges(genotype),
                           search_steps=result.steps)
+            search_wall = time.perf_counter() - start
+            panel = panel_genotypes(space, PANEL_SIZE)
+            record["one_shot_panel"] = {
+                "keys": [genotype_key(g) for g in panel],
+                "losses": one_shot_losses(result.strategy.models, panel, data, primitives=space.primitives,
+                                          batch_size=search.batch_size)}
+            record["one_shot_time_s"] = time.perf_counter() - start - search_wall
         else:
             path = os.path.join(run_dir, "genotype.json")
             Genotype.from_dict(job.genotype).save(path)
@@ -542,6 +584,8 @@ def execute(job: Job, workdir: str, *, space: Space, retrain: RetrainBudget, sea
     else:
         record["status"] = "ok"
     wall, cpu = time.perf_counter() - start, time.process_time() - cpu
+    if job.kind == "search" and "one_shot_time_s" in record:
+        wall -= record["one_shot_time_s"]  # the search's own time; the diagnostic's is recorded beside it
     record.update({"search_time_s" if job.kind == "search" else "wall_s": wall, "cpu_s": cpu,
                    "load_average_1min": os.getloadavg()[0],
                    "finished_at": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M")})

@@ -183,3 +183,44 @@ def test_report_gives_a_verdict_only_when_every_search_and_retrain_is_recorded()
     u, p = es.mann_whitney_greater([0.9] * 4, [se.genotype_scores(records, g) for g in PANEL])
     assert f"`three_stage`: beats the panel (p = {p:.3f}, median percentile 100)" in md
     assert "| `three_stage` | 4 | 90.0 % | 1.00" in md
+
+
+def test_one_shot_tau_ranks_lower_supernet_loss_as_better():
+    records = {}
+    for i, g in enumerate(PANEL):
+        for s in se.RETRAIN_SEEDS:
+            r = _retrain_record(g, s, test=0.1 * i)
+            records[r["job_id"]] = r
+    keys = [se.genotype_key(g) for g in PANEL]
+    agrees = {"one_shot_panel": {"keys": keys, "losses": [5.0 - 0.1 * i for i in range(len(PANEL))]}}
+    disagrees = {"one_shot_panel": {"keys": keys, "losses": [1.0 + 0.1 * i for i in range(len(PANEL))]}}
+    assert se.one_shot_tau(records, agrees, PANEL) == pytest.approx(1.0)
+    assert se.one_shot_tau(records, disagrees, PANEL) == pytest.approx(-1.0)
+    assert se.one_shot_tau({}, agrees, PANEL) is None  # no retrained scores yet
+
+
+def test_one_shot_losses_score_each_genotype_on_the_shared_weights_with_one_trace(tmp_path):
+    import tensorflow as tf
+
+    from capnas_tf.config import SearchConfig, SupernetConfig
+    from capnas_tf.search.captioning import path_loss
+    from capnas_tf.search.models import build_search_models
+    from capnas_tf.search_space.genotypes import Genotype, genotype_op_weights
+    from tests.retrain_fixtures import tiny_data
+
+    data = tiny_data(str(tmp_path))
+    space = se.Space()
+    config = SearchConfig(supernet=SupernetConfig(channels=4, num_cells=3, num_nodes=space.num_nodes,
+                                                  primitives=space.primitives, max_skip_connect=2))
+    models = build_search_models(config, vocab_size=len(data.vocab), max_caption_len=data.max_caption_len,
+                                 image_size=16, seed=0)
+    genotypes = PANEL[:3] + [PANEL[0]]
+    losses = se.one_shot_losses(models, genotypes, data, primitives=space.primitives, batches=2, batch_size=4)
+    assert losses[0] == losses[3] and len(set(losses[:3])) == 3 and all(np.isfinite(losses))
+    # the first genotype's loss is the supernet's caption loss at its one-hot path, batch by batch
+    from capnas_tf.jobs import search_streams
+
+    stream = iter(search_streams(data, 4))
+    path = tuple(tf.constant(w, tf.float32) for w in genotype_op_weights(Genotype.from_dict(PANEL[0]), space.primitives))
+    direct = np.mean([path_loss(models, next(stream)["val"], path, training_decoder=False).numpy() for _ in range(2)])
+    assert losses[0] == pytest.approx(direct, rel=1e-5)

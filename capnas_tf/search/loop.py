@@ -63,6 +63,7 @@ class SearchResult:
     genotype_path: str
     steps: int
     final_metrics: dict
+    strategy: object = None  # the searched state (models, A), e.g. to score other genotypes on its shared weights
 
 
 def arch_entropy(alphas) -> float:
@@ -256,4 +257,4 @@ def run_search(strategy: SearchStrategy, streams: tf.data.Dataset, workdir: str,
     genotype = run.genotype()
     genotype.save(run.genotype_path)
     return SearchResult(genotype=genotype, genotype_path=run.genotype_path, steps=total,
-                        final_metrics=metrics)
+                        final_metrics=metrics, strategy=strategy)
