@@ -12,7 +12,8 @@ The design (a search is compared with what the same retrain makes of architectur
     with the panel's own seeds), each retrained with every seed of RETRAIN_SEEDS: computed once, reused by
     every strategy and variant;
   * per variant (a search strategy and its options, VARIANTS), SEARCH_SEEDS searches, each searched
-    genotype retrained with the same seeds as the panel;
+    genotype retrained with the same seeds as the panel; the `*_pt` variants (SELECTIONS) take the genotype
+    that DARTS-PT's perturbation rule selects on the same searched supernets (no search of their own);
   * a genotype's score is the mean over its retrain seeds of the primary score, the share of `test`
     captions that are entirely correct (`capnas_tf.data.shapes_content`: every group, attribute and relation
     right); test CIDEr and `test_novel` beside it. The retrain keeps the epoch of the best validation score,
@@ -114,6 +115,18 @@ VARIANTS = {
 }
 
 
+# Variants that need no search of their own: another selection on a variant's searched supernet. DARTS-PT's
+# rule (capnas_tf.search.selection): the ops and edges whose removal costs the supernet most, not argmax(A).
+SELECTIONS = {"three_stage_pt": "three_stage", "darts_pt": "darts"}
+PT_BATCHES = 4  # D_val batches of the perturbation measurement
+
+
+KNOWN_VARIANTS = list(VARIANTS) + list(SELECTIONS)
+# the method and its baseline with both selections first, then the remedies, the published estimator, the rest
+DEFAULT_VARIANTS = ["three_stage", "three_stage_pt", "darts", "darts_pt", "three_stage_beta", "darts_beta",
+                    "three_stage_paper", "gdas", "random_ws", "reinforce"]
+
+
 def fingerprint(obj) -> dict:
     return json.loads(json.dumps(dataclasses.asdict(obj)))
 
@@ -183,13 +196,15 @@ def plan(records: dict, *, panel: list[dict], variants, search_seeds: int, retra
         for genotype in panel[STABILITY_GENOTYPES:]:
             add(Job(retrain_id(genotype, seed), "retrain", genotype, seed))
     for variant in variants:
+        base = SELECTIONS.get(variant, variant)
+        field = "genotype_pt" if variant in SELECTIONS else "genotype"
         for s in range(search_seeds):
-            sid = search_id(variant, s)
-            add(Job(sid, "search", seed=s, variant=variant))
+            sid = search_id(base, s)
+            add(Job(sid, "search", seed=s, variant=base))
             record = records.get(sid)
-            if record is not None and record["status"] == "ok":
+            if record is not None and record["status"] == "ok" and field in record:
                 for seed in retrain_seeds:
-                    add(Job(retrain_id(record["genotype"], seed), "retrain", record["genotype"], seed))
+                    add(Job(retrain_id(record[field], seed), "retrain", record[field], seed))
     return jobs
 
 
@@ -265,8 +280,11 @@ def validation_score(records: dict, genotype: dict, retrain_seeds=RETRAIN_SEEDS)
 
 
 def searched_genotypes(records: dict, variant: str, search_seeds: int) -> list[dict]:
-    found = [records.get(search_id(variant, s)) for s in range(search_seeds)]
-    return [r["genotype"] for r in found if r is not None and r["status"] == "ok"]
+    """The variant's genotypes: its searches' (argmax A), or for a SELECTIONS variant the perturbation
+    selection on its base variant's searched supernets."""
+    field = "genotype_pt" if variant in SELECTIONS else "genotype"
+    found = [records.get(search_id(SELECTIONS.get(variant, variant), s)) for s in range(search_seeds)]
+    return [r[field] for r in found if r is not None and r["status"] == "ok" and field in r]
 
 
 def random_search_genotypes(records: dict, panel: list[dict], search_seeds: int) -> list[dict]:
@@ -562,12 +580,22 @@ def execute(job: Job, workdir: str, *, space: Space, retrain: RetrainBudget, sea
                           parameter_free_reduction_edges=parameter_free_reduction_edges(genotype),
                           search_steps=result.steps)
             search_wall = time.perf_counter() - start
+            if VARIANTS[job.variant]["strategy"] in ("three_stage", "darts"):
+                from capnas_tf.jobs import search_streams
+                from capnas_tf.search.selection import perturbation_importance
+                from capnas_tf.search_space.genotypes import genotype_from_importance
+
+                stream = iter(search_streams(data, search.batch_size))
+                batches = [next(stream)["val"] for _ in range(PT_BATCHES)]
+                ops, edges = perturbation_importance(result.strategy.models, result.strategy.A_values(), batches)
+                record["genotype_pt"] = json.loads(genotype_from_importance(
+                    ops, edges, space.primitives, space.num_nodes, max_skip_connect=space.max_skip_connect).to_json())
             panel = panel_genotypes(space, PANEL_SIZE)
             record["one_shot_panel"] = {
                 "keys": [genotype_key(g) for g in panel],
                 "losses": one_shot_losses(result.strategy.models, panel, data, primitives=space.primitives,
                                           batch_size=search.batch_size)}
-            record["one_shot_time_s"] = time.perf_counter() - start - search_wall
+            record["measurement_time_s"] = time.perf_counter() - start - search_wall
         else:
             path = os.path.join(run_dir, "genotype.json")
             Genotype.from_dict(job.genotype).save(path)
@@ -584,8 +612,9 @@ def execute(job: Job, workdir: str, *, space: Space, retrain: RetrainBudget, sea
     else:
         record["status"] = "ok"
     wall, cpu = time.perf_counter() - start, time.process_time() - cpu
-    if job.kind == "search" and "one_shot_time_s" in record:
-        wall -= record["one_shot_time_s"]  # the search's own time; the diagnostic's is recorded beside it
+    if job.kind == "search" and "measurement_time_s" in record:
+        # the search's own time; the one-shot panel losses and the perturbation selection are recorded beside it
+        wall -= record["measurement_time_s"]
     record.update({"search_time_s" if job.kind == "search" else "wall_s": wall, "cpu_s": cpu,
                    "load_average_1min": os.getloadavg()[0],
                    "finished_at": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M")})
@@ -600,8 +629,8 @@ def dataset_version() -> str:
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--variants", default=",".join(VARIANTS),
-                        help=f"comma-separated variants, in the order they run (known: {', '.join(VARIANTS)})")
+    parser.add_argument("--variants", default=",".join(DEFAULT_VARIANTS),
+                        help=f"comma-separated variants, in the order they run (known: {', '.join(KNOWN_VARIANTS)})")
     parser.add_argument("--search_seeds", type=int, default=SEARCH_SEEDS, help="searches per variant")
     parser.add_argument("--panel_size", type=int, default=PANEL_SIZE, help="random genotypes in the panel")
     parser.add_argument("--no_stability", action="store_true", help="skip the budget's stability retrains")
@@ -619,9 +648,9 @@ def parse_args(argv=None):
     parser.add_argument("--search_steps_per_epoch", type=int, default=None)
     parser.add_argument("--max_eval_images", type=int, default=None)
     args = parser.parse_args(argv)
-    unknown = [v for v in args.variants.split(",") if v not in VARIANTS]
+    unknown = [v for v in args.variants.split(",") if v not in KNOWN_VARIANTS]
     if unknown:
-        parser.error(f"--variants: {unknown} are not variants of this benchmark ({', '.join(VARIANTS)}).")
+        parser.error(f"--variants: {unknown} are not variants of this benchmark ({', '.join(KNOWN_VARIANTS)}).")
     for name in ("search_seeds", "panel_size"):
         if getattr(args, name) < 1:
             parser.error(f"--{name} must be >= 1, received {getattr(args, name)}.")

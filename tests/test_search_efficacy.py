@@ -224,3 +224,14 @@ def test_one_shot_losses_score_each_genotype_on_the_shared_weights_with_one_trac
     path = tuple(tf.constant(w, tf.float32) for w in genotype_op_weights(Genotype.from_dict(PANEL[0]), space.primitives))
     direct = np.mean([path_loss(models, next(stream)["val"], path, training_decoder=False).numpy() for _ in range(2)])
     assert losses[0] == pytest.approx(direct, rel=1e-5)
+
+
+def test_a_selection_variant_retrains_the_perturbation_genotype_of_its_base_search_without_searching_again():
+    found = {se.search_id("three_stage", 0): {"status": "ok", "genotype": PANEL[3],
+                                              "genotype_pt": PANEL[0] | {"normal_concat": [9]}}}
+    ids = [j.job_id for j in se.plan(found, panel=PANEL, variants=["three_stage", "three_stage_pt"],
+                                     search_seeds=1, stability=False)]
+    assert ids.count(se.search_id("three_stage", 0)) == 1 and not any("three_stage_pt" in i for i in ids)
+    assert ids[-2:] == [se.retrain_id(PANEL[0] | {"normal_concat": [9]}, s) for s in se.RETRAIN_SEEDS]
+    assert se.searched_genotypes(found, "three_stage_pt", 1) == [PANEL[0] | {"normal_concat": [9]}]
+    assert se.searched_genotypes(found, "three_stage", 1) == [PANEL[3]]

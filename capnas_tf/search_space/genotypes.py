@@ -292,6 +292,44 @@ def derive_genotype(alpha_normal, alpha_reduce, primitives=PRIMITIVES, num_nodes
     return Genotype(normal=normal, normal_concat=concat, reduce=reduce, reduce_concat=concat)
 
 
+def genotype_from_importance(op_importance, edge_importance, primitives=PRIMITIVES, num_nodes: int | None = None,
+                             *, max_skip_connect: int | None = None) -> Genotype:
+    """Discretises by measured importance instead of A's magnitude (DARTS-PT's selection, arXiv 2108.04392,
+    without its fine-tuning between decisions): per node, the 2 incoming edges whose removal costs the most
+    (`edge_importance[cell]` `[E]`), each with the op (not `none`) whose removal costs the most
+    (`op_importance[cell]` `[E, K]`); with `max_skip_connect`, the least important extra skip_connects of the
+    normal cell become their edge's most important other op. A pure numpy function.
+
+    Args:
+      op_importance: (normal, reduce), each `[E, K]`: the loss increase when op k is taken off edge e.
+      edge_importance: (normal, reduce), each `[E]`: the loss increase when edge e is taken off.
+    """
+    primitives = tuple(primitives)
+    ops = [np.asarray(a, dtype=np.float64) for a in op_importance]
+    edges = [np.asarray(a, dtype=np.float64) for a in edge_importance]
+    if num_nodes is None:
+        num_nodes = num_nodes_for_edges(ops[0].shape[0])
+    for name, a, e in zip(CELL_TYPES, ops, edges):
+        if a.shape != (num_edges(num_nodes), len(primitives)) or e.shape != (num_edges(num_nodes),):
+            raise ValueError(f"genotype_from_importance: the {name} cell's importances must have shapes "
+                             f"[E={num_edges(num_nodes)}, K={len(primitives)}] and [E]; received {a.shape} and "
+                             f"{e.shape}.")
+    candidates = [k for k, name in enumerate(primitives) if name != "none"]
+    cells = []
+    for a, e in zip(ops, edges):
+        gene = []
+        for i in range(num_nodes):
+            rows = slice(num_edges(i), num_edges(i + 1))
+            for j in np.argsort(-e[rows], kind="stable")[:2]:
+                gene.append((primitives[candidates[int(np.argmax(a[rows][j, candidates]))]], int(j)))
+        cells.append(gene)
+    normal, reduce = cells
+    if max_skip_connect is not None and "skip_connect" in primitives:
+        normal = _cap_skip_connect(normal, ops[0], primitives, max_skip_connect)
+    concat = list(range(2, 2 + num_nodes))
+    return Genotype(normal=normal, normal_concat=concat, reduce=reduce, reduce_concat=concat)
+
+
 def _sample_cell(rng: np.random.Generator, ops: tuple, num_nodes: int) -> list:
     gene = []
     for i in range(num_nodes):
