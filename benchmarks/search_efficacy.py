@@ -412,8 +412,11 @@ def render(records: dict, *, panel: list[dict], variants, search_seeds: int, job
                      f"{_f(q[2], pct=True)} / {_f(q[3], pct=True)}, max {_f(q[4], pct=True)}.")
     else:
         lines.append("No panel genotype has every seed recorded yet.")
-    lines += ["", "| genotype | params | " + " | ".join(f"seed {s}" for s in RETRAIN_SEEDS)
-              + " | mean | relation | CIDEr | test_novel |", "|---" * (6 + len(RETRAIN_SEEDS)) + "|"]
+    lines += ["", "Entirely correct `test` captions per retrain seed and their mean; relation, CIDEr and `test_novel` "
+              "(entirely correct) are means over the seeds; *free* = parameter-free ops on the reduction cell's "
+              "edges.", "",
+              "| genotype | params | free | " + " | ".join(f"seed {s}" for s in RETRAIN_SEEDS)
+              + " | mean | relation | CIDEr | test_novel |", "|---" * (7 + len(RETRAIN_SEEDS)) + "|"]
     for g in panel:
         per_seed = []
         for s in RETRAIN_SEEDS:
@@ -422,7 +425,8 @@ def render(records: dict, *, panel: list[dict], variants, search_seeds: int, job
                             if r and r["status"] == "ok" else ("failed" if r else "–"))
         r0 = records.get(retrain_id(g, RETRAIN_SEEDS[0]))
         params = f"{r0['encoder_params']:,}" if r0 and r0["status"] == "ok" else "–"
-        lines.append(f"| `{genotype_key(g)}` | {params} | " + " | ".join(per_seed)
+        lines.append(f"| `{genotype_key(g)}` | {params} | {parameter_free_reduction_edges(g)} of {len(g['reduce'])} | "
+                     + " | ".join(per_seed)
                      + f" | {_f(genotype_scores(records, g), pct=True)}"
                      + f" | {_f(genotype_scores(records, g, metric='relation'), pct=True)}"
                      + f" | {_f(genotype_scores(records, g, metric='CIDEr'))}"
