@@ -374,6 +374,9 @@ def render(records: dict, *, panel: list[dict], variants, search_seeds: int, job
         f"- **Search** (every variant): {search.epochs} epochs × {search.steps_per_epoch} steps "
         f"({search.warmup_epochs} warm-up epochs with A frozen), batch {search.batch_size} of each stream, "
         f"`SearchConfig` defaults otherwise; {search_seeds} search seeds per variant.",
+        "- **Variants**: " + "; ".join(
+            f"`{v}` = " + (f"DARTS-PT's perturbation selection on `{SELECTIONS[v]}`'s searched supernets" if v in SELECTIONS
+                           else ", ".join(f"{k}={val}" for k, val in VARIANTS[v].items())) for v in variants) + ".",
         f"- **Score**: a genotype's share of entirely correct `test` captions, mean over its retrain seeds. The test: "
         "one-sided exact Mann–Whitney U of a variant's genotypes against the panel (H1: they score higher); AUC = "
         "U / (n·m) with a 95 % bootstrap interval; each genotype's percentile in the panel. Random search: per "
