@@ -97,7 +97,7 @@ def test_save_sample_grid_marks_each_caption_right_or_wrong_against_its_scene(tm
         save_caption_grid(str(plain), np.zeros([2, 4, 4, 3]), ["a", "b"], [["r"]] * 2, verdicts=[(True, ())])
 
 
-@pytest.mark.parametrize("which", ["workdir", "export"])
+@pytest.mark.parametrize("which", [pytest.param("workdir", marks=pytest.mark.slow), "export"])  # ~23 s each
 def test_evaluate_cli_writes_metrics_and_samples(tmp_path, which):
     run = retrained()
     model = run.workdir if which == "workdir" else os.path.join(run.workdir, "export")

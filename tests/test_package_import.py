@@ -8,6 +8,7 @@ import sys
 import textwrap
 
 import numpy as np
+import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PACKAGE = os.path.join(REPO, "capnas_tf")
@@ -69,6 +70,7 @@ LOAD = """
 """
 
 
+@pytest.mark.slow  # 20–70 s on 2 cores; CI runs it after the default suite (.ci/run)
 def test_a_saved_captioner_loads_after_import_capnas_tf_alone(tmp_path):
     names = ("darts_transformer", "conv_lstm")
     _python(SAVE, str(tmp_path))

@@ -55,6 +55,7 @@ register_dataset("plugin_squares", squares)
 '''
 
 
+@pytest.mark.slow  # 20–70 s on 2 cores; CI runs it after the default suite (.ci/run)
 def test_a_registered_strategy_and_dataset_run_from_their_flagfile(tmp_path):
     (tmp_path / "lab_parts.py").write_text(PLUGIN)
     workdir = tmp_path / "run"

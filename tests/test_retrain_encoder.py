@@ -37,6 +37,7 @@ def test_named_encoder_replaces_the_genotype_in_the_captioner():
     assert captioner.encoder.filters == ConvEncoder().filters  # the registry's default sizes
 
 
+@pytest.mark.slow  # 20–70 s on 2 cores; CI runs it after the default suite (.ci/run)
 def test_retrain_job_trains_and_saves_a_gap_encoder_captioner(tmp_path):
     data = tiny_data(str(tmp_path))
     config = dataclasses.replace(TINY_RETRAIN, encoder="gap", steps_per_epoch=2, export_saved_model=False,

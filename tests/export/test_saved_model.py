@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 from capnas_tf.data.text import PAD_ID
 from capnas_tf.decoders.decoding import decode_captions
@@ -94,6 +95,7 @@ def test_saved_model_cli_lists_both_signatures():
         assert f"outputs['{name}']" in out
 
 
+@pytest.mark.slow  # 20–70 s on 2 cores; CI runs it after the default suite (.ci/run)
 def test_caption_cli_prints_one_caption_per_image_and_names_the_bad_files(tmp_path):
     run = retrained()
     images, _ = sample_test_images(run.data, count=2)

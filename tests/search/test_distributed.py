@@ -49,6 +49,7 @@ def _assert_replicas_equal_single_device(results: dict) -> None:
                 np.testing.assert_allclose(g, s, rtol=1e-4, atol=1e-5 * scale, err_msg=f"{name}, replica {r}")
 
 
+@pytest.mark.slow  # 20–70 s on 2 cores; CI runs it after the default suite (.ci/run)
 def test_mirrored_hypergradient_equals_single_device_on_the_same_global_batch():
     """Under MirroredStrategy over two logical CPUs, with the global batch split between them, every
     replica's ∇_A (exact and finite-difference three-stage, soft and straight-through Stage II,

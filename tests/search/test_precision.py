@@ -118,6 +118,7 @@ def _agreement(tiny_data, float32_reference, policy, **overrides):
     return g32 @ g / (np.linalg.norm(g32) * np.linalg.norm(g)), np.linalg.norm(g) / np.linalg.norm(g32)
 
 
+@pytest.mark.slow  # 20–70 s on 2 cores; CI runs it after the default suite (.ci/run)
 def test_mixed_bfloat16_hypergradient_agrees_with_float32(tiny_data, float32_reference_random_A):
     """Stated tolerance: cosine > 0.98 and norm within 5 % (measured on an AVX2 CPU: 0.993 and 0.979).
 

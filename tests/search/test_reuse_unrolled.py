@@ -123,7 +123,8 @@ def _changed(before, after):
 
 @pytest.mark.parametrize("strategy_cls, config, traced", [
     (ThreeStageStrategy, SearchConfig(hypergradient="exact"), False),
-    (ThreeStageStrategy, SearchConfig(hypergradient="finite_difference"), True),  # ± pairs in loop bodies
+    pytest.param(ThreeStageStrategy, SearchConfig(hypergradient="finite_difference"), True,  # ± pairs in loop bodies
+                 marks=pytest.mark.slow),  # ~22 s
     (DartsStrategy, SearchConfig(strategy="darts", darts_order=2, hypergradient="exact"), False),
 ], ids=["three_stage-exact", "three_stage-finite_difference-traced", "darts-exact"])
 def test_reuse_steps_advance_dropout_seeds_and_batch_norm_statistics(tiny_data, batches, strategy_cls, config,
