@@ -118,7 +118,7 @@ VARIANTS = {
 # Variants that need no search of their own: another selection on a variant's searched supernet. DARTS-PT's
 # rule (capnas_tf.search.selection): the ops and edges whose removal costs the supernet most, not argmax(A).
 SELECTIONS = {"three_stage_pt": "three_stage", "darts_pt": "darts"}
-PT_BATCHES = 4  # D_val batches of the perturbation measurement
+PT_BATCHES = 4  # D_val batches of the perturbation measurement and the one-shot panel losses
 
 
 KNOWN_VARIANTS = list(VARIANTS) + list(SELECTIONS)
@@ -517,20 +517,24 @@ def retrain_config(retrain: RetrainBudget, genotype_path: str):
                          log_every=max(1, retrain.steps_per_epoch // 2), blind_baseline=False)
 
 
-def one_shot_losses(models, genotypes: list[dict], data, *, primitives, batches: int = 4,
-                    batch_size: int = 16) -> list[float]:
+def validation_batches(data, count: int, batch_size: int) -> list:
+    """The first `count` D_val batches of the search's stream (the same for every measurement of a search)."""
+    from capnas_tf.jobs import search_streams
+
+    stream = iter(search_streams(data, batch_size))
+    return [next(stream)["val"] for _ in range(count)]
+
+
+def one_shot_losses(models, genotypes: list[dict], val: list, *, primitives) -> list[float]:
     """Each genotype's caption loss on the supernet's shared weights (the one-hot path of its operations),
     mean over the same `batches` D_val batches: the search's own ranking of the panel, for Kendall τ against
     the panel's retrained scores. One trace serves every genotype (the path is an input)."""
     import numpy as np
     import tensorflow as tf
 
-    from capnas_tf.jobs import search_streams
     from capnas_tf.search.captioning import path_loss
     from capnas_tf.search_space.genotypes import Genotype, genotype_op_weights
 
-    stream = iter(search_streams(data, batch_size))
-    val = [next(stream)["val"] for _ in range(batches)]
     loss = tf.function(lambda batch, normal, reduce: path_loss(models, batch, (normal, reduce),
                                                                training_decoder=False), autograph=False)
     out = []
@@ -587,21 +591,18 @@ def execute(job: Job, workdir: str, *, space: Space, retrain: RetrainBudget, sea
                           parameter_free_reduction_edges=parameter_free_reduction_edges(genotype),
                           search_steps=result.steps)
             search_wall = time.perf_counter() - start
+            batches = validation_batches(data, PT_BATCHES, search.batch_size)
             if VARIANTS[job.variant]["strategy"] in ("three_stage", "darts"):
-                from capnas_tf.jobs import search_streams
                 from capnas_tf.search.selection import perturbation_importance
                 from capnas_tf.search_space.genotypes import genotype_from_importance
 
-                stream = iter(search_streams(data, search.batch_size))
-                batches = [next(stream)["val"] for _ in range(PT_BATCHES)]
                 ops, edges = perturbation_importance(result.strategy.models, result.strategy.A_values(), batches)
                 record["genotype_pt"] = json.loads(genotype_from_importance(
                     ops, edges, space.primitives, space.num_nodes, max_skip_connect=space.max_skip_connect).to_json())
             panel = panel_genotypes(space, PANEL_SIZE)
             record["one_shot_panel"] = {
                 "keys": [genotype_key(g) for g in panel],
-                "losses": one_shot_losses(result.strategy.models, panel, data, primitives=space.primitives,
-                                          batch_size=search.batch_size)}
+                "losses": one_shot_losses(result.strategy.models, panel, batches, primitives=space.primitives)}
             record["measurement_time_s"] = time.perf_counter() - start - search_wall
         else:
             path = os.path.join(run_dir, "genotype.json")

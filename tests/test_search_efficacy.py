@@ -215,7 +215,7 @@ def test_one_shot_losses_score_each_genotype_on_the_shared_weights_with_one_trac
     models = build_search_models(config, vocab_size=len(data.vocab), max_caption_len=data.max_caption_len,
                                  image_size=16, seed=0)
     genotypes = PANEL[:3] + [PANEL[0]]
-    losses = se.one_shot_losses(models, genotypes, data, primitives=space.primitives, batches=2, batch_size=4)
+    losses = se.one_shot_losses(models, genotypes, se.validation_batches(data, 2, 4), primitives=space.primitives)
     assert losses[0] == losses[3] and len(set(losses[:3])) == 3 and all(np.isfinite(losses))
     # the first genotype's loss is the supernet's caption loss at its one-hot path, batch by batch
     from capnas_tf.jobs import search_streams
