@@ -38,6 +38,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime
+import functools
 import hashlib
 import json
 import math
@@ -233,9 +234,38 @@ def load_records(folder: str) -> dict[str, dict]:
 
 
 def expected_fingerprint(job: Job, *, space: Space, retrain: RetrainBudget, search: SearchBudget) -> dict:
+    """What determines a job's result besides its seed: the budget, and every setting of the configs the job
+    is run with (their defaults included), so that a changed default is a changed fingerprint."""
     if job.kind == "retrain":
-        return {"retrain": fingerprint(retrain.scaled(job.factor))}
-    return {"space": fingerprint(space), "search": fingerprint(search), "variant": VARIANTS[job.variant]}
+        budget = retrain.scaled(job.factor)
+        config = fingerprint(retrain_config(budget, genotype_path=""))
+        del config["genotype"]  # the genotype is the job's identity, not its recipe
+        return {"retrain": fingerprint(budget), "config": config, "decoder": decoder_fingerprint(budget),
+                "data": data_fingerprint(budget.batch_size)}
+    return {"space": fingerprint(space), "search": fingerprint(search), "variant": VARIANTS[job.variant],
+            "config": fingerprint(search_config(space, search, job.variant)),
+            "data": data_fingerprint(search.batch_size)}
+
+
+@functools.lru_cache(maxsize=None)
+def decoder_fingerprint(budget: RetrainBudget) -> dict:
+    """The retrain's decoder settings, its class's defaults included (they live with the decoder, not in
+    `RetrainConfig`); vocabulary and caption length come from the data."""
+    from capnas_tf.decoders import get_decoder
+    from capnas_tf.retrain import decoder_options
+
+    config = retrain_config(budget, genotype_path="")
+    settings = get_decoder(config.decoder, vocab_size=8, max_len=8, **decoder_options(config)).get_config()
+    return {"name": config.decoder, **{k: v for k, v in json.loads(json.dumps(settings, default=str)).items()
+                                       if k not in ("vocab_size", "max_len", "name", "trainable", "dtype")}}
+
+
+def data_fingerprint(batch_size: int) -> dict:
+    from capnas_tf.config import DataConfig
+
+    data = fingerprint(DataConfig(batch_size=batch_size))
+    del data["seed"]  # the job's seed
+    return data
 
 
 def check_fingerprints(records: dict, jobs: list[Job], folder: str, **budgets) -> None:

@@ -1,6 +1,7 @@
 """benchmarks/search_efficacy.py and benchmarks/efficacy_stats.py, their pure parts: the exact test against
 enumeration, the plan and its resume, the records' fingerprints, random search's choice by validation, the
 report. No search or retrain runs here (the benchmark itself does that)."""
+import dataclasses
 import importlib.util
 import itertools
 import math
@@ -137,6 +138,27 @@ def test_a_record_of_another_budget_is_refused_by_name():
     other = dict(budgets, retrain=se.RetrainBudget(steps_per_epoch=7))
     with pytest.raises(ValueError, match=rf"recs/{jobs[0].job_id}\.json was made with another budget"):
         se.check_fingerprints(good, jobs, "recs", **other)
+
+
+def test_a_record_made_with_another_recipe_default_is_refused(monkeypatch):
+    # the budget is unchanged; a default of RetrainConfig (the learning rate) or of the decoder class is not
+    budgets = {"space": se.Space(), "retrain": se.RetrainBudget(), "search": se.SearchBudget()}
+    jobs = se.plan({}, panel=PANEL, variants=[], search_seeds=1, stability=False)
+    good = {j.job_id: {"fingerprint": se.expected_fingerprint(j, **budgets)} for j in jobs}
+    build = se.retrain_config
+    monkeypatch.setattr(se, "retrain_config", lambda *a, **k: dataclasses.replace(build(*a, **k), lr=1e-3))
+    with pytest.raises(ValueError, match="was made with another budget"):
+        se.check_fingerprints(good, jobs, "recs", **budgets)
+    monkeypatch.setattr(se, "retrain_config", build)
+    se.decoder_fingerprint.cache_clear()
+    import capnas_tf.retrain
+
+    monkeypatch.setattr(capnas_tf.retrain, "decoder_options", lambda config: {"dropout": 0.0, "count_heads": 2})
+    try:
+        with pytest.raises(ValueError, match="was made with another budget"):
+            se.check_fingerprints(good, jobs, "recs", **budgets)
+    finally:
+        se.decoder_fingerprint.cache_clear()
 
 
 def test_random_search_chooses_by_validation_never_by_test():
