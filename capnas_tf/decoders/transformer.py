@@ -101,6 +101,9 @@ class TransformerCaptionDecoder(CaptionDecoder):
       coordinates: append each grid slot's (row, col) to its features (see `_grid_coordinates`).
       count_heads: heads of a `CountingAttention` among the grid slots of M, added to M (0: none): each
         slot learns how many slots look like it, which softmax cross-attention cannot read (see `_memory`).
+      memory_layers: keras-hub `TransformerEncoder` layers (self-attention among the grid slots, H heads,
+        pre-LN as `normalize_first`) applied to M before the words read it (0: none): each slot can gather
+        where the *other* objects are, so that reading one group returns its relation to the rest.
 
     Call arguments:
       features: `(grid [B, h, w, C], pooled [B, C])`.
@@ -133,6 +136,7 @@ class TransformerCaptionDecoder(CaptionDecoder):
         global_token: bool = True,
         coordinates: bool = True,
         count_heads: int = 0,
+        memory_layers: int = 0,
         **kwargs,
     ):
         super().__init__(vocab_size, max_len, **kwargs)
@@ -155,6 +159,9 @@ class TransformerCaptionDecoder(CaptionDecoder):
         self.global_token = bool(global_token)
         self.coordinates = bool(coordinates)
         self.count_heads = int(count_heads)
+        if memory_layers < 0:
+            raise ValueError(f"TransformerCaptionDecoder: memory_layers={memory_layers} must be >= 0.")
+        self.memory_layers = int(memory_layers)
         policy = self.dtype_policy
         self.counting = (CountingAttention(self.count_heads, self.model_dim // self.count_heads, dtype=policy,
                                            name="counting_attention") if self.count_heads else None)
@@ -171,6 +178,17 @@ class TransformerCaptionDecoder(CaptionDecoder):
             dtype=policy,
             name="token_and_position_embedding",
         )
+        self.memory_encoders = [
+            keras_hub.layers.TransformerEncoder(
+                intermediate_dim=self.intermediate_dim,
+                num_heads=self.num_heads,
+                dropout=self.dropout,
+                normalize_first=self.normalize_first,
+                dtype=policy,
+                name=f"memory_encoder_{i}",
+            )
+            for i in range(self.memory_layers)
+        ]
         self.decoder_layers = [
             keras_hub.layers.TransformerDecoder(
                 intermediate_dim=self.intermediate_dim,
@@ -212,12 +230,16 @@ class TransformerCaptionDecoder(CaptionDecoder):
             _use_exact_layer_norms(layer)
         if self.counting is not None:
             self.counting.build((None, None, self.model_dim), (None, h * w, self.model_dim))
+        for layer in self.memory_encoders:
+            layer.build((None, h * w, self.model_dim))
+            _use_exact_layer_norms(layer)
         self.vocab_projection.build((None, None, self.model_dim))
         self.built = True
 
-    def _memory(self, features):
+    def _memory(self, features, training=False):
         """M = W_m · flatten(grid) + P_m, shape (B, h·w, D); with `count_heads`, M + CountingAttention(M, M);
-        with `global_token`, W_g · pooled appended as one more slot (B, h·w + 1, D).
+        then the `memory_layers` self-attention layers over M; with `global_token`, W_g · pooled appended as
+        one more slot (B, h·w + 1, D).
 
         Softmax cross-attention averages what it reads: it returns what a group of objects looks like, not
         how many there are. The pooled vector's per-channel mass grows with the count of all objects; the
@@ -233,6 +255,8 @@ class TransformerCaptionDecoder(CaptionDecoder):
         memory = memory + self.memory_position(memory)
         if self.counting is not None:
             memory = memory + self.counting(memory, memory)
+        for layer in self.memory_encoders:
+            memory = layer(memory, training=training)
         if self.global_projection is None:
             return memory
         return tf.concat([memory, self.global_projection(pooled)[:, None]], axis=1)
@@ -248,7 +272,7 @@ class TransformerCaptionDecoder(CaptionDecoder):
 
     def call(self, features, tokens, training=False, captions_per_image: int = 1):
         self._check_prefix(tokens)
-        memory = per_caption(self._memory(features), captions_per_image)  # (B·k, S, D)
+        memory = per_caption(self._memory(features, training=training), captions_per_image)  # (B·k, S, D)
         if is_token_rows(tokens):
             x = embed_token_rows(tokens, self.embedding.token_embedding)  # (B, T, D)
             x = x + self.embedding.position_embedding(x)
@@ -328,6 +352,7 @@ class TransformerCaptionDecoder(CaptionDecoder):
                 "global_token": self.global_token,
                 "coordinates": self.coordinates,
                 "count_heads": self.count_heads,
+                "memory_layers": self.memory_layers,
             }
         )
         return config

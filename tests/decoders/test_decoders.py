@@ -95,6 +95,20 @@ def test_parameter_counts_are_pinned():
     transformer = embeddings + global_token + cfg["num_layers"] * layer + (d * VOCAB + VOCAB)
     assert make_decoder("transformer", count_heads=0).count_params() == transformer == 2309
     assert make_decoder("transformer").count_params() == transformer + counting
+    encoder_layer = attention + (d * f + f) + (f * d + d) + 2 * 2 * d  # self-attention, feed-forward, two norms
+    assert make_decoder("transformer", memory_layers=2).count_params() == transformer + counting + 2 * encoder_layer
+
+
+def test_memory_layers_make_a_slot_depend_on_the_other_slots():
+    # without them, the memory slot of a grid cell is a function of that cell alone (and the counting sums);
+    # with them, changing one cell changes the memory of the others through self-attention
+    features = random_features(batch=1)
+    grid, pooled = features
+    changed = tf.tensor_scatter_nd_add(grid, [[0, 0, 0]], tf.ones([1, GRID[-1]]))
+    for layers, differs in ((0, False), (1, True)):
+        decoder = make_decoder("transformer", count_heads=0, global_token=False, memory_layers=layers)
+        before, after = (decoder._memory((g, pooled)).numpy()[0, 1:] for g in (grid, changed))
+        assert (np.abs(after - before).max() > 1e-4) == differs, layers
 
 
 def test_counting_attention_sums_sigmoid_gated_values_and_grows_with_matching_slots():

@@ -153,6 +153,16 @@ def test_decode_steps_reproduce_the_full_call_logits(name):
         np.testing.assert_allclose(logits, full[:, t], atol=1e-5)
 
 
+def test_decode_steps_reproduce_the_full_call_logits_with_memory_layers():
+    decoder = make_decoder("transformer", memory_layers=1)
+    features, tokens = random_features(), random_prefix()
+    full = decoder(features, tokens)
+    cache = decoder.initial_cache(features)
+    for t in range(MAX_LEN):
+        logits, cache = decoder.decode_step(features, tokens[:, t], t, cache)
+        np.testing.assert_allclose(logits, full[:, t], atol=1e-5)
+
+
 @pytest.mark.parametrize("name", DECODER_NAMES)
 def test_cached_greedy_equals_full_recompute_greedy(name):
     decoder = make_decoder(name)
