@@ -2,6 +2,7 @@
 
     python benchmarks/oracle_features.py --steps=4500 --dec_kw='{"dropout": 0}'
     python benchmarks/oracle_features.py --steps=4500 --grid=3     # one memory slot per object cell
+    python benchmarks/oracle_features.py --steps=1500 --k=4 --seed=1 --dec_kw='{"dropout": 0, "count_heads": 4}'
 
 No encoder: each capnas_shapes training image is replaced by what an ideal encoder would see in it, a
 3 × 3 grid (the generator's object cells) of one-hot colour, one-hot shape, one-hot size and objectness,
@@ -22,7 +23,9 @@ from capnas_tf.data.shapes_content import content_accuracy
 p = argparse.ArgumentParser(); p.add_argument("--steps", type=int, default=3000); p.add_argument("--num_train", type=int, default=shapes.ShapesConfig().num_train)
 p.add_argument("--grid", type=int, default=8); p.add_argument("--dec_kw", default="{}"); p.add_argument("--lr", type=float, default=3e-3)
 p.add_argument("--eval_every", type=int, default=1000); p.add_argument("--batch", type=int, default=32)
-a = p.parse_args(); keras.utils.set_random_seed(0)
+p.add_argument("--k", type=int, default=1, help="captions per image per step (RetrainConfig.captions_per_image); batch = images")
+p.add_argument("--seed", type=int, default=0, help="the decoder's initialisation and the batches")
+a = p.parse_args(); keras.utils.set_random_seed(a.seed)
 sc = shapes.ShapesConfig(num_train=a.num_train)
 C, S = list(shapes.COLOURS), list(shapes.SHAPES)
 def feats(scene):
@@ -40,12 +43,13 @@ vocab = Vocabulary.build([c for e in tr for c in e.captions], max_len=16)
 Xtr = np.stack([feats(e.scene) for e in tr]); Xva = np.stack([feats(e.scene) for e in va])
 caps = [(i, c) for i, e in enumerate(tr) for c in e.captions]
 T = np.array([vocab.encode(c) for _, c in caps], np.int32); I = np.array([i for i, _ in caps])
+per_image = np.argsort(I, kind="stable").reshape(len(tr), -1)  # (N, captions of each image): row i, image i's
 dec = get_decoder("transformer", vocab_size=len(vocab), max_len=15, **json.loads(a.dec_kw))
 opt = keras.optimizers.AdamW(keras.optimizers.schedules.CosineDecay(a.lr, a.steps), weight_decay=1e-4)
 @tf.function
 def step(x, tok):
     with tf.GradientTape() as tape:
-        loss = caption_loss(dec((x, tf.reduce_mean(x, [1, 2])), tok[:, :-1], training=True), tok)
+        loss = caption_loss(dec((x, tf.reduce_mean(x, [1, 2])), tok[:, :-1], training=True, captions_per_image=a.k), tok)
     g = tape.gradient(loss, dec.trainable_variables); opt.apply_gradients(zip(g, dec.trainable_variables)); return loss
 @tf.function
 def decode(x):
@@ -55,10 +59,14 @@ def evaluate(tag):
     pred = {e.image_id: vocab.decode(r) for e, r in zip(va, ids)}
     acc = content_accuracy(pred, {e.image_id: shapes.scene_to_dict(e.scene) for e in va})
     print(tag, {k: round(v, 3) for k, v in acc.items()}, "distinct", len(set(pred.values())), flush=True)
-rng = np.random.default_rng(0); t0 = time.time(); L = []
+rng = np.random.default_rng(a.seed); t0 = time.time(); L = []
 for s in range(a.steps):
-    j = rng.integers(len(T), size=a.batch)
-    L.append(float(step(tf.constant(Xtr[I[j]]), tf.constant(T[j]))))
+    if a.k == 1:
+        j = rng.integers(len(T), size=a.batch); images = I[j]
+    else:  # k distinct captions of each of `batch` images, image-major as the retrain's train_groups
+        images = rng.integers(len(tr), size=a.batch)
+        j = np.stack([rng.choice(per_image[i], size=a.k, replace=False) for i in images]).reshape(-1)
+    L.append(float(step(tf.constant(Xtr[images]), tf.constant(T[j]))))
     if (s + 1) % 500 == 0: print(f"step {s+1} loss {np.mean(L[-500:]):.3f} {(s+1)/(time.time()-t0):.1f} st/s", flush=True)
     if (s + 1) % a.eval_every == 0: evaluate(f"@{s+1}")
 # error breakdown of the final model

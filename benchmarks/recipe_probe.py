@@ -40,6 +40,8 @@ p.add_argument("--blind", action="store_true")
 p.add_argument("--seed", type=int, default=0)
 p.add_argument("--dec_kw", default="{}", help="decoder keyword arguments, JSON")
 p.add_argument("--k", type=int, default=1, help="captions per image per step (RetrainConfig.captions_per_image)")
+p.add_argument("--pixel_skip", action="store_true",
+               help="append the image's mean colour over each grid slot's patch to the encoder's grid (3 channels)")
 p.add_argument("--save", default="", help="write the trained captioner to this .keras file")
 a = p.parse_args()
 keras.utils.set_random_seed(a.seed)
@@ -47,6 +49,24 @@ sc = shapes.ShapesConfig(num_train=a.num_train)
 data = load_caption_data(DataConfig(image_size=a.image_size, shapes=sc, batch_size=a.batch), None)
 cfg = RetrainConfig(encoder=a.encoder, channels=a.channels, num_cells=a.cells, decoder=a.decoder, lr=a.lr)
 enc = retrain.build_encoder(cfg)
+
+
+class PixelSkip(keras.layers.Layer):
+    """(grid ++ mean colour of each slot's image patch, pooled): the grid slots' exact colour and place."""
+
+    def __init__(self, encoder, **kw):
+        super().__init__(**kw)
+        self.encoder = encoder
+
+    def call(self, images, training=False):
+        grid, pooled = self.encoder(images, training=training)
+        h = grid.shape[1]
+        patches = tf.nn.avg_pool2d(images, images.shape[1] // h, images.shape[1] // h, "VALID")
+        return tf.concat([grid, tf.cast(patches, grid.dtype)], -1), pooled
+
+
+if a.pixel_skip:
+    enc = PixelSkip(enc)
 dec = get_decoder(a.decoder, vocab_size=len(data.vocab), max_len=data.max_caption_len - 1, **json.loads(a.dec_kw))
 cap = Captioner(enc, dec)
 cap(tf.zeros([1, a.image_size, a.image_size, 3]), tf.ones([1, data.max_caption_len - 1], tf.int32))
