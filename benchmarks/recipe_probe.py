@@ -62,7 +62,8 @@ class PixelSkip(keras.layers.Layer):
         grid, pooled = self.encoder(images, training=training)
         h = grid.shape[1]
         patches = tf.nn.avg_pool2d(images, images.shape[1] // h, images.shape[1] // h, "VALID")
-        return tf.concat([grid, tf.cast(patches, grid.dtype)], -1), pooled
+        patches = tf.cast(patches, grid.dtype)
+        return tf.concat([grid, patches], -1), tf.concat([pooled, tf.reduce_mean(patches, [1, 2])], -1)
 
 
 if a.pixel_skip:
