@@ -25,6 +25,9 @@ p.add_argument("--grid", type=int, default=8); p.add_argument("--dec_kw", defaul
 p.add_argument("--eval_every", type=int, default=1000); p.add_argument("--batch", type=int, default=32)
 p.add_argument("--k", type=int, default=1, help="captions per image per step (RetrainConfig.captions_per_image); batch = images")
 p.add_argument("--seed", type=int, default=0, help="the decoder's initialisation and the batches")
+p.add_argument("--noise_channels", type=int, default=0,
+               help="append this many channels of N(0, 1) noise, fixed per image and slot, to the perfect features: "
+                    "a learned encoder's many channels, which a linear read of the slots' positions must look past")
 a = p.parse_args(); keras.utils.set_random_seed(a.seed)
 sc = shapes.ShapesConfig(num_train=a.num_train)
 C, S = list(shapes.COLOURS), list(shapes.SHAPES)
@@ -41,6 +44,10 @@ def split(name, n):
 t = time.time(); tr = split("train", a.num_train); va = split("validation", 300); print("gen %.0fs" % (time.time() - t), flush=True)
 vocab = Vocabulary.build([c for e in tr for c in e.captions], max_len=16)
 Xtr = np.stack([feats(e.scene) for e in tr]); Xva = np.stack([feats(e.scene) for e in va])
+if a.noise_channels:
+    noise = np.random.default_rng(1)
+    Xtr, Xva = (np.concatenate([x, noise.standard_normal(x.shape[:3] + (a.noise_channels,), np.float32)], -1)
+                for x in (Xtr, Xva))
 caps = [(i, c) for i, e in enumerate(tr) for c in e.captions]
 T = np.array([vocab.encode(c) for _, c in caps], np.int32); I = np.array([i for i, _ in caps])
 per_image = np.argsort(I, kind="stable").reshape(len(tr), -1)  # (N, captions of each image): row i, image i's

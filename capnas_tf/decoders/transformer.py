@@ -101,6 +101,9 @@ class TransformerCaptionDecoder(CaptionDecoder):
       coordinates: append each grid slot's (row, col) to its features (see `_grid_coordinates`).
       count_heads: heads of a `CountingAttention` among the grid slots of M, added to M (0: none): each
         slot learns how many slots look like it, which softmax cross-attention cannot read (see `_memory`).
+      position_dims: P > 0 reserves the last P of M's D channels for fixed Fourier features of each slot's
+        (row, col) (see `_position_features`); the grid's features are projected to the other D − P. 0: every
+        channel is W_m · [features, coordinates] and the position shares them with the features.
       memory_layers: keras-hub `TransformerEncoder` layers (self-attention among the grid slots, H heads,
         pre-LN as `normalize_first`) applied to M before the words read it (0: none): each slot can gather
         where the *other* objects are, so that reading one group returns its relation to the rest.
@@ -137,6 +140,7 @@ class TransformerCaptionDecoder(CaptionDecoder):
         coordinates: bool = True,
         count_heads: int = 0,
         memory_layers: int = 0,
+        position_dims: int = 0,
         **kwargs,
     ):
         super().__init__(vocab_size, max_len, **kwargs)
@@ -162,11 +166,15 @@ class TransformerCaptionDecoder(CaptionDecoder):
         if memory_layers < 0:
             raise ValueError(f"TransformerCaptionDecoder: memory_layers={memory_layers} must be >= 0.")
         self.memory_layers = int(memory_layers)
+        if position_dims < 0 or position_dims % 4 or position_dims >= model_dim:
+            raise ValueError(f"TransformerCaptionDecoder: position_dims={position_dims} must be 0 or a multiple of 4 "
+                             f"below model_dim={model_dim}.")
+        self.position_dims = int(position_dims)
         policy = self.dtype_policy
         self.counting = (CountingAttention(self.count_heads, self.model_dim // self.count_heads, dtype=policy,
                                            name="counting_attention") if self.count_heads else None)
         self.memory_projection = keras.layers.Dense(
-            self.model_dim, dtype=policy, name="memory_projection"
+            self.model_dim - self.position_dims, dtype=policy, name="memory_projection"
         )
         self.memory_position = None  # sized by the grid, so created in build()
         self.global_projection = (keras.layers.Dense(self.model_dim, dtype=policy, name="global_projection")
@@ -252,6 +260,8 @@ class TransformerCaptionDecoder(CaptionDecoder):
         if self.coordinates:
             flat = tf.concat([flat, self._grid_coordinates(grid)], axis=-1)  # (B, h·w, C + 2)
         memory = self.memory_projection(flat)
+        if self.position_dims:
+            memory = tf.concat([memory, self._position_features(grid, self.position_dims)], axis=-1)
         memory = memory + self.memory_position(memory)
         if self.counting is not None:
             memory = memory + self.counting(memory, memory)
@@ -260,6 +270,15 @@ class TransformerCaptionDecoder(CaptionDecoder):
         if self.global_projection is None:
             return memory
         return tf.concat([memory, self.global_projection(pooled)[:, None]], axis=1)
+
+    @classmethod
+    def _position_features(cls, grid, dims: int):
+        """[sin(2ᵏ·π/2·r), cos(2ᵏ·π/2·r), sin(2ᵏ·π/2·c), cos(2ᵏ·π/2·c)] for k < dims / 4, (B, h·w, dims), with
+        (r, c) of `_grid_coordinates`: where a slot is, in channels no image feature is added to, so that an
+        attention read of a group returns its position without the features' interference."""
+        coords = cls._grid_coordinates(grid)  # (B, h·w, 2)
+        angles = [coords * (2.0 ** k * 3.141592653589793 / 2) for k in range(dims // 4)]
+        return tf.concat([f(a[..., i:i + 1]) for a in angles for i in (0, 1) for f in (tf.sin, tf.cos)], axis=-1)
 
     @staticmethod
     def _grid_coordinates(grid):
@@ -353,6 +372,7 @@ class TransformerCaptionDecoder(CaptionDecoder):
                 "coordinates": self.coordinates,
                 "count_heads": self.count_heads,
                 "memory_layers": self.memory_layers,
+                "position_dims": self.position_dims,
             }
         )
         return config

@@ -99,6 +99,25 @@ def test_parameter_counts_are_pinned():
     assert make_decoder("transformer", memory_layers=2).count_params() == transformer + counting + 2 * encoder_layer
 
 
+def test_position_dims_hold_each_slots_position_apart_from_the_image_features():
+    # the last P channels of M are the slot's Fourier position features plus its learned position
+    # embedding: the same for every image, and a function of (row, col) alone
+    decoder = make_decoder("transformer", count_heads=0, global_token=False, position_dims=4)
+    memories = [decoder._memory(random_features(batch=1, seed=seed)).numpy()[0] for seed in (0, 1)]
+    np.testing.assert_allclose(memories[0][:, -4:], memories[1][:, -4:], atol=1e-6)
+    assert np.abs(memories[0][:, :-4] - memories[1][:, :-4]).max() > 1e-2
+    h, w = GRID[:2]
+    rows, cols = np.meshgrid(np.linspace(-1, 1, h), np.linspace(-1, 1, w), indexing="ij")
+    r, c = (x.reshape(-1) * np.pi / 2 for x in (rows, cols))
+    fourier = np.stack([np.sin(r), np.cos(r), np.sin(c), np.cos(c)], axis=-1)
+    position = decoder.memory_position.position_embeddings.numpy()[:h * w, -4:]
+    np.testing.assert_allclose(memories[0][:, -4:], fourier + position, atol=1e-6)
+    assert make_decoder("transformer", position_dims=4).count_params() == (
+        make_decoder("transformer").count_params() - 4 * (GRID[-1] + 2 + 1))  # 4 fewer projected channels
+    with pytest.raises(ValueError, match="position_dims=6 must be 0 or a multiple of 4"):
+        make_decoder("transformer", position_dims=6)
+
+
 def test_memory_layers_make_a_slot_depend_on_the_other_slots():
     # without them, the memory slot of a grid cell is a function of that cell alone (and the counting sums);
     # with them, changing one cell changes the memory of the others through self-attention

@@ -153,8 +153,9 @@ def test_decode_steps_reproduce_the_full_call_logits(name):
         np.testing.assert_allclose(logits, full[:, t], atol=1e-5)
 
 
-def test_decode_steps_reproduce_the_full_call_logits_with_memory_layers():
-    decoder = make_decoder("transformer", memory_layers=1)
+@pytest.mark.parametrize("option", [{"memory_layers": 1}, {"position_dims": 4}])
+def test_decode_steps_reproduce_the_full_call_logits_with_the_memory_options(option):
+    decoder = make_decoder("transformer", **option)
     features, tokens = random_features(), random_prefix()
     full = decoder(features, tokens)
     cache = decoder.initial_cache(features)
