@@ -235,7 +235,9 @@ def load_records(folder: str) -> dict[str, dict]:
 
 def expected_fingerprint(job: Job, *, space: Space, retrain: RetrainBudget, search: SearchBudget) -> dict:
     """What determines a job's result besides its seed: the budget, and every setting of the configs the job
-    is run with (their defaults included), so that a changed default is a changed fingerprint."""
+    is run with (their defaults included), so that a changed default is a changed fingerprint. A setting added
+    later whose default leaves the job as it was (e.g. a decoder option that is off) is added to the records'
+    fingerprints in the commit that adds it."""
     if job.kind == "retrain":
         budget = retrain.scaled(job.factor)
         config = fingerprint(retrain_config(budget, genotype_path=""))
