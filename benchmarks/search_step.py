@@ -41,12 +41,13 @@ REUSE = "_reuse"  # suffix: the weight steps reuse the unrolled step's gradients
 PC = "_pc"  # suffix: PC-DARTS partial channels, K = --partial_channels (--partial_channels)
 BF16 = "_bf16"  # suffix: the models compute in bfloat16 (--dtype_policy=mixed_bfloat16)
 ALL_OPS = "_all_ops"  # suffix: a sampling strategy's step computing every op of each edge
-LEVERS = (REUSE, PC, BF16)
+KERAS_ADAM = "_keras_adam"  # suffix: Keras' own Adam / AdamW in place of capnas_tf.optimizers' fused ones
+LEVERS = (REUSE, PC, BF16, KERAS_ADAM)
 SAMPLED_MODES = ("gdas", "gdas_all_ops", "random_ws", "random_ws_all_ops", "reinforce", "reinforce_all_ops")
 CORE_MODES = ("plain", "darts_1st", "darts_2nd", "exact", "finite_difference")  # the steps the targets name
 MODES = ("plain", "plain_pc", "plain_bf16", "darts_1st", "darts_2nd", "darts_2nd_reuse", "darts_2nd_fwd", "exact",
          "exact_reuse", "exact_pc", "exact_bf16", "forward_over_reverse", "finite_difference",
-         "finite_difference_reuse", "finite_difference_pc",
+         "finite_difference_reuse", "finite_difference_pc", "plain_keras_adam", "exact_keras_adam",
          *SAMPLED_MODES)
 # The hypergradient of each mode that does not take `exact`'s nested tapes (its name without a lever's suffix).
 MODE_HYPERGRADIENTS = {"finite_difference": "finite_difference", "forward_over_reverse": "forward_over_reverse",
@@ -60,6 +61,8 @@ MODE_TITLES = {"plain": "plain Stage I step", "plain_pc": "plain Stage I step, p
                "finite_difference_reuse": "three-stage finite diff., reuse",
                "finite_difference_pc": "three-stage finite diff., partial channels",
                "plain_bf16": "plain Stage I step, bfloat16", "exact_bf16": "three-stage exact, bfloat16",
+               "plain_keras_adam": "plain Stage I step, Keras' AdamW",
+               "exact_keras_adam": "three-stage exact, Keras' AdamW for E, F, W",
                **{m: m.removesuffix(ALL_OPS) + (", all ops" if m.endswith(ALL_OPS) else ", one op per edge")
                   for m in SAMPLED_MODES}}
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -130,6 +133,7 @@ def time_steps(step, args_, *, repeats: int, profile_dir: str = "", profile_step
       peak_mb: resident-set high-water mark during the timed steps minus the models' resident set
         before anything was traced (what the process needs, graphs included);
       graph_mb: resident set added by tracing alone (the Python and C++ graph of the step);
+      graph_nodes: nodes of the traced graph (`graph_nodes`), counted after everything else;
       tensor_peak_mb: the allocator's peak bytes in use during the timed steps (weights, optimizer
         slots, activations; what `get_memory_info` reports on a GPU); tensor_step_mb: that peak
         minus the bytes in use right before the step (its own activations and gradients).
@@ -143,7 +147,7 @@ def time_steps(step, args_, *, repeats: int, profile_dir: str = "", profile_step
     device = memory_device()
     models_mb = current_rss_mb()
     t0 = time.perf_counter()
-    step.get_concrete_function(*args_)
+    concrete = step.get_concrete_function(*args_)
     python_trace_s = time.perf_counter() - t0
     graph_mb = current_rss_mb() - models_mb
     t0 = time.perf_counter()
@@ -173,7 +177,14 @@ def time_steps(step, args_, *, repeats: int, profile_dir: str = "", profile_step
               "graph_mb": graph_mb, "peak_reset": reset_ok, "models_mb": models_mb, "steady_mb": steady_mb}
     if before is not None and after is not None:
         result.update(tensor_peak_mb=after["peak"], tensor_step_mb=after["peak"] - before["current"])
+    result["graph_nodes"] = graph_nodes(concrete)  # last: its GraphDef would count in the figures above
     return result
+
+
+def graph_nodes(concrete) -> int:
+    """Nodes of a traced step's graph, those of the functions it calls (branches, loops) included."""
+    graph_def = concrete.graph.as_graph_def()
+    return len(graph_def.node) + sum(len(f.node_def) for f in graph_def.library.function)
 
 
 def synthetic_batches(batch_size: int, image_size: int, max_caption_len: int, vocab_size: int, seed: int = 0):
@@ -209,6 +220,12 @@ def measure(args) -> dict:
     mode, bf16 = mode.removesuffix(BF16), mode.endswith(BF16)
     mode, partial = mode.removesuffix(PC), mode.endswith(PC)
     mode, reuse = mode.removesuffix(REUSE), mode.endswith(REUSE)
+    mode, keras_adam = mode.removesuffix(KERAS_ADAM), mode.endswith(KERAS_ADAM)
+    if keras_adam:  # this child process only: the strategies build Keras' optimizers, as before the fused ones
+        import keras
+
+        from capnas_tf.search import strategies as strategies_module
+        strategies_module.FusedAdamW = keras.optimizers.AdamW
     if args.inter_op_threads:
         tf.config.threading.set_inter_op_parallelism_threads(args.inter_op_threads)
     batches = synthetic_batches(args.batch_size, args.image_size, args.max_caption_len, args.vocab_size)
@@ -357,7 +374,7 @@ def fmt(value, spec: str) -> str:
 def markdown_table(results: dict, settings: list[Setting], xla_options: list[bool]) -> str:
     """One row per (mode, XLA, config): time, memory, ratios to plain (same config and XLA), growth."""
     head = ("| step | XLA | config | time s | × plain | peak MB | × plain | tensors MB | × plain | graph MB | "
-            "trace s (Python + first call) | growth time (large/default) | growth peak | growth tensors | measured UTC |")
+            "graph nodes | trace s (Python + first call) | growth time (large/default) | growth peak | growth tensors | measured UTC |")
     rows = [head, "|" + "---|" * (head.count("|") - 1)]
     for mode in MODES:
         for xla in xla_options:
@@ -368,7 +385,7 @@ def markdown_table(results: dict, settings: list[Setting], xla_options: list[boo
                 xla_s = "on" if xla else "off"
                 if "error" in r:
                     rows.append(f"| {MODE_TITLES[mode]} | {xla_s} | {s.name} | failed: {r['error']} "
-                                "|" + " |" * 10 + f" {r.get('measured_utc', '')} |")
+                                "|" + " |" * 11 + f" {r.get('measured_utc', '')} |")
                     continue
                 p = results.get(("plain", xla, s.name), {})
                 d = results.get((mode, xla, "default"), {})
@@ -379,7 +396,8 @@ def markdown_table(results: dict, settings: list[Setting], xla_options: list[boo
                             f"{_ratio(r['step_s'], p.get('step_s'))} | {r['peak_mb']:.0f} | "
                             f"{_ratio(r['peak_mb'], p.get('peak_mb'))} | {fmt(r.get('tensor_peak_mb'), '.0f')} | "
                             f"{_ratio(r.get('tensor_peak_mb'), p.get('tensor_peak_mb'))} | "
-                            f"{fmt(r.get('graph_mb'), '.0f')} | {trace} | {growth('step_s')} | "
+                            f"{fmt(r.get('graph_mb'), '.0f')} | {fmt(r.get('graph_nodes'), ',')} | {trace} | "
+                            f"{growth('step_s')} | "
                             f"{growth('peak_mb')} | {growth('tensor_peak_mb')} | {r.get('measured_utc', '')} |")
     return "\n".join(rows)
 

@@ -3,7 +3,8 @@ within one layer).
 
 Layers, bottom to top (a module may import from its own layer and the layers below it):
 
-    foundations   _startup, registry, io_utils, locking, distribute, checkpointing, metrics, captioner
+    foundations   _startup, registry, io_utils, locking, distribute, checkpointing, metrics, captioner,
+                  optimizers
     parts         data/, search_space/, decoders/, encoders, diagnostics; the package itself
                   (capnas_tf/__init__.py imports the parts whose Keras classes a saved model needs)
     export        export/: the SavedModel and the ONNX graph of a trained captioner
@@ -34,7 +35,8 @@ PACKAGE = "capnas_tf"
 # Bottom to top; a module's layer is that of its longest listed prefix.
 LAYERS = (
     ("foundations", ("capnas_tf._startup", "capnas_tf.registry", "capnas_tf.io_utils", "capnas_tf.locking",
-                     "capnas_tf.distribute", "capnas_tf.checkpointing", "capnas_tf.metrics", "capnas_tf.captioner")),
+                     "capnas_tf.distribute", "capnas_tf.checkpointing", "capnas_tf.metrics", "capnas_tf.captioner",
+                     "capnas_tf.optimizers")),
     ("parts", ("capnas_tf", "capnas_tf.data", "capnas_tf.search_space", "capnas_tf.decoders", "capnas_tf.encoders",
                "capnas_tf.diagnostics")),
     ("export", ("capnas_tf.export",)),

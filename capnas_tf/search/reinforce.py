@@ -29,6 +29,7 @@ import tensorflow as tf
 
 from capnas_tf.checkpointing import model_state
 from capnas_tf.distribute import all_reduce_sum
+from capnas_tf.optimizers import FusedAdam
 from capnas_tf.search.captioning import SearchModels
 from capnas_tf.search.stateless import densify
 from capnas_tf.search.paths import ARCH, SampledPathStrategy, op_columns, op_weights_from_choices
@@ -169,7 +170,7 @@ class ReinforceStrategy(SampledPathStrategy):
         self.controller = Controller(num_nodes=self.num_nodes, num_ops=len(self.columns),
                                      units=config.controller_units, name="controller")
         self.controller.build()
-        self.controller_optimizer = keras.optimizers.Adam(config.controller_lr)
+        self.controller_optimizer = FusedAdam(config.controller_lr)
         self.controller_optimizer.build(self.controller.trainable_variables)
         # Every replica samples the same child and sees the same all-reduced reward.
         first = tf.VariableAggregation.ONLY_FIRST_REPLICA

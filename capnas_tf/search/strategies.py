@@ -16,6 +16,7 @@ import tensorflow as tf
 
 from capnas_tf.checkpointing import model_state
 from capnas_tf.distribute import all_reduce_sum, replicas_in_sync
+from capnas_tf.optimizers import FusedAdam, FusedAdamW
 from capnas_tf.registry import Registry
 from capnas_tf.search import hypergradient as hg
 from capnas_tf.search import precision
@@ -67,7 +68,7 @@ SECOND_ORDER_HYPERGRADIENTS = ("exact", "forward_over_reverse")
 ARCH_WEIGHT_DECAY_MODES = ("coupled", "decoupled")
 
 
-class CoupledWeightDecayAdam(keras.optimizers.Adam):
+class CoupledWeightDecayAdam(FusedAdam):
     """Adam on ∇A + λA: the L2 term is added to the gradient before the moment estimates, as
     torch.optim.Adam's `weight_decay` does (DARTS' optimizer of A). Unlike AdamW's decoupled decay
     (A ← A − η_a λ A beside the Adam step), λA is then normalised by Adam's √v like the gradient.
@@ -112,7 +113,7 @@ def _arch_optimizer(config: SearchConfig, edges: int = 1) -> keras.optimizers.Op
     if config.arch_weight_decay_mode == "coupled":
         return CoupledWeightDecayAdam(config.arch_lr, l2=config.arch_weight_decay, beta_decay=config.arch_beta_decay,
                                       edges=edges, beta_1=0.5, beta_2=0.999)
-    return keras.optimizers.AdamW(config.arch_lr, beta_1=0.5, beta_2=0.999,
+    return FusedAdamW(config.arch_lr, beta_1=0.5, beta_2=0.999,
                                   weight_decay=config.arch_weight_decay)
 
 
@@ -142,7 +143,7 @@ class SearchStrategy:
         self.max_caption_len = max_caption_len
         precision.check_precision(config, type(self))
         self.loss_scale = precision.loss_scale(config)  # S of every tape (1 unless mixed_float16)
-        self.weight_optimizer = keras.optimizers.AdamW(config.weight_lr, weight_decay=config.weight_decay)
+        self.weight_optimizer = FusedAdamW(config.weight_lr, weight_decay=config.weight_decay)
         self.arch_optimizer = _arch_optimizer(config, edges=sum(int(a.shape[0]) for a in models.A))
         self.weight_optimizer.build(models.E + models.F)
         self.arch_optimizer.build(models.A)
@@ -278,7 +279,7 @@ class ThreeStageStrategy(UnrolledStrategy):
 
     def __init__(self, models: SearchModels, config: SearchConfig, *, max_caption_len: int):
         super().__init__(models, config, max_caption_len=max_caption_len)
-        self.student_optimizer = keras.optimizers.AdamW(config.student_lr, weight_decay=config.weight_decay)
+        self.student_optimizer = FusedAdamW(config.student_lr, weight_decay=config.weight_decay)
         self.student_optimizer.build(models.W)
         self.eta = hg.InnerLearningRates(config.eta_e, config.eta_f, config.eta_w)
         self.estimate = functools.partial(hg.get_hypergradient(config.hypergradient),

@@ -8,6 +8,7 @@ import pytest
 import tensorflow as tf
 
 from capnas_tf.config import SearchConfig
+from capnas_tf.optimizers import FusedAdam, FusedAdamUpdate, FusedAdamW
 from capnas_tf.search.strategies import CoupledWeightDecayAdam, ThreeStageStrategy, _arch_optimizer
 from capnas_tf.search.stateless import global_norm, values_of
 from tests.search.toy_models import toy_search_models
@@ -30,8 +31,8 @@ def test_coupled_step_is_adam_on_the_gradient_plus_l2_times_A(dtype):
     lam, lr = 0.3, 0.05  # λ large enough that λA changes every step visibly
     coupled_A, reference_A, decoupled_A = _variables(dtype), _variables(dtype), _variables(dtype)
     coupled = CoupledWeightDecayAdam(lr, l2=lam, beta_1=0.5, beta_2=0.999)
-    reference = keras.optimizers.Adam(lr, beta_1=0.5, beta_2=0.999)
-    decoupled = keras.optimizers.AdamW(lr, beta_1=0.5, beta_2=0.999, weight_decay=lam)
+    reference = FusedAdam(lr, beta_1=0.5, beta_2=0.999)  # equal to Adam's formula: tests/test_optimizers.py
+    decoupled = FusedAdamW(lr, beta_1=0.5, beta_2=0.999, weight_decay=lam)
     for step in range(3):
         g = _gradients(step, dtype)
         coupled.apply_gradients(zip(g, coupled_A))
@@ -47,7 +48,7 @@ def test_arch_optimizer_follows_the_weight_decay_mode():
     assert type(coupled) is CoupledWeightDecayAdam and coupled.l2 == SearchConfig().arch_weight_decay
     assert (coupled.beta_1, coupled.beta_2, coupled.weight_decay) == (0.5, 0.999, None)  # no decoupled decay
     decoupled = _arch_optimizer(SearchConfig(arch_weight_decay_mode="decoupled", arch_weight_decay=2e-3))
-    assert type(decoupled) is keras.optimizers.AdamW and decoupled.weight_decay == 2e-3
+    assert type(decoupled) is FusedAdamW and decoupled.weight_decay == 2e-3
     assert CoupledWeightDecayAdam.from_config(coupled.get_config()).l2 == coupled.l2
 
 
@@ -56,13 +57,13 @@ def test_arch_gradient_clip_bounds_its_norm_and_lambda_A_is_added_after_it(monke
     """What Adam receives is clip(∇A) + λA: the clip bounds the hypergradient's norm (0: off), the
     regulariser is not clipped."""
     seen = []
-    adam_step = keras.optimizers.Adam.update_step
+    adam_step = FusedAdamUpdate.update_step
 
     def recording(self, gradient, variable, learning_rate):
         seen.append(tf.convert_to_tensor(gradient))
         return adam_step(self, gradient, variable, learning_rate)
 
-    monkeypatch.setattr(keras.optimizers.Adam, "update_step", recording)
+    monkeypatch.setattr(FusedAdamUpdate, "update_step", recording)
     lam = 0.1
     config = SearchConfig(arch_grad_clip=clip, arch_weight_decay=lam)
     models = toy_search_models(vocab_size=7, max_caption_len=L)
@@ -97,7 +98,7 @@ def test_beta_decay_adds_the_gradient_of_its_rising_weight_times_the_mean_logsum
     edges = sum(a.shape[0] for a in A)
     optimizer = CoupledWeightDecayAdam(lr, l2=lam, beta_decay=beta, edges=edges, beta_1=0.5, beta_2=0.999)
     optimizer.beta_decay_steps = steps
-    reference = keras.optimizers.Adam(lr, beta_1=0.5, beta_2=0.999)
+    reference = FusedAdam(lr, beta_1=0.5, beta_2=0.999)
     for step in range(steps):
         g = _gradients(step, "float64")
         weight = beta * step / (steps - 1)
