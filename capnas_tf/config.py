@@ -609,8 +609,8 @@ class RetrainConfig:
     """Retraining the captioner of a genotype from scratch, its evaluation and its export.
 
     The defaults are the recipe measured in docs/captioner_recipe.md: DARTS_V2 at C = 16 with the
-    cross-attention transformer decoder (no dropout), 3,000 steps of 32 images with 4 captions each (its
-    cost on a 2-core CPU is in that document).
+    cross-attention transformer decoder (no dropout), 3,600 steps (2 epochs × 1,800) of 32 images with 4
+    captions each (its cost on a 2-core CPU is in that document).
 
     Args:
       encoder: "darts" (default): the `DiscreteEncoder` of `genotype`; any other name of
@@ -685,10 +685,10 @@ class RetrainConfig:
              "have, so that the op retrained is the op searched; false: pooling alone (DARTS' final network).")
     decoder: str = option("transformer", flag="retrain_decoder",
         help="Decoder of the retrained captioner (lstm | transformer).")
-    epochs: int = option(5, flag="retrain_epochs",
+    epochs: int = option(2, flag="retrain_epochs",
         help="Retraining epochs (validation scores after each, see --selection_metric).")
-    # 5 × 600 steps of 32 images × 4 captions: 6 passes over capnas_shapes' 16,000 training images
-    steps_per_epoch: int = option(600, flag="retrain_steps_per_epoch", help="Retraining steps per epoch; 0 = one pass.")
+    # 2 × 1,800 steps of 32 images × 4 captions: 7.2 passes over capnas_shapes' 16,000 training images
+    steps_per_epoch: int = option(1800, flag="retrain_steps_per_epoch", help="Retraining steps per epoch; 0 = one pass.")
     batch_size: int = option(0, flag="retrain_batch_size", help="Retraining batch size, in images; 0 = --batch_size.")
     decoder_dropout: float = option(0.0, flag="retrain_decoder_dropout",
         help="Dropout rate inside the retrained decoder. 0 learned counts and relations faster at the default "
