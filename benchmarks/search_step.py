@@ -207,7 +207,9 @@ def synthetic_batches(batch_size: int, image_size: int, max_caption_len: int, vo
             "val": {"image": image(), "tokens": tokens()}}
 
 
-def measure(args) -> dict:
+def build_step(args):
+    """(the step function of `args.mode`, not yet traced, and its batches): what `measure` times and
+    benchmarks/trace_breakdown.py takes apart."""
     import tensorflow as tf
 
     from capnas_tf.config import SearchConfig, SupernetConfig
@@ -249,6 +251,11 @@ def measure(args) -> dict:
     else:  # the search loop's own step function: A, then the weights
         step = make_step_function(strategy, tf.distribute.get_strategy(), update_architecture=True,
                                   jit_compile=args.xla)
+    return step, batches
+
+
+def measure(args) -> dict:
+    step, batches = build_step(args)
     result = time_steps(step, (batches,), repeats=args.repeats, profile_dir=args.profile_dir,
                         profile_steps=args.profile_steps)
     result["traces"] = step.experimental_get_tracing_count()
