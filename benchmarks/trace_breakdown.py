@@ -111,6 +111,7 @@ def main(argv=None):
     modes = next((a.split("=", 1)[1] for a in argv if a.startswith("--modes=")), "plain,exact")
     args = search_step.parse_args([a for a in argv if not a.startswith("--modes=")])
     if args.child:
+        args.xla = args.xla == "on"  # as search_step's child reads it: a flag string, "off" here
         print(json.dumps(child(args)))
         return
     results = {}
