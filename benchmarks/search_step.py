@@ -223,7 +223,7 @@ def build_step(args):
     mode, partial = mode.removesuffix(PC), mode.endswith(PC)
     mode, reuse = mode.removesuffix(REUSE), mode.endswith(REUSE)
     mode, keras_adam = mode.removesuffix(KERAS_ADAM), mode.endswith(KERAS_ADAM)
-    if keras_adam:  # this child process only: the strategies build Keras' optimizers, as before the fused ones
+    if keras_adam:  # this child process only: E, F and W get Keras' AdamW, the lever's baseline
         import keras
 
         from capnas_tf.search import strategies as strategies_module

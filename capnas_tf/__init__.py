@@ -23,7 +23,7 @@ from capnas_tf.data import shapes_tfds as _shapes_tfds  # noqa: E402,F401
 # Every class the toolkit registers with `keras.saving.register_keras_serializable`, so that
 # `import capnas_tf` is all `keras.saving.load_model` needs for a saved captioner: Captioner, the
 # encoders (DiscreteEncoder and its cells and ops, the fixed encoders), the decoders, the supernet
-# and its mixed ops, the TokenAccuracy metric and the fused optimizers. These import TensorFlow and Keras (and keras-hub,
-# for the transformer decoder); nothing else (no data pipeline, search, plotting or export).
+# and its mixed ops, the TokenAccuracy metric and the fused optimizers. These import TensorFlow and Keras
+# (and keras-hub, for the transformer decoder); nothing else (no data pipeline, search, plotting or export).
 # tests/test_package_import.py checks that no module registers a class outside this list.
 from capnas_tf import captioner, decoders, encoders, metrics, optimizers, search_space  # noqa: E402,F401
