@@ -4,6 +4,7 @@ report. No search or retrain runs here (the benchmark itself does that)."""
 import dataclasses
 import importlib.util
 import itertools
+import json
 import math
 import os
 import sys
@@ -257,3 +258,11 @@ def test_a_selection_variant_retrains_the_perturbation_genotype_of_its_base_sear
     assert ids[-2:] == [se.retrain_id(PANEL[0] | {"normal_concat": [9]}, s) for s in se.RETRAIN_SEEDS]
     assert se.searched_genotypes(found, "three_stage_pt", 1) == [PANEL[0] | {"normal_concat": [9]}]
     assert se.searched_genotypes(found, "three_stage", 1) == [PANEL[3]]
+
+
+def test_capnas_shapes_v1_is_the_panel_genotype_it_is_named_after():
+    from capnas_tf.search_space.genotypes import CAPNAS_SHAPES_V1
+
+    genotype = json.loads(CAPNAS_SHAPES_V1.to_json())
+    assert se.genotype_key(genotype) == "2ac71f5f1c"
+    assert genotype in se.panel_genotypes(se.Space(), 20)

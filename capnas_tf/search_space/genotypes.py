@@ -177,7 +177,19 @@ DARTS_V2 = Genotype(
     reduce_concat=[2, 3, 4, 5],
 )
 
-KNOWN_GENOTYPES: dict[str, Genotype] = {"DARTS_V1": DARTS_V1, "DARTS_V2": DARTS_V2}
+# Drawn uniformly from the 3-node space of configs/shapes_*.cfg (panel genotype 2ac71f5f1c of
+# benchmarks/search_efficacy.py): of the panel's retrains at 3,600 steps, the best validation score.
+CAPNAS_SHAPES_V1 = Genotype(
+    normal=[("dil_conv_3x3", 0), ("dil_conv_3x3", 1), ("skip_connect", 0), ("dil_conv_3x3", 2),
+            ("dil_conv_3x3", 1), ("skip_connect", 3)],
+    normal_concat=[2, 3, 4],
+    reduce=[("skip_connect", 0), ("max_pool_3x3", 1), ("skip_connect", 0), ("skip_connect", 2),
+            ("skip_connect", 0), ("skip_connect", 1)],
+    reduce_concat=[2, 3, 4],
+)
+
+KNOWN_GENOTYPES: dict[str, Genotype] = {"DARTS_V1": DARTS_V1, "DARTS_V2": DARTS_V2,
+                                        "CAPNAS_SHAPES_V1": CAPNAS_SHAPES_V1}
 
 
 def resolve_genotype(name_or_path) -> Genotype:

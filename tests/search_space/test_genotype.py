@@ -8,6 +8,7 @@ import pytest
 
 from capnas_tf.search_space import plots
 from capnas_tf.search_space.genotypes import (
+    CAPNAS_SHAPES_V1,
     DARTS_V1,
     DARTS_V2,
     KNOWN_GENOTYPES,
@@ -34,7 +35,7 @@ def test_darts_v2_is_the_papers_cell():
     assert DARTS_V2.reduce[2] == ("skip_connect", 2)
     assert DARTS_V1.reduce[-1] == ("avg_pool_3x3", 0)
     assert DARTS_V2.normal_concat == DARTS_V2.reduce_concat == (2, 3, 4, 5)
-    assert KNOWN_GENOTYPES == {"DARTS_V1": DARTS_V1, "DARTS_V2": DARTS_V2}
+    assert KNOWN_GENOTYPES == {"DARTS_V1": DARTS_V1, "DARTS_V2": DARTS_V2, "CAPNAS_SHAPES_V1": CAPNAS_SHAPES_V1}
 
 
 def test_genotype_is_frozen_and_hashable():
