@@ -608,7 +608,7 @@ BASELINES = ("frequent_caption", "none")  # RetrainConfig.baseline
 class RetrainConfig:
     """Retraining the captioner of a genotype from scratch, its evaluation and its export.
 
-    The defaults are the recipe measured in docs/captioner_recipe.md: DARTS_V2 at C = 16 with the
+    The defaults are the recipe measured in docs/captioner_recipe.md: CAPNAS_SHAPES_V1 at C = 16 with the
     cross-attention transformer decoder (no dropout), 3,600 steps (2 epochs × 1,800) of 32 images with 4
     captions each (its cost on a 2-core CPU is in that document).
 
@@ -616,7 +616,8 @@ class RetrainConfig:
       encoder: "darts" (default): the `DiscreteEncoder` of `genotype`; any other name of
         `capnas_tf.encoders.ENCODERS` ("conv", "gap", …) with its default sizes, ignoring `genotype`,
         `channels` and `num_cells` — fixed baselines trained by exactly the same recipe.
-      genotype: a name of `KNOWN_GENOTYPES` ("DARTS_V2") or a genotype.json path (e.g. the search's).
+      genotype: a name of `KNOWN_GENOTYPES` ("CAPNAS_SHAPES_V1", "DARTS_V2") or a genotype.json path (e.g.
+        the search's).
       channels, num_cells: C and the number of cells of the `DiscreteEncoder` (may exceed the supernet's).
       drop_path_prob: DARTS' drop-path probability, ramped linearly over the epochs (0: off; "darts" only).
       pool_batchnorm: a BatchNorm (with γ, β) after each pooling op of the `DiscreteEncoder`, so that a
@@ -673,9 +674,9 @@ class RetrainConfig:
     encoder: str = option("darts", flag="retrain_encoder",
         help="Encoder of the retrained captioner: darts (the DiscreteEncoder of --genotype) or a fixed baseline of "
              "capnas_tf.encoders (conv, gap, …); --mode=retrain only.")
-    genotype: str = option("DARTS_V2",
-        help="Genotype to retrain: a known name (DARTS_V2, …) or a genotype.json path; --mode=pipeline uses the "
-             "one its search derived.")
+    genotype: str = option("CAPNAS_SHAPES_V1",
+        help="Genotype to retrain: a known name (CAPNAS_SHAPES_V1, DARTS_V2, …) or a genotype.json path; "
+             "--mode=pipeline uses the one its search derived.")
     channels: int = option(16, flag="retrain_channels", help="C: initial channels of the retrained DiscreteEncoder.")
     num_cells: int = option(3, flag="retrain_cells", help="Number of cells of the retrained DiscreteEncoder.")
     drop_path_prob: float = option(0.0, flag="retrain_drop_path_prob",
