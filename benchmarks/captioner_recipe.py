@@ -171,12 +171,14 @@ def main(argv=None) -> int:
     workdir = os.path.join(args.workdir, key)
     records_dir = os.path.join(args.records, key)
     os.makedirs(records_dir, exist_ok=True)
-    data = load_caption_data(data_config, None)
+    data = None  # loaded only if a seed is to run: with every record there, the command only rewrites the report
     for seed in seeds:
         path = os.path.join(records_dir, f"seed{seed}.json")
         if os.path.exists(path):
             print(f"seed {seed}: record exists ({path})")
             continue
+        if data is None:
+            data = load_caption_data(data_config, None)
         record = run_seed(seed, retrain, data, workdir)
         io_utils.atomic_write_json(path, {"fingerprint": key, "config": dataclasses.asdict(retrain), **record})
         print(f"seed {seed}: {json.dumps(record['scores']['model']['test'])}", flush=True)
