@@ -78,7 +78,10 @@ def scores_of(metrics: dict) -> dict:
 
 def run_seed(seed: int, retrain: RetrainConfig, data, workdir: str) -> dict:
     start = time.perf_counter()
-    result = retrain_job(RunConfig(workdir=os.path.join(workdir, f"seed{seed}"), seed=seed), retrain, data)
+    run_dir = os.path.join(workdir, f"seed{seed}")
+    os.makedirs(run_dir, exist_ok=True)
+    data.vocab.save(os.path.join(run_dir, "vocab.txt"))  # so that `python -m capnas_tf.evaluate --model=<run_dir>` works
+    result = retrain_job(RunConfig(workdir=run_dir, seed=seed), retrain, data)
     return {"seed": seed, "wall_s": round(time.perf_counter() - start, 1), "best_epoch": result.best_epoch,
             "epochs": retrain.epochs, "selection_metric": result.selection_metric,
             "scores": scores_of(result.metrics)}
