@@ -19,7 +19,7 @@ from capnas_tf.data import shapes_tfds
 from capnas_tf.config import DataConfig
 from capnas_tf.data.pipeline import load_caption_data
 
-TINY_RETRAIN = RetrainConfig(channels=4, num_cells=2, epochs=1, steps_per_epoch=3, batch_size=8,
+TINY_RETRAIN = RetrainConfig(genotype="DARTS_V2", channels=4, num_cells=2, epochs=1, steps_per_epoch=3, batch_size=8,
                              final_metrics=("BLEU", "CIDEr"), log_every=1, export_saved_model=True,
                              export_onnx=True)
 
