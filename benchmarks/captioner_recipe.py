@@ -78,10 +78,7 @@ def scores_of(metrics: dict) -> dict:
 
 def run_seed(seed: int, retrain: RetrainConfig, data, workdir: str) -> dict:
     start = time.perf_counter()
-    run_dir = os.path.join(workdir, f"seed{seed}")
-    os.makedirs(run_dir, exist_ok=True)
-    data.vocab.save(os.path.join(run_dir, "vocab.txt"))  # so that `python -m capnas_tf.evaluate --model=<run_dir>` works
-    result = retrain_job(RunConfig(workdir=run_dir, seed=seed), retrain, data)
+    result = retrain_job(RunConfig(workdir=os.path.join(workdir, f"seed{seed}"), seed=seed), retrain, data)
     return {"seed": seed, "wall_s": round(time.perf_counter() - start, 1), "best_epoch": result.best_epoch,
             "epochs": retrain.epochs, "selection_metric": result.selection_metric,
             "scores": scores_of(result.metrics)}
@@ -181,7 +178,8 @@ def main(argv=None) -> int:
             print(f"seed {seed}: record exists ({path})")
             continue
         if data is None:
-            data = load_caption_data(data_config, None)
+            # <workdir>/vocab.txt, where `python -m capnas_tf.evaluate --model=<workdir>/seed<N>` finds it
+            data = load_caption_data(data_config, workdir)
         record = run_seed(seed, retrain, data, workdir)
         io_utils.atomic_write_json(path, {"fingerprint": key, "config": dataclasses.asdict(retrain), **record})
         print(f"seed {seed}: {json.dumps(record['scores']['model']['test'])}", flush=True)

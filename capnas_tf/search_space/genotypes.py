@@ -177,7 +177,7 @@ DARTS_V2 = Genotype(
     reduce_concat=[2, 3, 4, 5],
 )
 
-# Drawn uniformly from the 3-node space of configs/shapes_*.cfg (panel genotype 2ac71f5f1c of
+# Drawn uniformly from the quickstart's 3-node space (configs/quickstart.cfg; panel genotype 2ac71f5f1c of
 # benchmarks/search_efficacy.py): of the panel's retrains at 3,600 steps, the best validation score.
 CAPNAS_SHAPES_V1 = Genotype(
     normal=[("dil_conv_3x3", 0), ("dil_conv_3x3", 1), ("skip_connect", 0), ("dil_conv_3x3", 2),
