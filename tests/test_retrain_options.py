@@ -111,7 +111,8 @@ def test_a_retrain_with_scheduled_sampling_and_a_frozen_pretrained_encoder_runs_
                "--retrain_cells=2", "--retrain_epochs=2", "--retrain_steps_per_epoch=2", "--max_eval_images=8",
                "--final_metrics=BLEU,CIDEr", "--baseline=none", "--noblind_baseline", "--noexport_saved_model",
                "--noexport_onnx", "--scheduled_sampling=inverse_sigmoid", "--scheduled_sampling_k=2",
-               "--scheduled_sampling_sample", f"--retrain_encoder_weights={weights}", "--freeze_encoder_epochs=1"]
+               "--scheduled_sampling_sample", f"--retrain_encoder_weights={weights}", "--freeze_encoder_epochs=1",
+               f"--genotype={TINY_RETRAIN.genotype}"]  # the genotype the weights were saved from
     out = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600,
                          env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": REPO})
     assert out.returncode == 0, out.stderr[-3000:]
