@@ -44,7 +44,13 @@ PRODUCTS = ("hvp_stage2", "hvp_stage1", "hvp_darts")
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default="quick", choices=sorted(CONFIGS), help="supernet size")
-    parser.add_argument("--epsilons", default=EPSILONS, help="comma-separated ε (SearchConfig.fd_epsilon)")
+    parser.add_argument("--channels", type=int, default=0, help="C of the supernet (0: --config's)")
+    parser.add_argument("--cells", type=int, default=0, help="cells of the supernet (0: --config's)")
+    parser.add_argument("--nodes", type=int, default=0, help="intermediate nodes per cell (0: --config's)")
+    parser.add_argument("--primitives", default=None,
+                        help="comma-separated candidate ops ('': the DARTS set; unset: --config's)")
+    parser.add_argument("--epsilons", default=EPSILONS,
+                        help="comma-separated ε (SearchConfig.fd_epsilon); 'default': SearchConfig's alone")
     parser.add_argument("--batches", type=int, default=3, help="batches (one each of D_tr, U, D_val) measured")
     parser.add_argument("--warmup_steps", type=int, default=30,
                         help="three-stage weight steps (A frozen) before measuring: the search's warm-up, so that the "
@@ -60,10 +66,21 @@ def parse_args(argv=None):
     parser.add_argument("--output", default=None,
                         help="markdown file for the table (default docs/performance.md; '' = print only)")
     args = parser.parse_args(argv)
+    if args.epsilons == "default":
+        from capnas_tf.config import SearchConfig
+
+        args.epsilons = f"{SearchConfig().fd_epsilon:g}"
     args.epsilon_values = [float(e) for e in args.epsilons.split(",")]
     if args.batches < 1 or args.warmup_steps < 0 or min(args.epsilon_values) <= 0:
         parser.error("--batches must be >= 1, --warmup_steps >= 0 and every ε > 0.")
     return args
+
+
+def supernet_of(args) -> tuple:
+    """(C, cells, nodes, primitives): --config's, each overridden by its own flag where given."""
+    channels, cells, nodes, primitives = CONFIGS[args.config]
+    return (args.channels or channels, args.cells or cells, args.nodes or nodes,
+            primitives if args.primitives is None else args.primitives)
 
 
 def flat(values):
@@ -217,7 +234,7 @@ def main(argv=None):
     machine = bench.machine_line()
     started = time.perf_counter()
     configure_runtime(args.seed, deterministic=False)
-    channels, cells, nodes, primitives = CONFIGS[args.config]
+    channels, cells, nodes, primitives = supernet_of(args)
     data = load_caption_data(DataConfig(batch_size=args.batch_size, seed=args.seed),
                              tempfile.mkdtemp(prefix="fd_accuracy_"))
     supernet = SupernetConfig(channels=channels, num_cells=cells, num_nodes=nodes,
@@ -260,7 +277,8 @@ def main(argv=None):
             print(f"batch {b + 1}, ε = {eps:g}: cosine {line}", flush=True)
         print(f"batch {b + 1}: {time.perf_counter() - t0:.0f} s", flush=True)
     command = ("python benchmarks/fd_accuracy.py " + " ".join(argv)).strip()
-    record = {"command": command, "config": args.config, "dtype": args.dtype,
+    config_name = args.config if (channels, cells, nodes, primitives) == CONFIGS[args.config] else "custom"
+    record = {"command": command, "config": config_name, "dtype": args.dtype,
               "supernet": [channels, cells, nodes, primitives or "DARTS"],
               "batches": args.batches, "warmup_steps": args.warmup_steps, "batch_size": args.batch_size,
               "seed": args.seed, "elapsed_s": time.perf_counter() - started, "machine": machine,

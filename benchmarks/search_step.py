@@ -9,6 +9,9 @@ the unrolled step already computed), the `*_pc` modes with PC-DARTS partial chan
 (`--dtype_policy=mixed_bfloat16`). The sampling strategies' steps
 (`gdas`, `random_ws`, `reinforce`: A or the controller, then E and F, each on a sampled path) compute one
 operation per edge; their `*_all_ops` modes compute all K (`--one_op_per_edge=false`), side by side.
+Where `finite_difference` is measured, its accuracy is checked beside its cost: the cosine of its
+hypergradient with `exact` at SearchConfig's ε on capnas_shapes batches (`benchmarks/fd_accuracy.py`,
+at the default config; `--fd_check_batches`, `--fd_check_configs`).
 
     python benchmarks/search_step.py              # full run → docs/performance.md
     python benchmarks/search_step.py --quick      # tiny supernet, the five steps (< 10 min on 2 cores)
@@ -326,6 +329,63 @@ def run_child(script: str, flags: list[str], *, timeout: float, max_rss_gb: floa
     return json.loads(out.strip().splitlines()[-1])
 
 
+FD_CHECK = "fd_check"  # the results' key of the finite-difference accuracy check, beside the modes
+
+
+def fd_check(setting: Setting, args) -> dict:
+    """`finite_difference`'s accuracy at `setting`: benchmarks/fd_accuracy.py's cosine and relative error
+    with `exact` at SearchConfig's ε on real capnas_shapes batches after the search's warm-up, as
+    {estimate: {cosine, cosine_min, cosine_max, relative_error}} (or {"error": …})."""
+    import tempfile
+
+    record_path = os.path.join(tempfile.mkdtemp(prefix="fd_check_"), "fd_accuracy.json")
+    cmd = [sys.executable, os.path.join(os.path.dirname(os.path.abspath(__file__)), "fd_accuracy.py"),
+           f"--channels={setting.channels}", f"--cells={setting.cells}", f"--nodes={setting.nodes}",
+           f"--primitives={args.primitives}", "--epsilons=default", f"--batches={args.fd_check_batches}",
+           f"--batch_size={args.batch_size}", f"--json={record_path}", "--output="]
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3",
+               PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    try:
+        out = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=REPO, timeout=args.mode_timeout)
+    except subprocess.TimeoutExpired:
+        return {"error": f"timeout: still running after {args.mode_timeout:.0f} s"}
+    if out.returncode != 0:
+        lines = [ln for ln in out.stderr.strip().splitlines() if ln.strip()] or [f"exit code {out.returncode}"]
+        return {"error": lines[-1][:300]}
+    with open(record_path) as f:
+        record = json.load(f)
+    (epsilon, by_estimate), = record["results"].items()
+    summary = {"epsilon": float(epsilon), "batches": record["batches"], "elapsed_s": record["elapsed_s"]}
+    for name, batches in by_estimate.items():
+        cosines = [b["cosine"] for b in batches]
+        summary[name] = {"cosine": statistics.fmean(cosines), "cosine_min": min(cosines),
+                         "cosine_max": max(cosines),
+                         "relative_error": statistics.fmean(b["relative_error"] for b in batches)}
+    return summary
+
+
+def fd_check_lines(results: dict, settings: list[Setting]) -> str:
+    """The finite-difference check's line per config: its cosine with `exact` beside the step's cost."""
+    names = {"three_stage_full": "three-stage (full)", "three_stage_paper": "three-stage (paper's terms)",
+             "darts_2nd": "DARTS 2nd order", "hvp_stage1": "its Stage I product alone"}
+    lines = []
+    for s in settings:
+        r = results.get((FD_CHECK, False, s.name))
+        if r is None:
+            continue
+        if "error" in r:
+            lines.append(f"- `finite_difference` against `exact`, {s.name}: check failed: {r['error']}")
+            continue
+        figures = "; ".join(
+            f"{title} {r[n]['cosine']:.2f}" + (f" ({r[n]['cosine_min']:.2f}–{r[n]['cosine_max']:.2f})"
+                                               if r["batches"] > 1 else "")
+            + f", relative error {r[n]['relative_error']:.2f}" for n, title in names.items() if n in r)
+        lines.append(f"- `finite_difference` against `exact`, {s.name} (cosine at ε = {r['epsilon']:g}, "
+                     f"{r['batches']} capnas_shapes batch{'es' if r['batches'] > 1 else ''} after 30 weight steps, "
+                     f"`benchmarks/fd_accuracy.py`): {figures}")
+    return "\n".join(lines)
+
+
 def planned_combinations(args, modes: list[str], xla_options: list[bool], settings: list[Setting]) -> list:
     """(mode, xla, setting) in the order they are measured: the steps the targets name first, group by
     group (XLA off at each config, then on; the plain step first in each group, so its ratios come from
@@ -499,6 +559,12 @@ def parse_args(argv=None):
                         help="seconds before one combination is stopped and recorded as a timeout")
     parser.add_argument("--max_rss_gb", type=float, default=12.0,
                         help="a combination using more resident memory is stopped (the machine is shared)")
+    parser.add_argument("--fd_check_batches", type=int, default=1,
+                        help="when finite_difference is measured: capnas_shapes batches of the independent check of its "
+                             "accuracy (cosine with `exact` at SearchConfig's ε, benchmarks/fd_accuracy.py) at each "
+                             "config of --fd_check_configs; 0: no check")
+    parser.add_argument("--fd_check_configs", default="default",
+                        help="configs at which the finite-difference check runs (it computes `exact` op by op)")
     parser.add_argument("--output", default=None,
                         help="markdown file to write the table into (default docs/performance.md; '' = print only)")
     parser.add_argument("--block", default="",
@@ -603,9 +669,19 @@ def main(argv=None):
                                   f"trace {r['trace_s']:.1f} s, traces {r['traces']}")
         print(f"  {s.name:7s} XLA {'on ' if xla else 'off'} {mode:18s} {shown}  "
               f"[{time.time() - t0:.0f} s]", flush=True)
+    check_configs = args.fd_check_configs.split(",")
+    for s in [] if args.render_json or "finite_difference" not in modes or args.fd_check_batches < 1 else settings:
+        if s.name not in check_configs or (FD_CHECK, False, s.name) in results:
+            continue
+        t0 = time.time()
+        results[(FD_CHECK, False, s.name)] = {**fd_check(s, args),
+                                              "measured_utc": time.strftime("%Y-%m-%d %H:%M", time.gmtime(t0))}
+        save_results(args.raw_json, results)
+        print(f"  {s.name:7s} finite-difference check [{time.time() - t0:.0f} s]", flush=True)
     table = markdown_table(results, settings, xla_options)
     speedups = "\n".join(x for x in (xla_speedups(results, settings),
-                                      one_op_speedups(results, settings, xla_options)) if x)
+                                      one_op_speedups(results, settings, xla_options),
+                                      fd_check_lines(results, settings)) if x)
     print("\n" + table + "\n\n" + speedups)
     body = (f"Command: `{command.strip()}` — {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, "
             + (f"table re-rendered from {args.render_json} (same run)" if args.render_json
