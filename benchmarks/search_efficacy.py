@@ -21,7 +21,8 @@ The design (a search is compared with what the same retrain makes of architectur
   * the test: one-sided exact Mann–Whitney U of the variant's genotypes against the panel, AUC = U / (n·m),
     each searched genotype's percentile in the panel, bootstrap intervals (`benchmarks/efficacy_stats.py`);
     random search is the best of RANDOM_SEARCH_K panel genotypes by validation score, per search seed;
-  * per search, its near-free diagnostics: A's history, the final entropy of softmax(A), the parameter-free
+  * per search, its near-free diagnostics: A's history, the final entropy of softmax(A), the mean cosine of
+    successive A gradients (near 0: the A steps are mostly noise), the parameter-free
     operations on the reduction edges, and Kendall τ between its one-shot ranking of the panel (each panel
     genotype's validation caption loss on the supernet's shared weights) and the panel's retrained scores;
   * once, the budget's stability: the first STABILITY_GENOTYPES panel genotypes retrained at
@@ -479,20 +480,22 @@ def render(records: dict, *, panel: list[dict], variants, search_seeds: int, job
             lines.append(f"| `{variant}` | {n} | {mean} | {result['auc']:.2f} [{lo:.2f}, {hi:.2f}] | "
                          f"{result['median_percentile']:.0f} [{plo:.0f}, {phi:.0f}] | {result['p']:.3f} |")
     lines += ["", "## Searches", "",
-              "| search | genotype | time (min) | final entropy of softmax(A) | parameter-free reduction edges "
-              "| one-shot Kendall τ with the panel | score | percentile in the panel |", "|---|---|---|---|---|---|---|---|"]
+              "| search | genotype | time (min) | final entropy of softmax(A) | cosine of successive ∇A "
+              "| parameter-free reduction edges | one-shot Kendall τ with the panel | score | percentile in the panel |",
+              "|---|---|---|---|---|---|---|---|---|"]
     for variant in variants:
         for s in range(search_seeds):
             r = records.get(search_id(variant, s))
             if r is None:
                 continue
             if r["status"] != "ok":
-                lines.append(f"| `{search_id(variant, s)}` | failed: {r.get('error', '')} | | | | | | |")
+                lines.append(f"| `{search_id(variant, s)}` | failed: {r.get('error', '')} | | | | | | | |")
                 continue
             score = genotype_scores(records, r["genotype"])
             pct = _f(es.percentile_in_panel(score, panel_primary), 0) if score is not None and panel_primary else "–"
             lines.append(f"| `{search_id(variant, s)}` | `{genotype_key(r['genotype'])}` | "
                          f"{r['search_time_s'] / 60:.1f} | {r['final_entropy']:.3f} | "
+                         f"{_f(r.get('successive_cosine'), 2)} | "
                          f"{r['parameter_free_reduction_edges']} of {len(r['genotype']['reduce'])} | "
                          f"{_f(one_shot_tau(records, r, panel), 2)} | {_f(score, pct=True)} | {pct} |")
     lines += ["", "## Is the retrain budget's ranking stable?", ""]
@@ -616,8 +619,11 @@ def execute(job: Job, workdir: str, *, space: Space, retrain: RetrainBudget, sea
             import numpy as np
 
             last = history[-1]
-            record.update(genotype=genotype, alpha_history=[{k: h[k] for k in ("epoch", "step", "alpha_normal",
-                                                                               "alpha_reduce")} for h in history],
+            cosines = [h["successive_cosine"] for h in history if h.get("successive_cosine") is not None]
+            record.update(genotype=genotype, alpha_history=[{k: h.get(k) for k in (
+                              "epoch", "step", "alpha_normal", "alpha_reduce", "successive_cosine")} for h in history],
+                          # epochs of equal length: the mean of their means is the mean over the compared A steps
+                          successive_cosine=sum(cosines) / len(cosines) if cosines else None,
                           final_entropy=arch_entropy([np.asarray(last["alpha_normal"]),
                                                       np.asarray(last["alpha_reduce"])]),
                           parameter_free_reduction_edges=parameter_free_reduction_edges(genotype),

@@ -187,7 +187,8 @@ def test_report_gives_a_verdict_only_when_every_search_and_retrain_is_recorded()
     for k, g in enumerate(searched):
         records[se.search_id("three_stage", k)] = {
             "job_id": se.search_id("three_stage", k), "kind": "search", "status": "ok", "genotype": g,
-            "search_time_s": 300.0, "final_entropy": 1.2, "parameter_free_reduction_edges": 2}
+            "search_time_s": 300.0, "final_entropy": 1.2, "parameter_free_reduction_edges": 2,
+            "successive_cosine": 0.18 if k else None}  # none: a search whose A steps were never compared
     budgets = {"space": se.Space(), "retrain": se.RetrainBudget(), "search": se.SearchBudget()}
 
     def report():
@@ -198,6 +199,8 @@ def test_report_gives_a_verdict_only_when_every_search_and_retrain_is_recorded()
     md = report()  # the panel is complete, the searched genotypes have no retrain yet: random search only
     assert "`three_stage`: " not in md and "`random_search`: " in md
     assert "| `three_stage` | 0 of 4 | – |" in md
+    assert f"| `{se.search_id('three_stage', 0)}` | `{se.genotype_key(searched[0])}` | 5.0 | 1.200 | – | 2 of " in md
+    assert f"| `{se.search_id('three_stage', 1)}` | `{se.genotype_key(searched[1])}` | 5.0 | 1.200 | 0.18 | 2 of " in md
     for g in searched:  # every searched genotype above the whole panel
         for s in se.RETRAIN_SEEDS:
             r = _retrain_record(g, s, test=0.9)

@@ -27,7 +27,7 @@ from capnas_tf.distribute import all_reduce_sum
 from capnas_tf.search.captioning import SearchModels
 from capnas_tf.search.paths import ARCH, SampledPathStrategy
 from capnas_tf.search.stateless import densify
-from capnas_tf.search.strategies import register_strategy
+from capnas_tf.search.strategies import SUCCESSIVE_COSINE, register_strategy
 from capnas_tf.search_space.relaxations import gumbel_temperature, relax_architecture
 
 if TYPE_CHECKING:  # annotations only: the search takes its config as an argument (config sits above it)
@@ -70,5 +70,7 @@ class GdasStrategy(SampledPathStrategy):
 
     def architecture_step(self, batches: dict) -> dict:
         loss, grad_A, _ = self.architecture_gradient(batches["val"])
+        cosine = self.successive_cosine(grad_A)
         norm = self.apply_architecture_gradients(grad_A)
-        return {"gdas/val_loss": loss, "gdas/tau": self.temperature(), "arch/grad_norm": norm}
+        return {"gdas/val_loss": loss, "gdas/tau": self.temperature(), "arch/grad_norm": norm,
+                SUCCESSIVE_COSINE: cosine}

@@ -173,8 +173,9 @@ class SearchRun:
             tf.summary.scalar("arch/entropy", arch_entropy(self.alphas()))
 
     def end_of_epoch(self, step: int, epoch: int, validation_score=None, log=print) -> None:
-        """genotype.json (atomic), one line of A's history, pictures, the validation caption score of
-        the genotype (if `validation_score` is given), and a checkpoint."""
+        """genotype.json (atomic), one line of A's history (with the epoch's mean cosine of successive A
+        gradients, null without A steps), pictures, the validation caption score of the genotype (if
+        `validation_score` is given), and a checkpoint."""
         from capnas_tf.search_space import plots
 
         self.check_state(step)
@@ -189,7 +190,8 @@ class SearchRun:
                     tf.summary.scalar(name, value)
         alpha_normal, alpha_reduce = self.alphas()
         record = {"epoch": epoch, "step": step, "alpha_normal": alpha_normal.tolist(),
-                  "alpha_reduce": alpha_reduce.tolist(), "genotype": json.loads(genotype.to_json())}
+                  "alpha_reduce": alpha_reduce.tolist(), "genotype": json.loads(genotype.to_json()),
+                  "successive_cosine": self.strategy.successive_cosines.take_mean()}
         lines = []
         if os.path.exists(self.history_path):
             with open(self.history_path) as f:

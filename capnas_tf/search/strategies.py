@@ -64,6 +64,9 @@ def _scoped(name: str):
 # whose second derivative re-derives its gradient, and the same function in both, so that they agree to rounding.
 SECOND_ORDER_HYPERGRADIENTS = ("exact", "forward_over_reverse")
 
+# The metric of an A step's `successive_cosine`, averaged per epoch into A's history by the loop.
+SUCCESSIVE_COSINE = "arch/successive_cosine"
+
 # How the weight decay λ of A enters its optimizer (`SearchConfig.arch_weight_decay_mode`).
 ARCH_WEIGHT_DECAY_MODES = ("coupled", "decoupled")
 
@@ -117,6 +120,46 @@ def _arch_optimizer(config: SearchConfig, edges: int = 1) -> keras.optimizers.Op
                                   weight_decay=config.arch_weight_decay)
 
 
+class SuccessiveCosines:
+    """The cosine of each A step's gradient with the previous A step's, cos(∇A_t, ∇A_{t−1}), and their sum
+    and count since the last `take_mean`: mostly noise when the mean is near 0 (successive batches
+    disagree), a consistent direction when it is near 1. The first A step of a search has no previous one
+    and is not counted.
+
+    Checkpointed with the search (a resumed run continues the same sums). Every replica computes the same
+    all-reduced gradient, so the first replica's update is every replica's."""
+
+    def __init__(self, A: list):
+        state = dict(trainable=False, aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
+        self.previous = [tf.Variable(tf.zeros(a.shape, tf.float32), name=f"previous_grad_A_{i}", **state)
+                         for i, a in enumerate(A)]
+        self.total = tf.Variable(0.0, name="successive_cosine_sum", **state)
+        self.count = tf.Variable(0.0, name="successive_cosine_count", **state)
+
+    def variables(self) -> list:
+        return [*self.previous, self.total, self.count]
+
+    def update(self, grads: list) -> tf.Tensor:
+        """Returns cos(∇A_t, ∇A_{t−1}) (0 at the first A step), adds it to the sums, remembers ∇A_t."""
+        grads = [tf.cast(g, tf.float32) for g in grads]
+        previous = [tf.convert_to_tensor(p) for p in self.previous]
+        norms = global_norm(grads) * global_norm(previous)
+        cosine = tf.math.divide_no_nan(tf.add_n([tf.reduce_sum(g * p) for g, p in zip(grads, previous)]), norms)
+        compared = tf.cast(norms > 0, tf.float32)
+        with tf.control_dependencies([cosine]):
+            updates = [p.assign(g) for p, g in zip(self.previous, grads)]
+            updates += [self.total.assign_add(compared * cosine), self.count.assign_add(compared)]
+        with tf.control_dependencies(updates):
+            return tf.identity(cosine)
+
+    def take_mean(self) -> float | None:
+        """The mean cosine since the last call (None: no A step compared), and starts the sums over."""
+        count, total = float(self.count.read_value()), float(self.total.read_value())
+        self.total.assign(0.0)
+        self.count.assign(0.0)
+        return total / count if count else None
+
+
 class SearchStrategy:
     """Base: holds the models and optimizers; `step` = architecture update, then weight updates.
 
@@ -147,6 +190,7 @@ class SearchStrategy:
         self.arch_optimizer = _arch_optimizer(config, edges=sum(int(a.shape[0]) for a in models.A))
         self.weight_optimizer.build(models.E + models.F)
         self.arch_optimizer.build(models.A)
+        self.successive_cosines = SuccessiveCosines(models.A)
 
     # -- values ---------------------------------------------------------------------------------
     def A_values(self):
@@ -175,7 +219,8 @@ class SearchStrategy:
 
     def checkpoint_items(self) -> dict:
         return dict(encoder=model_state(self.models.encoder), decoder=model_state(self.models.decoder),
-                    weight_optimizer=self.weight_optimizer, arch_optimizer=self.arch_optimizer)
+                    weight_optimizer=self.weight_optimizer, arch_optimizer=self.arch_optimizer,
+                    successive_cosines=self.successive_cosines.variables())
 
     # -- steps ----------------------------------------------------------------------------------
     def architecture_step(self, batches: dict) -> dict:
@@ -203,6 +248,10 @@ class SearchStrategy:
         with tf.control_dependencies([t for t in tf.nest.flatten(metrics) if tf.is_tensor(t)]):
             metrics.update(self.weight_step(batches))
         return metrics
+
+    def successive_cosine(self, grads: list) -> tf.Tensor:
+        """cos(∇A_t, ∇A_{t−1}) of this A step's already-reduced, unclipped gradient (`SuccessiveCosines`)."""
+        return self.successive_cosines.update(grads)
 
     def apply_architecture_gradients(self, grads: list) -> tf.Tensor:
         """A ← one step of its optimizer on already-reduced ∇A, clipped to `arch_grad_clip` by global
@@ -309,10 +358,11 @@ class ThreeStageStrategy(UnrolledStrategy):
 
     @_scoped("architecture_update")
     def apply_hypergradient(self, result: hg.Hypergradient) -> dict:
+        cosine = self.successive_cosine(result.grad_A)
         norm = self.apply_architecture_gradients(result.grad_A)
         s = result.state
         return {"stage1/virtual_train_loss": s.train_loss, "stage2/virtual_loss": s.pseudo_caption_loss,
-                "stage3/val_loss": s.val_loss, "arch/hypergradient_norm": norm}
+                "stage3/val_loss": s.val_loss, "arch/hypergradient_norm": norm, SUCCESSIVE_COSINE: cosine}
 
     def apply_unrolled_weight_gradients(self, result: hg.Hypergradient) -> dict:
         """E, F ← opt(∇_{E,F} L_tr(E, F, A_t)) and W ← opt(∇_W L(W, U, E', F')), the gradients the virtual
@@ -383,8 +433,9 @@ class DartsStrategy(UnrolledStrategy):
 
     @_scoped("architecture_update")
     def apply_hypergradient(self, result: hg.DartsHypergradient) -> dict:
+        cosine = self.successive_cosine(result.grad_A)
         norm = self.apply_architecture_gradients(result.grad_A)
-        return {"darts/val_loss": result.val_loss, "arch/hypergradient_norm": norm}
+        return {"darts/val_loss": result.val_loss, "arch/hypergradient_norm": norm, SUCCESSIVE_COSINE: cosine}
 
     def apply_unrolled_weight_gradients(self, result: hg.DartsHypergradient) -> dict:
         """w ← opt(∇_w L_train(w, A_t)), the gradient the virtual step w' = w − η ∇_w L_train took (order 2

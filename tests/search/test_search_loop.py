@@ -43,6 +43,9 @@ def test_search_writes_genotype_history_checkpoints_and_tensorboard(tiny_data, t
     # Warm-up epoch leaves A at its initialisation; the search epoch moves it.
     delta = np.abs(np.array(history[1]["alpha_normal"]) - np.array(history[0]["alpha_normal"])).max()
     assert delta > 1e-3
+    # the mean cosine of successive ∇A: none in the warm-up; the search epoch's 2 A steps compare once
+    assert history[0]["successive_cosine"] is None and -1.0 <= history[1]["successive_cosine"] <= 1.0
+    assert history[1]["successive_cosine"] != 0.0
     assert (out / "genotype.png").stat().st_size > 0 and (out / "alpha_heatmap.png").stat().st_size > 0
     assert tf.train.latest_checkpoint(str(out / "checkpoints")).endswith("-4")
     assert any(name.startswith("events") for name in os.listdir(out / "tensorboard"))
