@@ -40,10 +40,13 @@ def apply_global_gradients(optimizer: keras.optimizers.Optimizer, grads: list, v
                            clip_norm: float | None = None) -> tf.Tensor:
     """Applies already-reduced gradients (clipped to `clip_norm` by global norm); returns their norm."""
     norm = global_norm(grads)
-    if clip_norm:
-        grads, _ = tf.clip_by_global_norm(grads, clip_norm, use_norm=norm)
+    if clip_norm:  # tf.clip_by_global_norm's scale, without its identity op per gradient
+        scale = clip_norm * tf.minimum(1.0 / norm, 1.0 / clip_norm)
+        grads = [g * tf.cast(scale, g.dtype) for g in grads]
     replicas = replicas_in_sync()
-    optimizer.apply_gradients(zip([g / replicas for g in grads], variables))
+    if replicas > 1:
+        grads = [g / replicas for g in grads]
+    optimizer.apply_gradients(zip(grads, variables))
     return norm
 
 

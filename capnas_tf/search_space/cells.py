@@ -242,11 +242,13 @@ class SearchCell(_Cell):
             raise ValueError(f"SearchCell: op weights must have shape [E, K] = {list(expected)}; "
                              f"received {weights.shape}.")
         states = [self.preprocess0(s0, training=training), self.preprocess1(s1, training=training)]
+        # each edge's row by one Unpack (a strided slice per edge would add four ops to the graph)
+        rows = tf.unstack(weights, num=len(self.edges))
+        chosen = [None] * len(self.edges) if selected is None else tf.unstack(selected, num=len(self.edges))
         for i in range(self.num_nodes):
             offset = num_edges(i)
             states.append(tf.add_n([
-                self.edges[offset + j](h, weights[offset + j], training=training,
-                                       selected=None if selected is None else selected[offset + j])
+                self.edges[offset + j](h, rows[offset + j], training=training, selected=chosen[offset + j])
                 for j, h in enumerate(states)
             ]))
         return tf.concat(states[2:], axis=-1)  # (B, H', W', N·C)

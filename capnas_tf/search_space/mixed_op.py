@@ -87,7 +87,9 @@ class MixedOp(keras.layers.Layer):
         weights = tf.cast(weights, x.dtype)
         x_ops = x if self.partial_channels == 1 else x[..., : self.op_channels]
         if selected is None:
-            mixed = tf.add_n([weights[k] * op(x_ops, training=training) for k, op in enumerate(self.candidates)])
+            # one Unpack for the K weights, not K strided slices with three constants each (graph size)
+            w = tf.unstack(weights, num=len(self.candidates))
+            mixed = tf.add_n([w[k] * op(x_ops, training=training) for k, op in enumerate(self.candidates)])
         elif _cross_replica_context() is not None:
             mixed = self.masked_candidates(x_ops, weights, selected, training)
         else:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import math
 from typing import Callable
 
 import keras
@@ -139,7 +140,8 @@ class ExactBatchNormalization(keras.layers.BatchNormalization):
             exponential_avg_factor=1.0, data_format="NHWC", is_training=True)
         # The kernel reports the variance with Bessel's correction; Keras' moving variance averages the
         # biased one (the one it normalises with).
-        n = tf.cast(tf.reduce_prod(tf.shape(x)[:3]), tf.float32)
+        n = (float(math.prod(x.shape[:3])) if x.shape[:3].is_fully_defined()  # static: no ops in the graph
+             else tf.cast(tf.reduce_prod(tf.shape(x)[:3]), tf.float32))
         variance = unbiased_variance * (n - 1.0) / n
         m = self.momentum
         self.moving_mean.assign(tf.cast(self.moving_mean, tf.float32) * m + mean * (1.0 - m))
