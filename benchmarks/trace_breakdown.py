@@ -49,6 +49,22 @@ def profiled_parts(profile) -> dict:
     return parts
 
 
+def keras_self_share(profile) -> float:
+    """The share of the profiled trace spent in Keras' own code (self time of keras/src functions): the
+    layers' call overhead, as against building TensorFlow ops."""
+    import pstats
+
+    stats = pstats.Stats(profile).stats
+    total = sum(tt for _, (_, _, tt, _, _) in stats.items())
+    return sum(tt for (file, _, _), (_, _, tt, _, _) in stats.items() if "keras/src/" in file) / max(total, 1e-12)
+
+
+def op_types(concrete, top: int = 4) -> dict:
+    """The graph's most frequent op types and their counts (the trace's cost is about proportional to ops)."""
+    counts = collections.Counter(op.type for op in concrete.graph.get_operations())
+    return dict(counts.most_common(top))
+
+
 def child(args) -> dict:
     import cProfile
 
@@ -64,6 +80,7 @@ def child(args) -> dict:
     [t.numpy() for t in __import__("tensorflow").nest.flatten(out)]
     first_call_s = time.perf_counter() - t0
     return {"python_trace_profiled_s": python_s, "parts": profiled_parts(profile),
+            "keras_self_share": keras_self_share(profile), "op_types": op_types(concrete),
             "graph_nodes": search_step.graph_nodes(concrete), "first_call_s": first_call_s}
 
 
@@ -92,16 +109,19 @@ def run(args, mode: str) -> dict:
 
 
 def table(results: dict) -> str:
-    rows = ["| step | graph nodes | Python trace, profiled s | forward | gradients | optimizer | rest | "
-            "first call s | Grappler | its largest passes |", "|" + "---|" * 10]
+    rows = ["| step | graph nodes | its most frequent ops | Python trace, profiled s | forward | gradients | "
+            "optimizer | rest | of it in Keras' own code | first call s | Grappler | its largest passes |",
+            "|" + "---|" * 12]
     for mode, r in results.items():
         total = r["python_trace_profiled_s"]
         shares = [f"{r['parts'][p] / total:.0%}" for p in PARTS]
         rest = 1 - sum(r["parts"].values()) / total
         grappler = sum(r["grappler"].values())
         top = sorted(r["grappler"].items(), key=lambda kv: -kv[1])[:4]
-        rows.append(f"| {search_step.MODE_TITLES[mode]} | {r['graph_nodes']:,} | {total:.0f} | {' | '.join(shares)} | "
-                    f"{rest:.0%} | {r['first_call_s']:.0f} | {grappler:.0f} | "
+        frequent = ", ".join(f"{t} {n:,}" for t, n in r["op_types"].items())
+        rows.append(f"| {search_step.MODE_TITLES[mode]} | {r['graph_nodes']:,} | {frequent} | {total:.0f} | "
+                    f"{' | '.join(shares)} | {rest:.0%} | {r['keras_self_share']:.0%} | {r['first_call_s']:.0f} | "
+                    f"{grappler:.0f} | "
                     + ", ".join(f"{name} {s:.0f}" for name, s in top) + " |")
     return "\n".join(rows)
 

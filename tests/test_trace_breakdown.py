@@ -49,3 +49,15 @@ def test_profiled_parts_attribute_a_trace_to_forward_gradients_and_optimizer():
     parts = tb.profiled_parts(profile)
     assert set(parts) == set(tb.PARTS)
     assert all(seconds > 0 for seconds in parts.values()), parts
+    share = tb.keras_self_share(profile)
+    assert 0.0 < share < 1.0, share  # Keras' own code is part of the trace, not all of it
+
+
+def test_op_types_counts_the_graph_ops_by_type_most_frequent_first():
+    def f(x):
+        return tf.nn.relu(x) + tf.nn.relu(2.0 * x) + tf.nn.relu(3.0 * x)
+
+    concrete = tf.function(f, autograph=False).get_concrete_function(tf.TensorSpec([2]))
+    types = tb.op_types(concrete, top=2)
+    assert list(types)[0] == "Relu" and types["Relu"] == 3
+    assert len(types) == 2 and list(types.values())[1] == 2  # then one of Mul, Const, AddV2 (two each)
