@@ -13,7 +13,7 @@ MirroredStrategy over /cpu:0 and /cpu:1 with the batch split in two — and prin
   three_stage/exact       ∇_A L(W'; D_val) through E', F', W' (ThreeStageStrategy.hypergradient)
   three_stage/finite_difference, three_stage/exact_straight_through (the other Stage II loss)
   darts/exact, darts/finite_difference   the second-order DARTS hypergradient on captions
-  step/*                  one whole search step (A, then E, F, W): the metrics it reports and A after it
+  step/*                  two whole search steps (A, then E, F, W): the second's metrics and A after it
   batch_norm/*            the search space's BatchNorm in training mode (statistics of the global batch)
 """
 from __future__ import annotations
@@ -184,12 +184,14 @@ def search_quantities(single_models, replicated_models, dist, batches) -> dict:
             replica_values(dist, dist.run(tf.function(lambda b: darts_hypergradient(replicated_models, b, mode)),
                                           args=(dist_batches,))))
 
-    # One whole step as the loop runs it: A, then E, F on D_tr and W on the pseudo-captions. Last,
-    # because it updates the models.
+    # Whole steps as the loop runs them: A, then E, F on D_tr and W on the pseudo-captions; two, so that the
+    # second's metrics include the cosine of its ∇A with the first's. Last, because they update the models.
     single, replicated = strategies(hypergradient="exact")
-    single_metrics = make_step_function(single, tf.distribute.get_strategy(), update_architecture=True,
-                                        jit_compile=False)(batches)
-    dist_metrics = make_step_function(replicated, dist, update_architecture=True, jit_compile=False)(dist_batches)
+    single_step = make_step_function(single, tf.distribute.get_strategy(), update_architecture=True,
+                                     jit_compile=False)
+    dist_step = make_step_function(replicated, dist, update_architecture=True, jit_compile=False)
+    single_step(batches), dist_step(dist_batches)
+    single_metrics, dist_metrics = single_step(batches), dist_step(dist_batches)
     for key in sorted(single_metrics):  # the loop's metrics are already reduced over replicas
         out[f"step/{key}"] = (to_json(single_metrics[key]), [to_json(dist_metrics[key])])
     out["step/A_after"] = (to_json(single.A_values()),

@@ -53,8 +53,8 @@ def _assert_replicas_equal_single_device(results: dict) -> None:
 def test_mirrored_hypergradient_equals_single_device_on_the_same_global_batch():
     """Under MirroredStrategy over two logical CPUs, with the global batch split between them, every
     replica's ∇_A (exact and finite-difference three-stage, soft and straight-through Stage II,
-    second-order DARTS) and one whole search
-    step's metrics and updated A equal the single-device ones (BN-free toy models); so do the search space's
+    second-order DARTS) and the metrics of the second of two whole search steps (the cosine of successive ∇A
+    among them) and the updated A equal the single-device ones (BN-free toy models); so do the search space's
     BatchNorm's output, gradients, a second derivative and moving statistics, its batch statistics
     all-reduced over the replicas. Run op by op (`--eager`) to keep the default suite fast; the
     traced variant below runs the same check inside tf.function, as the search loop does."""
