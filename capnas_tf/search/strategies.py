@@ -29,7 +29,7 @@ from capnas_tf.search.captioning import (
     teacher_greedy_captions,
 )
 from capnas_tf.search.gradients import gradients
-from capnas_tf.search.stateless import bind, collect_state_updates, global_norm, values_of
+from capnas_tf.search.stateless import bind, collect_state_updates, dot, global_norm, values_of
 from capnas_tf.search_space.ops import second_order_batch_norm
 
 if TYPE_CHECKING:  # annotations only: the search takes its config as an argument (config sits above it)
@@ -147,7 +147,7 @@ class SuccessiveCosines:
         grads = [tf.cast(g, tf.float32) for g in grads]
         previous = [tf.convert_to_tensor(p) for p in self.previous]
         norms = global_norm(grads) * global_norm(previous)
-        cosine = tf.math.divide_no_nan(tf.add_n([tf.reduce_sum(g * p) for g, p in zip(grads, previous)]), norms)
+        cosine = tf.math.divide_no_nan(dot(grads, previous), norms)
         compared = tf.cast(norms > 0, tf.float32)
         with tf.control_dependencies([cosine]):
             updates = [p.assign(g) for p, g in zip(self.previous, grads)]
