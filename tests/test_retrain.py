@@ -16,7 +16,7 @@ from capnas_tf.config import RetrainConfig
 from capnas_tf.config import RunConfig
 from capnas_tf.data.text import PAD_ID
 from capnas_tf.retrain import (BLIND_LOG_PREFIX, most_frequent_caption, resolve_selection_metric, retrain_job,
-                               validation_score_names, validation_token_accuracy)
+                               Validation, validation_score_names)
 from tests.retrain_fixtures import TINY_RETRAIN, copy_of_retrained, retrained, tiny_data
 
 COCO_KEYS = {"BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "CIDEr"}
@@ -118,11 +118,33 @@ def test_validation_token_accuracy_is_the_teacher_forced_accuracy_on_the_validat
     assert f"token accuracy {expected:.3f}" in epoch_line
     # every caption counts once, the last smaller batch too (40 captions, batches of 16), or the first N
     assert run.data.num_examples("validation") % 16 != 0
-    whole = validation_token_accuracy(run.result.captioner, run.data, dataclasses.replace(TINY_RETRAIN, batch_size=16))
+    whole = Validation(run.result.captioner, run.data, dataclasses.replace(TINY_RETRAIN, batch_size=16)).token_accuracy()
     assert whole == pytest.approx(expected, abs=1e-7)
-    first = validation_token_accuracy(run.result.captioner, run.data,
-                                      dataclasses.replace(TINY_RETRAIN, max_eval_images=13))
+    first = Validation(run.result.captioner, run.data,
+                       dataclasses.replace(TINY_RETRAIN, max_eval_images=13)).token_accuracy()
     assert first == pytest.approx(_teacher_forced_accuracy(run.result.captioner, run.data, 13), abs=1e-7)
+
+
+def test_validation_traces_once_and_scores_the_weights_of_each_epoch():
+    run = retrained()
+    captioner = run.result.captioner
+    saved = [v.numpy() for v in captioner.variables]
+    validation = Validation(captioner, run.data, TINY_RETRAIN)
+    try:
+        first = validation.scores()
+        rng = np.random.default_rng(0)
+        for v in captioner.decoder.trainable_variables:  # "the next epoch": other weights, same captioner
+            value = v.numpy()
+            v.assign(value + rng.normal(0.0, 0.5, value.shape).astype(value.dtype))
+        second = validation.scores()
+        fresh = Validation(captioner, run.data, TINY_RETRAIN).scores()
+    finally:
+        for v, value in zip(captioner.variables, saved):
+            v.assign(value)
+    assert second == fresh  # the reused passes read the current weights
+    assert second != first
+    assert validation.caption_ids.experimental_get_tracing_count() == 1  # eval batches are padded: one shape
+    assert validation._update.experimental_get_tracing_count() <= 2  # full batches and the smaller last one
 
 
 def test_selection_metric_is_checked_before_anything_is_trained(tmp_path):
