@@ -135,7 +135,8 @@ def write_report(path: str, records: list[dict], retrain: RetrainConfig, command
         "",
         f"Recipe: encoder {retrain.encoder} ({retrain.genotype}, C={retrain.channels}, {retrain.num_cells} cells), "
         f"decoder {retrain.decoder} ({sizes}), {retrain.epochs} epochs × {retrain.steps_per_epoch} steps of {batch}, lr {retrain.lr}, "
-        f"checkpoint kept by {records[0]['selection_metric']} on all validation images.",
+        f"checkpoint kept by {records[0]['selection_metric']} on all validation images, captions decoded "
+        f"{'greedily' if retrain.beam_width == 1 else f'by beam search of width {retrain.beam_width}'}.",
         f"Wall time per seed (model + blind baseline + scoring): {walls} min; kept epoch per seed: {epochs}.",
         *([note] if note else []),
         "",

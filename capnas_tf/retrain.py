@@ -12,7 +12,7 @@ replaced by a constant) is trained by the same loop in `<workdir>/retrain/blind/
 checkpoints, history, TensorBoard and `captioner.keras`; no exports). Re-running the same call
 resumes both after their last finished epoch.
 
-Validation after each epoch: greedy (or beam) captions of the validation images, scored by BLEU and
+Validation after each epoch: beam-search (or greedy) captions of the validation images, scored by BLEU and
 CIDEr and, on datasets with scenes, by content accuracy (`data.shapes_content`: did the caption name
 the right counts, colours, shapes, sizes and relation); and the teacher-forced next-token accuracy of
 the validation captions (`metrics.TokenAccuracy`). metrics.json: per test split the COCO scores,
@@ -687,6 +687,7 @@ def export_captioner(captioner: Captioner, vocab, workdir: str, config: RetrainC
     if config.export_onnx:
         from capnas_tf.export.onnx import export_onnx
 
-        exports["onnx"] = export_onnx(captioner, vocab, os.path.join(workdir, "export"), image_size=image_size)
+        exports["onnx"] = export_onnx(captioner, vocab, os.path.join(workdir, "export"), image_size=image_size,
+                                      beam_width=config.beam_width)
         log(f"ONNX → {exports['onnx']}")
     return exports

@@ -8,7 +8,8 @@ TensorFlow, and this runner is for machines that have only onnxruntime (copy it 
 
 The vocabulary defaults to `vocab.txt` next to the model. Each image is converted to RGB, resized to
 the model's input side (bilinear, antialiased, like training) and scaled to [0, 1]; the graph runs
-the whole greedy decoding loop and returns token ids, turned into words here.
+the whole decoding loop (beam search of the retrain's --beam_width, 3 by default) and returns token ids,
+turned into words here.
 
 stdout holds only the captions, `<path>\t<caption>` per captioned image, in order. stderr gets
 `provider: <the execution provider the session runs on>` (CUDA where onnxruntime-gpu can really start

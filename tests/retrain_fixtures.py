@@ -1,7 +1,7 @@
 """A tiny retrained captioner shared by the retrain, evaluate and export tests (built once per session).
 
 capnas_shapes TINY config (16×16 images, 24 training images), DARTS_V2 with C = 4 and 2 cells, the
-default LSTM decoder, one epoch of 3 steps, greedy decoding, BLEU + CIDEr only (no METEOR JVM).
+default decoder, one epoch of 3 steps, the default beam search of width 3, BLEU + CIDEr only (no METEOR JVM).
 """
 from __future__ import annotations
 

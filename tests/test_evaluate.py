@@ -14,7 +14,7 @@ from capnas_tf.decoders.decoding import decode_captions
 from capnas_tf.evaluation import (CORRECT_COLOUR, WRONG_COLOUR, caption_dataset, evaluate_captioner, first_images,
                                   save_caption_grid, save_sample_grid)
 from capnas_tf.metrics import score_split
-from tests.retrain_fixtures import retrained
+from tests.retrain_fixtures import TINY_RETRAIN, retrained
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -46,7 +46,8 @@ def test_caption_dataset_stops_after_max_images_and_accepts_an_ids_callable():
 
 def test_evaluate_captioner_scores_the_requested_splits_with_the_requested_metrics():
     run = retrained()
-    scores = evaluate_captioner(run.result.captioner, run.data, splits=("test",), metrics=("CIDEr",))
+    scores = evaluate_captioner(run.result.captioner, run.data, splits=("test",), metrics=("CIDEr",),
+                                beam_width=TINY_RETRAIN.beam_width)
     assert list(scores) == ["test"] and list(scores["test"]) == ["CIDEr"]
     with open(os.path.join(run.workdir, "retrain", "metrics.json")) as f:
         assert scores["test"]["CIDEr"] == pytest.approx(json.load(f)["model"]["test"]["CIDEr"])

@@ -79,7 +79,7 @@ def test_the_blind_baseline_is_trained_in_its_own_workdir_labelled_and_never_exp
         assert os.path.isfile(os.path.join(blind_dir, name)), name
     assert os.listdir(os.path.join(blind_dir, "tensorboard"))
     assert not {"export", "samples.png", "metrics.json"} & set(os.listdir(blind_dir))
-    # It sees the same constant for every image, so greedy decoding gives one caption for all of them.
+    # It sees the same constant for every image, so its decoding gives one caption for all of them.
     assert blind["test"]["diversity"]["distinct_captions"] == 1
     with open(os.path.join(blind_dir, "architecture.json")) as f:
         assert json.load(f)["encoder"] == "blind"

@@ -1,6 +1,7 @@
-"""One ONNX graph from images to caption token ids, the whole greedy decoding loop inside.
+"""One ONNX graph from images to caption token ids, the whole decoding loop inside (greedy, or beam search of
+width K: the same loop as the SavedModel's, so both write the same captions).
 
-    export_onnx(captioner, vocab, "<workdir>/export", image_size=32)
+    export_onnx(captioner, vocab, "<workdir>/export", image_size=32, beam_width=3)
     # → <workdir>/export/captioner.onnx   images float32 [N, S, S, 3] in [0, 1] → token_ids int32 [N, T], scores [N]
     # → <workdir>/export/vocab.txt        one token per line, id = line number
 
@@ -26,7 +27,7 @@ import numpy as np
 import tensorflow as tf
 
 from capnas_tf import io_utils
-from capnas_tf.decoders.decoding import greedy_decode
+from capnas_tf.decoders.decoding import decode_captions
 
 # The opset the decoding loops are tested with (tests/decoders/test_onnx_export.py).
 ONNX_OPSET = 17
@@ -72,16 +73,16 @@ ONNX_FILE = "captioner.onnx"
 VOCAB_FILE = "vocab.txt"
 
 
-def onnx_model_proto(captioner, *, image_size: int):
-    """The ONNX ModelProto of images `[N, S, S, 3]` → (`token_ids` int32 `[N, T]`, `scores` float32 `[N]`)."""
+def onnx_model_proto(captioner, *, image_size: int, beam_width: int = 1):
+    """The ONNX ModelProto of images `[N, S, S, 3]` → (`token_ids` int32 `[N, T]`, `scores` float32 `[N]`), decoded
+    greedily (`beam_width` 1) or by beam search of width `beam_width` (`decoding.decode_captions`)."""
     import tf2onnx
 
     signature = [tf.TensorSpec([None, image_size, image_size, 3], tf.float32, name="images")]
 
     @tf.function(input_signature=signature)
     def caption(images):
-        features = captioner.encode(images, training=False)
-        ids, scores = greedy_decode(captioner.decoder, features, max_len=captioner.decoder.max_len)
+        ids, scores = decode_captions(captioner, images, beam_width=beam_width)
         return {"token_ids": tf.identity(ids, name="token_ids"), "scores": tf.identity(scores, name="scores")}
 
     _drop_eager_table_initializers()
@@ -105,7 +106,7 @@ def _drop_eager_table_initializers() -> None:
     initializers[:] = [op for op in initializers if op is not None]
 
 
-def export_onnx(captioner, vocab, export_dir: str, *, image_size: int) -> str:
+def export_onnx(captioner, vocab, export_dir: str, *, image_size: int, beam_width: int = 1) -> str:
     """Writes `<export_dir>/captioner.onnx` and `<export_dir>/vocab.txt` (both atomically).
 
     Args:
@@ -113,11 +114,12 @@ def export_onnx(captioner, vocab, export_dir: str, *, image_size: int) -> str:
       vocab: its `Vocabulary`.
       export_dir: output folder.
       image_size: S, the fixed input side of the graph (callers resize).
+      beam_width: 1 = greedy decoding, K > 1 = beam search of width K.
 
     Returns:
       The path of the ONNX file.
     """
-    model = onnx_model_proto(captioner, image_size=image_size)
+    model = onnx_model_proto(captioner, image_size=image_size, beam_width=beam_width)
     path = os.path.join(export_dir, ONNX_FILE)
     io_utils.remove_stale_temps(export_dir)  # temp files of a killed export
     io_utils.atomic_write_bytes(path, model.SerializeToString())

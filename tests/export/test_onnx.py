@@ -1,5 +1,5 @@
-"""The ONNX export: onnxruntime gives TensorFlow's greedy tokens exactly, and deploy/onnx_caption.py
-(onnxruntime + numpy + Pillow) captions the good files among bad ones, names each bad file and why on
+"""The ONNX export: onnxruntime gives the tokens of TensorFlow's decoding (the retrain's beam search) exactly,
+and deploy/onnx_caption.py (onnxruntime + numpy + Pillow) captions the good files among bad ones, names each bad file and why on
 stderr, refuses images over the pixel limit from their headers, and keeps stdout for the captions."""
 import importlib.util
 import io
@@ -14,7 +14,7 @@ from PIL import Image
 
 from capnas_tf.decoders.decoding import decode_captions
 from tests.export.serving_fixtures import encoded, png_bomb, truncated_png, with_jpeg_size
-from tests.retrain_fixtures import retrained, sample_test_images
+from tests.retrain_fixtures import TINY_RETRAIN, retrained, sample_test_images
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SCRIPT = os.path.join(REPO, "deploy", "onnx_caption.py")
@@ -33,7 +33,7 @@ def test_onnxruntime_token_ids_equal_tensorflows_on_test_images():
     images, _ = sample_test_images(run.data, count=8)
     session = ort.InferenceSession(run.result.exports["onnx"], providers=["CPUExecutionProvider"])
     onnx_ids, onnx_scores = session.run(["token_ids", "scores"], {"images": images})
-    tf_ids, tf_scores = decode_captions(run.result.captioner, images)
+    tf_ids, tf_scores = decode_captions(run.result.captioner, images, beam_width=TINY_RETRAIN.beam_width)
     np.testing.assert_array_equal(onnx_ids, tf_ids.numpy())
     np.testing.assert_allclose(onnx_scores, tf_scores.numpy(), rtol=1e-4, atol=1e-4)
     # The batch dimension is dynamic.
@@ -60,7 +60,7 @@ def test_onnx_caption_script_captions_the_good_files_and_names_the_bad_ones(tmp_
     missing = str(tmp_path / "missing.png")
     proc = _run_script(run.result.exports["onnx"], "--batch_size", "2", *paths.values(), missing)
     assert proc.returncode == 1, proc.stderr
-    tf_ids, _ = decode_captions(run.result.captioner, images)
+    tf_ids, _ = decode_captions(run.result.captioner, images, beam_width=TINY_RETRAIN.beam_width)
     good = [paths["good0.png"], paths["good1.png"], paths["good2.bmp"]]
     assert proc.stdout.splitlines() == [f"{p}\t{run.data.vocab.decode(row)}" for p, row in zip(good, tf_ids.numpy())]
     err = proc.stderr.splitlines()

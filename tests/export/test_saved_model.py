@@ -13,7 +13,7 @@ import pytest
 from capnas_tf.data.text import PAD_ID
 from capnas_tf.decoders.decoding import decode_captions
 from tests.export.serving_fixtures import ENV, REPO, encoded, fresh_report, png_bomb
-from tests.retrain_fixtures import retrained, sample_test_images
+from tests.retrain_fixtures import TINY_RETRAIN, retrained, sample_test_images
 
 MIXED_STATUS = ["ok", "error: not a JPEG, PNG, GIF, BMP or WebP image", "error: undecodable image data",
                 "error: too large: 14000x14000 pixels, over the limit of 16777216",
@@ -35,7 +35,7 @@ def test_saved_model_serves_in_a_fresh_tensorflow_only_process():
     formats = report["batches"]["formats"]
     # Each item decoded (at least <end>: the tiny model may end a caption at once), none left at the error's <pad>s.
     assert formats["status"] == ["ok"] * 4 and all(set(ids) != {PAD_ID} for ids in formats["token_ids"])
-    expected, _ = decode_captions(run.result.captioner, images)
+    expected, _ = decode_captions(run.result.captioner, images, beam_width=TINY_RETRAIN.beam_width)
     np.testing.assert_array_equal(report["pixel_ids"], expected.numpy())
     # A lossless PNG at the model's size is exactly the pixel input: same tokens through both signatures.
     assert formats["token_ids"][0] == report["pixel_ids"][0]
@@ -110,7 +110,7 @@ def test_caption_cli_prints_one_caption_per_image_and_names_the_bad_files(tmp_pa
     mixed = subprocess.run([*command, paths[0], str(not_an_image), str(missing), paths[1]], capture_output=True,
                            text=True, env=ENV, cwd=REPO, timeout=300)
     assert mixed.returncode == 1, mixed.stderr[-2000:]  # some captioned, some not
-    expected, _ = decode_captions(run.result.captioner, images[:2])
+    expected, _ = decode_captions(run.result.captioner, images[:2], beam_width=TINY_RETRAIN.beam_width)
     assert mixed.stdout.splitlines() == [f"{p}\t{run.data.vocab.decode(row)}" for p, row in zip(paths, expected.numpy())]
     errors = [line for line in mixed.stderr.splitlines() if line.startswith("error: ")]
     assert [line.split(": ")[1] for line in errors] == [str(not_an_image), str(missing)], mixed.stderr

@@ -13,7 +13,7 @@ import tensorflow as tf
 from capnas_tf.decoders.decoding import decode_captions
 from capnas_tf.export.saved_model import _to_model_pixels
 from tests.export.serving_fixtures import SERVING_DIR, fresh_report, request_images
-from tests.retrain_fixtures import retrained
+from tests.retrain_fixtures import TINY_RETRAIN, retrained
 
 text_format = pytest.importorskip("google.protobuf.text_format")
 model_server_config_pb2 = pytest.importorskip(
@@ -73,6 +73,7 @@ def test_request_json_captions_like_the_keras_model_in_a_fresh_process():
     assert served["status"] == ["ok"] * len(request_images())
     pixels = tf.stack([tf.cast(tf.io.decode_png(x, channels=3), tf.float32) / 255.0 for x in request_images()])
     assert pixels.shape[1:3] != (run.data.image_size, run.data.image_size)  # the signature resizes it
-    ids, _ = decode_captions(run.result.captioner, _to_model_pixels(pixels, run.data.image_size))
+    ids, _ = decode_captions(run.result.captioner, _to_model_pixels(pixels, run.data.image_size),
+                             beam_width=TINY_RETRAIN.beam_width)
     assert served["captions"] == [run.data.vocab.decode(row) for row in ids.numpy()]
     np.testing.assert_array_equal(served["token_ids"], ids.numpy())
