@@ -402,7 +402,7 @@ def render(records: dict, *, panel: list[dict], variants, search_seeds: int, job
         f"- **Panel**: {len(panel)} genotypes drawn uniformly from the space, each retrained with seeds "
         f"{', '.join(map(str, RETRAIN_SEEDS))}.",
         f"- **Retrain** (every genotype): the recipe of [captioner_recipe.md](captioner_recipe.md) (`RetrainConfig` "
-        f"defaults, greedy decoding) at {retrain.epochs} × {retrain.steps_per_epoch} steps of {retrain.batch_size} images; the epoch "
+        f"defaults) at {retrain.epochs} × {retrain.steps_per_epoch} steps of {retrain.batch_size} images; the epoch "
         "with the best validation score (entirely-correct captions) is kept; greedy captions of all 300 images of "
         "`test` and `test_novel`.",
         f"- **Search** (every variant): {search.epochs} epochs × {search.steps_per_epoch} steps "

@@ -1,6 +1,6 @@
 """The ONNX export: onnxruntime gives the tokens of TensorFlow's decoding (the retrain's beam search) exactly,
-and deploy/onnx_caption.py (onnxruntime + numpy + Pillow) captions the good files among bad ones, names each bad file and why on
-stderr, refuses images over the pixel limit from their headers, and keeps stdout for the captions."""
+and deploy/onnx_caption.py (onnxruntime + numpy + Pillow) captions the good files among bad ones, names each bad
+file and why on stderr, refuses images over the pixel limit from their headers, and keeps stdout for the captions."""
 import importlib.util
 import io
 import os
